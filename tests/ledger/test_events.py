@@ -1,0 +1,71 @@
+"""Typed events and canonical entry encoding."""
+
+from __future__ import annotations
+
+import json
+from typing import ClassVar
+
+import pytest
+import rfc8785
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tally.ledger import Event, LedgerFormatError, decode_entry
+from tally.ledger.canonical import canonical_json
+from tally.ledger.events import encode_entry
+from tests.conftest import Note
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4),
+    max_leaves=12,
+)  # fmt: skip
+
+
+@given(json_values)
+def test_canonical_json_matches_rfc8785(value: object) -> None:
+    try:
+        expected = rfc8785.dumps(value)
+    except Exception:
+        with pytest.raises(Exception):  # noqa: B017 - whatever rfc8785 refuses, we refuse too
+            canonical_json(value)
+        return
+    assert canonical_json(value) == expected
+
+
+@given(st.text(), st.text())
+def test_entry_bytes_are_canonical_json(actor: str, text: str) -> None:
+    try:
+        body = encode_entry(3, "2026-11-26T00:00:00.000000Z", actor, Note(text=text))
+    except UnicodeEncodeError:
+        return  # lone surrogates cannot be UTF-8
+    assert body == rfc8785.dumps(json.loads(body))
+    entry = decode_entry(body)
+    assert (entry.seq, entry.actor, entry.payload) == (3, actor, {"text": text})
+
+
+def test_non_canonical_or_malformed_entries_are_rejected() -> None:
+    body = encode_entry(1, "2026-11-26T00:00:00.000000Z", "a", Note(text="x"))
+    spaced = json.dumps(json.loads(body), indent=1).encode()
+    with pytest.raises(LedgerFormatError, match="not canonical"):
+        decode_entry(spaced)
+    with pytest.raises(LedgerFormatError, match="not valid UTF-8 JSON"):
+        decode_entry(b"\xff{")
+    wrong = body.replace(b'"text":"x"', b'"text":5')
+    with pytest.raises(LedgerFormatError, match="does not match test.note"):
+        decode_entry(wrong)
+
+
+def test_unknown_event_types_still_decode() -> None:
+    raw = {"actor": "a", "payload": {"k": 1}, "seq": 0, "ts": "t", "type": "future.thing", "v": 9}
+    entry = decode_entry(rfc8785.dumps(raw))
+    assert entry.event() is None and entry.payload == {"k": 1}
+
+
+def test_an_event_type_cannot_be_defined_twice() -> None:
+    with pytest.raises(TypeError, match="already defined"):
+
+        class Other(Event):  # noqa: F841
+            event_type: ClassVar[str] = "test.note"
+            text: str

@@ -1,0 +1,128 @@
+"""The stored log: appends commit with the caller's transaction; roots and proofs match the reference tree."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pymerkle import InmemoryTree
+from sqlalchemy import func, select, text
+
+from tally.ledger import Ledger, LedgerLimitError, decode_entry, merkle
+from tally.ledger.tables import LedgerEntry, LedgerNode
+from tests.conftest import Note, append_notes
+
+
+def stored_leaves(ledger: Ledger) -> list[bytes]:
+    with ledger.store.read() as s:
+        return [bytes(h) for (h,) in s.execute(select(LedgerEntry.leaf_hash).order_by(LedgerEntry.seq))]
+
+
+def test_first_entry_records_the_log_key(ledger: Ledger) -> None:
+    entry = decode_entry(ledger.entry(0))
+    assert (entry.seq, entry.type, entry.actor) == (0, "ledger.created", "ledger")
+    assert entry.payload["verifier_key"] == ledger.signer.verifier.encode()
+
+
+def test_entries_carry_seq_timestamp_type_actor_inside_the_hashed_bytes(ledger: Ledger) -> None:
+    (seq,) = append_notes(ledger, 1)
+    body = ledger.entry(seq)
+    entry = decode_entry(body)
+    assert entry.seq == seq and entry.type == "test.note" and entry.actor == "alice"
+    assert entry.ts.endswith("Z") and entry.payload == {"text": "note-0"}
+    assert stored_leaves(ledger)[seq] == merkle.leaf_hash(body)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=st.lists(st.integers(1, 40), min_size=1, max_size=6))
+def test_roots_and_proofs_match_the_reference_for_random_sizes(ledger: Ledger, batches: list[int]) -> None:
+    for n in batches:
+        append_notes(ledger, n)
+    leaves = stored_leaves(ledger)
+    size = ledger.size()
+    assert len(leaves) == size
+    for n in sorted({1, size // 3 or 1, size // 2 or 1, size - 1 or 1, size}):
+        root = ledger.root(n)
+        assert root == merkle.root_of(leaves[:n])
+        for i in sorted({0, n // 2, n - 1}):
+            merkle.verify_inclusion(i, n, leaves[i], ledger.inclusion_proof(i, n), root)
+        if n < size:
+            merkle.verify_consistency(n, size, root, ledger.root(), ledger.consistency_proof(n, size))
+
+
+def test_root_agrees_with_pymerkle_over_the_same_entries(ledger: Ledger) -> None:
+    append_notes(ledger, 77)
+    tree = InmemoryTree(algorithm="sha256")
+    for body in ledger.entries(0, 1000):
+        tree.append_entry(body)
+    assert ledger.root() == tree.get_state()
+    assert ledger.root(40) == tree.get_state(40)
+
+
+def test_batched_and_single_appends_build_the_same_tree_shape(ledger: Ledger) -> None:
+    append_notes(ledger, 10)
+    for i in range(7):
+        with ledger.store.transaction() as s:
+            ledger.append(s, Note(text=f"single-{i}"), actor="bob")
+    size = ledger.size()
+    assert size == 18
+    with ledger.store.read() as s:
+        nodes = s.execute(select(func.count()).select_from(LedgerNode)).scalar_one()
+    assert nodes == size - bin(size).count("1")  # internal nodes of all completed perfect subtrees
+    assert ledger.root() == merkle.root_of(stored_leaves(ledger))
+
+
+def test_append_rolls_back_with_the_callers_transaction(ledger: Ledger) -> None:
+    before = ledger.size()
+    with pytest.raises(RuntimeError), ledger.store.transaction() as s:
+        ledger.append(s, Note(text="doomed"), actor="alice")
+        s.execute(text("SELECT 1"))
+        raise RuntimeError("the caller's own work failed")
+    assert ledger.size() == before
+    append_notes(ledger, 3)
+    assert ledger.root() == merkle.root_of(stored_leaves(ledger))
+
+
+def test_batch_limit_is_a_setting(ledger: Ledger) -> None:
+    ledger.max_batch = 5
+    with pytest.raises(LedgerLimitError, match="max_batch=5"), ledger.store.transaction() as s:
+        ledger.append_batch(s, [(Note(text="x"), "a")] * 6)
+
+
+def test_concurrent_appends_from_threads_lose_nothing(ledger: Ledger) -> None:
+    def worker(name: str) -> None:
+        for i in range(15):
+            with ledger.store.transaction() as s:
+                ledger.append(s, Note(text=f"{name}-{i}"), actor=name)
+
+    threads = [threading.Thread(target=worker, args=(f"w{k}",)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert ledger.size() == 1 + 60
+    texts = {decode_entry(b).payload.get("text") for b in ledger.entries(1, 100)}
+    assert len(texts) == 60
+    assert ledger.root() == merkle.root_of(stored_leaves(ledger))
+
+
+def test_out_of_range_requests_are_clear_errors(ledger: Ledger) -> None:
+    size = ledger.size()
+    with pytest.raises(ValueError, match="outside"):
+        ledger.root(size + 1)
+    with pytest.raises(ValueError, match="not below"):
+        ledger.inclusion_proof(size, size)
+    with pytest.raises(KeyError, match="no ledger entry"):
+        ledger.entry(size + 5)
+
+
+def test_checkpoints_are_signed_and_only_made_when_the_log_grew(ledger: Ledger, settings) -> None:
+    first = ledger.checkpoint()
+    assert ledger.checkpoint() == first
+    append_notes(ledger, 3)
+    second = ledger.checkpoint()
+    assert second.size == first.size + 3
+    assert second.note.startswith(f"{ledger.origin}\n{second.size}\n")
+    assert settings.witness_path.read_text() == second.note

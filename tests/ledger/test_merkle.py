@@ -1,0 +1,172 @@
+"""RFC 9162 hashing and proofs: known answers, every mutation of a proof fails, agreement with pymerkle."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pymerkle import InmemoryTree
+
+from tally.ledger import merkle
+
+# Known answers from transparency-dev/merkle (RFC 6962/9162 reference vectors).
+LEAVES = [bytes.fromhex(h) for h in ["", "00", "10", "2021", "3031", "40414243", "5051525354555657",
+                                     "606162636465666768696a6b6c6d6e6f"]]  # fmt: skip
+ROOTS = [
+    "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+    "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
+    "aeb6bcfe274b70a14fb067a5e5578264db0fa9b51af5e0ba159158f329e06e77",
+    "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+    "4e3bbb1f7b478dcfe71fb631631519a3bca12c9aefca1612bfce4c13a86264d4",
+    "76e67dadbcdf1e10e1b74ddc608abd2f98dfb16fbce75277b5232a127f2087ef",
+    "ddb89be403809e325750d3d263cd78929c2942b7942a34b77e122c9594a74c8c",
+    "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328",
+]
+INCLUSION = [
+    (1, 0, []),
+    (2, 0, ["96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7"]),
+    (2, 1, ["6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"]),
+    (3, 2, ["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"]),
+    (5, 1, ["6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+            "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+            "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b"]),
+    (8, 0, ["96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+            "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+            "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4"]),
+    (8, 5, ["bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+            "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+            "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7"]),
+]  # fmt: skip
+CONSISTENCY = [
+    (1, 1, []),
+    (1, 8, ["96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+            "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+            "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4"]),
+    (2, 5, ["5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+            "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b"]),
+    (6, 8, ["0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
+            "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+            "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7"]),
+]  # fmt: skip
+
+
+def memory_fetch(leaves: list[bytes]):
+    """A fetch over an in-memory tree: the hash of any aligned perfect subtree."""
+    return lambda pieces: {(s, e): merkle.root_of(leaves[s:e]) for s, e in pieces}
+
+
+def prove_inclusion(leaves: list[bytes], index: int, size: int) -> list[bytes]:
+    return merkle.resolve_ranges(merkle.inclusion_ranges(index, size), memory_fetch(leaves))
+
+
+def prove_consistency(leaves: list[bytes], old: int, new: int) -> list[bytes]:
+    return merkle.resolve_ranges(merkle.consistency_ranges(old, new), memory_fetch(leaves))
+
+
+KAT_LEAVES = [merkle.leaf_hash(x) for x in LEAVES]
+
+
+def test_empty_root_is_hash_of_nothing() -> None:
+    assert merkle.root_of([]).hex() == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+@pytest.mark.parametrize("n", range(1, 9))
+def test_known_roots(n: int) -> None:
+    assert merkle.root_of(KAT_LEAVES[:n]).hex() == ROOTS[n - 1]
+    assert merkle.resolve_ranges([(0, n)], memory_fetch(KAT_LEAVES))[0].hex() == ROOTS[n - 1]
+
+
+@pytest.mark.parametrize(("size", "index", "expected"), INCLUSION)
+def test_known_inclusion_proofs(size: int, index: int, expected: list[str]) -> None:
+    proof = prove_inclusion(KAT_LEAVES, index, size)
+    assert [p.hex() for p in proof] == expected
+    merkle.verify_inclusion(index, size, KAT_LEAVES[index], proof, bytes.fromhex(ROOTS[size - 1]))
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), CONSISTENCY)
+def test_known_consistency_proofs(old: int, new: int, expected: list[str]) -> None:
+    proof = prove_consistency(KAT_LEAVES, old, new)
+    assert [p.hex() for p in proof] == expected
+    merkle.verify_consistency(old, new, bytes.fromhex(ROOTS[old - 1]), bytes.fromhex(ROOTS[new - 1]), proof)
+
+
+def _leaves(n: int) -> list[bytes]:
+    return [merkle.leaf_hash(i.to_bytes(4, "big")) for i in range(n)]
+
+
+def _list_mutations(proof: list[bytes]) -> list[list[bytes]]:
+    """Every single-bit flip, each element removed, an element inserted or appended, truncation."""
+    out: list[list[bytes]] = []
+    for i, p in enumerate(proof):
+        for bit in range(256):
+            flipped = bytearray(p)
+            flipped[bit // 8] ^= 1 << (bit % 8)
+            out.append([*proof[:i], bytes(flipped), *proof[i + 1 :]])
+        out.append(proof[:i] + proof[i + 1 :])
+    extra = hashlib.sha256(b"extra").digest()
+    for i in range(len(proof) + 1):
+        out.append([*proof[:i], extra, *proof[i:]])
+    for cut in range(len(proof)):
+        out.append(proof[:cut])
+    return out
+
+
+def _fails(check) -> bool:
+    try:
+        check()
+    except merkle.ProofError:
+        return True
+    return False
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 300).flatmap(lambda n: st.tuples(st.just(n), st.integers(0, n - 1))))
+def test_inclusion_proofs_verify_and_every_mutation_fails(case: tuple[int, int]) -> None:
+    size, index = case
+    leaves = _leaves(size)
+    root = merkle.root_of(leaves)
+    proof = prove_inclusion(leaves, index, size)
+    merkle.verify_inclusion(index, size, leaves[index], proof, root)
+
+    for bad_index in {index - 1, index + 1, index ^ 2} - {index}:
+        leaf = leaves[index]
+        assert _fails(lambda i=bad_index, lf=leaf: merkle.verify_inclusion(i, size, lf, proof, root))
+    for bad_size in {size * 2, size // 2} - {size}:
+        assert _fails(lambda s=bad_size: merkle.verify_inclusion(index, s, leaves[index], proof, root))
+    for bad in _list_mutations(proof):
+        assert _fails(lambda p=bad: merkle.verify_inclusion(index, size, leaves[index], p, root))
+    wrong_root = merkle.root_of(leaves[:-1]) if size > 1 else hashlib.sha256(b"x").digest()
+    assert _fails(lambda: merkle.verify_inclusion(index, size, leaves[index], proof, wrong_root))
+    assert _fails(lambda: merkle.verify_inclusion(index, size, merkle.leaf_hash(b"other"), proof, root))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 300).flatmap(lambda n: st.tuples(st.integers(1, n - 1), st.just(n))))
+def test_consistency_proofs_verify_and_every_mutation_fails(case: tuple[int, int]) -> None:
+    old, new = case
+    leaves = _leaves(new)
+    old_root, new_root = merkle.root_of(leaves[:old]), merkle.root_of(leaves)
+    proof = prove_consistency(leaves, old, new)
+    merkle.verify_consistency(old, new, old_root, new_root, proof)
+
+    for bad_old in {old - 1, old + 1, old ^ 2} - {old}:
+        assert _fails(lambda o=bad_old: merkle.verify_consistency(o, new, old_root, new_root, proof))
+    for bad_new in {new * 2, new // 2} - {new}:
+        assert _fails(lambda n=bad_new: merkle.verify_consistency(old, n, old_root, new_root, proof))
+    for bad in _list_mutations(proof):
+        assert _fails(lambda p=bad: merkle.verify_consistency(old, new, old_root, new_root, p))
+    assert _fails(lambda: merkle.verify_consistency(old, new, new_root, old_root, proof))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.binary(max_size=40), min_size=1, max_size=200))
+def test_roots_agree_with_pymerkle(data: list[bytes]) -> None:
+    tree = InmemoryTree(algorithm="sha256")
+    for d in data:
+        tree.append_entry(d)
+    leaves = [merkle.leaf_hash(d) for d in data]
+    for n in {1, len(data) // 2 or 1, len(data)}:
+        assert merkle.root_of(leaves[:n]) == tree.get_state(n)
+        assert merkle.resolve_ranges([(0, n)], memory_fetch(leaves))[0] == tree.get_state(n)
