@@ -85,10 +85,17 @@ def prove(
 @app.command()
 def verify() -> None:
     """Recompute every leaf and node, check every checkpoint; exit 1 naming the first bad index."""
-    with opened_ledger() as (_, ledger), Progress(
-        TextColumn("verifying"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
-        console=console, transient=True,
-    ) as bar:
+    with (
+        opened_ledger() as (_, ledger),
+        Progress(
+            TextColumn("verifying"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        ) as bar,
+    ):
         task = bar.add_task("verify", total=ledger.size())
         try:
             report = verify_ledger(ledger, lambda done, total: bar.update(task, completed=done, total=total))

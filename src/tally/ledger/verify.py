@@ -18,7 +18,7 @@ from tally.ledger import merkle
 from tally.ledger.events import LedgerFormatError, decode_entry
 from tally.ledger.log import Ledger
 from tally.ledger.notes import Checkpoint, NoteError, open_checkpoint
-from tally.ledger.tables import LedgerCheckpoint, LedgerEntry, LedgerNode, LedgerState, node_id
+from tally.ledger.tables import NODE_LEVEL_SHIFT, LedgerCheckpoint, LedgerEntry, LedgerNode, LedgerState, node_id
 
 CHUNK = 4096
 
@@ -29,8 +29,8 @@ class VerificationError(Exception):
     def __init__(self, index: int | None, reason: str) -> None:
         self.index = index
         self.reason = reason
-        where = f"at index {index}" if index is not None else "in the checkpoints"
-        super().__init__(f"ledger verification failed {where}: {reason}")
+        where = f" at index {index}" if index is not None else ""
+        super().__init__(f"ledger verification failed{where}: {reason}")
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def _verify(ledger: Ledger, progress: Callable[[int, int], None] | None) -> Veri
                 for nid, (seq, h) in computed.items():
                     got = stored.get(nid)
                     if got is None or bytes(got) != h:
-                        first = seq - (1 << (nid >> 48)) + 1
+                        first = seq - (1 << (nid >> NODE_LEVEL_SHIFT)) + 1
                         raise VerificationError(first, f"the stored node over leaves [{first}, {seq + 1}) is wrong")
                 node_count += len(computed)
             if progress:
@@ -114,12 +114,16 @@ def _verify(ledger: Ledger, progress: Callable[[int, int], None] | None) -> Veri
             if expected < size:
                 raise VerificationError(expected, f"the log's size is {size} but entries end at {expected}")
             raise VerificationError(size, f"entries run past the log's recorded size {size}")
-        extra = s.execute(select(func.count()).select_from(LedgerNode)).scalar_one() - node_count
-        if extra:
-            raise VerificationError(None, f"{extra} stored nodes belong to no leaf of the log")
         latest = _check_checkpoints(ledger, checkpoints, roots, size)
         if witness is not None:
             _check_witness(ledger, witness, latest, roots, size)
+        if s.execute(select(func.count()).select_from(LedgerNode)).scalar_one() != node_count:
+            low = size
+            for (nid,) in s.execute(select(LedgerNode.id)):
+                level, index = nid >> NODE_LEVEL_SHIFT, nid & ((1 << NODE_LEVEL_SHIFT) - 1)
+                if (index + 1) << level > size:
+                    low = min(low, index << level)
+            raise VerificationError(low, "stored nodes cover leaves the log does not have")
         return VerifyReport(size, node_count, len(checkpoints), merkle.fold_pieces(stack) if stack else roots[0])
 
 

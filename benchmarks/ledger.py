@@ -1,0 +1,181 @@
+"""Ledger throughput and latency beside pymerkle, in one run on one machine.
+
+Measures durable appends per second (one transaction per append, and batches in one transaction) and the
+latency of the root and of an inclusion proof at 10^4, 10^5 and 10^6 entries, for Tally's ledger (SQLite, WAL,
+synchronous=FULL) and for pymerkle 7's SQLite-backed and in-memory trees fed the same entry bytes.
+Prints one JSON document, then one summary line.
+
+    python benchmarks/ledger.py [--sizes 10000,100000,1000000] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pymerkle import InmemoryTree, SqliteTree
+
+from tally.config import load_settings
+from tally.ledger import Event, merkle, open_ledger
+from tally.store import open_store
+
+
+class BenchEvent(Event):
+    event_type: ClassVar[str] = "bench.contribution"
+    datanet: str
+    content_hash: str
+    rows: int
+
+
+def make_event(i: int) -> BenchEvent:
+    return BenchEvent(datanet="medical-qa", content_hash=f"{i:064x}", rows=i % 97)
+
+
+def median_ms(fn, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def pymerkle_root(tree: Any, size: int) -> bytes:
+    tree.cache_clear()  # measure the computation, not pymerkle's memo of an earlier call
+    return tree.get_state(size)
+
+
+def pymerkle_proof(tree: Any, index: int, size: int) -> Any:
+    tree.cache_clear()
+    return tree.prove_inclusion(index + 1, size)  # pymerkle counts leaves from 1
+
+
+def run(sizes: list[int], workdir: Path) -> dict[str, Any]:
+    rng = random.Random(1)
+    settings = load_settings(data_dir=workdir / "tally")
+    store = open_store(settings)
+    ledger = open_ledger(settings, store)
+    ptree = SqliteTree(str(workdir / "pymerkle.db"))
+    mtree = InmemoryTree(algorithm="sha256")
+    results: dict[str, Any] = {"appends_per_s": {}, "at_size": {}}
+
+    # Single durable appends: one committed transaction each.
+    n_single = 300
+    t = time.perf_counter()
+    for i in range(n_single):
+        with store.transaction() as s:
+            ledger.append(s, make_event(i), actor="bench")
+    ours_single = n_single / (time.perf_counter() - t)
+    bodies = ledger.entries(0, n_single + 1)
+    t = time.perf_counter()
+    for body in bodies[:n_single]:
+        ptree.append_entry(body)
+    pym_single = n_single / (time.perf_counter() - t)
+    for body in bodies:
+        mtree.append_entry(body)
+    if ptree.get_size() < len(bodies):
+        ptree.append_entries(bodies[ptree.get_size() :])
+    results["appends_per_s"]["single"] = {"tally": round(ours_single), "pymerkle_sqlite": round(pym_single)}
+
+    batch = 10_000
+    batched_ours, batched_pym, batched_mem = [], [], []
+    for target in sizes:
+        while ledger.size() < target:
+            count = min(batch, target - ledger.size())
+            start = ledger.size()
+            events = [(make_event(start + k), "bench") for k in range(count)]
+            t = time.perf_counter()
+            with store.transaction() as s:
+                ledger.append_batch(s, events)
+            batched_ours.append(count / (time.perf_counter() - t))
+            new_bodies = ledger.entries(start, count)
+            t = time.perf_counter()
+            ptree.append_entries(new_bodies, chunksize=batch)
+            batched_pym.append(count / (time.perf_counter() - t))
+            t = time.perf_counter()
+            for body in new_bodies:
+                mtree.append_entry(body)
+            batched_mem.append(count / (time.perf_counter() - t))
+        size = ledger.size()
+        assert ptree.get_size() == size == mtree.get_size()
+        root = ledger.root(size)
+        assert root == ptree.get_state(size) == mtree.get_state(size), "implementations disagree"
+        indices = [rng.randrange(size) for _ in range(50)]
+        it = iter(indices * 100)
+        slow_reps = 3 if size >= 10**6 else 7
+        row = {
+            "root_ms": {
+                "tally": median_ms(lambda size=size: ledger.root(size), 200),
+                "pymerkle_sqlite": median_ms(lambda size=size: pymerkle_root(ptree, size), slow_reps),
+                "pymerkle_memory": median_ms(lambda size=size: pymerkle_root(mtree, size), slow_reps),
+            },
+            "inclusion_proof_ms": {
+                "tally": median_ms(lambda size=size: ledger.inclusion_proof(next(it), size), 200),
+                "pymerkle_sqlite": median_ms(lambda size=size: pymerkle_proof(ptree, next(it), size), slow_reps),
+                "pymerkle_memory": median_ms(lambda size=size: pymerkle_proof(mtree, next(it), size), slow_reps),
+            },
+        }
+        leaf = merkle.leaf_hash(ledger.entry(indices[0]))
+        merkle.verify_inclusion(indices[0], size, leaf, ledger.inclusion_proof(indices[0], size), root)
+        row["verify_inclusion_ms"] = median_ms(
+            lambda size=size, p=ledger.inclusion_proof(indices[0], size): merkle.verify_inclusion(
+                indices[0], size, leaf, p, root
+            ),
+            200,
+        )
+        row = {
+            k: ({kk: round(vv, 4) for kk, vv in v.items()} if isinstance(v, dict) else round(v, 4))
+            for k, v in row.items()
+        }
+        results["at_size"][str(size)] = row
+        print(f"  size {size:>9,}: {json.dumps(row)}", flush=True)
+
+    results["appends_per_s"]["batched"] = {
+        "batch": batch,
+        "tally": round(statistics.median(batched_ours)),
+        "pymerkle_sqlite": round(statistics.median(batched_pym)),
+        "pymerkle_memory_unbatched": round(statistics.median(batched_mem)),
+    }
+    ptree.close()
+    store.dispose()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        results = run(sizes, Path(tmp))
+    results["meta"] = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {__import__('os').cpu_count()} cores",
+        "python": platform.python_version(),
+        "durability": "SQLite WAL synchronous=FULL (tally); pymerkle SqliteTree defaults",
+    }
+    doc = json.dumps(results, indent=2)
+    print(doc)
+    if args.out:
+        args.out.write_text(doc + "\n")
+    b = results["appends_per_s"]["batched"]
+    top = results["at_size"][str(max(sizes))]
+    print(
+        f"ledger: batched appends {b['tally']:,}/s vs pymerkle sqlite {b['pymerkle_sqlite']:,}/s "
+        f"({b['tally'] / b['pymerkle_sqlite']:.2f}x); at {max(sizes):,} entries root {top['root_ms']['tally']:.3f} ms "
+        f"(pymerkle sqlite {top['root_ms']['pymerkle_sqlite']:.1f} ms), inclusion proof "
+        f"{top['inclusion_proof_ms']['tally']:.3f} ms (pymerkle sqlite {top['inclusion_proof_ms']['pymerkle_sqlite']:.1f} ms)"
+    )
+
+
+if __name__ == "__main__":
+    main()

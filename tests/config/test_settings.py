@@ -1,0 +1,45 @@
+"""Settings come from tally.toml and TALLY_* variables, environment first; bad values are named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from tally.config import load_settings
+
+
+def test_toml_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for var in ("TALLY_DATA_DIR", "TALLY_CONFIG", "TALLY_SERVER__PORT", "TALLY_DATABASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "tally.toml").write_text(
+        'data_dir = "/srv/tally"\n[server]\nport = 9000\nhost = "0.0.0.0"\n[ledger]\norigin = "example.org/log"\n'
+    )
+    s = load_settings()
+    assert (s.data_dir, s.server.port, s.server.host, s.ledger.origin) == (
+        Path("/srv/tally"), 9000, "0.0.0.0", "example.org/log",
+    )  # fmt: skip
+    assert s.db_url == "sqlite:////srv/tally/tally.db"
+    monkeypatch.setenv("TALLY_SERVER__PORT", "9100")
+    monkeypatch.setenv("TALLY_DATABASE_URL", "postgresql+psycopg://u@db/tally")
+    s = load_settings()
+    assert s.server.port == 9100 and s.db_url == "postgresql+psycopg://u@db/tally"
+
+
+def test_bad_values_name_the_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TALLY_SERVER__PORT", "99999")
+    with pytest.raises(ValidationError, match="server.port"):
+        load_settings()
+    monkeypatch.delenv("TALLY_SERVER__PORT")
+    (tmp_path / "tally.toml").write_text("[ledger]\norgin = 'typo'\n")
+    with pytest.raises(ValidationError, match="orgin"):
+        load_settings()
+
+
+def test_a_named_config_file_must_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TALLY_CONFIG", str(tmp_path / "missing.toml"))
+    with pytest.raises(FileNotFoundError, match="missing.toml"):
+        load_settings()
