@@ -58,6 +58,31 @@ def pymerkle_proof(tree: Any, index: int, size: int) -> Any:
     return tree.prove_inclusion(index + 1, size)  # pymerkle counts leaves from 1
 
 
+def measure_at(size: int, ledger: Any, ptree: Any, mtree: Any, rng: random.Random) -> dict[str, Any]:
+    root = ledger.root(size)
+    assert root == ptree.get_state(size) == mtree.get_state(size), "implementations disagree"
+    it = iter([rng.randrange(size) for _ in range(10_000)])
+    slow_reps = 3 if size >= 10**6 else 7
+    row: dict[str, Any] = {
+        "root_ms": {
+            "tally": median_ms(lambda: ledger.root(size), 200),
+            "pymerkle_sqlite": median_ms(lambda: pymerkle_root(ptree, size), slow_reps),
+            "pymerkle_memory": median_ms(lambda: pymerkle_root(mtree, size), slow_reps),
+        },
+        "inclusion_proof_ms": {
+            "tally": median_ms(lambda: ledger.inclusion_proof(next(it), size), 200),
+            "pymerkle_sqlite": median_ms(lambda: pymerkle_proof(ptree, next(it), size), slow_reps),
+            "pymerkle_memory": median_ms(lambda: pymerkle_proof(mtree, next(it), size), slow_reps),
+        },
+    }
+    index = next(it)
+    leaf, proof = merkle.leaf_hash(ledger.entry(index)), ledger.inclusion_proof(index, size)
+    row["verify_inclusion_ms"] = median_ms(lambda: merkle.verify_inclusion(index, size, leaf, proof, root), 200)
+    return {
+        k: ({kk: round(vv, 4) for kk, vv in v.items()} if isinstance(v, dict) else round(v, 4)) for k, v in row.items()
+    }
+
+
 def run(sizes: list[int], workdir: Path) -> dict[str, Any]:
     rng = random.Random(1)
     settings = load_settings(data_dir=workdir / "tally")
@@ -106,35 +131,7 @@ def run(sizes: list[int], workdir: Path) -> dict[str, Any]:
             batched_mem.append(count / (time.perf_counter() - t))
         size = ledger.size()
         assert ptree.get_size() == size == mtree.get_size()
-        root = ledger.root(size)
-        assert root == ptree.get_state(size) == mtree.get_state(size), "implementations disagree"
-        indices = [rng.randrange(size) for _ in range(50)]
-        it = iter(indices * 100)
-        slow_reps = 3 if size >= 10**6 else 7
-        row = {
-            "root_ms": {
-                "tally": median_ms(lambda size=size: ledger.root(size), 200),
-                "pymerkle_sqlite": median_ms(lambda size=size: pymerkle_root(ptree, size), slow_reps),
-                "pymerkle_memory": median_ms(lambda size=size: pymerkle_root(mtree, size), slow_reps),
-            },
-            "inclusion_proof_ms": {
-                "tally": median_ms(lambda size=size: ledger.inclusion_proof(next(it), size), 200),
-                "pymerkle_sqlite": median_ms(lambda size=size: pymerkle_proof(ptree, next(it), size), slow_reps),
-                "pymerkle_memory": median_ms(lambda size=size: pymerkle_proof(mtree, next(it), size), slow_reps),
-            },
-        }
-        leaf = merkle.leaf_hash(ledger.entry(indices[0]))
-        merkle.verify_inclusion(indices[0], size, leaf, ledger.inclusion_proof(indices[0], size), root)
-        row["verify_inclusion_ms"] = median_ms(
-            lambda size=size, p=ledger.inclusion_proof(indices[0], size): merkle.verify_inclusion(
-                indices[0], size, leaf, p, root
-            ),
-            200,
-        )
-        row = {
-            k: ({kk: round(vv, 4) for kk, vv in v.items()} if isinstance(v, dict) else round(v, 4))
-            for k, v in row.items()
-        }
+        row = measure_at(size, ledger, ptree, mtree, rng)
         results["at_size"][str(size)] = row
         print(f"  size {size:>9,}: {json.dumps(row)}", flush=True)
 
@@ -173,7 +170,8 @@ def main() -> None:
         f"ledger: batched appends {b['tally']:,}/s vs pymerkle sqlite {b['pymerkle_sqlite']:,}/s "
         f"({b['tally'] / b['pymerkle_sqlite']:.2f}x); at {max(sizes):,} entries root {top['root_ms']['tally']:.3f} ms "
         f"(pymerkle sqlite {top['root_ms']['pymerkle_sqlite']:.1f} ms), inclusion proof "
-        f"{top['inclusion_proof_ms']['tally']:.3f} ms (pymerkle sqlite {top['inclusion_proof_ms']['pymerkle_sqlite']:.1f} ms)"
+        f"{top['inclusion_proof_ms']['tally']:.3f} ms "
+        f"(pymerkle sqlite {top['inclusion_proof_ms']['pymerkle_sqlite']:.1f} ms)"
     )
 
 

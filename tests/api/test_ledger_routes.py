@@ -7,13 +7,13 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from tests.conftest import append_notes
 
 from tally.api import create_app
 from tally.config import Settings
 from tally.ledger import merkle, open_ledger
 from tally.ledger.notes import Verifier, open_checkpoint
 from tally.store import open_store
-from tests.conftest import append_notes
 
 
 @pytest.fixture

@@ -9,11 +9,11 @@ import pytest
 import rfc8785
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.conftest import Note
 
 from tally.ledger import Event, LedgerFormatError, decode_entry
 from tally.ledger.canonical import canonical_json
 from tally.ledger.events import encode_entry
-from tests.conftest import Note
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.floats(allow_nan=False, allow_infinity=False)
@@ -66,6 +66,6 @@ def test_unknown_event_types_still_decode() -> None:
 def test_an_event_type_cannot_be_defined_twice() -> None:
     with pytest.raises(TypeError, match="already defined"):
 
-        class Other(Event):  # noqa: F841
+        class Other(Event):
             event_type: ClassVar[str] = "test.note"
             text: str

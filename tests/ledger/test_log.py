@@ -9,10 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pymerkle import InmemoryTree
 from sqlalchemy import func, select, text
+from tests.conftest import Note, append_notes
 
 from tally.ledger import Ledger, LedgerLimitError, decode_entry, merkle
 from tally.ledger.tables import LedgerEntry, LedgerNode
-from tests.conftest import Note, append_notes
 
 
 def stored_leaves(ledger: Ledger) -> list[bytes]:

@@ -8,11 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
+from tests.conftest import append_notes
 from typer.testing import CliRunner
 
 from tally.cli.main import app
 from tally.ledger import Ledger, ReceiptError, build_receipt, verify_receipt
-from tests.conftest import append_notes
 
 
 @pytest.fixture

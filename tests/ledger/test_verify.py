@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from tests.conftest import append_notes
 from typer.testing import CliRunner
 
 from tally.cli.main import app
@@ -13,7 +14,6 @@ from tally.config import Settings
 from tally.ledger import Ledger, merkle, open_ledger
 from tally.ledger.tables import node_id
 from tally.store import open_store
-from tests.conftest import append_notes
 
 runner = CliRunner()
 
