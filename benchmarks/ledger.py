@@ -50,7 +50,7 @@ def median_ms(fn, reps: int) -> float:
 
 def pymerkle_root(tree: Any, size: int) -> bytes:
     tree.cache_clear()  # measure the computation, not pymerkle's memo of an earlier call
-    return tree.get_state(size)
+    return tree.get_root(size)
 
 
 def pymerkle_proof(tree: Any, index: int, size: int) -> Any:
@@ -60,7 +60,7 @@ def pymerkle_proof(tree: Any, index: int, size: int) -> Any:
 
 def measure_at(size: int, ledger: Any, ptree: Any, mtree: Any, rng: random.Random) -> dict[str, Any]:
     root = ledger.root(size)
-    assert root == ptree.get_state(size) == mtree.get_state(size), "implementations disagree"
+    assert root == ptree.get_root(size) == mtree.get_root(size), "implementations disagree"
     it = iter([rng.randrange(size) for _ in range(10_000)])
     slow_reps = 3 if size >= 10**6 else 7
     row: dict[str, Any] = {

@@ -85,3 +85,18 @@ def test_cli_verifies_a_receipt_without_a_database(receipt: dict, tmp_path: Path
     path.write_text(json.dumps(receipt))
     bad = runner.invoke(app, ["ledger", "verify-receipt", str(path)])
     assert bad.exit_code == 1 and "does not verify" in bad.output
+
+
+def test_the_standalone_verifier_in_docs_agrees(receipt: dict, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "docs" / "verify_receipt.py"
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(receipt))
+    ok = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True)
+    assert ok.returncode == 0 and "OK: entry 5" in ok.stdout, ok.stderr
+    receipt["inclusion_proof"][0] = _flip_b64(receipt["inclusion_proof"][0])
+    path.write_text(json.dumps(receipt))
+    bad = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True)
+    assert bad.returncode == 1 and "does NOT verify" in bad.stderr

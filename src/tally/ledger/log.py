@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import bindparam, select, text, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from tally.ledger import merkle
@@ -45,31 +46,33 @@ class SignedCheckpoint:
     created_at: str
 
 
-_LEAVES = text("SELECT seq, leaf_hash FROM ledger_entries WHERE seq IN :ids").bindparams(
-    bindparam("ids", expanding=True)
-)
-_NODES = text("SELECT id, hash FROM ledger_nodes WHERE id IN :ids").bindparams(bindparam("ids", expanding=True))
+_PIECES = text(
+    "SELECT seq, 0, leaf_hash FROM ledger_entries WHERE seq IN :leaves "
+    "UNION ALL SELECT id, 1, hash FROM ledger_nodes WHERE id IN :nodes"
+).bindparams(bindparam("leaves", expanding=True), bindparam("nodes", expanding=True))
+
+Reader = Session | Connection
 
 
 def _level(size: int) -> int:
     return size.bit_length() - 1
 
 
-def fetch_pieces(session: Session, pieces: list[merkle.Range]) -> dict[merkle.Range, bytes]:
-    """Hashes of aligned perfect subtrees, read from storage."""
+def fetch_pieces(conn: Reader, pieces: list[merkle.Range]) -> dict[merkle.Range, bytes]:
+    """Hashes of aligned perfect subtrees, read from storage in one query."""
     leaves = [s for s, e in pieces if e - s == 1]
     nodes = {node_id(_level(e - s), s >> _level(e - s)): (s, e) for s, e in pieces if e - s > 1}
     out: dict[merkle.Range, bytes] = {}
-    if leaves:
-        for seq, h in session.execute(_LEAVES, {"ids": leaves}):
-            out[(seq, seq + 1)] = bytes(h)
-    if nodes:
-        for nid, h in session.execute(_NODES, {"ids": list(nodes)}):
-            out[nodes[nid]] = bytes(h)
+    for key, is_node, h in conn.execute(_PIECES, {"leaves": leaves, "nodes": list(nodes)}):
+        out[nodes[key] if is_node else (key, key + 1)] = bytes(h)
     missing = [p for p in pieces if p not in out]
     if missing:
-        raise LedgerError(f"stored tree is missing the hash of leaves [{missing[0][0]}, {missing[0][1]})")
+        raise _MissingPiece(missing[0])
     return out
+
+
+class _MissingPiece(LookupError):
+    pass
 
 
 class Ledger:
@@ -96,6 +99,10 @@ class Ledger:
 
     def _session(self, session: Session | None) -> Session | nullcontext[Session]:
         return nullcontext(session) if session is not None else self.store.read()  # type: ignore[return-value]
+
+    def _reader(self, session: Session | None) -> Session | nullcontext[Session] | Connection:
+        """Hot read paths use a bare connection: entries and nodes never change once written."""
+        return nullcontext(session) if session is not None else self.store.engine.connect()  # type: ignore[return-value]
 
     # ---- writing -------------------------------------------------------------------------------------------
 
@@ -150,54 +157,60 @@ class Ledger:
     # ---- reading -------------------------------------------------------------------------------------------
 
     def size(self, session: Session | None = None) -> int:
-        with self._session(session) as s:
-            return s.execute(select(LedgerState.size).where(LedgerState.id == 1)).scalar_one()
+        with self._reader(session) as conn:
+            return self._size(conn)
+
+    @staticmethod
+    def _size(conn: Reader) -> int:
+        return conn.execute(select(LedgerState.size).where(LedgerState.id == 1)).scalar_one()
+
+    def _resolve(self, conn: Reader, size: int, ranges: list[merkle.Range]) -> list[bytes]:
+        """MTHs of `ranges` within a tree of `size`; a piece that is not stored means the size is too large."""
+        try:
+            return merkle.resolve_ranges(ranges, lambda pieces: fetch_pieces(conn, pieces))
+        except _MissingPiece as exc:
+            current = self._size(conn)
+            if size > current:
+                raise ValueError(f"tree size {size} is outside 0..{current}") from None
+            start, end = exc.args[0]
+            raise LedgerError(f"stored tree is missing the hash of leaves [{start}, {end})") from None
 
     def root(self, size: int | None = None, session: Session | None = None) -> bytes:
-        with self._session(session) as s:
-            size = self.size(s) if size is None else size
-            self._check_size(s, size)
-            if size == 0:
-                return merkle.EMPTY_ROOT
-            return merkle.resolve_ranges([(0, size)], lambda p: fetch_pieces(s, p))[0]
+        with self._reader(session) as conn:
+            size = self._size(conn) if size is None else size
+            if size < 0:
+                raise ValueError(f"tree size {size} is negative")
+            return self._resolve(conn, size, [(0, size)])[0] if size else merkle.EMPTY_ROOT
 
     def entry(self, seq: int, session: Session | None = None) -> bytes:
-        with self._session(session) as s:
-            body = s.execute(select(LedgerEntry.body).where(LedgerEntry.seq == seq)).scalar_one_or_none()
+        with self._reader(session) as conn:
+            body = conn.execute(select(LedgerEntry.body).where(LedgerEntry.seq == seq)).scalar_one_or_none()
             if body is None:
-                raise KeyError(f"no ledger entry {seq} (the log has {self.size(s)} entries)")
+                raise KeyError(f"no ledger entry {seq} (the log has {self._size(conn)} entries)")
             return bytes(body)
 
     def entries(self, start: int, limit: int, session: Session | None = None) -> list[bytes]:
-        with self._session(session) as s:
-            rows = s.execute(
+        with self._reader(session) as conn:
+            rows = conn.execute(
                 select(LedgerEntry.body).where(LedgerEntry.seq >= start).order_by(LedgerEntry.seq).limit(limit)
             )
             return [bytes(b) for (b,) in rows]
 
     def inclusion_proof(self, index: int, size: int | None = None, session: Session | None = None) -> list[bytes]:
-        with self._session(session) as s:
-            size = self.size(s) if size is None else size
-            self._check_size(s, size)
+        with self._reader(session) as conn:
+            size = self._size(conn) if size is None else size
             if not 0 <= index < size:
                 raise ValueError(f"index {index} is not below tree size {size}")
-            return merkle.resolve_ranges(merkle.inclusion_ranges(index, size), lambda p: fetch_pieces(s, p))
+            return self._resolve(conn, size, merkle.inclusion_ranges(index, size))
 
     def consistency_proof(
         self, old_size: int, new_size: int | None = None, session: Session | None = None
     ) -> list[bytes]:
-        with self._session(session) as s:
-            new_size = self.size(s) if new_size is None else new_size
-            self._check_size(s, new_size)
+        with self._reader(session) as conn:
+            new_size = self._size(conn) if new_size is None else new_size
             if not 0 < old_size <= new_size:
                 raise ValueError(f"no consistency proof from size {old_size} to size {new_size}")
-            ranges = merkle.consistency_ranges(old_size, new_size)
-            return merkle.resolve_ranges(ranges, lambda p: fetch_pieces(s, p))
-
-    def _check_size(self, session: Session, size: int) -> None:
-        current = self.size(session)
-        if not 0 <= size <= current:
-            raise ValueError(f"tree size {size} is outside 0..{current}")
+            return self._resolve(conn, new_size, merkle.consistency_ranges(old_size, new_size))
 
     # ---- checkpoints ---------------------------------------------------------------------------------------
 

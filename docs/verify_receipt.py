@@ -1,0 +1,79 @@
+"""Check a Tally ledger receipt with nothing but hashlib and `cryptography`.
+
+    python verify_receipt.py receipt.json [VERIFIER_KEY]
+
+Exits 0 and prints the entry when the receipt holds; exits 1 naming what failed otherwise.
+"""
+
+import base64
+import hashlib
+import json
+import sys
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def root_from_inclusion_proof(index: int, size: int, leaf: bytes, proof: list) -> bytes:
+    """RFC 9162, section 2.1.3.2."""
+    if index >= size:
+        raise ValueError("index beyond tree size")
+    fn, sn, r = index, size - 1, leaf
+    for p in proof:
+        if sn == 0:
+            raise ValueError("proof too long")
+        if fn & 1 or fn == sn:
+            r = sha256(b"\x01" + p + r)
+            while fn and not fn & 1:
+                fn, sn = fn >> 1, sn >> 1
+        else:
+            r = sha256(b"\x01" + r + p)
+        fn, sn = fn >> 1, sn >> 1
+    if sn != 0:
+        raise ValueError("proof too short")
+    return r
+
+
+def open_checkpoint(note: str, verifier_key: str) -> tuple:
+    """Verify a C2SP signed note with an Ed25519 verifier key; return (origin, size, root)."""
+    name, key_id_hex, key_b64 = verifier_key.split("+", 2)
+    key = base64.b64decode(key_b64)
+    assert key[0] == 1 and len(key) == 33, "not an Ed25519 verifier key"
+    key_id = sha256(name.encode() + b"\n" + key)[:4]
+    assert key_id.hex() == key_id_hex, "key id does not match the key"
+    text, _, signatures = note.partition("\n\n")
+    text += "\n"
+    for line in signatures.splitlines():
+        signer, sig_b64 = line.removeprefix("\u2014 ").rsplit(" ", 1)
+        sig = base64.b64decode(sig_b64)
+        if signer == name and sig[:4] == key_id:
+            Ed25519PublicKey.from_public_bytes(key[1:]).verify(sig[4:], text.encode())  # raises if forged
+            origin, size, root_b64 = text.splitlines()[:3]
+            return origin, int(size), base64.b64decode(root_b64)
+    raise ValueError(f"no signature by {name}")
+
+
+def main() -> None:
+    receipt = json.load(open(sys.argv[1], encoding="utf-8"))
+    key = sys.argv[2] if len(sys.argv) > 2 else receipt["verifier_key"]
+    origin, size, root = open_checkpoint(receipt["checkpoint"], key)
+    assert origin == receipt["origin"] and size == receipt["tree_size"], "checkpoint does not match the receipt"
+    body = receipt["entry"].encode("utf-8")
+    proof = [base64.b64decode(p) for p in receipt["inclusion_proof"]]
+    computed = root_from_inclusion_proof(receipt["index"], size, sha256(b"\x00" + body), proof)
+    assert computed == root, "inclusion proof does not lead to the signed root"
+    entry = json.loads(body)
+    assert entry["seq"] == receipt["index"], "entry's own sequence number differs from the proven index"
+    print(f"OK: entry {entry['seq']} of {origin} (size {size}) signed by {key}")
+    print(json.dumps(entry, indent=2))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception as exc:  # any failure means: do not trust this receipt
+        print(f"receipt does NOT verify: {exc!r}", file=sys.stderr)
+        sys.exit(1)
