@@ -25,7 +25,7 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 def test_list(cache: Path) -> None:
     result = CliRunner().invoke(app, ["list"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    assert "smollm2-135m-instruct (default)" in result.output
+    assert "smollm2-135m-instruct *" in result.output
     assert "not pulled" in result.output
     assert "HuggingFaceTB/SmolLM2-135M-Instruct" in result.output
 

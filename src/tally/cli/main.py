@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from tally.cli import ledger, models
-from tally.cli.common import console
+from tally.cli.common import console, load_cli_settings
 
 app = typer.Typer(help="Tally: attribution-native AI.", no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(ledger.app, name="ledger")
@@ -17,10 +17,9 @@ app.add_typer(db, name="db")
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Apply all database migrations (the server and CLI also do this on start)."""
-    from tally.config import get_settings
     from tally.store import open_store
 
-    store = open_store(get_settings())
+    store = open_store(load_cli_settings())
     console.print(f"database at {store.url} is up to date")
     store.dispose()
 
@@ -34,9 +33,8 @@ def serve(
     import uvicorn
 
     from tally.api import create_app
-    from tally.config import get_settings
 
-    settings = get_settings()
+    settings = load_cli_settings()
     bind_host = host or settings.server.host
     bind_port = port or settings.server.port
     console.print(f"Tally serving on http://{bind_host}:{bind_port} (data in {settings.data_dir})")
