@@ -43,7 +43,6 @@ class ServerSettings(_Section):
 class LedgerSettings(_Section):
     origin: str = Field("tally.local/ledger", min_length=1, description="checkpoint origin line and key name")
     max_batch: int = Field(100_000, ge=1, description="most entries one append_batch call may write")
-    max_proof_range: int = Field(1 << 40, ge=1, description="largest tree size a proof request may name")
 
 
 class ModelSettings(_Section):
@@ -66,9 +65,9 @@ class Settings(BaseSettings):
         "FULL",
         description="FULL: a commit that returned survives power loss; NORMAL: survives a process crash",
     )
-    server: ServerSettings = Field(default_factory=ServerSettings)
-    ledger: LedgerSettings = Field(default_factory=LedgerSettings)
-    models: ModelSettings = Field(default_factory=ModelSettings)
+    server: ServerSettings = Field(default_factory=lambda: ServerSettings())
+    ledger: LedgerSettings = Field(default_factory=lambda: LedgerSettings())
+    models: ModelSettings = Field(default_factory=lambda: ModelSettings())
 
     @classmethod
     def settings_customise_sources(

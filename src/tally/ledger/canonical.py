@@ -32,7 +32,7 @@ def _fast_path_ok(v: Any) -> bool:
 
 
 # JCS escapes exactly what the standard library's non-ASCII-preserving string encoder escapes.
-json_string = json.encoder.encode_basestring  # type: ignore[attr-defined]
+json_string = json.encoder.encode_basestring
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,12 +97,12 @@ class Ledger:
                 created = LogCreated(origin=origin, verifier_key=signer.verifier.encode())
                 self.append(session, created, actor="ledger")
 
-    def _session(self, session: Session | None) -> Session | nullcontext[Session]:
-        return nullcontext(session) if session is not None else self.store.read()  # type: ignore[return-value]
+    def _session(self, session: Session | None) -> AbstractContextManager[Session]:
+        return nullcontext(session) if session is not None else self.store.read()
 
-    def _reader(self, session: Session | None) -> Session | nullcontext[Session] | Connection:
+    def _reader(self, session: Session | None) -> AbstractContextManager[Reader]:
         """Hot read paths use a bare connection: entries and nodes never change once written."""
-        return nullcontext(session) if session is not None else self.store.engine.connect()  # type: ignore[return-value]
+        return nullcontext(session) if session is not None else self.store.engine.connect()
 
     # ---- writing -------------------------------------------------------------------------------------------
 

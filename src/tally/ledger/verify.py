@@ -101,7 +101,7 @@ def _verify(ledger: Ledger, progress: Callable[[int, int], None] | None) -> Veri
                 if expected in wanted_roots:
                     roots[expected] = merkle.fold_pieces(stack)
             if computed:
-                stored = dict(s.execute(_NODES, {"ids": list(computed)}).tuples().all())
+                stored: dict[int, bytes] = dict(s.execute(_NODES, {"ids": list(computed)}).tuples().all())
                 for nid, (seq, h) in computed.items():
                     got = stored.get(nid)
                     if got is None or bytes(got) != h:
