@@ -41,9 +41,11 @@ def open_checkpoint(note: str, verifier_key: str) -> tuple:
     """Verify a C2SP signed note with an Ed25519 verifier key; return (origin, size, root)."""
     name, key_id_hex, key_b64 = verifier_key.split("+", 2)
     key = base64.b64decode(key_b64)
-    assert key[0] == 1 and len(key) == 33, "not an Ed25519 verifier key"
+    if len(key) != 33 or key[0] != 1:
+        raise ValueError("not an Ed25519 verifier key")
     key_id = sha256(name.encode() + b"\n" + key)[:4]
-    assert key_id.hex() == key_id_hex, "key id does not match the key"
+    if key_id.hex() != key_id_hex:
+        raise ValueError("key id does not match the key")
     text, _, signatures = note.partition("\n\n")
     text += "\n"
     for line in signatures.splitlines():
@@ -60,14 +62,19 @@ def main() -> None:
     receipt = json.load(open(sys.argv[1], encoding="utf-8"))
     key = sys.argv[2] if len(sys.argv) > 2 else receipt["verifier_key"]
     origin, size, root = open_checkpoint(receipt["checkpoint"], key)
-    assert origin == receipt["origin"] and size == receipt["tree_size"], "checkpoint does not match the receipt"
+    if origin != receipt["origin"] or size != receipt["tree_size"]:
+        raise ValueError("checkpoint does not match the receipt")
     body = receipt["entry"].encode("utf-8")
     proof = [base64.b64decode(p) for p in receipt["inclusion_proof"]]
     computed = root_from_inclusion_proof(receipt["index"], size, sha256(b"\x00" + body), proof)
-    assert computed == root, "inclusion proof does not lead to the signed root"
+    if computed != root:
+        raise ValueError("inclusion proof does not lead to the signed root")
     entry = json.loads(body)
-    assert entry["seq"] == receipt["index"], "entry's own sequence number differs from the proven index"
+    if entry["seq"] != receipt["index"]:
+        raise ValueError("entry's own sequence number differs from the proven index")
     print(f"OK: entry {entry['seq']} of {origin} (size {size}) signed by {key}")
+    if len(sys.argv) <= 2:
+        print("(the key came from the receipt itself: compare it with the key the log publishes)")
     print(json.dumps(entry, indent=2))
 
 

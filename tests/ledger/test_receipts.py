@@ -98,5 +98,6 @@ def test_the_standalone_verifier_in_docs_agrees(receipt: dict, tmp_path: Path) -
     assert ok.returncode == 0 and "OK: entry 5" in ok.stdout, ok.stderr
     receipt["inclusion_proof"][0] = _flip_b64(receipt["inclusion_proof"][0])
     path.write_text(json.dumps(receipt))
-    bad = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True)
-    assert bad.returncode == 1 and "does NOT verify" in bad.stderr
+    for flags in ([], ["-O"]):  # checks must not be asserts that -O strips
+        bad = subprocess.run([sys.executable, *flags, str(script), str(path)], capture_output=True, text=True)
+        assert bad.returncode == 1 and "does NOT verify" in bad.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -14,8 +15,9 @@ from tally.config import Settings, get_settings
 from tally.ledger import Ledger, open_ledger
 from tally.store import Store, open_store
 
-console = Console()
-err = Console(stderr=True)
+# soft_wrap: long lines (keys, hashes, messages) stay whole when piped or logged
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -30,12 +32,18 @@ def load_cli_settings() -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
-        raise fail(
-            f"invalid setting {field}: {first['msg']} (settings come from TALLY_* variables and "
-            f"{os.environ.get('TALLY_CONFIG', 'tally.toml')})"
-        ) from None
+        env = "TALLY_" + field.upper().replace(".", "__")
+        what = "unknown setting" if first["type"] == "extra_forbidden" else "invalid setting"
+        detail = "" if first["type"] == "extra_forbidden" else f": {first['msg']}"
+        raise fail(f"{what} {field}{detail} (check {env} and {config_file()})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise fail(f"{config_file()} is not valid TOML: {exc}") from None
     except FileNotFoundError as exc:
         raise fail(str(exc)) from None
+
+
+def config_file() -> str:
+    return os.environ.get("TALLY_CONFIG", "tally.toml")
 
 
 @contextmanager

@@ -103,7 +103,8 @@ def verify() -> None:
             bar.stop()
             raise fail(str(exc)) from None
     console.print(
-        f"ledger OK: {report.size} entries, {report.nodes} nodes, {report.checkpoints} checkpoints, "
+        f"ledger OK: {report.size} {'entry' if report.size == 1 else 'entries'}, {report.nodes} nodes, "
+        f"{report.checkpoints} checkpoints, "
         f"root {_b64(report.root)}"
     )
 

@@ -37,7 +37,7 @@ def serve(
     settings = load_cli_settings()
     bind_host = host or settings.server.host
     bind_port = port or settings.server.port
-    console.print(f"Tally serving on http://{bind_host}:{bind_port} (data in {settings.data_dir})")
+    console.print(f"Tally starting on http://{bind_host}:{bind_port} (data in {settings.data_dir})")
     uvicorn.run(create_app(settings), host=bind_host, port=bind_port, log_level="info")
 
 

@@ -16,7 +16,7 @@ app = typer.Typer(help="Provision and inspect base models.", no_args_is_help=Tru
 
 _LABELS = {
     "download": "Download",
-    "verify": "Verify sha256",
+    "verify": "Verify",
     "extract": "Extract GGUF",
     "convert": "Convert to fp32",
     "save": "Save safetensors",

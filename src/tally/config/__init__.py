@@ -1,6 +1,7 @@
 """Settings and the data directory layout."""
 
 from tally.config.settings import (
+    DatanetSettings,
     LedgerSettings,
     ModelSettings,
     ServerSettings,
@@ -10,6 +11,7 @@ from tally.config.settings import (
 )
 
 __all__ = [
+    "DatanetSettings",
     "LedgerSettings",
     "ModelSettings",
     "ServerSettings",

@@ -52,6 +52,16 @@ class ModelSettings(_Section):
     download_timeout_s: int = Field(120, ge=1)
 
 
+class DatanetSettings(_Section):
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="default per-upload byte limit of a new datanet")
+    max_rows_per_day: int = Field(10_000, ge=1, description="default rows a contributor may add per datanet per day")
+    max_rows_per_upload: int = Field(200_000, ge=1)
+    max_field_chars: int = Field(100_000, ge=1)
+    chunk_chars: int = Field(2000, ge=100, description="target size of a document chunk")
+    chunk_overlap: int = Field(200, ge=0)
+    near_dup_threshold: float = Field(0.8, gt=0, le=1, description="estimated Jaccard similarity that flags a row")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TALLY_",
@@ -68,6 +78,8 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=lambda: ServerSettings())
     ledger: LedgerSettings = Field(default_factory=lambda: LedgerSettings())
     models: ModelSettings = Field(default_factory=lambda: ModelSettings())
+    datanets: DatanetSettings = Field(default_factory=lambda: DatanetSettings())
+    chain_id: int = Field(31337, ge=1, description="EVM chain id: EIP-712 signing domain and on-chain settlement")
 
     @classmethod
     def settings_customise_sources(
@@ -93,6 +105,15 @@ class Settings(BaseSettings):
     @property
     def log_key_path(self) -> Path:
         return self.keys_dir / "ledger-ed25519.key"
+
+    @property
+    def account_keys_dir(self) -> Path:
+        """Private keys of accounts created on this machine (`tally accounts create`), mode 0600."""
+        return self.keys_dir / "accounts"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.data_dir / "exports"
 
     @property
     def witness_path(self) -> Path:

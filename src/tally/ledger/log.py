@@ -186,7 +186,8 @@ class Ledger:
         with self._reader(session) as conn:
             body = conn.execute(select(LedgerEntry.body).where(LedgerEntry.seq == seq)).scalar_one_or_none()
             if body is None:
-                raise KeyError(f"no ledger entry {seq} (the log has {self._size(conn)} entries)")
+                size = self._size(conn)
+                raise KeyError(f"no ledger entry {seq} (the log has {size} {'entry' if size == 1 else 'entries'})")
             return bytes(body)
 
     def entries(self, start: int, limit: int, session: Session | None = None) -> list[bytes]:
