@@ -1,0 +1,51 @@
+"""Accounts, API keys, roles, and EIP-712 signing and verification."""
+
+from tally.identity.accounts import (
+    ROLES,
+    Account,
+    AccountError,
+    create_account,
+    get_account,
+    list_accounts,
+    load_local_key,
+    resolve_account,
+)
+from tally.identity.keys import (
+    ApiKey,
+    AuthError,
+    Principal,
+    authenticate,
+    create_api_key,
+    list_api_keys,
+    revoke_api_key,
+)
+from tally.identity.signing import (
+    SignatureError,
+    consume_nonce,
+    contribution_typed_data,
+    recover_contribution_signer,
+    sign_contribution,
+)
+
+__all__ = [
+    "ROLES",
+    "Account",
+    "AccountError",
+    "ApiKey",
+    "AuthError",
+    "Principal",
+    "SignatureError",
+    "authenticate",
+    "consume_nonce",
+    "contribution_typed_data",
+    "create_account",
+    "create_api_key",
+    "get_account",
+    "list_accounts",
+    "list_api_keys",
+    "load_local_key",
+    "recover_contribution_signer",
+    "resolve_account",
+    "revoke_api_key",
+    "sign_contribution",
+]

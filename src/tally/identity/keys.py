@@ -1,0 +1,138 @@
+"""Bearer API keys: `tly_<key id>_<secret>`. Only SHA-256(secret) is stored; the token is shown once.
+
+The secret carries 256 random bits, so a plain hash (as for GitHub tokens) is enough: nothing to brute-force.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tally.identity.accounts import Account, AccountError, check_roles, get_account
+from tally.identity.events import ApiKeyCreated, ApiKeyRevoked
+from tally.identity.tables import ApiKeyRow
+from tally.ledger import Ledger
+from tally.ledger.events import now_ts
+
+PREFIX = "tly"
+
+
+class AuthError(PermissionError):
+    """Authentication failed; the message says why without revealing whether a key exists."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: an account and the roles its key grants."""
+
+    address: str
+    name: str
+    roles: frozenset[str]
+    key_id: str | None = None
+
+    def has(self, *roles: str) -> bool:
+        return "admin" in self.roles or any(r in self.roles for r in roles)
+
+    @classmethod
+    def of(cls, account: Account) -> Principal:
+        return cls(account.address, account.name, account.roles)
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    key_id: str
+    account: str
+    roles: frozenset[str]
+    label: str
+    created_at: str
+    expires_at: str | None
+    revoked_at: str | None
+
+
+def _hash(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def _key(row: ApiKeyRow) -> ApiKey:
+    return ApiKey(
+        row.key_id,
+        row.account,
+        frozenset(row.roles.split(",")),
+        row.label,
+        row.created_at,
+        row.expires_at,
+        row.revoked_at,
+    )
+
+
+def create_api_key(
+    session: Session,
+    ledger: Ledger,
+    account: Account,
+    *,
+    roles: list[str] | None = None,
+    expires_in: timedelta | None = None,
+    label: str = "",
+) -> tuple[ApiKey, str]:
+    """A new key for `account` with at most the account's roles; returns the key and its token (shown once)."""
+    key_roles = check_roles(roles) if roles else sorted(account.roles)
+    extra = set(key_roles) - set(account.roles)
+    if extra:
+        raise AccountError(f"account {account.name} does not hold role {sorted(extra)[0]!r}")
+    key_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    expires = (datetime.now(UTC) + expires_in).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if expires_in else None
+    row = ApiKeyRow(
+        key_id=key_id,
+        account=account.address,
+        secret_hash=_hash(secret),
+        roles=",".join(key_roles),
+        label=label,
+        created_at=now_ts(),
+        expires_at=expires,
+        revoked_at=None,
+    )
+    session.add(row)
+    session.flush()
+    event = ApiKeyCreated(key_id=key_id, account=account.address, roles=key_roles, expires_at=expires)
+    ledger.append(session, event, actor=account.address)
+    return _key(row), f"{PREFIX}_{key_id}_{secret}"
+
+
+def revoke_api_key(session: Session, ledger: Ledger, key_id: str, *, by: Principal) -> ApiKey:
+    row = session.get(ApiKeyRow, key_id)
+    if row is None or (row.account != by.address and "admin" not in by.roles):
+        raise AccountError(f"no API key {key_id!r} that you may revoke")
+    if row.revoked_at is None:
+        row.revoked_at = now_ts()
+        ledger.append(session, ApiKeyRevoked(key_id=key_id, account=row.account), actor=by.address)
+    return _key(row)
+
+
+def list_api_keys(session: Session, address: str) -> list[ApiKey]:
+    rows = session.execute(select(ApiKeyRow).where(ApiKeyRow.account == address).order_by(ApiKeyRow.created_at))
+    return [_key(r) for r in rows.scalars()]
+
+
+def authenticate(session: Session, token: str) -> Principal:
+    """The principal behind a bearer token, or AuthError (malformed, unknown, revoked or expired)."""
+    parts = token.split("_", 2)
+    if len(parts) != 3 or parts[0] != PREFIX:
+        raise AuthError("malformed API key; expected tly_<id>_<secret>")
+    row = session.get(ApiKeyRow, parts[1])
+    if row is None or not hmac.compare_digest(row.secret_hash, _hash(parts[2])):
+        raise AuthError("invalid API key")
+    if row.revoked_at is not None:
+        raise AuthError(f"API key {row.key_id} was revoked at {row.revoked_at}")
+    if row.expires_at is not None and row.expires_at <= now_ts():
+        raise AuthError(f"API key {row.key_id} expired at {row.expires_at}")
+    account = get_account(session, row.account)
+    if account is None:
+        raise AuthError("invalid API key")
+    return Principal(account.address, account.name, frozenset(row.roles.split(",")) & account.roles, row.key_id)
