@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import tally
-from tally.api import errors, ledger_routes
+from tally.api import datanet_routes, errors, identity_routes, ledger_routes
 from tally.api.state import AppState
 from tally.config import Settings, get_settings
 from tally.ledger import open_ledger
@@ -36,4 +36,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok", "version": tally.__version__, "ledger_size": state.ledger.size()}
 
     app.include_router(ledger_routes.router)
+    app.include_router(identity_routes.router)
+    app.include_router(datanet_routes.router)
     return app

@@ -7,6 +7,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from tally.datanets.errors import DatanetError, ForbiddenError, NotFoundError
+from tally.identity import AccountError, AuthError
+
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error", param: str | None = None):
@@ -21,6 +24,19 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(error_body(exc.message, exc.type, exc.param), status_code=exc.status)
+
+    def _raise_as(status: int, type_: str):  # type: ignore[no-untyped-def]
+        async def handler(_: Request, exc: Exception) -> JSONResponse:
+            return JSONResponse(error_body(str(exc), type_), status_code=status)
+
+        return handler
+
+    # Service errors carry messages written for the user; the status says whose fault it is.
+    app.add_exception_handler(DatanetError, _raise_as(400, "invalid_request_error"))
+    app.add_exception_handler(AccountError, _raise_as(400, "invalid_request_error"))
+    app.add_exception_handler(NotFoundError, _raise_as(404, "not_found_error"))
+    app.add_exception_handler(ForbiddenError, _raise_as(403, "permission_error"))
+    app.add_exception_handler(AuthError, _raise_as(401, "authentication_error"))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from tally.config import Settings, get_settings
+from tally.identity import Principal
 from tally.ledger import Ledger, open_ledger
 from tally.store import Store, open_store
 
@@ -54,3 +55,32 @@ def opened_ledger(settings: Settings | None = None) -> Iterator[tuple[Store, Led
         yield store, open_ledger(settings, store)
     finally:
         store.dispose()
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors whose message is written for the user: shown as one line, exit 1."""
+    from tally.datanets.errors import DatanetError, ForbiddenError, NotFoundError
+    from tally.identity import AccountError, AuthError, SignatureError
+
+    return (DatanetError, ForbiddenError, NotFoundError, AccountError, AuthError, SignatureError)
+
+
+@contextmanager
+def cli_errors() -> Iterator[None]:
+    try:
+        yield
+    except user_errors() as exc:
+        raise fail(str(exc)) from None
+
+
+def acting_principal(session: object, name: str | None) -> Principal:
+    """Who a CLI command acts as: `--as NAME` (or TALLY_AS), else the only account with a local key here."""
+    from tally.identity import Principal, list_accounts, resolve_account
+
+    if name:
+        return Principal.of(resolve_account(session, name))  # type: ignore[arg-type]
+    keys_dir = load_cli_settings().account_keys_dir
+    local = [a for a in list_accounts(session) if (keys_dir / f"{a.address}.key").exists()]  # type: ignore[arg-type]
+    if len(local) == 1:
+        return Principal.of(local[0])
+    raise fail("say which account acts: --as NAME (or set TALLY_AS); see `tally accounts list`")

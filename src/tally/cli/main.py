@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import typer
 
-from tally.cli import ledger, models
+from tally.cli import datanets, identity, ledger, models
 from tally.cli.common import console, load_cli_settings
 
 app = typer.Typer(help="Tally: attribution-native AI.", no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(ledger.app, name="ledger")
 app.add_typer(models.app, name="models")
+app.add_typer(identity.accounts, name="accounts")
+app.add_typer(identity.keys, name="keys")
+app.add_typer(datanets.app, name="datanet")
+app.command("contribute", help="Upload rows to a datanet (same as `tally datanet contribute`).")(
+    datanets.contribute_cmd
+)
 db = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db, name="db")
 

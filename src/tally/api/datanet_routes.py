@@ -1,0 +1,213 @@
+"/v1/datanets: create, contribute, review, snapshot, diff, export, access requests."
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+from fastapi.responses import PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from tally.api.auth import principal, require
+from tally.api.errors import ApiError
+from tally.api.state import AppState, app_state
+from tally.datanets import access, contribute, review, service, snapshots
+from tally.identity import Principal
+
+router = APIRouter(prefix="/v1/datanets", tags=["datanets"])
+
+
+class DatanetIn(BaseModel):
+    name: str = Field(description="slug: a-z, 0-9 and '-'")
+    kind: str = Field(description="instruction | chat | documents")
+    license: str = Field(description="SPDX expression")
+    uses: list[str] = Field(description="permitted uses: train, rag, eval, commercial")
+    description: str = ""
+    tags: list[str] = []
+    visibility: str = "public"
+    policy: str = "owner-reviewed"
+    max_upload_bytes: int | None = None
+    max_rows_per_day: int | None = None
+
+
+class ReviewIn(BaseModel):
+    decision: str = Field(description="accept | reject")
+    reason: str = ""
+    contribution: str | None = None
+    rows: list[str] | None = None
+
+
+class MemberIn(BaseModel):
+    address: str
+
+
+class AccessIn(BaseModel):
+    uses: list[str]
+    purpose: str
+
+
+class DecisionIn(BaseModel):
+    reason: str = ""
+
+
+def _json(obj: Any) -> Any:
+    return dataclasses.asdict(obj)
+
+
+@router.post("", status_code=201)
+def create(body: DatanetIn, who: Principal = Depends(require("owner")), state: AppState = Depends(app_state)) -> Any:
+    limits = state.settings.datanets
+    with state.store.transaction() as s:
+        dn = service.create_datanet(
+            s, state.ledger, who, body.name, kind=body.kind, license=body.license, uses=body.uses,
+            description=body.description, tags=body.tags, visibility=body.visibility, policy=body.policy,
+            max_upload_bytes=body.max_upload_bytes or limits.max_upload_bytes,
+            max_rows_per_day=body.max_rows_per_day or limits.max_rows_per_day,
+        )  # fmt: skip
+    return _json(dn)
+
+
+@router.get("")
+def list_all(who: Principal = Depends(principal), state: AppState = Depends(app_state)) -> Any:
+    with state.store.read() as s:
+        return {"data": [_json(d) for d in service.list_datanets(s, who)]}
+
+
+@router.get("/{slug}")
+def show(slug: str, who: Principal = Depends(principal), state: AppState = Depends(app_state)) -> Any:
+    with state.store.read() as s:
+        dn = service.get_datanet(s, who, slug)
+        snaps = snapshots.list_snapshots(s, who, slug)
+    return {**_json(dn), "snapshots": [_json(x) for x in snaps]}
+
+
+@router.post("/{slug}/members", status_code=201)
+def invite(slug: str, body: MemberIn, who: Principal = Depends(principal), state: AppState = Depends(app_state)) -> Any:
+    with state.store.transaction() as s:
+        service.invite_member(s, state.ledger, who, slug, body.address)
+    return {"datanet": slug, "member": body.address}
+
+
+@router.post("/{slug}/contributions", status_code=201)
+async def upload(
+    slug: str,
+    file: UploadFile = File(...),
+    format: str | None = Form(None),
+    signature: str | None = Form(None),
+    nonce: int | None = Form(None),
+    who: Principal = Depends(principal),
+    state: AppState = Depends(app_state),
+) -> Any:
+    data = await file.read()
+    with state.store.transaction() as s:
+        result = contribute.contribute(
+            s, state.ledger, who, slug, data, file.filename or "upload", settings=state.settings.datanets,
+            chain_id=state.settings.chain_id, format=format, signature=signature, nonce=nonce,
+        )  # fmt: skip
+    return _json(result)
+
+
+@router.get("/{slug}/rows")
+def rows(
+    slug: str,
+    status: str | None = Query(None, description="pending | accepted | rejected"),
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
+    who: Principal = Depends(principal),
+    state: AppState = Depends(app_state),
+) -> Any:
+    with state.store.read() as s:
+        return {"data": service.list_rows(s, who, slug, status=status, limit=limit, offset=offset)}
+
+
+@router.post("/{slug}/review")
+def review_rows(
+    slug: str, body: ReviewIn, who: Principal = Depends(principal), state: AppState = Depends(app_state)
+) -> Any:
+    with state.store.transaction() as s:
+        changed = review.review(
+            s, state.ledger, who, slug, decision=body.decision, reason=body.reason, contribution=body.contribution,
+            rows=body.rows,
+        )  # fmt: skip
+    return {"datanet": slug, "decision": body.decision, "changed": changed}
+
+
+@router.post("/{slug}/snapshots", status_code=201)
+def snapshot(slug: str, who: Principal = Depends(principal), state: AppState = Depends(app_state)) -> Any:
+    with state.store.transaction() as s:
+        return _json(snapshots.create_snapshot(s, state.ledger, who, slug))
+
+
+@router.get("/{slug}/snapshots/{snapshot}")
+def get_snapshot(
+    slug: str, snapshot: str, who: Principal = Depends(principal), state: AppState = Depends(app_state)
+) -> Any:
+    with state.store.read() as s:
+        return _json(snapshots.get_snapshot(s, who, slug, snapshot))
+
+
+@router.get("/{slug}/diff")
+def diff(
+    slug: str,
+    from_: str = Query(..., alias="from"),
+    to: str = Query("latest"),
+    who: Principal = Depends(principal),
+    state: AppState = Depends(app_state),
+) -> Any:
+    with state.store.read() as s:
+        return snapshots.diff_snapshots(s, who, slug, from_, to)
+
+
+@router.get("/{slug}/snapshots/{snapshot}/data.jsonl")
+def export_data(
+    slug: str, snapshot: str, who: Principal = Depends(principal), state: AppState = Depends(app_state)
+) -> StreamingResponse:
+    with state.store.read() as s:
+        service.get_datanet(s, who, slug)
+        snap = snapshots.get_snapshot(s, who, slug, snapshot)
+        lines = [json.dumps(c, ensure_ascii=False) + "\n" for _, _, c in snapshots.snapshot_rows(s, snap)]
+    return StreamingResponse(iter(lines), media_type="application/jsonl")
+
+
+@router.get("/{slug}/snapshots/{snapshot}/README.md")
+def export_card(
+    slug: str, snapshot: str, who: Principal = Depends(principal), state: AppState = Depends(app_state)
+) -> Any:
+    with state.store.read() as s:
+        dn = service.get_datanet(s, who, slug)
+        snap = snapshots.get_snapshot(s, who, slug, snapshot)
+    return PlainTextResponse(snapshots.dataset_card(dn, snap), media_type="text/markdown")
+
+
+@router.post("/{slug}/access-requests", status_code=201)
+def request_access(
+    slug: str, body: AccessIn, who: Principal = Depends(principal), state: AppState = Depends(app_state)
+) -> Any:
+    with state.store.transaction() as s:
+        return _json(access.request_access(s, state.ledger, who, slug, uses=body.uses, purpose=body.purpose))
+
+
+@router.get("/{slug}/access-requests")
+def list_requests(slug: str, who: Principal = Depends(principal), state: AppState = Depends(app_state)) -> Any:
+    with state.store.read() as s:
+        return {"data": [_json(r) for r in access.list_access_requests(s, who, slug)]}
+
+
+@router.post("/{slug}/access-requests/{request_id}/{decision}")
+def decide(
+    slug: str,
+    request_id: int,
+    decision: str,
+    body: DecisionIn,
+    who: Principal = Depends(principal),
+    state: AppState = Depends(app_state),
+) -> Any:
+    if decision not in ("grant", "deny"):
+        raise ApiError(404, f"no action {decision!r}: use grant or deny", type_="not_found_error")
+    with state.store.transaction() as s:
+        result = access.decide_access(
+            s, state.ledger, who, slug, request_id, grant=decision == "grant", reason=body.reason
+        )
+    return _json(result)

@@ -1,0 +1,1 @@
+"""Datanets: community datasets with signed, licensed, reviewed, versioned contributions."""

@@ -1,0 +1,95 @@
+"""Access requests to private datanets, in the manner of gated datasets: ask with a purpose, owner decides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tally.datanets.errors import DatanetError, NotFoundError
+from tally.datanets.events import AccessDenied, AccessGranted, AccessRequested
+from tally.datanets.service import _load, check_uses, manage
+from tally.datanets.tables import AccessRequestRow
+from tally.identity import Principal
+from tally.ledger import Ledger
+from tally.ledger.events import now_ts
+
+
+@dataclass(frozen=True)
+class AccessRequest:
+    id: int
+    datanet: str
+    requester: str
+    uses: list[str]
+    purpose: str
+    status: str
+    reason: str | None
+    decided_by: str | None
+    created_at: str
+    decided_at: str | None
+
+    @classmethod
+    def of(cls, r: AccessRequestRow) -> AccessRequest:
+        return cls(
+            r.id, r.datanet, r.requester, list(r.uses), r.purpose, r.status, r.reason, r.decided_by, r.created_at,
+            r.decided_at,
+        )  # fmt: skip
+
+
+def request_access(
+    session: Session, ledger: Ledger, principal: Principal, slug: str, *, uses: list[str], purpose: str
+) -> AccessRequest:
+    dn = _load(session, slug)
+    if dn.visibility != "private":
+        raise DatanetError(f"datanet {slug!r} is public: no access request is needed")
+    if not purpose.strip():
+        raise DatanetError("say what the data is for (purpose)")
+    wanted = check_uses(uses)
+    if not wanted:
+        raise DatanetError("name at least one use: train, rag, eval or commercial")
+    beyond = [u for u in wanted if u not in dn.uses]
+    if beyond:
+        raise DatanetError(f"datanet {slug!r} does not permit {beyond[0]!r} under its license; permitted: {dn.uses}")
+    row = AccessRequestRow(
+        datanet=slug, requester=principal.address, uses=wanted, purpose=purpose.strip(), status="pending",
+        created_at=now_ts(),
+    )  # fmt: skip
+    session.add(row)
+    session.flush()
+    event = AccessRequested(datanet=slug, request=row.id, requester=principal.address, uses=wanted, purpose=row.purpose)
+    ledger.append(session, event, actor=principal.address)
+    return AccessRequest.of(row)
+
+
+def decide_access(
+    session: Session, ledger: Ledger, principal: Principal, slug: str, request_id: int, *, grant: bool, reason: str
+) -> AccessRequest:
+    manage(session, principal, slug, "grant or deny access")
+    row = session.get(AccessRequestRow, request_id)
+    if row is None or row.datanet != slug:
+        raise NotFoundError(f"no access request {request_id} on datanet {slug!r}")
+    if row.status != "pending":
+        raise DatanetError(f"access request {request_id} was already {row.status}")
+    if not grant and not reason.strip():
+        raise DatanetError("a denial needs a reason")
+    row.status, row.reason, row.decided_by, row.decided_at = (
+        "granted" if grant else "denied", reason.strip(), principal.address, now_ts(),
+    )  # fmt: skip
+    if grant:
+        event: AccessGranted | AccessDenied = AccessGranted(
+            datanet=slug, request=row.id, requester=row.requester, uses=list(row.uses), reason=row.reason or ""
+        )
+    else:
+        event = AccessDenied(datanet=slug, request=row.id, requester=row.requester, reason=row.reason or "")
+    ledger.append(session, event, actor=principal.address)
+    return AccessRequest.of(row)
+
+
+def list_access_requests(session: Session, principal: Principal, slug: str) -> list[AccessRequest]:
+    """Owners see every request on their datanet; anyone else sees their own."""
+    dn = _load(session, slug)
+    query = select(AccessRequestRow).where(AccessRequestRow.datanet == slug).order_by(AccessRequestRow.id)
+    if not (principal.address == dn.owner or "admin" in principal.roles):
+        query = query.where(AccessRequestRow.requester == principal.address)
+    return [AccessRequest.of(r) for r in session.execute(query).scalars()]

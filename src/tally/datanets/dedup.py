@@ -1,0 +1,180 @@
+"""Near-duplicate detection for datanet rows: MinHash signatures and an LSH index (datasketch).
+
+Why: exact row hashes catch copies, not a copy with a typo fixed or a sentence added. A MinHash signature estimates
+the Jaccard similarity of two rows' word shingles; MinHashLSH finds the rows likely above the threshold without
+comparing against every stored row. Signatures are plain bytes (num_perm little-endian uint64 values, never a
+pickle) so they can live in a database column and the index can be rebuilt from them at start-up.
+
+A signature depends on the text normalisation, the shingle hash and datasketch's "affine64" permutations drawn from
+`seed`; SIGNATURE_VERSION names that recipe, and stored signatures must be recomputed if it ever changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from datasketch import LeanMinHash, MinHash, MinHashLSH
+
+SIGNATURE_VERSION = "tally-minhash-v1 (NFKC, lowercase, word shingles, blake2b-64, datasketch affine64)"
+_SCHEME = "affine64"
+_POLY = np.uint64(0x9E3779B97F4A7C15)  # odd multiplier that folds a shingle's word hashes into one 64-bit hash
+_BLOCK = 8192  # shingles per vectorised step: bounds the working array at 8 MB for num_perm=128
+
+
+@dataclass(frozen=True)
+class DedupSettings:
+    """Near-duplicate settings. Signatures made with different num_perm, shingle_words or seed do not compare."""
+
+    threshold: float = 0.8  # estimated Jaccard similarity at or above which a row counts as a near-duplicate
+    num_perm: int = 128
+    shingle_words: int = 3
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        if self.num_perm < 2 or self.shingle_words < 1:
+            raise ValueError("need num_perm >= 2 and shingle_words >= 1")
+
+
+def normalise_words(text: str) -> list[str]:
+    """The words shingles are made of: NFKC-normalised, lowercased, split on any run of whitespace."""
+    return unicodedata.normalize("NFKC", text).lower().split()
+
+
+def shingle_hashes(text: str, shingle_words: int = 3) -> np.ndarray:
+    """64-bit hashes of the text's word shingles (with repeats); a text shorter than one shingle is one shingle."""
+    words = normalise_words(text)
+    if len(words) < shingle_words:
+        return np.array([_hash64(" ".join(words))], dtype=np.uint64)
+    hashes = _word_hashes(words)
+    count = len(words) - shingle_words + 1
+    folded = hashes[:count]
+    for offset in range(1, shingle_words):  # polynomial fold: order matters, "a b c" differs from "c b a"
+        folded = folded * _POLY + hashes[offset : offset + count]
+    return folded
+
+
+def _hash64(word: str) -> int:
+    """A stable 64-bit hash (Python's hash() is salted per process, so it cannot be stored)."""
+    return int.from_bytes(hashlib.blake2b(word.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+_WORD_CACHE: dict[str, int] = {}
+_WORD_CACHE_MAX = 1 << 17  # about 20 MB at most; cleared when full (a cache, so any entry may go)
+
+
+def _word_hashes(words: list[str]) -> np.ndarray:
+    """Word hashes with a cache: most words repeat across rows, and hashing dominates signing time."""
+    cache = _WORD_CACHE
+    found = list(map(cache.get, words))
+    try:
+        return np.array(found, dtype=np.uint64)
+    except TypeError:  # some words not cached yet (None in the list)
+        pass
+    if len(cache) > _WORD_CACHE_MAX:
+        cache.clear()
+    for i, value in enumerate(found):
+        if value is None:
+            found[i] = cache[words[i]] = _hash64(words[i])
+    return np.array(found, dtype=np.uint64)
+
+
+@lru_cache(maxsize=16)
+def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """datasketch's permutation parameters (a, b) for these settings; drawing them costs more than signing a row."""
+    a, b = MinHash(num_perm=num_perm, seed=seed, scheme=_SCHEME).permutations
+    return a, b
+
+
+def minhash_signature(text: str, settings: DedupSettings = DedupSettings()) -> bytes:
+    """The text's MinHash as num_perm little-endian uint64 values (8 * num_perm bytes).
+
+    The values are exactly what datasketch's MinHash(scheme="affine64").update_batch gives for the same shingle
+    hashes (each hash pre-mixed with MurmurHash3's 64-bit finalizer, then min over a * h + b modulo 2^64); this
+    computes them in one vectorised step without building a MinHash per row, and a test holds the two equal.
+    """
+    a, b = _permutations(settings.num_perm, settings.seed)
+    mixed = _fmix64(shingle_hashes(text, settings.shingle_words))
+    minima = np.full(settings.num_perm, np.iinfo(np.uint64).max, dtype=np.uint64)
+    for start in range(0, len(mixed), _BLOCK):  # blocks bound memory for very long texts
+        permuted = np.multiply.outer(mixed[start : start + _BLOCK], a)
+        permuted += b
+        np.minimum(minima, permuted.min(axis=0), out=minima)
+    return minima.astype("<u8").tobytes()
+
+
+def _fmix64(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finalizer, the pre-mix datasketch's affine64 scheme applies to every input hash."""
+    h = h ^ (h >> np.uint64(33))
+    h = h * np.uint64(0xFF51AFD7ED558CCD)
+    h = h ^ (h >> np.uint64(33))
+    h = h * np.uint64(0xC4CEB9FE1A85EC53)
+    return h ^ (h >> np.uint64(33))
+
+
+def signature_similarity(a: bytes, b: bytes) -> float:
+    """Estimated Jaccard similarity of two signatures: the share of positions where they agree."""
+    if len(a) != len(b):
+        raise ValueError(f"signatures of different lengths ({len(a)} and {len(b)} bytes) do not compare")
+    return float(np.count_nonzero(np.frombuffer(a, "<u8") == np.frombuffer(b, "<u8"))) / (len(a) // 8)
+
+
+class NearDupIndex:
+    """Row hash -> signature, with an LSH index over them to find a new row's near-duplicates quickly.
+
+    Adding a key twice with the same signature is a no-op (a rebuilt index may see a row again); with a different
+    signature it is an error, since a row hash names one content.
+    """
+
+    def __init__(self, settings: DedupSettings = DedupSettings()) -> None:
+        self.settings = settings
+        self._lsh = MinHashLSH(threshold=settings.threshold, num_perm=settings.num_perm)
+        self._signatures: dict[str, bytes] = {}
+
+    def add(self, key: str, signature: bytes) -> None:
+        minhash = self._minhash(signature)
+        known = self._signatures.get(key)
+        if known is not None:
+            if known != signature:
+                raise ValueError(f"row {key} is already indexed with a different signature")
+            return
+        self._lsh.insert(key, minhash, check_duplication=False)
+        self._signatures[key] = bytes(signature)
+
+    def query(self, signature: bytes) -> list[tuple[str, float]]:
+        """Indexed keys whose estimated Jaccard similarity is at least the threshold, best first (ties by key)."""
+        found = []
+        for key in self._lsh.query(self._minhash(signature)):
+            score = signature_similarity(signature, self._signatures[key])
+            if score >= self.settings.threshold:
+                found.append((key, score))
+        found.sort(key=lambda pair: (-pair[1], pair[0]))
+        return found
+
+    def remove(self, key: str) -> None:
+        """Forget a row (it was rejected or deleted); unknown keys are an error."""
+        if key not in self._signatures:
+            raise KeyError(key)
+        self._lsh.remove(key)
+        del self._signatures[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._signatures
+
+    def __len__(self) -> int:
+        return len(self._signatures)
+
+    def _minhash(self, signature: bytes) -> LeanMinHash:
+        """The signature as the sketch MinHashLSH takes (a LeanMinHash: no permutations to build)."""
+        if len(signature) != 8 * self.settings.num_perm:
+            raise ValueError(
+                f"a signature of {len(signature)} bytes does not fit num_perm={self.settings.num_perm} "
+                f"({8 * self.settings.num_perm} bytes)"
+            )
+        values = np.frombuffer(signature, dtype="<u8")
+        return LeanMinHash(seed=self.settings.seed, hashvalues=values, scheme=_SCHEME)

@@ -1,0 +1,31 @@
+"""Licenses as validated SPDX expressions (`license-expression`)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from license_expression import ExpressionError, Licensing, get_spdx_licensing
+
+from tally.datanets.errors import DatanetError
+
+
+@lru_cache(maxsize=1)
+def _licensing() -> Licensing:
+    return get_spdx_licensing()
+
+
+def normalize_license(expression: str) -> str:
+    """The canonical form of an SPDX expression, e.g. "mit or apache-2.0" -> "MIT OR Apache-2.0"."""
+    if not expression.strip():
+        raise DatanetError("license is empty; give an SPDX expression such as CC-BY-4.0")
+    info = _licensing().validate(expression.strip())
+    if info.errors or not info.normalized_expression:
+        problems = "; ".join(info.errors) or "empty expression"
+        raise DatanetError(
+            f"license {expression!r} is not a valid SPDX expression ({problems}); "
+            "use SPDX ids such as CC-BY-4.0, MIT, Apache-2.0, combined with AND / OR / WITH"
+        )
+    try:
+        return str(_licensing().parse(info.normalized_expression))
+    except ExpressionError as exc:
+        raise DatanetError(f"license {expression!r}: {exc}") from exc

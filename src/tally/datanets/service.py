@@ -1,0 +1,233 @@
+"""Datanets: create, read, list, invite, and who may do what with them.
+
+Permissions, in one place:
+- create a datanet: role owner (or admin); the creator owns it.
+- contribute: role contributor, owner or admin; invite-only and private datanets also need membership
+  (or ownership); rows of open datanets are accepted at once, others wait for the owner's review.
+- review, snapshot, invite, decide access: the datanet's owner (or admin).
+- read rows, snapshots, exports: public datanets for any key; private ones for the owner, members, admins, and
+  holders of a granted access request. Using data (train, rag, eval, commercial) also needs the datanet's
+  permitted uses to include that use, and for private datanets a grant covering it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tally.datanets.errors import DatanetError, ForbiddenError, NotFoundError
+from tally.datanets.events import DatanetCreated, MemberInvited
+from tally.datanets.licenses import normalize_license
+from tally.datanets.tables import AccessRequestRow, DatanetRow, MemberRow
+from tally.identity import Principal, get_account
+from tally.ledger import Ledger
+from tally.ledger.events import now_ts
+
+KINDS = ("instruction", "chat", "documents")
+USES = ("train", "rag", "eval", "commercial")
+VISIBILITIES = ("public", "private")
+POLICIES = ("open", "owner-reviewed", "invite-only")
+_SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class Datanet:
+    slug: str
+    description: str
+    tags: list[str]
+    kind: str
+    license: str
+    uses: list[str]
+    visibility: str
+    policy: str
+    max_upload_bytes: int
+    max_rows_per_day: int
+    owner: str
+    created_at: str
+
+    @classmethod
+    def of(cls, row: DatanetRow) -> Datanet:
+        return cls(
+            row.slug, row.description, list(row.tags), row.kind, row.license, list(row.uses), row.visibility,
+            row.policy, row.max_upload_bytes, row.max_rows_per_day, row.owner, row.created_at,
+        )  # fmt: skip
+
+
+def _choice(field: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise DatanetError(f"{field} {value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def check_uses(uses: list[str]) -> list[str]:
+    for use in uses:
+        _choice("use", use, USES)
+    return sorted(set(uses))
+
+
+def create_datanet(
+    session: Session,
+    ledger: Ledger,
+    principal: Principal,
+    slug: str,
+    *,
+    kind: str,
+    license: str,
+    uses: list[str],
+    description: str = "",
+    tags: list[str] | None = None,
+    visibility: str = "public",
+    policy: str = "owner-reviewed",
+    max_upload_bytes: int,
+    max_rows_per_day: int,
+) -> Datanet:
+    if not principal.has("owner"):
+        raise ForbiddenError("creating a datanet needs the owner role")
+    if not _SLUG.match(slug):
+        raise DatanetError(f"name {slug!r} must be a slug: 1-64 of a-z, 0-9 and '-', not starting or ending with '-'")
+    if session.get(DatanetRow, slug) is not None:
+        raise DatanetError(f"a datanet named {slug!r} already exists")
+    if max_upload_bytes < 1 or max_rows_per_day < 1:
+        raise DatanetError("limits must be positive")
+    row = DatanetRow(
+        slug=slug,
+        description=description,
+        tags=sorted(set(tags or [])),
+        kind=_choice("kind", kind, KINDS),
+        license=normalize_license(license),
+        uses=check_uses(uses),
+        visibility=_choice("visibility", visibility, VISIBILITIES),
+        policy=_choice("policy", policy, POLICIES),
+        max_upload_bytes=max_upload_bytes,
+        max_rows_per_day=max_rows_per_day,
+        owner=principal.address,
+        created_at=now_ts(),
+    )
+    session.add(row)
+    session.flush()
+    event = DatanetCreated(
+        datanet=slug, owner=principal.address, kind=row.kind, license=row.license, uses=row.uses,
+        visibility=row.visibility, policy=row.policy,
+    )  # fmt: skip
+    ledger.append(session, event, actor=principal.address)
+    return Datanet.of(row)
+
+
+def _load(session: Session, slug: str) -> DatanetRow:
+    row = session.get(DatanetRow, slug)
+    if row is None:
+        raise NotFoundError(f"no datanet named {slug!r}")
+    return row
+
+
+def is_manager(principal: Principal, dn: DatanetRow | Datanet) -> bool:
+    return principal.address == dn.owner or "admin" in principal.roles
+
+
+def is_member(session: Session, principal: Principal, slug: str) -> bool:
+    return session.get(MemberRow, (slug, principal.address)) is not None
+
+
+def granted_uses(session: Session, principal: Principal, slug: str) -> set[str]:
+    rows = session.execute(
+        select(AccessRequestRow.uses).where(
+            AccessRequestRow.datanet == slug,
+            AccessRequestRow.requester == principal.address,
+            AccessRequestRow.status == "granted",
+        )
+    ).scalars()
+    return {use for uses in rows for use in uses}
+
+
+def can_read(session: Session, principal: Principal, dn: DatanetRow | Datanet) -> bool:
+    if dn.visibility == "public" or is_manager(principal, dn) or is_member(session, principal, dn.slug):
+        return True
+    return bool(granted_uses(session, principal, dn.slug))
+
+
+def get_datanet(session: Session, principal: Principal, slug: str) -> Datanet:
+    """A datanet the caller may see; a private one they may not read is reported as not found."""
+    row = _load(session, slug)
+    if not can_read(session, principal, row):
+        raise NotFoundError(f"no datanet named {slug!r}")
+    return Datanet.of(row)
+
+
+def list_datanets(session: Session, principal: Principal) -> list[Datanet]:
+    rows = session.execute(select(DatanetRow).order_by(DatanetRow.slug)).scalars()
+    return [Datanet.of(r) for r in rows if can_read(session, principal, r)]
+
+
+def manage(session: Session, principal: Principal, slug: str, action: str) -> DatanetRow:
+    """The datanet, if the caller owns it (or is an admin); else ForbiddenError naming the action."""
+    row = _load(session, slug)
+    if not is_manager(principal, row):
+        if not can_read(session, principal, row):
+            raise NotFoundError(f"no datanet named {slug!r}")
+        raise ForbiddenError(f"only the owner of {slug!r} (or an admin) may {action}")
+    return row
+
+
+def check_use(session: Session, principal: Principal, slug: str, use: str) -> Datanet:
+    """Raise unless the caller may use this datanet's data for `use` (train, rag, eval, commercial)."""
+    _choice("use", use, USES)
+    row = _load(session, slug)
+    if use not in row.uses:
+        raise ForbiddenError(
+            f"datanet {slug!r} (license {row.license}) does not permit use {use!r}; permitted: {', '.join(row.uses)}"
+        )
+    if row.visibility == "public" or is_manager(principal, row) or is_member(session, principal, slug):
+        return Datanet.of(row)
+    if use not in granted_uses(session, principal, slug):
+        raise ForbiddenError(f"datanet {slug!r} is private and you hold no grant for {use!r}; request access first")
+    return Datanet.of(row)
+
+
+def invite_member(session: Session, ledger: Ledger, principal: Principal, slug: str, address: str) -> None:
+    manage(session, principal, slug, "invite members")
+    account = get_account(session, address)
+    if account is None:
+        raise DatanetError(f"no account at {address!r}")
+    if session.get(MemberRow, (slug, account.address)) is None:
+        session.add(MemberRow(datanet=slug, address=account.address, added_at=now_ts()))
+        session.flush()
+        ledger.append(session, MemberInvited(datanet=slug, member=account.address), actor=principal.address)
+
+
+def list_rows(
+    session: Session, principal: Principal, slug: str, *, status: str | None = None, limit: int = 100, offset: int = 0
+) -> list[dict[str, object]]:
+    """Rows with their review state. Owners see all rows; readers see accepted rows and their own."""
+    from tally.datanets.tables import ContributionRow, DataRow
+
+    dn = _load(session, slug)
+    if not can_read(session, principal, dn):
+        raise NotFoundError(f"no datanet named {slug!r}")
+    query = (
+        select(DataRow, ContributionRow.contributor)
+        .join(ContributionRow, ContributionRow.id == DataRow.contribution)
+        .where(DataRow.datanet == slug)
+    )
+    if status is not None:
+        query = query.where(DataRow.status == _choice("status", status, ("pending", "accepted", "rejected")))
+    if not is_manager(principal, dn):
+        query = query.where((DataRow.status == "accepted") | (ContributionRow.contributor == principal.address))
+    query = query.order_by(DataRow.created_at, DataRow.contribution, DataRow.position).limit(limit).offset(offset)
+    return [
+        {
+            "row_hash": r.row_hash,
+            "contribution": r.contribution,
+            "contributor": contributor,
+            "line": r.line,
+            "status": r.status,
+            "reason": r.reason,
+            "near_dup_of": r.near_dup_of,
+            "near_dup_score": r.near_dup_score,
+            "content": json.loads(r.content),
+        }
+        for r, contributor in session.execute(query)
+    ]

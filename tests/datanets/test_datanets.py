@@ -1,0 +1,252 @@
+"""Datanets end to end through the service functions: contributions, review, snapshots, access, the ledger."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from tests.datanets.conftest import World, alpaca, facts
+
+from tally.datanets import access, review, service, snapshots
+from tally.datanets.errors import DatanetError, ForbiddenError, NotFoundError
+from tally.datanets.tables import DataRow
+from tally.identity import load_local_key, sign_contribution
+from tally.ledger import decode_entry, verify_ledger
+
+
+def ledger_types(world: World) -> list[str]:
+    return [decode_entry(b).type for b in world.ledger.entries(0, 10_000)]
+
+
+def row_count(world: World, slug: str) -> int:
+    with world.ledger.store.read() as s:
+        return s.execute(select(func.count()).select_from(DataRow).where(DataRow.datanet == slug)).scalar_one()
+
+
+def test_create_validates_and_records(world: World) -> None:
+    dn = world.create(license="mit or apache-2.0", tags=["med", "qa"])
+    assert dn.license == "MIT OR Apache-2.0" and dn.owner == world.owner.address
+    assert ledger_types(world)[-1] == "datanet.created"
+    for kw, message in [
+        ({"license": "MIT-ish"}, "not a valid SPDX expression"),
+        ({"kind": "images"}, "kind 'images' is not one of"),
+        ({"uses": ["resell"]}, "use 'resell' is not one of"),
+        ({"visibility": "secret"}, "visibility"),
+    ]:
+        with pytest.raises(DatanetError, match=message):
+            world.create("other", **kw)
+    with pytest.raises(DatanetError, match="slug"):
+        world.create("Bad Name")
+    with pytest.raises(DatanetError, match="already exists"):
+        world.create()
+    with pytest.raises(ForbiddenError, match="owner role"), world.tx() as s:
+        service.create_datanet(s, world.ledger, world.alice, "x", kind="chat", license="MIT", uses=["train"],
+                               max_upload_bytes=10, max_rows_per_day=10)  # fmt: skip
+
+
+def test_owner_reviewed_contribution_waits_then_review_and_snapshot(world: World) -> None:
+    world.create()
+    result = world.upload(world.alice, "med-qa", facts("a", 5))
+    assert result.status == "pending" and result.row_count == 5 and len(result.content_root) == 64
+    with world.tx() as s:
+        snap0 = snapshots.create_snapshot(s, world.ledger, world.owner, "med-qa")
+    assert snap0.row_count == 0
+    with world.tx() as s:
+        assert (
+            review.review(s, world.ledger, world.owner, "med-qa", decision="accept", contribution=result.id[:10]) == 5
+        )
+    bob = world.upload(world.bob, "med-qa", facts("b", 3))
+    with world.tx() as s:
+        rows = [r["row_hash"] for r in service.list_rows(s, world.owner, "med-qa", status="pending")]
+        review.review(s, world.ledger, world.owner, "med-qa", decision="accept", rows=rows[:2])
+        review.review(s, world.ledger, world.owner, "med-qa", decision="reject", rows=rows[2:], reason="off topic")
+        snap = snapshots.create_snapshot(s, world.ledger, world.owner, "med-qa")
+    assert snap.row_count == 7 and snap.contributors == {world.alice.address: 5, world.bob.address: 2}
+    with world.tx() as s:
+        d = snapshots.diff_snapshots(s, world.owner, "med-qa", "v1", "latest")
+        assert len(d["added"]) == 7 and d["removed"] == []
+        again = snapshots.create_snapshot(s, world.ledger, world.owner, "med-qa")
+    assert again == snap  # nothing changed: the same snapshot, no new entry
+    rejected = [r for r in service_rows(world, world.bob) if r["status"] == "rejected"]
+    assert rejected and rejected[0]["reason"] == "off topic" and bob.id
+    with pytest.raises(DatanetError, match="needs a reason"), world.tx() as s:
+        review.review(s, world.ledger, world.owner, "med-qa", decision="reject", contribution=bob.id)
+
+
+def service_rows(world: World, who) -> list[dict]:
+    with world.ledger.store.read() as s:
+        return service.list_rows(s, who, "med-qa", limit=1000)
+
+
+def test_open_datanets_accept_at_once_and_exact_duplicates_are_refused(world: World) -> None:
+    world.create(policy="open")
+    first = world.upload(world.alice, "med-qa", facts("a", 4))
+    assert first.status == "accepted"
+    before = (row_count(world, "med-qa"), world.ledger.size())
+    dup = facts("z", 2) + facts("a", 4).splitlines(keepends=True)[2]
+    with pytest.raises(DatanetError, match=r"data.jsonl line 3: this row is already in datanet 'med-qa'"):
+        world.upload(world.bob, "med-qa", dup)
+    assert (row_count(world, "med-qa"), world.ledger.size()) == before
+
+
+def test_near_duplicates_are_flagged_with_the_row_they_resemble(world: World) -> None:
+    world.create(policy="open")
+    text = (
+        "Marie Curie was born in Warsaw in 1867 and later moved to Paris to study physics and chemistry at the "
+        "Sorbonne, where she met Pierre Curie; together they discovered polonium and radium, and she became the "
+        "first person to win Nobel Prizes in two different sciences"
+    )
+    world.upload(world.alice, "med-qa", alpaca([("Tell me about Marie Curie.", text)]))
+    edited = alpaca([("Tell me about Marie Curie.", text.replace("sciences", "fields of science"))])
+    result = world.upload(world.bob, "med-qa", edited)
+    assert len(result.near_duplicates) == 1
+    original = service_rows(world, world.owner)[0]["row_hash"]
+    assert result.near_duplicates[0]["resembles"] == original
+
+
+def test_permission_matrix(world: World) -> None:
+    world.create("private-set", visibility="private", uses=["train", "rag"])
+    world.create("invited", policy="invite-only")
+    with world.tx() as s:
+        with pytest.raises(ForbiddenError, match="only the owner"):
+            review.review(s, world.ledger, world.alice, "invited", decision="accept", contribution="x")
+        with pytest.raises(NotFoundError):
+            service.get_datanet(s, world.consumer, "private-set")
+        assert [d.slug for d in service.list_datanets(s, world.consumer)] == ["invited"]
+        with pytest.raises(ForbiddenError, match="private"):
+            service.check_use(s, world.dev, "private-set", "train")
+        with pytest.raises(ForbiddenError, match="does not permit use 'commercial'"):
+            service.check_use(s, world.owner, "private-set", "commercial")
+    with pytest.raises(ForbiddenError, match="contributor role"):
+        world.upload(world.consumer, "invited", facts("c", 1))
+    with pytest.raises(ForbiddenError, match="invite-only"):
+        world.upload(world.alice, "invited", facts("c", 1))
+    with world.tx() as s:
+        service.invite_member(s, world.ledger, world.owner, "invited", world.alice.address)
+    assert world.upload(world.alice, "invited", facts("c", 1)).row_count == 1
+
+
+def test_access_requests_gate_private_data(world: World, tmp_path: Path) -> None:
+    world.create("private-set", visibility="private", uses=["train", "rag"], policy="open")
+    world.upload(world.owner, "private-set", facts("p", 3))
+    with world.tx() as s:
+        snapshots.create_snapshot(s, world.ledger, world.owner, "private-set")
+        with pytest.raises(DatanetError, match="does not permit 'commercial'"):
+            access.request_access(s, world.ledger, world.dev, "private-set", uses=["commercial"], purpose="resale")
+        req = access.request_access(s, world.ledger, world.dev, "private-set", uses=["train"], purpose="fine-tune")
+        denied = access.request_access(s, world.ledger, world.consumer, "private-set", uses=["rag"], purpose="search")
+    with pytest.raises(NotFoundError), world.tx() as s:
+        snapshots.export_snapshot(s, world.dev, "private-set", "latest", tmp_path / "x")
+    with world.tx() as s:
+        with pytest.raises(NotFoundError):  # a private datanet stays hidden from those who cannot read it
+            access.decide_access(s, world.ledger, world.dev, "private-set", req.id, grant=True, reason="")
+        access.decide_access(s, world.ledger, world.owner, "private-set", req.id, grant=True, reason="ok")
+        access.decide_access(s, world.ledger, world.owner, "private-set", denied.id, grant=False, reason="no")
+    with world.tx() as s:
+        assert service.check_use(s, world.dev, "private-set", "train").slug == "private-set"
+        with pytest.raises(ForbiddenError, match="no grant for 'rag'"):
+            service.check_use(s, world.dev, "private-set", "rag")
+        with pytest.raises(NotFoundError):
+            service.get_datanet(s, world.consumer, "private-set")
+        out = snapshots.export_snapshot(s, world.dev, "private-set", "latest", tmp_path / "export")
+    assert len((out / "data.jsonl").read_text().splitlines()) == 3
+    types = ledger_types(world)
+    assert {"datanet.access_requested", "datanet.access_granted", "datanet.access_denied"} <= set(types)
+
+
+def test_signed_contributions_forged_and_replayed_signatures_are_refused(world: World) -> None:
+    world.create(policy="open")
+    data = facts("s", 3)
+    from tally.datanets import contribute as contrib
+
+    with world.ledger.store.read() as s:
+        dn = service.get_datanet(s, world.alice, "med-qa")
+    parsed = contrib.parse_for(dn.kind, data, "d.jsonl", None, contrib.upload_limits(dn, world.settings.datanets))
+    root = contrib.content_root([r.row_hash for r in parsed.rows])
+    fields = {"datanet": "med-qa", "content_root": root, "license": dn.license, "chain_id": world.settings.chain_id}
+    alice_key = load_local_key(world.keys, world.alice.address)
+    bob_key = load_local_key(world.keys, world.bob.address)
+
+    forged = sign_contribution(bob_key, nonce=1, **fields)
+    with pytest.raises(DatanetError, match="signature was made by"):
+        world.upload(world.alice, "med-qa", data, "d.jsonl", signature=forged, nonce=1)
+    wrong_content = sign_contribution(alice_key, nonce=1, **{**fields, "content_root": "00" * 32})
+    with pytest.raises(DatanetError, match="not by the contributor"):
+        world.upload(world.alice, "med-qa", data, "d.jsonl", signature=wrong_content, nonce=1)
+    good = sign_contribution(alice_key, nonce=1, **fields)
+    result = world.upload(world.alice, "med-qa", data, "d.jsonl", signature=good, nonce=1)
+    assert result.signed
+    other = facts("t", 2)
+    parsed2 = contrib.parse_for(dn.kind, other, "e.jsonl", None, contrib.upload_limits(dn, world.settings.datanets))
+    root2 = contrib.content_root([r.row_hash for r in parsed2.rows])
+    replay = sign_contribution(alice_key, nonce=1, **{**fields, "content_root": root2})
+    with pytest.raises(DatanetError, match="already used"):
+        world.upload(world.alice, "med-qa", other, "e.jsonl", signature=replay, nonce=1)
+
+
+def test_snapshot_roots_do_not_depend_on_upload_order_or_reimport(world: World) -> None:
+    lines = facts("o", 12).splitlines(keepends=True)
+    roots = []
+    for slug, seed in [("order-a", 1), ("order-b", 2), ("order-c", 3)]:
+        world.create(slug, policy="open")
+        shuffled = lines[:]
+        random.Random(seed).shuffle(shuffled)
+        for start in range(0, 12, 4):  # three uploads, different splits per datanet
+            world.upload(world.alice if start % 8 == 0 else world.bob, slug, b"".join(shuffled[start : start + 4]))
+        with world.tx() as s:
+            roots.append(snapshots.create_snapshot(s, world.ledger, world.owner, slug).id)
+    assert len(set(roots)) == 1
+    with world.ledger.store.read() as s:
+        hashes = [r["row_hash"] for r in service.list_rows(s, world.owner, "order-a", limit=100)]
+    assert roots[0] == snapshots.snapshot_root(hashes)
+
+
+def test_daily_row_limit(world: World) -> None:
+    world.create(policy="open", max_rows_per_day=5)
+    world.upload(world.alice, "med-qa", facts("d", 4))
+    with pytest.raises(DatanetError, match="allows 5 rows per contributor per day"):
+        world.upload(world.alice, "med-qa", facts("e", 2))
+    assert world.upload(world.bob, "med-qa", facts("e", 2)).row_count == 2
+
+
+def test_export_loads_with_huggingface_datasets(world: World, tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    world.create(policy="open", tags=["medicine"])
+    world.upload(world.alice, "med-qa", facts("h", 6))
+    with world.tx() as s:
+        snap = snapshots.create_snapshot(s, world.ledger, world.owner, "med-qa")
+        out = snapshots.export_snapshot(s, world.owner, "med-qa", "latest", tmp_path / "hf")
+    card = (out / "README.md").read_text()
+    assert "license: cc-by-4.0" in card and snap.id in card and world.alice.address in card
+    ds = datasets.load_dataset(str(out), split="train")
+    assert ds.num_rows == 6 and set(ds.column_names) == {"instruction", "input", "output"}
+
+
+def test_a_long_mixed_scenario_leaves_a_ledger_that_verifies(world: World) -> None:
+    rng = random.Random(5)
+    world.create("mix-a", policy="open")
+    world.create("mix-b")
+    for i in range(25):
+        who = rng.choice([world.alice, world.bob, world.owner])
+        slug = rng.choice(["mix-a", "mix-b"])
+        try:
+            result = world.upload(who, slug, facts(f"m{i}", rng.randint(1, 6)))
+        except DatanetError:
+            continue
+        if slug == "mix-b" and rng.random() < 0.7:
+            with world.tx() as s:
+                decision = rng.choice(["accept", "reject"])
+                review.review(s, world.ledger, world.owner, slug, decision=decision, contribution=result.id, reason="x")
+        if i % 5 == 4:
+            with world.tx() as s:
+                snapshots.create_snapshot(s, world.ledger, world.owner, slug)
+        if i % 7 == 0:
+            world.ledger.checkpoint()
+    world.ledger.checkpoint()
+    report = verify_ledger(world.ledger)
+    assert report.size == world.ledger.size() > 40
+    payloads = [json.loads(b) for b in world.ledger.entries(0, 10_000)]
+    assert any(p["type"] == "datanet.rows_reviewed" for p in payloads)
