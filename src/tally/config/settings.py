@@ -59,6 +59,7 @@ class DatanetSettings(_Section):
     max_field_chars: int = Field(100_000, ge=1)
     chunk_chars: int = Field(2000, ge=100, description="target size of a document chunk")
     chunk_overlap: int = Field(200, ge=0)
+    near_dup_check: bool = Field(True, description="flag near-duplicate rows (MinHash LSH) on upload")
     near_dup_threshold: float = Field(0.8, gt=0, le=1, description="estimated Jaccard similarity that flags a row")
 
 

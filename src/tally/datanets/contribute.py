@@ -131,18 +131,20 @@ def contribute(
             raise DatanetError(str(exc)) from exc
 
     dedup = DedupSettings(threshold=settings.near_dup_threshold)
-    index = NEAR_DUPS.get(session, slug, dedup)
+    index = NEAR_DUPS.get(session, slug, dedup) if settings.near_dup_check else None
     status = "accepted" if dn.policy == "open" or manager else "pending"
     now = now_ts()
     contribution_id = _contribution_id(slug, principal.address, root, nonce)
     records, near = [], []
     for position, row in enumerate(rows):
-        sig = minhash_signature(row.text, dedup)
-        similar = index.query(sig)
-        dup_of, score = similar[0] if similar else (None, None)
-        if dup_of is not None:
-            near.append({"row": row.row_hash, "line": row.line, "resembles": dup_of, "similarity": round(score, 3)})
-        index.add(row.row_hash, sig)
+        sig, dup_of, score = b"", None, None
+        if index is not None:
+            sig = minhash_signature(row.text, dedup)
+            similar = index.query(sig)
+            dup_of, score = similar[0] if similar else (None, None)
+            if dup_of is not None:
+                near.append({"row": row.row_hash, "line": row.line, "resembles": dup_of, "similarity": round(score, 3)})
+            index.add(row.row_hash, sig)
         records.append(
             {
                 "datanet": slug, "row_hash": row.row_hash, "contribution": contribution_id, "position": position,
