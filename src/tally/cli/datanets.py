@@ -96,7 +96,8 @@ def contribute_cmd(
             format=format, signature=signature, nonce=nonce,
         )  # fmt: skip
     console.print(
-        f"contribution {result.id[:12]}: {result.row_count} row{'' if result.row_count == 1 else 's'} ({result.format}), {result.status}"
+        f"contribution {result.id[:12]}: {result.row_count} row{'' if result.row_count == 1 else 's'} "
+        f"({result.format}), {result.status}"
         f"{', signed' if result.signed else ''}; ledger entry {result.ledger_seq}"
     )
     for nd in result.near_duplicates:
