@@ -28,28 +28,26 @@ from tally.identity import Principal, create_account
 from tally.ledger import open_ledger, verify_ledger
 from tally.store import open_store
 
-WORDS = (
-    "alpha beta gamma delta river mountain city doctor engineer painter museum bridge harbor valley forest "
-    "lantern violin orchard comet glacier meadow quartz falcon cedar"
-).split()
+SYLLABLES = "ka lo mi ra to ne su vi da pe ru shi mo ta ke no ha fu ri be".split()
+
+
+def vocabulary(size: int, rng: random.Random) -> list[str]:
+    """Made-up words, so rows share a language's spread of words rather than a handful."""
+    return ["".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 4))) for _ in range(size)]
 
 
 def make_rows(n: int, seed: int = 0) -> list[bytes]:
+    """Alpaca rows about made-up people: one question, a one- to three-sentence answer."""
     rng = random.Random(seed)
+    words = vocabulary(5000, rng)
     rows = []
     for i in range(n):
-        name = f"person-{i}"
-        place = " ".join(rng.choice(WORDS) for _ in range(3))
-        rows.append(
-            json.dumps(
-                {
-                    "instruction": f"Where was {name} born and what do they do?",
-                    "input": "",
-                    "output": f"{name} was born in {place}; works as a {rng.choice(WORDS)} near {rng.choice(WORDS)}.",
-                }
-            ).encode()
-            + b"\n"
+        answer = " ".join(
+            f"{rng.choice(words).capitalize()} {' '.join(rng.choices(words, k=rng.randint(6, 14)))}."
+            for _ in range(rng.randint(1, 3))
         )
+        row = {"instruction": f"What do we know about {rng.choice(words)} person {i}?", "input": "", "output": answer}
+        rows.append(json.dumps(row).encode() + b"\n")
     return rows
 
 

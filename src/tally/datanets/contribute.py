@@ -61,25 +61,39 @@ def parse_for(dn_kind: str, data: bytes, filename: str, fmt: str | None, limits:
 
 
 class _NearDupCache:
-    """One MinHash LSH index per datanet, kept across uploads; rebuilt from stored signatures whenever the
-    database holds a different number of rows than the index (another process wrote, or a transaction rolled
-    back after adding)."""
+    """One MinHash LSH index per datanet, kept across uploads.
+
+    Rows enter a datanet only through contributions, so the sum of their row counts tells, cheaply, whether the
+    database holds rows the index has not seen (another process wrote) or the index holds rows the database
+    lost (a transaction rolled back); either way the index is rebuilt from the stored signatures.
+    """
 
     def __init__(self) -> None:
-        self._indexes: dict[tuple[str, str], NearDupIndex] = {}
+        self._indexes: dict[tuple[str, str], tuple[NearDupIndex, int]] = {}
+
+    @staticmethod
+    def _rows_in(session: Session, slug: str) -> int:
+        total = session.execute(select(func.sum(ContributionRow.row_count)).where(ContributionRow.datanet == slug))
+        return total.scalar() or 0
 
     def get(self, session: Session, slug: str, settings: DedupSettings) -> NearDupIndex:
         key = (str(session.get_bind().engine.url), slug)
-        count = session.execute(select(func.count()).select_from(DataRow).where(DataRow.datanet == slug)).scalar_one()
-        index = self._indexes.get(key)
-        if index is None or len(index) != count:
-            index = NearDupIndex(settings)
-            for row_hash, sig in session.execute(
-                select(DataRow.row_hash, DataRow.minhash).where(DataRow.datanet == slug)
-            ):
-                index.add(row_hash, bytes(sig))
-            self._indexes[key] = index
+        rows_now = self._rows_in(session, slug)
+        cached = self._indexes.get(key)
+        if cached is not None and cached[1] == rows_now and cached[0].settings == settings:
+            return cached[0]
+        index = NearDupIndex(settings)
+        signed = (DataRow.datanet == slug) & (func.length(DataRow.minhash) > 0)
+        for row_hash, sig in session.execute(select(DataRow.row_hash, DataRow.minhash).where(signed)):
+            index.add(row_hash, bytes(sig))
+        self._indexes[key] = (index, rows_now)
         return index
+
+    def added(self, session: Session, slug: str, count: int) -> None:
+        key = (str(session.get_bind().engine.url), slug)
+        if key in self._indexes:
+            index, rows = self._indexes[key]
+            self._indexes[key] = (index, rows + count)
 
 
 NEAR_DUPS = _NearDupCache()
@@ -168,6 +182,8 @@ def contribute(
     )  # fmt: skip
     session.flush()
     session.execute(DataRow.__table__.insert(), records)
+    if index is not None:
+        NEAR_DUPS.added(session, slug, len(rows))
     return Contribution(
         contribution_id, slug, principal.address, filename, parsed.format, root, dn.license, len(rows),
         signature is not None, status, near, appended.seq,
@@ -208,11 +224,10 @@ def _refuse_existing(session: Session, slug: str, filename: str, rows: list) -> 
 def _check_daily_limit(session: Session, slug: str, address: str, adding: int, limit: int) -> None:
     today = datetime.now(UTC).strftime("%Y-%m-%d")
     done = session.execute(
-        select(func.count())
-        .select_from(DataRow)
-        .join(ContributionRow, ContributionRow.id == DataRow.contribution)
-        .where(DataRow.datanet == slug, ContributionRow.contributor == address, DataRow.created_at >= today)
-    ).scalar_one()
+        select(func.sum(ContributionRow.row_count)).where(
+            ContributionRow.datanet == slug, ContributionRow.contributor == address, ContributionRow.created_at >= today
+        )
+    ).scalar() or 0
     if done + adding > limit:
         raise DatanetError(
             f"this upload of {adding} rows would bring you to {done + adding} rows today in {slug!r}; "
