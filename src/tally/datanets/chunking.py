@@ -92,27 +92,31 @@ def _pack(paragraphs: list[str], max_chars: int, overlap: int) -> list[str]:
 def _split_long(text: str, max_chars: int, overlap: int) -> list[str]:
     """Cut one over-long text into pieces of at most max_chars, each sharing about `overlap` characters with the last.
 
-    A cut is searched for in the back part of the window only, so every step advances by at least
-    (max_chars - overlap) / 2 characters; with no separator there the cut falls at exactly max_chars.
+    A cut is searched for in the back part of the window first, then anywhere that still moves forward; only a
+    window with no separator at all is cut at exactly max_chars.
     """
     pieces: list[str] = []
     start = 0
     while len(text) - start > max_chars:
         end = start + max_chars
-        lowest = start + overlap + (max_chars - overlap) // 2 + 1
-        cut = end
-        for separator, kept in _CUT_AFTER:
-            found = text.rfind(separator, lowest, end)
-            if found >= 0:
-                cut = found + kept
-                break
+        back = start + overlap + (max_chars - overlap) // 2 + 1
+        cut = _find_cut(text, back, end) or _find_cut(text, start + overlap + 1, back) or end
         piece = text[start:cut].strip()
         if piece:
             pieces.append(piece)
         start = max(cut - overlap, start + 1)
-        if start > 0 and not text[start - 1].isspace() and (space := _SPACE.search(text, start, cut)):
+        if not text[start - 1].isspace() and (space := _SPACE.search(text, start, cut)):
             start = space.end()  # begin the overlap at a word, not inside one
     last = text[start:].strip()
     if last:
         pieces.append(last)
     return pieces
+
+
+def _find_cut(text: str, lowest: int, end: int) -> int | None:
+    """The end of a piece at the last separator in text[lowest:end], by preference: line end, sentence end, space."""
+    for separator, kept in _CUT_AFTER:
+        found = text.rfind(separator, lowest, end)
+        if found >= 0:
+            return found + kept
+    return None

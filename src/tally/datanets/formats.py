@@ -9,6 +9,7 @@ line, field), what is wrong and what was expected. docs/datanet-formats.md lists
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -148,7 +149,7 @@ def detect_format(data: bytes, filename: str) -> Format:
         return fmt
     text = _decode(data, name)
     _refuse_empty(text, name, documents=False)
-    return _detect_json(text, name)
+    return _format_by_keys(*next(_records(text, name, array=_is_json_array(text, name))), name)
 
 
 def parse_upload(
@@ -179,18 +180,19 @@ def parse_upload(
     if kind is not None and kind not in _KIND_WORDS:
         raise ValueError(f"unknown data kind {kind!r}; expected one of {', '.join(_KIND_WORDS)}")
     text = _decode(data, name)
-    documents = fmt in ("text", "markdown")
+    documents = fmt == "text" or fmt == "markdown"
     _refuse_empty(text, name, documents=documents)
-    if fmt is None:
-        fmt = _detect_json(text, name)
+    records = None if documents else _records(text, name, array=_is_json_array(text, name))
+    if fmt is None:  # JSON by extension: the first row's keys decide
+        records = _records(text, name, array=_is_json_array(text, name))
+        first = next(records)
+        fmt = _format_by_keys(*first, name)
+        records = itertools.chain([first], records)
     fmt_kind = FORMAT_KIND[fmt]
     if kind is not None and kind != fmt_kind:
         holds, wanted = _KIND_WORDS[kind]
         raise UploadError(name, f"this datanet holds {holds} but the file is {_FORMAT_WORDS[fmt]}", wanted)
-    if fmt == "text" or fmt == "markdown":
-        rows = _document_rows(text, name, fmt, limits)
-    else:
-        rows = _json_rows(text, name, fmt, limits, array=_is_json_array(text, name))
+    rows = _document_rows(text, name, fmt, limits) if records is None else _json_rows(records, name, fmt, limits)
     return ParsedUpload(format=fmt, kind=fmt_kind, rows=rows)
 
 
@@ -236,8 +238,8 @@ def _is_json_array(text: str, name: str) -> bool:
     return not name.lower().endswith(".jsonl") and text.lstrip().startswith("[")
 
 
-def _detect_json(text: str, name: str) -> Format:
-    line, obj = next(_records(text, name, array=_is_json_array(text, name)))
+def _format_by_keys(line: int, obj: dict[str, Any], name: str) -> Format:
+    """The JSON format a row's keys point to (the first row decides for the whole file)."""
     if "conversations" in obj:
         return "sharegpt"
     if "messages" in obj:
@@ -265,16 +267,35 @@ def _records(text: str, name: str, *, array: bool) -> Iterator[tuple[int, dict[s
 def _jsonl_items(text: str, name: str) -> Iterator[tuple[int, Any]]:
     for number, raw in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 may sit inside a JSON string
         if raw.strip():
+            if (deep := _too_deep(raw)) is not None:
+                raise _json_error(name, _TOO_DEEP, number, deep + 1, "one JSON object per line")
             try:
                 yield number, json.loads(raw)
             except json.JSONDecodeError as exc:
                 raise _json_error(name, exc.msg, number, exc.colno, "one JSON object per line") from None
-            except RecursionError:
-                raise _json_error(name, "nested too deeply", number, None, "one JSON object per line") from None
 
 
 _DECODER = json.JSONDecoder()
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
+_MAX_DEPTH = 64  # normalised rows nest 4 deep; the limit keeps the C decoder far from the C stack's end
+_TOO_DEEP = f"nested deeper than {_MAX_DEPTH} levels"
+_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')  # a whole string (skipped), or a bracket
+
+
+def _too_deep(text: str) -> int | None:
+    """Where nesting first goes past _MAX_DEPTH, if it does. Checked before decoding: deep input can crash CPython."""
+    if text.count("[") + text.count("{") <= _MAX_DEPTH:
+        return None
+    depth = 0
+    for token in _TOKENS.finditer(text):
+        bracket = token.group()
+        if bracket in ("[", "{"):
+            depth += 1
+            if depth > _MAX_DEPTH:
+                return token.start()
+        elif bracket in ("]", "}"):
+            depth -= 1
+    return None
 
 
 def _array_items(text: str, name: str) -> Iterator[tuple[int, Any]]:
@@ -285,6 +306,8 @@ def _array_items(text: str, name: str) -> Iterator[tuple[int, Any]]:
         line = text.count("\n", 0, at) + 1
         return _json_error(name, msg, line, at - text.rfind("\n", 0, at), expected)
 
+    if (deep := _too_deep(text)) is not None:
+        raise fail(_TOO_DEEP, deep)
     pos = _WHITESPACE.match(text, 0).end() + 1  # type: ignore[union-attr]  # just after "["
     pos = _WHITESPACE.match(text, pos).end()  # type: ignore[union-attr]
     line, counted = 1, 0
@@ -297,8 +320,6 @@ def _array_items(text: str, name: str) -> Iterator[tuple[int, Any]]:
             value, pos = _DECODER.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             raise fail(exc.msg, exc.pos) from None
-        except RecursionError:
-            raise fail("nested too deeply", pos) from None
         yield line, value
         pos = _WHITESPACE.match(text, pos).end()  # type: ignore[union-attr]
         if text.startswith(",", pos):
@@ -317,11 +338,11 @@ def _json_error(name: str, msg: str, line: int, column: int | None, expected: st
     return UploadError(name, f"invalid JSON ({msg}{where})", expected, line=line)
 
 
-def _json_rows(text: str, name: str, fmt: Format, limits: UploadLimits, *, array: bool) -> list[Row]:
+def _json_rows(records: Iterator[tuple[int, dict[str, Any]]], name: str, fmt: str, limits: UploadLimits) -> list[Row]:
     normalise = _NORMALISERS[fmt]
     rows: list[Row] = []
     seen: dict[str, int] = {}
-    for line, obj in _records(text, name, array=array):
+    for line, obj in records:
         at = _At(name, line, limits.max_field_chars)
         content = normalise(obj, at)
         if len(rows) == limits.max_rows:
@@ -368,6 +389,11 @@ def json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+def _a(value: Any) -> str:
+    kind = json_type(value)
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+
+
 class _At:
     """Where a row came from, so every check can fail with the right file, line and field.
 
@@ -392,9 +418,14 @@ class _At:
 
     def string(self, value: Any, field: str, *, empty_ok: bool = False) -> str:
         if not isinstance(value, str):
-            self.fail(field, f"a {json_type(value)}, not a string", "a string")
+            self.fail(field, f"{_a(value)}, not a string", "a string")
         if not empty_ok and not value.strip():
             self.fail(field, "empty", "a non-empty string")
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:  # a lone surrogate from a JSON escape such as "\ud800"
+                self.fail(field, f"an unpaired surrogate (U+{ord(value[exc.start]):04X})", "valid Unicode text")
         if len(value) > self.max_chars and self.too_long is None:
             self.too_long = (field, len(value))
         return value
@@ -413,15 +444,15 @@ class _At:
 
     def objects(self, value: Any, field: str, keys: str) -> list[dict[str, Any]]:
         if not isinstance(value, list):
-            self.fail(field, f"a {json_type(value)}, not a list", f"a list of objects with {keys}")
+            self.fail(field, f"{_a(value)}, not a list", f"a list of objects with {keys}")
         for i, item in enumerate(value):
             if not isinstance(item, dict):
-                self.fail(f"{field}[{i}]", f"a {json_type(item)}, not an object", f"an object with {keys}")
+                self.fail(f"{field}[{i}]", f"{_a(item)}, not an object", f"an object with {keys}")
         return value
 
     def role(self, value: Any, field: str, roles: dict[str, str], noun: str) -> str:
         if not isinstance(value, str):
-            self.fail(field, f"a {json_type(value)}, not a {noun}", "one of " + ", ".join(roles))
+            self.fail(field, f"{_a(value)}, not a {noun}", "one of " + ", ".join(roles))
         if value not in roles:
             self.fail(field, f"unknown {noun} {value!r}", "one of " + ", ".join(roles))
         return roles[value]
