@@ -250,3 +250,36 @@ def test_a_long_mixed_scenario_leaves_a_ledger_that_verifies(world: World) -> No
     assert report.size == world.ledger.size() > 40
     payloads = [json.loads(b) for b in world.ledger.entries(0, 10_000)]
     assert any(p["type"] == "datanet.rows_reviewed" for p in payloads)
+
+
+def _bad_uploads() -> list[tuple[str, str, bytes, str]]:
+    good = [json.dumps({"instruction": f"q{i}", "output": f"a{i}"}) for i in range(40)]
+    line37 = good[:36] + ['{"instruction": "q36", "output": }'] + good[37:]
+    chat = json.dumps({"conversations": [{"from": "human", "value": "hi"}, {"from": "robot", "value": "beep"}]})
+    return [
+        ("instruction", "invalid.jsonl", "\n".join(line37).encode(), "invalid.jsonl line 37: invalid JSON"),
+        ("instruction", "missing.jsonl", b'{"instruction": "q"}\n', "missing.jsonl line 1, field 'output': missing"),
+        ("chat", "chat.jsonl", chat.encode(), "chat.jsonl line 1, field 'conversations[1].from': unknown role tag 'robot'"),
+        ("instruction", "empty.jsonl", b"", "empty.jsonl: the file is empty; expected at least one row"),
+        ("instruction", "big.jsonl", b"x" * 8192, "big.jsonl: 8.0 KB is over the upload limit of 4.0 KB"),
+        ("instruction", "latin1.jsonl", '{"instruction": "caf\u00e9", "output": "x"}'.encode("latin-1"), "latin1.jsonl line 1: not UTF-8"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(("kind", "filename", "data", "message"), _bad_uploads(), ids=lambda v: str(v)[:14])
+def test_a_refused_upload_names_the_problem_and_writes_nothing(
+    world: World, kind: str, filename: str, data: bytes, message: str
+) -> None:
+    world.create("target", kind=kind, max_upload_bytes=4096)
+    world.upload(world.owner, "target", facts("seed", 1) if kind == "instruction" else _chat_row())
+    before = (row_count(world, "target"), world.ledger.size())
+    with pytest.raises(DatanetError) as refused:
+        world.upload(world.alice, "target", data, filename)
+    assert str(refused.value).startswith(message), str(refused.value)
+    assert (row_count(world, "target"), world.ledger.size()) == before
+
+
+def _chat_row() -> bytes:
+    return json.dumps(
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    ).encode()
