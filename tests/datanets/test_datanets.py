@@ -254,15 +254,17 @@ def test_a_long_mixed_scenario_leaves_a_ledger_that_verifies(world: World) -> No
 
 def _bad_uploads() -> list[tuple[str, str, bytes, str]]:
     good = [json.dumps({"instruction": f"q{i}", "output": f"a{i}"}) for i in range(40)]
-    line37 = good[:36] + ['{"instruction": "q36", "output": }'] + good[37:]
+    line37 = [*good[:36], '{"instruction": "q36", "output": }', *good[37:]]
     chat = json.dumps({"conversations": [{"from": "human", "value": "hi"}, {"from": "robot", "value": "beep"}]})
     return [
         ("instruction", "invalid.jsonl", "\n".join(line37).encode(), "invalid.jsonl line 37: invalid JSON"),
         ("instruction", "missing.jsonl", b'{"instruction": "q"}\n', "missing.jsonl line 1, field 'output': missing"),
-        ("chat", "chat.jsonl", chat.encode(), "chat.jsonl line 1, field 'conversations[1].from': unknown role tag 'robot'"),
+        ("chat", "chat.jsonl", chat.encode(),
+         "chat.jsonl line 1, field 'conversations[1].from': unknown role tag 'robot'"),
         ("instruction", "empty.jsonl", b"", "empty.jsonl: the file is empty; expected at least one row"),
         ("instruction", "big.jsonl", b"x" * 8192, "big.jsonl: 8.0 KB is over the upload limit of 4.0 KB"),
-        ("instruction", "latin1.jsonl", '{"instruction": "caf\u00e9", "output": "x"}'.encode("latin-1"), "latin1.jsonl line 1: not UTF-8"),
+        ("instruction", "latin1.jsonl", '{"instruction": "caf\u00e9", "output": "x"}'.encode("latin-1"),
+         "latin1.jsonl line 1: not UTF-8"),
     ]  # fmt: skip
 
 
