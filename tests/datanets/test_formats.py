@@ -296,11 +296,12 @@ def test_empty_files() -> None:
 def test_upload_over_the_size_limit_is_refused_first() -> None:
     data = b"\xff" * (25 * 1024 * 1024)  # not UTF-8 either: size is checked before anything else
     assert (
-        refused(data, "big.jsonl") == "big.jsonl: 25.0 MB is over the upload limit of 20.0 MB (datanet limit max_bytes)"
+        refused(data, "big.jsonl")
+        == "big.jsonl: 25.0 MB is over the upload limit of 20.0 MB (the datanet's max_upload_bytes)"
     )
     small = UploadLimits(max_bytes=100)
     assert refused(b"x" * 101, "a.txt", limits=small) == (
-        "a.txt: 101 bytes is over the upload limit of 100 bytes (datanet limit max_bytes)"
+        "a.txt: 101 bytes is over the upload limit of 100 bytes (the datanet's max_upload_bytes)"
     )
 
 

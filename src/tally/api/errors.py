@@ -25,7 +25,7 @@ def install(app: FastAPI) -> None:
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(error_body(exc.message, exc.type, exc.param), status_code=exc.status)
 
-    def _raise_as(status: int, type_: str):  # type: ignore[no-untyped-def]
+    def _raise_as(status: int, type_: str):
         async def handler(_: Request, exc: Exception) -> JSONResponse:
             return JSONResponse(error_body(str(exc), type_), status_code=status)
 

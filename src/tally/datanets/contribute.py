@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from tally.config import DatanetSettings
@@ -149,14 +149,15 @@ def contribute(
     status = "accepted" if dn.policy == "open" or manager else "pending"
     now = now_ts()
     contribution_id = _contribution_id(slug, principal.address, root, nonce)
-    records, near = [], []
+    records: list[dict[str, object]] = []
+    near: list[dict[str, object]] = []
     for position, row in enumerate(rows):
         sig, dup_of, score = b"", None, None
         if index is not None:
             sig = minhash_signature(row.text, dedup)
             similar = index.query(sig)
             dup_of, score = similar[0] if similar else (None, None)
-            if dup_of is not None:
+            if dup_of is not None and score is not None:
                 near.append({"row": row.row_hash, "line": row.line, "resembles": dup_of, "similarity": round(score, 3)})
             index.add(row.row_hash, sig)
         records.append(
@@ -181,7 +182,7 @@ def contribute(
         )
     )  # fmt: skip
     session.flush()
-    session.execute(DataRow.__table__.insert(), records)
+    session.execute(insert(DataRow), records)
     if index is not None:
         NEAR_DUPS.added(session, slug, len(rows))
     return Contribution(
@@ -223,11 +224,16 @@ def _refuse_existing(session: Session, slug: str, filename: str, rows: list) -> 
 
 def _check_daily_limit(session: Session, slug: str, address: str, adding: int, limit: int) -> None:
     today = datetime.now(UTC).strftime("%Y-%m-%d")
-    done = session.execute(
-        select(func.sum(ContributionRow.row_count)).where(
-            ContributionRow.datanet == slug, ContributionRow.contributor == address, ContributionRow.created_at >= today
-        )
-    ).scalar() or 0
+    done = (
+        session.execute(
+            select(func.sum(ContributionRow.row_count)).where(
+                ContributionRow.datanet == slug,
+                ContributionRow.contributor == address,
+                ContributionRow.created_at >= today,
+            )
+        ).scalar()
+        or 0
+    )
     if done + adding > limit:
         raise DatanetError(
             f"this upload of {adding} rows would bring you to {done + adding} rows today in {slug!r}; "

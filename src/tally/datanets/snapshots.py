@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from tally.datanets.errors import NotFoundError
@@ -72,7 +72,7 @@ def create_snapshot(session: Session, ledger: Ledger, principal: Principal, slug
     session.flush()
     if accepted:
         session.execute(
-            SnapshotMember.__table__.insert(), [{"datanet": slug, "snapshot": root, "row_hash": h} for h, _ in accepted]
+            insert(SnapshotMember), [{"datanet": slug, "snapshot": root, "row_hash": h} for h, _ in accepted]
         )
     return Snapshot.of(row)
 
