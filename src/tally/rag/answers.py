@@ -1,0 +1,101 @@
+"""Prompts with numbered sources, and citations cleaned up after generation. Pure functions, no model.
+
+Why post-process: a small model cites [7] when there are five sources, or cites [3] before [1]. Out-of-range
+numbers are dropped (never guessed), the rest are renumbered in order of first appearance so a reader sees [1]
+first, and each citation carries the row it points at plus the chunk sentence that best supports the claim.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+SYSTEM_PROMPT = (
+    "You answer questions using only the numbered sources the user gives you. After each sentence that uses a "
+    "source, cite it with its number in square brackets, like [1] or [1][2]. Cite only numbers that appear in the "
+    "list. If the sources do not contain the answer, say that you do not know."
+)
+_MARK = re.compile(r"\s*((?:\[\d+(?:\s*,\s*\d+)*\])+)")  # a run of markers: [1], [1, 2], [1][2]
+_NUM = re.compile(r"\d+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+_WORD = re.compile(r"\w+")
+_STOP = frozenset(
+    "a an and are as at be by did do does for from has have he her his how in is it its of on or she that the "
+    "their they this to was were what when where which who whom why will with".split()
+)
+
+
+class Source(Protocol):
+    text: str
+    datanet: str
+    snapshot: str
+    contribution: str
+    contributor: str
+    row_hash: str
+
+
+def build_rag_messages(question: str, chunks: Sequence[Source]) -> list[dict[str, str]]:
+    """Chat messages: a system instruction to cite as [n] and a user turn with sources [1]..[N] and the question."""
+    sources = "\n\n".join(f"[{n}] {c.text.strip()}" for n, c in enumerate(chunks, start=1))
+    user = f"Sources:\n\n{sources}\n\nQuestion: {question.strip()}" if chunks else f"Question: {question.strip()}"
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower()) if w not in _STOP}
+
+
+def best_quote(claim: str, chunk_text: str) -> str:
+    """The chunk sentence sharing the most words with the claim (the first one on a tie)."""
+    sentences = [s.strip() for s in _SENTENCE_END.split(chunk_text) if s.strip()] or [chunk_text.strip()]
+    words = _words(claim)
+    return max(sentences, key=lambda s: len(words & _words(s)))  # max keeps the first of equals
+
+
+def _sentences_with_spans(text: str) -> list[tuple[int, int]]:
+    spans, start = [], 0
+    for m in _SENTENCE_END.finditer(text):
+        spans.append((start, m.start()))
+        start = m.end()
+    spans.append((start, len(text)))
+    return spans
+
+
+def postprocess_citations(answer_text: str, chunks: Sequence[Source]) -> tuple[str, list[dict[str, Any]]]:
+    """(text with valid citations renumbered 1.. by first appearance, citation dicts in that order)."""
+    renumber: dict[int, int] = {}
+    claims: dict[int, str] = {}  # old number -> the answer sentence that first cites it
+    spans = _sentences_with_spans(_MARK.sub(lambda m: " " * len(m.group(0)), answer_text))
+
+    def claim_at(pos: int) -> str:
+        for start, end in spans:
+            if start <= pos <= end:
+                return _MARK.sub("", answer_text[start:end]).strip()
+        return ""
+
+    def replace(m: re.Match[str]) -> str:
+        kept = []
+        for part in _NUM.findall(m.group(1)):
+            old = int(part)
+            if not 1 <= old <= len(chunks):
+                continue
+            if old not in renumber:
+                renumber[old] = len(renumber) + 1
+                claims[old] = claim_at(m.start())
+            if renumber[old] not in kept:
+                kept.append(renumber[old])
+        if not kept:
+            return ""
+        lead = m.group(0)[: len(m.group(0)) - len(m.group(0).lstrip())]
+        return lead + "".join(f"[{n}]" for n in kept)
+
+    clean = _MARK.sub(replace, answer_text)
+    citations = []
+    for old, new in sorted(renumber.items(), key=lambda kv: kv[1]):
+        c = chunks[old - 1]
+        citations.append({
+            "number": new, "datanet": c.datanet, "snapshot": c.snapshot, "contribution": c.contribution,
+            "contributor": c.contributor, "row_hash": c.row_hash, "quote": best_quote(claims[old], c.text),
+        })  # fmt: skip
+    return clean, citations
