@@ -63,6 +63,19 @@ class DatanetSettings(_Section):
     near_dup_threshold: float = Field(0.8, gt=0, le=1, description="estimated Jaccard similarity that flags a row")
 
 
+class RagSettingsSection(_Section):
+    model_path: Path | None = Field(None, description="sentence-transformers model dir; default: bundled MiniLM")
+    batch_size: int = Field(128, ge=1)
+    max_seq_length: int = Field(256, ge=8)
+    default_top_k: int = Field(5, ge=1)
+    max_top_k: int = Field(50, ge=1, description="a request for more chunks is refused")
+    max_query_chars: int = Field(4000, ge=1)
+    candidates: int = Field(50, ge=1, description="per retriever and datanet, before fusion")
+    fusion: Literal["rrf", "score"] = "score"
+    dense_weight: float = Field(0.5, ge=0, le=1)
+    keep_old_indexes: int = Field(1, ge=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TALLY_",
@@ -80,6 +93,7 @@ class Settings(BaseSettings):
     ledger: LedgerSettings = Field(default_factory=lambda: LedgerSettings())
     models: ModelSettings = Field(default_factory=lambda: ModelSettings())
     datanets: DatanetSettings = Field(default_factory=lambda: DatanetSettings())
+    rag: RagSettingsSection = Field(default_factory=lambda: RagSettingsSection())
     chain_id: int = Field(31337, ge=1, description="EVM chain id: EIP-712 signing domain and on-chain settlement")
 
     @classmethod

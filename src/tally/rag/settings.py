@@ -1,9 +1,5 @@
-"""RAG knobs, kept here until they move into `tally.config.Settings` (section `rag.*`).
-
-Why a dataclass of its own: retrieval needs a handful of values (where indexes live, which embedding model, batch
-sizes, fusion) that the shared settings do not have yet; every service function takes one of these so the move
-later is a one-line change at each caller.
-"""
+"""RAG knobs: the user-facing ones come from settings section `rag.*` (tally.toml / TALLY_RAG__*); this frozen
+copy adds what is derived (the index directory) and what only tests and benchmarks change (thread counts)."""
 
 from __future__ import annotations
 
@@ -43,8 +39,9 @@ class RagSettings:
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: object) -> RagSettings:
-        """Defaults under the data directory (`<data_dir>/rag`)."""
-        return replace(cls(index_dir=settings.data_dir / "rag"), **overrides)  # type: ignore[arg-type]
+        """The configured values, with indexes under the data directory (`<data_dir>/rag`)."""
+        section = settings.rag.model_dump()
+        return replace(cls(index_dir=settings.data_dir / "rag", **section), **overrides)  # type: ignore[arg-type]
 
     def resolved_model_path(self) -> Path:
         return self.model_path if self.model_path is not None else bundled_model_path()
