@@ -1,0 +1,406 @@
+"""The engine facade: one base model, many adapters, a background step loop, and the request API the server uses.
+
+Thread model: one engine thread runs `step()` while there is work; request threads (or the asyncio loop) only put
+requests into an inbox and read events from their sinks. Adapter loads from disk run on the store's thread pool.
+Tests may drive `step()` themselves instead of starting the thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tally.engine.adapters import BaseSpec
+from tally.engine.errors import AdapterNotFoundError, EngineClosedError, RequestValidationError
+from tally.engine.kv_cache import KVCache
+from tally.engine.lora_layers import PROJECTIONS, LoraKernels, wrap_model
+from tally.engine.metrics import EngineMetrics
+from tally.engine.registry import read_registry, registry_path
+from tally.engine.runner import LlamaRunner
+from tally.engine.sampling import SamplingParams, make_generator, sample
+from tally.engine.scheduler import Scheduler, SchedulerConfig
+from tally.engine.sequence import Detokenizer, RequestOutput, SeqState, Sequence
+from tally.engine.store import AdapterEntry, AdapterStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Sizes of everything the engine allocates up front; see docs/engine.md for the memory arithmetic."""
+
+    max_num_seqs: int = 16  # KV cache rows
+    max_model_len: int = 1024  # tokens per row (prompt + output)
+    max_tokens_per_step: int = 512
+    adapter_slots: int = 16
+    max_adapters_per_step: int = 16
+    max_rank: int = 64
+    targets: tuple[str, ...] = PROJECTIONS
+    host_cache_bytes: int = 1 << 30
+    fairness_steps: int = 8
+    load_workers: int = 1
+    device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
+
+    def scheduler(self) -> SchedulerConfig:
+        return SchedulerConfig(
+            max_num_seqs=self.max_num_seqs,
+            max_tokens_per_step=max(self.max_tokens_per_step, self.max_num_seqs),
+            max_adapters_per_step=min(self.max_adapters_per_step, self.adapter_slots),
+            fairness_steps=self.fairness_steps,
+        )
+
+
+@dataclass
+class GenerationResult:
+    request_id: str
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    logits: list[torch.Tensor] | None = None
+    error: str | None = None
+
+
+class Engine:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        model_name: str,
+        config: EngineConfig | None = None,
+        kernels: LoraKernels | None = None,
+    ) -> None:
+        self.config = config = config or EngineConfig()
+        self.model_name = model_name
+        self.tokenizer = tokenizer
+        self.device = torch.device(config.device)
+        self.model = model.to(self.device).eval()
+        self.metrics = EngineMetrics()
+        self.context, self.layers = wrap_model(self.model, config.targets, config.adapter_slots, kernels)
+        self.spec = BaseSpec.from_model(self.model, config.targets, config.max_rank)
+        mcfg = self.model.config
+        head_dim = int(getattr(mcfg, "head_dim", None) or mcfg.hidden_size // mcfg.num_attention_heads)
+        dtype = next(self.model.parameters()).dtype
+        self.cache = KVCache(
+            mcfg.num_hidden_layers,
+            config.max_num_seqs,
+            mcfg.num_key_value_heads,
+            config.max_model_len,
+            head_dim,
+            dtype,
+            self.device,
+        )
+        self.runner = LlamaRunner(self.model, self.cache, self.context)
+        self.store = AdapterStore(
+            self.spec,
+            self.layers,
+            config.adapter_slots,
+            config.host_cache_bytes,
+            self.metrics,
+            load_workers=config.load_workers,
+        )
+        self.scheduler = Scheduler(config.scheduler(), self.cache, self.store, self.metrics)
+        self.detok = Detokenizer(tokenizer, _eos_ids(model, tokenizer))
+        self._inbox: list[Sequence] = []
+        self._by_id: dict[str, Sequence] = {}
+        self._cancel: set[str] = set()
+        self._wake = threading.Condition()
+        self.store.on_loaded = self._notify
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._ids = itertools.count()
+        self.created = int(time.time())
+
+    # -- lifecycle ------------------------------------------------------------------------------------------------
+    def start(self) -> Engine:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="tally-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._closed = True
+        self._notify()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        for seq in list(self.scheduler.running) + list(self.scheduler.waiting) + self._drain_inbox():
+            self._finish(seq, "cancelled", error="the engine stopped")
+        self.store.close()
+
+    def _notify(self) -> None:
+        with self._wake:
+            self._wake.notify_all()
+
+    def _loop(self) -> None:
+        while not self._closed:
+            with self._wake:
+                if not (self._inbox or self._cancel or self.scheduler.has_work):
+                    self._wake.wait(timeout=0.5)
+            if self._closed:
+                break
+            try:
+                progressed = self.step()
+            except Exception as exc:  # a bug must not hang every client: fail the running requests, keep serving
+                for seq in list(self.scheduler.running):
+                    self._finish(seq, "error", error=f"engine error: {exc!r}")
+                progressed = True
+            if not progressed:
+                with self._wake:  # only sequences waiting for an adapter load: sleep until it lands
+                    self._wake.wait(timeout=0.005)
+
+    # -- adapters -------------------------------------------------------------------------------------------------
+    def add_adapter(self, name: str, path: Path | str, *, pinned: bool = False, load_now: bool = True) -> AdapterEntry:
+        if name == self.model_name:
+            raise RequestValidationError(f"adapter name {name!r} is the base model's name")
+        return self.store.register(name, path, pinned=pinned, load_now=load_now)
+
+    def remove_adapter(self, name: str) -> AdapterEntry:
+        return self.store.unregister(name)
+
+    def adapters(self) -> list[AdapterEntry]:
+        return self.store.entries()
+
+    def check_model(self, model: str) -> str | None:
+        """The adapter name for `model` (None for the base model); AdapterNotFoundError for anything else."""
+        if model == self.model_name:
+            return None
+        self.store.resolve(model)
+        return model
+
+    # -- requests -------------------------------------------------------------------------------------------------
+    def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return [int(i) for i in ids]
+
+    def encode(self, text: str) -> list[int]:
+        return [int(i) for i in self.tokenizer(text, add_special_tokens=False)["input_ids"]]
+
+    def submit(
+        self,
+        prompt: list[int],
+        params: SamplingParams,
+        sink: Callable[[RequestOutput], None],
+        model: str | None = None,
+        request_id: str | None = None,
+    ) -> str:
+        """Queue one request; events go to `sink` (called on the engine thread). Unknown `model` raises here."""
+        if self._closed:
+            raise EngineClosedError("the engine is stopped")
+        adapter = self.check_model(model) if model is not None else None
+        if not prompt:
+            raise RequestValidationError("the prompt is empty")
+        if len(prompt) + params.max_tokens > self.config.max_model_len:
+            raise RequestValidationError(
+                f"prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) exceeds the engine's "
+                f"max_model_len of {self.config.max_model_len}"
+            )
+        vocab = int(self.model.config.vocab_size)
+        if any(t < 0 or t >= vocab for t in prompt):
+            raise RequestValidationError(f"prompt token ids must be in [0, {vocab})")
+        request_id = request_id or f"req-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
+        seq = Sequence(request_id, adapter, list(prompt), params, sink)
+        seq.generator = make_generator(params, self.device)
+        with self._wake:
+            self._inbox.append(seq)
+            self._by_id[request_id] = seq
+            self._wake.notify_all()
+        return request_id
+
+    def cancel(self, request_id: str) -> None:
+        with self._wake:
+            self._cancel.add(request_id)
+            self._wake.notify_all()
+
+    def generate(
+        self, prompt: list[int], params: SamplingParams, model: str | None = None, timeout: float = 600.0
+    ) -> GenerationResult:
+        """Blocking convenience: submit and collect (the engine thread must run, or call `run_until_idle`)."""
+        return self.collect(self.stream_sync(prompt, params, model, timeout))
+
+    def stream_sync(
+        self, prompt: list[int], params: SamplingParams, model: str | None = None, timeout: float = 600.0
+    ) -> Iterator[RequestOutput]:
+        q: queue.Queue[RequestOutput] = queue.Queue()
+        request_id = self.submit(prompt, params, q.put, model)
+        try:
+            while True:
+                if self._thread is None:
+                    self.step()
+                    if q.empty():
+                        continue
+                out = q.get(timeout=timeout)
+                yield out
+                if out.finish_reason is not None:
+                    return
+        finally:
+            if request_id in self._by_id:  # the caller stopped reading early
+                self.cancel(request_id)
+
+    async def stream(
+        self, prompt: list[int], params: SamplingParams, model: str | None = None
+    ) -> AsyncIterator[RequestOutput]:
+        """Events for one request on the running asyncio loop; leaving early (client gone) cancels it."""
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue[RequestOutput] = asyncio.Queue()
+
+        def sink(out: RequestOutput) -> None:
+            loop.call_soon_threadsafe(q.put_nowait, out)
+
+        request_id = self.submit(prompt, params, sink, model)
+        finished = False
+        try:
+            while True:
+                out = await q.get()
+                yield out
+                if out.finish_reason is not None:
+                    finished = True
+                    return
+        finally:
+            if not finished:
+                self.cancel(request_id)
+
+    @staticmethod
+    def collect(events: Iterator[RequestOutput]) -> GenerationResult:
+        text, tokens = [], []
+        last: RequestOutput | None = None
+        for out in events:
+            text.append(out.text)
+            tokens.extend(out.token_ids)
+            last = out
+        assert last is not None and last.usage is not None
+        return GenerationResult(
+            last.request_id,
+            "".join(text),
+            tokens,
+            last.finish_reason,
+            last.usage.prompt_tokens,
+            last.usage.completion_tokens,
+            last.logits,
+            last.error,
+        )
+
+    def run_until_idle(self, max_steps: int = 1_000_000) -> None:
+        """Step in the calling thread until nothing is left (tests and benchmarks without the engine thread)."""
+        for _ in range(max_steps):
+            if not (self._inbox or self._cancel or self.scheduler.has_work):
+                return
+            if not self.step():
+                time.sleep(0.001)
+
+    # -- the step -------------------------------------------------------------------------------------------------
+    def _drain_inbox(self) -> list[Sequence]:
+        with self._wake:
+            new, self._inbox = self._inbox, []
+        return new
+
+    def step(self) -> bool:
+        """One scheduling step and forward pass; False when nothing could run (waiting on adapter loads)."""
+        for seq in self._drain_inbox():
+            self.scheduler.add(seq)
+        with self._wake:
+            cancels, self._cancel = self._cancel, set()
+        for request_id in cancels:
+            target = self._by_id.get(request_id)
+            if target is not None and target.state is not SeqState.FINISHED:
+                self._finish(target, "cancelled")
+        plan, failed = self.scheduler.schedule()
+        for seq, reason in failed:
+            self._finish(seq, "error", error=reason)
+        if plan.empty:
+            return bool(failed or cancels)
+        decode = [item for _, item in plan.decode]
+        prefill = [item for _, item in plan.prefill]
+        seqs = [s for s, _ in plan.decode] + [s for s, _ in plan.prefill]
+        logits, owners = self.runner.forward(decode, prefill)
+        for i, (s, item) in enumerate(zip(seqs, decode + prefill, strict=True)):
+            s.computed = item.start + len(item.tokens)
+            if i >= len(decode) and not s.in_prefill:
+                self.metrics.prompt_tokens.inc(len(s.prompt))
+        new_tokens = 0
+        greedy = torch.argmax(logits, dim=-1).tolist()  # one op and one device sync for every greedy row
+        for row, owner in enumerate(owners):
+            seq = seqs[owner]
+            if seq.cancelled:
+                continue
+            row_logits = logits[row]
+            if seq.params.record_logits:
+                seq.logits.append(row_logits.detach().float().clone())
+            token = greedy[row] if seq.params.greedy else sample(row_logits, seq.params, seq.generator)
+            if seq.first_token_at is None:
+                seq.first_token_at = time.monotonic()
+            new_tokens += 1
+            out = self.detok.append(seq, token)
+            if out is not None:
+                self._emit(seq, out)
+        self.metrics.record_step(new_tokens)
+        return True
+
+    def _emit(self, seq: Sequence, out: RequestOutput) -> None:
+        if out.finish_reason is not None:
+            self.scheduler.finish(seq)
+            self._by_id.pop(seq.request_id, None)
+            self.metrics.requests.labels(finish_reason=out.finish_reason).inc()
+        try:
+            seq.sink(out)
+        except Exception:  # a broken consumer (closed loop) must not stop the engine
+            seq.cancelled = True
+
+    def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> None:
+        seq.cancelled = reason == "cancelled"
+        delta = seq.text[seq.emitted :] if reason != "error" else ""
+        self._emit(seq, Detokenizer.final(seq, delta, [], reason=reason, error=error))
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list | tuple):
+            ids.update(int(v) for v in value)
+    return ids
+
+
+def build_engine(settings: Any, config: EngineConfig | None = None, model: str | None = None) -> Engine:
+    """The engine for the server: the default base model from settings, adapters from the CLI's registry file.
+
+    `settings.engine` (when the settings grow that section) overrides the EngineConfig defaults.
+    """
+    from tally.models import load_model, load_tokenizer, resolve_model
+
+    name = model or settings.models.default
+    path = resolve_model(name, settings.models.cache_dir)
+    if config is None:
+        section = getattr(settings, "engine", None)
+        config = EngineConfig(**section.model_dump()) if section is not None else EngineConfig()
+    engine = Engine(load_model(path), load_tokenizer(path), name, config)
+    for entry in read_registry(adapter_registry_path(settings)).values():
+        try:
+            engine.add_adapter(entry.name, entry.path, pinned=entry.pinned, load_now=False)
+        except Exception as exc:  # one broken adapter must not keep the server from starting
+            logger.warning("skipping registered adapter %r: %s", entry.name, exc)
+    return engine
+
+
+def adapter_registry_path(settings: Any) -> Path:
+    """Where `tally adapters add` keeps name -> path (read by the engine at start)."""
+    return registry_path(settings.data_dir)
+
+
+__all__ = ["AdapterNotFoundError", "Engine", "EngineConfig", "GenerationResult", "build_engine"]
