@@ -9,6 +9,7 @@ import sys
 import time
 
 import httpx
+import pytest
 
 from tally.config import Settings
 from tally.ledger import verify_receipt
@@ -20,7 +21,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_serve_answers_health_and_ledger_routes(settings: Settings) -> None:
+def test_serve_answers_health_ledger_and_chat(settings: Settings) -> None:
+    """Needs the pulled base model (`make test` pulls it first)."""
+    from tally.models import resolve_model
+
+    try:
+        resolve_model(settings.models.default, settings.models.cache_dir)
+    except Exception as exc:
+        pytest.skip(f"base model not pulled: {exc}")
     port = free_port()
     env = {**os.environ, "TALLY_DATA_DIR": str(settings.data_dir)}
     proc = subprocess.Popen(
@@ -32,7 +40,7 @@ def test_serve_answers_health_and_ledger_routes(settings: Settings) -> None:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while True:
             try:
                 health = httpx.get(f"{base}/health", timeout=2)
@@ -48,6 +56,20 @@ def test_serve_answers_health_and_ledger_routes(settings: Settings) -> None:
         assert verify_receipt(receipt, trusted_key=checkpoint["verifier_key"]).type == "ledger.created"
         assert httpx.get(f"{base}/v1/ledger/proofs/inclusion", params={"index": 0}).status_code == 200
         assert httpx.get(f"{base}/v1/ledger/proofs/consistency", params={"first": 1}).status_code == 200
+
+        # The engine serves the real base model to the official OpenAI client.
+        models = httpx.get(f"{base}/v1/models").json()
+        assert [m["id"] for m in models["data"]] == [settings.models.default], models
+        from openai import OpenAI
+
+        client = OpenAI(base_url=f"{base}/v1", api_key="unused")
+        chat = client.chat.completions.create(
+            model=settings.models.default,
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            max_tokens=20,
+            temperature=0,
+        )
+        assert "Paris" in (chat.choices[0].message.content or "")
     finally:
         proc.terminate()
         proc.wait(timeout=20)

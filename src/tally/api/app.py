@@ -2,29 +2,43 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 import tally
-from tally.api import datanet_routes, errors, identity_routes, ledger_routes
+from tally.api import datanet_routes, errors, identity_routes, ledger_routes, openai_routes
 from tally.api.state import AppState
 from tally.config import Settings, get_settings
 from tally.ledger import open_ledger
 from tally.store import open_store
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, with_engine: bool = False) -> FastAPI:
+    """The app. `with_engine` loads the base model and starts the inference engine (`tally serve` does); without
+    it, or when the base model is not pulled, everything else serves and the inference routes answer 503."""
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = open_store(settings)
         app.state.tally = AppState(settings=settings, store=store, ledger=open_ledger(settings, store))
+        app.state.engine = None
+        if with_engine:
+            from tally.engine import build_engine
+            from tally.models import ModelError
+
+            try:
+                app.state.engine = build_engine(settings).start()
+            except ModelError as exc:
+                logging.getLogger("tally.api").warning("inference engine not started: %s", exc)
         try:
             yield
         finally:
+            if app.state.engine is not None:
+                app.state.engine.stop()
             store.dispose()
 
     app = FastAPI(title="Tally", version=tally.__version__, lifespan=lifespan)
@@ -38,4 +52,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ledger_routes.router)
     app.include_router(identity_routes.router)
     app.include_router(datanet_routes.router)
+    app.include_router(openai_routes.router)
     return app

@@ -94,7 +94,12 @@ class UnloadAdapterRequest(_Body):
 def _engine(request: Request) -> Engine:
     engine = getattr(request.app.state, "engine", None)
     if engine is None:
-        raise ApiError(503, "The inference engine is not running on this server.", type_="server_error")
+        raise ApiError(
+            503,
+            "The inference engine is not running on this server: pull the base model (`tally models pull`) "
+            "and start it with `tally serve`.",
+            type_="server_error",
+        )
     return engine
 
 

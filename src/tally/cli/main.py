@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import typer
 
-from tally.cli import datanets, identity, ledger, models
+from tally.cli import adapters, datanets, identity, ledger, models
 from tally.cli.common import console, load_cli_settings
 
 app = typer.Typer(help="Tally: attribution-native AI.", no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(ledger.app, name="ledger")
 app.add_typer(models.app, name="models")
+app.add_typer(adapters.app, name="adapters")
 app.add_typer(identity.accounts, name="accounts")
 app.add_typer(identity.keys, name="keys")
 app.add_typer(datanets.app, name="datanet")
@@ -44,7 +45,7 @@ def serve(
     bind_host = host or settings.server.host
     bind_port = port or settings.server.port
     console.print(f"Tally starting on http://{bind_host}:{bind_port} (data in {settings.data_dir})")
-    uvicorn.run(create_app(settings), host=bind_host, port=bind_port, log_level="info")
+    uvicorn.run(create_app(settings, with_engine=True), host=bind_host, port=bind_port, log_level="info")
 
 
 if __name__ == "__main__":
