@@ -17,14 +17,20 @@ from fastapi.testclient import TestClient
 from tests.engine.conftest import TinySetup, make_engine, tiny  # noqa: F401 (tiny is a fixture)
 
 from tally.api import errors, openai_routes
+from tally.api.state import AppState
+from tally.config import Settings
+from tally.identity import create_account, create_api_key
+from tally.ledger import open_ledger
+from tally.store import open_store
 
 
-def make_app(engine: Any) -> FastAPI:
+def make_app(engine: Any, state: AppState | None = None) -> FastAPI:
     """The same wiring app.py uses: the engine built and started in the lifespan, stopped after."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.engine = engine.start()
+        app.state.tally = state
         try:
             yield
         finally:
@@ -36,12 +42,25 @@ def make_app(engine: Any) -> FastAPI:
     return app
 
 
+ADMIN: dict[str, str] = {}
+
+
 @pytest.fixture
-def client(tiny: TinySetup) -> Iterator[TestClient]:  # noqa: F811
+def client(tiny: TinySetup, settings: Settings) -> Iterator[TestClient]:  # noqa: F811
+    """The tiny engine, plus the store and an admin key the adapter routes require."""
     engine = make_engine(tiny)
     engine.remove_adapter("ad8-r16")  # left for the load test
-    with TestClient(make_app(engine)) as c:
+    store = open_store(settings)
+    ledger = open_ledger(settings, store)
+    with store.transaction() as s:
+        account, _ = create_account(s, ledger, "root", ["admin"])
+        _, token = create_api_key(s, ledger, account)
+        _, consumer = create_api_key(s, ledger, create_account(s, ledger, "carl", ["consumer"])[0])
+    ADMIN.update({"Authorization": f"Bearer {token}"})
+    ADMIN["consumer"] = consumer
+    with TestClient(make_app(engine, AppState(settings, store, ledger))) as c:
         yield c
+    store.dispose()
 
 
 def test_models_lists_base_and_adapters_with_parent(client: TestClient) -> None:
@@ -97,16 +116,21 @@ def test_chat_completion_and_sse_stream(client: TestClient) -> None:
 
 
 def test_load_and_unload_adapter(client: TestClient, tiny: TinySetup, tmp_path: Path) -> None:  # noqa: F811
-    r = client.post("/v1/load_lora_adapter", json={"lora_name": "fresh", "lora_path": str(tiny.adapters["ad8-r16"])})
+    body = {"lora_name": "fresh", "lora_path": str(tiny.adapters["ad8-r16"])}
+    assert client.post("/v1/load_lora_adapter", json=body).status_code == 401
+    as_consumer = {"Authorization": f"Bearer {ADMIN['consumer']}"}
+    assert client.post("/v1/load_lora_adapter", json=body, headers=as_consumer).status_code == 403
+    admin = {"Authorization": ADMIN["Authorization"]}
+    r = client.post("/v1/load_lora_adapter", json=body, headers=admin)
     assert r.status_code == 200, r.text
     assert "fresh" in [m["id"] for m in client.get("/v1/models").json()["data"]]
     ok = client.post("/v1/completions", json={"model": "fresh", "prompt": "hello", "max_tokens": 3})
     assert ok.status_code == 200
-    bad = client.post("/v1/load_lora_adapter", json={"lora_name": "bad", "lora_path": str(tmp_path)})
+    bad = client.post("/v1/load_lora_adapter", json={"lora_name": "bad", "lora_path": str(tmp_path)}, headers=admin)
     assert bad.status_code == 400 and "adapter 'bad'" in bad.json()["error"]["message"]
-    assert client.post("/v1/unload_lora_adapter", json={"lora_name": "fresh"}).status_code == 200
+    assert client.post("/v1/unload_lora_adapter", json={"lora_name": "fresh"}, headers=admin).status_code == 200
     assert client.post("/v1/completions", json={"model": "fresh", "prompt": "hello"}).status_code == 404
-    gone = client.post("/v1/unload_lora_adapter", json={"lora_name": "fresh"})
+    gone = client.post("/v1/unload_lora_adapter", json={"lora_name": "fresh"}, headers=admin)
     assert gone.status_code == 404
 
 

@@ -13,12 +13,13 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette.sse import EventSourceResponse
 
+from tally.api.auth import require
 from tally.api.errors import ApiError
 from tally.engine import (
     AdapterNotFoundError,
@@ -340,7 +341,7 @@ async def _sse(
     yield "[DONE]"
 
 
-@router.post("/v1/load_lora_adapter")
+@router.post("/v1/load_lora_adapter", dependencies=[Depends(require("admin"))])
 async def load_lora_adapter(body: LoadAdapterRequest, request: Request) -> Response:
     engine = _engine(request)
     try:
@@ -356,7 +357,7 @@ async def load_lora_adapter(body: LoadAdapterRequest, request: Request) -> Respo
     )
 
 
-@router.post("/v1/unload_lora_adapter")
+@router.post("/v1/unload_lora_adapter", dependencies=[Depends(require("admin"))])
 async def unload_lora_adapter(body: UnloadAdapterRequest, request: Request) -> Response:
     engine = _engine(request)
     try:
