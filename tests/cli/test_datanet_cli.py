@@ -71,3 +71,13 @@ def test_cli_errors_are_one_line(settings: Settings, tmp_path: Path) -> None:
     bad.write_bytes(b'{"instruction": "q", "output": "a"}\n{"instruction": "q2", "output": \n')
     out = fails("contribute", "x", str(bad), "--as", "al")
     assert "bad.jsonl line 2" in out and "Traceback" not in out
+
+
+def test_ask_with_rag_refuses_a_datanet_the_account_may_not_use(settings: Settings) -> None:
+    run("accounts", "create", "olga", "--role", "owner")
+    run("accounts", "create", "carl", "--role", "consumer")
+    run("datanet", "create", "hidden", "--kind", "instruction", "--license", "MIT", "--use", "rag",
+        "--visibility", "private", "--as", "olga")  # fmt: skip
+    run("datanet", "create", "no-rag", "--kind", "instruction", "--license", "MIT", "--use", "train", "--as", "olga")
+    assert "no datanet named 'hidden'" in fails("ask", "hi", "--rag", "hidden", "--as", "carl")
+    assert "does not permit use 'rag'" in fails("ask", "hi", "--rag", "no-rag", "--as", "carl")

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette.sse import EventSourceResponse
 
+from tally.api import rag_answers
 from tally.api.auth import require
 from tally.api.errors import ApiError
 from tally.engine import (
@@ -76,10 +77,17 @@ class ChatMessage(_Body):
     content: str | list[dict[str, Any]] | None = None
 
 
+class RagOption(_Body):
+    datanets: list[str] = Field(min_length=1, description="datanets to retrieve from (each must permit rag)")
+    top_k: int | None = Field(None, ge=1)
+    mode: Literal["hybrid", "bm25", "dense"] = "hybrid"
+
+
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
+    rag: RagOption | None = None
 
 
 class LoadAdapterRequest(_Body):
@@ -239,8 +247,12 @@ async def completions(body: CompletionRequest, request: Request) -> JSONResponse
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(body: ChatRequest, request: Request) -> JSONResponse | EventSourceResponse:
     engine = _engine(request)
+    rag = rag_answers.resolve_alias(request, body)
     _check(engine, body)
     messages = [{"role": m.role, "content": _text_content(m)} for m in body.messages]
+    chunks: list[Any] = []
+    if rag is not None:
+        chunks, messages = await rag_answers.retrieve_for(request, body, rag, messages)
     try:
         prompt = engine.encode_chat(messages)
     except Exception as exc:  # a template that rejects the roles (no system role, ...)
@@ -270,8 +282,12 @@ async def chat_completions(body: ChatRequest, request: Request) -> JSONResponse 
         first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
         return EventSourceResponse(_sse(engine, prompt, params, body.model, chunk, include_usage, first))
     text, finish, p, c = await _collect(engine, prompt, params, body.model)
+    extra: dict[str, Any] = {}
+    if rag is not None:
+        text, extra["citations"] = rag_answers.cite(text, chunks)
     return JSONResponse(
         {
+            **extra,
             "id": rid,
             "object": "chat.completion",
             "created": created,

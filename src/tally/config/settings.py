@@ -63,6 +63,14 @@ class DatanetSettings(_Section):
     near_dup_threshold: float = Field(0.8, gt=0, le=1, description="estimated Jaccard similarity that flags a row")
 
 
+class RagAlias(_Section):
+    """A served model name that answers with retrieval on: `model` over `datanets`."""
+
+    model: str
+    datanets: list[str] = Field(min_length=1)
+    top_k: int = Field(5, ge=1)
+
+
 class RagSettingsSection(_Section):
     model_path: Path | None = Field(None, description="sentence-transformers model dir; default: bundled MiniLM")
     batch_size: int = Field(128, ge=1)
@@ -74,6 +82,7 @@ class RagSettingsSection(_Section):
     fusion: Literal["rrf", "score"] = "score"
     dense_weight: float = Field(0.5, ge=0, le=1)
     keep_old_indexes: int = Field(1, ge=0)
+    aliases: dict[str, RagAlias] = Field(default_factory=dict, description="model names with RAG on by default")
 
 
 class Settings(BaseSettings):

@@ -40,7 +40,7 @@ class RagSettings:
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: object) -> RagSettings:
         """The configured values, with indexes under the data directory (`<data_dir>/rag`)."""
-        section = settings.rag.model_dump()
+        section = settings.rag.model_dump(exclude={"aliases"})
         return replace(cls(index_dir=settings.data_dir / "rag", **section), **overrides)  # type: ignore[arg-type]
 
     def resolved_model_path(self) -> Path:
