@@ -27,12 +27,20 @@ _STOP = frozenset(
 
 
 class Source(Protocol):
-    text: str
-    datanet: str
-    snapshot: str
-    contribution: str
-    contributor: str
-    row_hash: str
+    """What a numbered source needs (read-only, so frozen dataclasses such as RetrievedChunk qualify)."""
+
+    @property
+    def text(self) -> str: ...
+    @property
+    def datanet(self) -> str: ...
+    @property
+    def snapshot(self) -> str: ...
+    @property
+    def contribution(self) -> str: ...
+    @property
+    def contributor(self) -> str: ...
+    @property
+    def row_hash(self) -> str: ...
 
 
 def build_rag_messages(question: str, chunks: Sequence[Source]) -> list[dict[str, str]]:
