@@ -7,6 +7,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 
 import tally.datanets.tables
+import tally.factory.tables
 import tally.identity  # noqa: F401 - registers the identity tables
 from tally.config import Settings
 from tally.store import Base, open_store

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import tally
-from tally.api import datanet_routes, errors, identity_routes, ledger_routes, openai_routes
+from tally.api import datanet_routes, errors, factory_routes, identity_routes, ledger_routes, openai_routes
 from tally.api.state import AppState
 from tally.config import Settings, get_settings
 from tally.ledger import open_ledger
@@ -53,4 +53,5 @@ def create_app(settings: Settings | None = None, *, with_engine: bool = False) -
     app.include_router(identity_routes.router)
     app.include_router(datanet_routes.router)
     app.include_router(openai_routes.router)
+    app.include_router(factory_routes.router)
     return app

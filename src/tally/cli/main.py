@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from tally.cli import adapters, ask, datanets, identity, ledger, models
+from tally.cli import adapters, ask, datanets, factory, identity, ledger, models
 from tally.cli.common import console, load_cli_settings
 
 app = typer.Typer(help="Tally: attribution-native AI.", no_args_is_help=True, pretty_exceptions_enable=False)
@@ -12,6 +12,11 @@ app.add_typer(ledger.app, name="ledger")
 app.add_typer(models.app, name="models")
 app.add_typer(adapters.app, name="adapters")
 app.command("ask")(ask.ask)
+app.command("train")(factory.train_cmd)
+app.command("eval")(factory.eval_cmd)
+app.command("leaderboard")(factory.leaderboard_cmd)
+app.command("publish")(factory.publish_cmd)
+app.add_typer(factory.pipeline_app, name="pipeline")
 app.add_typer(identity.accounts, name="accounts")
 app.add_typer(identity.keys, name="keys")
 app.add_typer(datanets.app, name="datanet")

@@ -1,0 +1,132 @@
+"""/v1/fine_tuning/jobs (OpenAI style), with live training events over SSE; eval results and leaderboards.
+
+Mount with `app.include_router(factory_routes.router)`. Jobs run on one worker thread per app (created on first
+use), through the same `tally.factory` service functions the CLI calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy import select
+
+from tally.api.auth import principal, require
+from tally.api.errors import ApiError
+from tally.api.state import AppState, app_state
+from tally.factory.errors import FactoryError
+from tally.factory.evaluation import leaderboard
+from tally.factory.jobs import TERMINAL, JobRunner, config_from_request, job_events, job_object
+from tally.factory.tables import JobRow
+from tally.identity import Principal
+
+router = APIRouter(tags=["fine-tuning"])
+
+
+def runner(request: Request, state: AppState = Depends(app_state)) -> JobRunner:
+    existing = getattr(request.app.state, "factory_jobs", None)
+    if existing is None:
+        existing = JobRunner(state.settings, state.ledger)
+        request.app.state.factory_jobs = existing
+    return existing
+
+
+def _job(state: AppState, job_id: str, who: Principal) -> JobRow:
+    with state.store.read() as s:
+        row = s.get(JobRow, job_id)
+        if row is None or (row.created_by != who.address and not who.has("admin")):
+            raise ApiError(404, f"no fine-tuning job {job_id!r}", type_="not_found_error")
+        s.expunge(row)
+        return row
+
+
+@router.post("/v1/fine_tuning/jobs")
+def create_job(
+    body: dict[str, Any] = Body(...),
+    who: Principal = Depends(require("developer", "owner")),
+    jobs: JobRunner = Depends(runner),
+    state: AppState = Depends(app_state),
+) -> dict[str, Any]:
+    """Validate the config and the data permissions now (a refusal is a 403 at once), then queue the job."""
+    from tally.factory.data import resolve_sources
+
+    try:
+        cfg = config_from_request(body)
+        with state.store.read() as s:
+            resolve_sources(s, who, cfg.data.datanets, commercial=cfg.data.commercial)
+    except FactoryError as exc:
+        status = 403 if "refused" in str(exc) else 400
+        raise ApiError(
+            status, str(exc), type_="permission_error" if status == 403 else "invalid_request_error"
+        ) from None
+    return jobs.submit(who, cfg)
+
+
+@router.get("/v1/fine_tuning/jobs")
+def list_jobs(
+    limit: int = Query(20, ge=1, le=100), who: Principal = Depends(principal), state: AppState = Depends(app_state)
+) -> dict[str, Any]:
+    with state.store.read() as s:
+        query = select(JobRow).order_by(JobRow.created_at.desc()).limit(limit)
+        if not who.has("admin"):
+            query = query.where(JobRow.created_by == who.address)
+        data = [job_object(r) for r in s.execute(query).scalars()]
+    return {"object": "list", "data": data, "has_more": False}
+
+
+@router.get("/v1/fine_tuning/jobs/{job_id}")
+def get_job(job_id: str, who: Principal = Depends(principal), state: AppState = Depends(app_state)) -> dict[str, Any]:
+    return job_object(_job(state, job_id, who))
+
+
+@router.post("/v1/fine_tuning/jobs/{job_id}/cancel")
+def cancel_job(
+    job_id: str, who: Principal = Depends(principal), jobs: JobRunner = Depends(runner),
+    state: AppState = Depends(app_state),
+) -> dict[str, Any]:  # fmt: skip
+    _job(state, job_id, who)
+    jobs.cancel(job_id)
+    return job_object(_job(state, job_id, who))
+
+
+@router.get("/v1/fine_tuning/jobs/{job_id}/events", response_model=None)
+def events(
+    job_id: str, request: Request, stream: bool = Query(False), after: int = Query(0, ge=0),
+    who: Principal = Depends(principal), state: AppState = Depends(app_state),
+) -> Any:  # fmt: skip
+    """The job's events: a list, or with `stream=true` (or `Accept: text/event-stream`) SSE until the job ends."""
+    row = _job(state, job_id, who)
+    if not (stream or "text/event-stream" in request.headers.get("accept", "")):
+        return {"object": "list", "data": job_events(row, after), "has_more": False}
+
+    async def gen() -> AsyncIterator[str]:
+        seen = after
+        while True:
+            current = _job(state, job_id, who)
+            for e in job_events(current, seen):
+                seen += 1
+                yield f"id: {e['id']}\nevent: {e['data']['type']}\ndata: {json.dumps(e)}\n\n"
+            if current.status in TERMINAL:
+                yield f"event: end\ndata: {json.dumps(job_object(current))}\n\n"
+                return
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(0.25)
+
+    return StreamingResponse(gen(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/v1/leaderboards/{datanet}")
+def get_leaderboard(
+    datanet: str, metric: str = Query("exact_match"), who: Principal = Depends(principal),
+    state: AppState = Depends(app_state),
+) -> dict[str, Any]:  # fmt: skip
+    from tally.datanets.service import get_datanet
+
+    with state.store.read() as s:
+        get_datanet(s, who, datanet)  # a private datanet's board is as private as the datanet
+        return {"object": "list", "datanet": datanet, "metric": metric, "data": leaderboard(s, datanet, metric)}

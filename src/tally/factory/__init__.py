@@ -1,0 +1,6 @@
+"""The factory: LoRA fine-tuning on permitted datanet snapshots, evaluation, provenance, pipelines and jobs.
+
+Imports `tally.datanets`, `tally.models`, `tally.engine` (the adapter registry file), `tally.ledger` and
+`tally.influence`. The CLI (`tally.cli.factory`) and the API (`tally.api.factory_routes`) call
+`service.train`, `evaluation.evaluate` and `pipeline.run_pipeline`. See docs/factory.md.
+"""

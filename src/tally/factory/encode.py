@@ -1,0 +1,90 @@
+"""Rows to token ids with the tokenizer's own chat template; only assistant tokens are targets.
+
+Targets are found by character offsets, not by assuming the prompt's tokens are a prefix of the whole
+conversation's tokens: the assistant span of turn i is the text between the rendering of messages[:i] with a
+generation prompt and the rendering of messages[:i+1]. Everything else (system, user, template markup) is masked
+with -100, so the loss teaches answers, not questions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def target_tokens(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE)
+
+
+def render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool = False) -> str:
+    return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt))
+
+
+def encode(tokenizer: Any, messages: list[dict[str, str]], max_length: int, all_tokens: bool = False) -> Encoded:
+    """Token ids and labels for one example, truncated to `max_length` tokens."""
+    if all_tokens:
+        text = "\n".join(m["content"] for m in messages) + (tokenizer.eos_token or "")
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_length]
+        return Encoded(list(ids), list(ids))
+    full = render(tokenizer, messages)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant":
+            start = len(render(tokenizer, messages[:i], generation_prompt=True)) if i else 0
+            spans.append((start, len(render(tokenizer, messages[: i + 1]))))
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    labels = [
+        tok if any(s <= a < e for s, e in spans) and b > a else IGNORE for tok, (a, b) in zip(ids, offsets, strict=True)
+    ]
+    return Encoded(list(ids[:max_length]), labels[:max_length])
+
+
+def prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """The ids a model continues to answer the last user turn (what evaluation generates from)."""
+    return list(tokenizer(render(tokenizer, messages, generation_prompt=True), add_special_tokens=False)["input_ids"])
+
+
+def pad_id(tokenizer: Any) -> int:
+    return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+
+
+def collate(items: list[Encoded], pad: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch tensors; padding is masked from attention and loss."""
+    width = max(len(x.input_ids) for x in items)
+    ids = torch.full((len(items), width), pad, dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for i, x in enumerate(items):
+        n = len(x.input_ids)
+        ids[i, :n] = torch.tensor(x.input_ids)
+        labels[i, :n] = torch.tensor(x.labels)
+        mask[i, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def token_losses(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example summed next-token loss over targets, and the per-example target counts.
+
+    The vocabulary projection runs only at target positions (a few tokens per row), not over the whole prompt:
+    for a 49k vocabulary that is a fifth of the model's work saved, forward and backward.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE
+    logits = base.get_output_embeddings()(hidden.last_hidden_state[:, :-1][keep])
+    loss = torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="none")
+    rows = keep.nonzero()[:, 0]
+    sums = torch.zeros(targets.shape[0], dtype=loss.dtype).index_add(0, rows, loss)
+    return sums, keep.sum(dim=1)

@@ -1,0 +1,175 @@
+"""What a trained adapter carries about its origin: hashes, a manifest, a model card, the registry entry.
+
+The manifest binds the adapter's bytes to the base model's bytes, the exact snapshot roots, the config and the
+results; its hash goes into the `factory.adapter_trained` ledger entry, so anyone holding the directory can
+check it against the public log. The model card is the Hugging Face kind (`library_name: peft`, `base_model`,
+`datasets`, `license`) with contributors and their row counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tally.engine.registry import add as registry_add
+from tally.engine.registry import registry_path
+
+MANIFEST_NAME = "manifest.json"
+CARD_NAME = "README.md"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def adapter_hash(directory: Path) -> str:
+    """Same definition as the engine's adapter id: SHA-256 over the length-prefixed config, then the weights."""
+    h = hashlib.sha256()
+    cfg = (directory / "adapter_config.json").read_bytes()
+    h.update(len(cfg).to_bytes(8, "little"))
+    h.update(cfg)
+    h.update((directory / "adapter_model.safetensors").read_bytes())
+    return h.hexdigest()
+
+
+def base_model_hash(model_dir: Path) -> str:
+    """SHA-256 of the sorted (path, sha256) list of the model's files: from its pull manifest when it has one."""
+    manifest = model_dir / "tally-model.json"
+    if manifest.is_file():
+        files = {f["path"]: f["sha256"] for f in json.loads(manifest.read_text()).get("files", [])}
+    else:
+        files = {
+            p.name: sha256_file(p)
+            for p in sorted(model_dir.iterdir())
+            if p.is_file() and p.suffix in {".json", ".safetensors", ".jinja", ".model"}
+        }
+    return hashlib.sha256(json.dumps(sorted(files.items())).encode()).hexdigest()
+
+
+def directory_hash(directory: Path) -> str | None:
+    if not directory.is_dir():
+        return None
+    files = sorted((p.relative_to(directory).as_posix(), sha256_file(p)) for p in directory.rglob("*") if p.is_file())
+    return hashlib.sha256(json.dumps(files).encode()).hexdigest()
+
+
+def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> str:
+    """Write manifest.json (canonical: sorted keys) and return its SHA-256."""
+    text = json.dumps(manifest, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+    (out_dir / MANIFEST_NAME).write_text(text, encoding="utf-8")
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _hf_license(licenses: list[str]) -> str:
+    unique = sorted(set(licenses))
+    if len(unique) == 1 and " " not in unique[0]:
+        return unique[0].lower()
+    return "other"
+
+
+def model_card(manifest: dict[str, Any], evals: list[dict[str, Any]] | None = None) -> str:
+    """A Hugging Face model card with YAML front matter, built from the manifest and recorded evaluations.
+
+    `evals`: {datanet, snapshot, examples, metrics, ledger_seq}; each is also a `factory.evaluated` entry.
+    """
+    evals = evals or []
+    snaps = manifest["data"]["snapshots"]
+    licenses = [s["license"] for s in snaps]
+    front = {
+        "library_name": "peft",
+        "base_model": manifest["base_model"]["name"],
+        "license": _hf_license(licenses),
+        "datasets": [f"tally:{s['datanet']}@{s['snapshot']}" for s in snaps],
+        "tags": ["lora", "tally", "peft"],
+        "model-index": [
+            {
+                "name": manifest["adapter"]["name"],
+                "results": [
+                    {
+                        "task": {"type": "text-generation"},
+                        "dataset": {"name": e["datanet"], "type": f"tally:{e['datanet']}@{e['snapshot']}"},
+                        "metrics": [{"type": k, "value": round(float(v), 6)} for k, v in sorted(e["metrics"].items())],
+                    }
+                    for e in evals
+                ],
+            }
+        ],
+    }
+    contributors = sorted(manifest["data"]["contributors"].items(), key=lambda kv: (-kv[1], kv[0]))
+    hp = manifest["config"]
+    rows = "\n".join(f"| `{a}` | {n} |" for a, n in contributors)
+    snap_rows = "\n".join(
+        f"| {s['datanet']} | `{s['snapshot']}` | v{s['version']} | {s['rows']} | {s['license']} |" for s in snaps
+    )
+    metrics = "\n".join(f"| {k} | {v:.4g} |" for k, v in sorted(manifest["metrics"].items()) if isinstance(v, float))
+    eval_rows = "\n".join(
+        f"| {e['datanet']}@{e['snapshot'][:12]} | {e['examples']} | "
+        + " | ".join(f"{e['metrics'].get(k, float('nan')):.4g}" for k in ("exact_match", "token_f1", "loss"))
+        + f" | {e['ledger_seq']} |"
+        for e in evals
+    )
+    evaluation = (
+        "\n## Evaluation\n\n| data | rows | exact match | token F1 | loss | ledger entry |\n|---|---|---|---|---|---|\n"
+        + eval_rows + "\n"
+        if evals
+        else ""
+    )  # fmt: skip
+    return f"""---
+{yaml.safe_dump(front, sort_keys=False).strip()}
+---
+
+# {manifest["adapter"]["name"]}
+
+A LoRA adapter for `{manifest["base_model"]["name"]}` trained by Tally's factory on datanet snapshots. Every
+number below is in `manifest.json`, whose SHA-256 is recorded in the Tally ledger (`factory.adapter_trained`).
+
+## Training data
+
+| datanet | snapshot (Merkle root) | version | rows used | license (SPDX) |
+|---|---|---|---|---|
+{snap_rows}
+
+Rows: {manifest["data"]["train_rows"]} trained on, {manifest["data"]["eval_rows"]} held out for eval loss.
+
+## Contributors
+
+| address | rows |
+|---|---|
+{rows}
+
+## Hyperparameters
+
+- method: LoRA r={hp["method"]["rank"]}, alpha={hp["method"]["alpha"]}, dropout={hp["method"]["dropout"]},
+  targets {", ".join(hp["method"]["targets"])}
+- optimizer {hp["train"]["optimizer"]}, lr {hp["train"]["lr"]} ({hp["train"]["schedule"]}, warmup
+  {hp["train"]["warmup_ratio"]}), batch {hp["train"]["batch_size"]} x accumulation {hp["train"]["grad_accum"]},
+  epochs {hp["train"]["epochs"]}, seed {hp["train"]["seed"]}, max length {hp["data"]["max_length"]}
+- prompt tokens are masked from the loss (the tokenizer's chat template)
+
+## Results
+
+| metric | value |
+|---|---|
+{metrics}
+{evaluation}
+## Hashes
+
+- adapter: `{manifest["adapter"]["hash"]}`
+- base model: `{manifest["base_model"]["hash"]}`
+- config: `{manifest["config_hash"]}`
+- training-data index: `{manifest.get("influence", {}).get("hash")}`
+"""
+
+
+def publish(data_dir: Path, name: str, adapter_dir: Path) -> dict[str, Any]:
+    """Register the adapter in `<data_dir>/adapters.json`, the file the engine reads (the engine's own format)."""
+    entry = registry_add(registry_path(data_dir), name, adapter_dir)
+    return {"name": entry.name, "path": entry.path, "adapter_id": entry.adapter_id}

@@ -1,0 +1,185 @@
+"""`train`: the one function the CLI, the job API and pipelines call to fine-tune an adapter.
+
+Order matters for trust: permissions and licenses are checked before any model is loaded; the adapter, card,
+manifest and index are written before the ledger entry that names their hashes; the ledger entry and the
+adapter's table row commit in one transaction.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tally.config import Settings
+from tally.factory.config import TrainConfig
+from tally.factory.data import load_examples, split
+from tally.factory.encode import encode, pad_id
+from tally.factory.events import AdapterPublished, AdapterTrained
+from tally.factory.index_build import build_index
+from tally.factory.provenance import (
+    CARD_NAME,
+    adapter_hash,
+    base_model_hash,
+    model_card,
+    publish,
+    write_manifest,
+)
+from tally.factory.tables import AdapterRow
+from tally.factory.trainer import Loop
+from tally.factory.trainlog import LOG_NAME, Listener, TrainLog, plot_loss
+from tally.identity import Principal
+from tally.ledger import Ledger
+from tally.ledger.events import now_ts
+from tally.models import load_model, load_tokenizer, resolve_model
+
+
+@dataclass
+class TrainResult:
+    finished: bool
+    out_dir: Path
+    adapter_hash: str | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+    ledger_seq: int | None = None
+
+
+def output_dir(settings: Settings, cfg: TrainConfig) -> Path:
+    return Path(cfg.output.dir) if cfg.output.dir else settings.data_dir / "adapters" / cfg.output.name
+
+
+def build_model(model_dir: Path, cfg: TrainConfig) -> Any:
+    """The base model with fresh LoRA layers, initialised from the run's seed."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(cfg.train.seed)
+    m = cfg.method
+    lora = LoraConfig(
+        r=m.rank,
+        lora_alpha=m.alpha,  # type: ignore[arg-type]  # PEFT accepts floats
+        lora_dropout=m.dropout,
+        target_modules=m.targets,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(load_model(model_dir), lora)
+
+
+def train(
+    settings: Settings,
+    ledger: Ledger,
+    principal: Principal,
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    listeners: list[Listener] | None = None,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Fine-tune per `cfg`; `stop_after` ends early without outputs (an interruption, for tests)."""
+    with ledger.store.read() as s:
+        data = load_examples(s, principal, cfg.data.datanets, commercial=cfg.data.commercial)
+    train_ex, eval_ex = split(data.examples, cfg.data.eval_fraction, cfg.train.seed)
+    model_dir = resolve_model(cfg.model.name, settings.models.cache_dir)
+    out = output_dir(settings, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = load_tokenizer(model_dir)
+    pad = pad_id(tok)
+    enc = [encode(tok, e.messages, cfg.data.max_length, e.train_all_tokens) for e in train_ex]
+    enc_eval = [encode(tok, e.messages, cfg.data.max_length, e.train_all_tokens) for e in eval_ex]
+    model = build_model(model_dir, cfg)
+    log = TrainLog(out / LOG_NAME, listeners)
+    loop = Loop(cfg, model, enc, enc_eval, pad, out, log)
+    result = loop.run(resume=resume, stop_after=stop_after)
+    if result.steps < loop.total and not result.stopped_early:
+        return TrainResult(False, out)
+
+    model.save_pretrained(str(out))
+    influence: dict[str, Any] = {}
+    if cfg.influence.enabled:
+
+        def progress(done: int, total: int) -> None:
+            log.emit({"type": "index", "done": done, "total": total})
+
+        influence = build_index(
+            out, model, train_ex, enc, loop.projector, result.influence, result.influence_lr,
+            cfg.train.batch_size, pad, progress,
+        )  # fmt: skip
+    plot_loss(out / LOG_NAME, out / "loss_curve.png")
+    used = Counter(e.contributor for e in data.examples)
+    rows_per_snapshot = Counter(e.snapshot for e in data.examples)
+    metrics = {
+        "train_loss": result.train_loss, "eval_loss": result.eval_loss, "best_eval_loss": result.best_eval_loss,
+        "steps": result.steps, "tokens": result.tokens, "train_seconds": round(result.seconds, 3),
+        "stopped_early": result.stopped_early,
+    }  # fmt: skip
+    manifest = {
+        "format": "tally.factory.manifest/1",
+        "adapter": {"name": cfg.output.name, "hash": adapter_hash(out), "peft": "LORA"},
+        "base_model": {"name": cfg.model.name, "hash": base_model_hash(model_dir)},
+        "data": {
+            "snapshots": [
+                {
+                    "datanet": s.datanet,
+                    "snapshot": s.id,
+                    "version": s.version,
+                    "rows": rows_per_snapshot[s.id],
+                    "license": s.license,
+                }
+                for s in data.snapshots
+            ],
+            "contributors": dict(sorted(used.items())),
+            "train_rows": len(train_ex),
+            "eval_rows": len(eval_ex),
+        },
+        "config": cfg.model_dump(mode="json"),
+        "config_hash": cfg.digest(),
+        "metrics": metrics,
+        "influence": influence,
+        "trained_by": principal.address,
+    }
+    manifest_hash = write_manifest(out, manifest)
+    (out / CARD_NAME).write_text(model_card(manifest), encoding="utf-8")
+    return record(settings, ledger, principal, out, manifest, manifest_hash, publish_now=cfg.output.publish)
+
+
+def record(
+    settings: Settings, ledger: Ledger, principal: Principal, out: Path, manifest: dict[str, Any], manifest_hash: str,
+    *, publish_now: bool,
+) -> TrainResult:  # fmt: skip
+    """The ledger entry and table row for a trained adapter, in one transaction; then publish if asked."""
+    adapter = manifest["adapter"]
+    snaps = [{k: v[k] for k in ("datanet", "snapshot", "rows", "license")} for v in manifest["data"]["snapshots"]]
+    event = AdapterTrained(
+        adapter=adapter["name"], adapter_hash=adapter["hash"], base_model=manifest["base_model"]["name"],
+        base_model_hash=manifest["base_model"]["hash"],
+        snapshots=snaps,
+        config_hash=manifest["config_hash"], manifest_hash=manifest_hash,
+        index_hash=manifest["influence"].get("hash"), metrics=manifest["metrics"],
+    )  # fmt: skip
+    with ledger.store.transaction() as s:
+        appended = ledger.append(s, event, actor=principal.address)
+        s.merge(
+            AdapterRow(
+                id=adapter["hash"], name=adapter["name"], path=str(out.resolve()),
+                base_model=manifest["base_model"]["name"], manifest=manifest, published=0,
+                created_by=principal.address, created_at=now_ts(), ledger_seq=appended.seq,
+            )
+        )  # fmt: skip
+    result = TrainResult(True, out, adapter["hash"], manifest, appended.seq)
+    if publish_now:
+        publish_adapter(settings, ledger, principal, adapter["name"], out)
+    return result
+
+
+def publish_adapter(settings: Settings, ledger: Ledger, principal: Principal, name: str, out: Path) -> dict[str, Any]:
+    """Register the adapter for serving (adapters.json) and record the publication."""
+    entry = publish(settings.data_dir, name, out)
+    with ledger.store.transaction() as s:
+        row = s.get(AdapterRow, entry["adapter_id"])
+        if row is not None:
+            row.published = 1
+        event = AdapterPublished(adapter=name, adapter_hash=entry["adapter_id"], path=os.fspath(out.resolve()))
+        ledger.append(s, event, actor=principal.address)
+    return entry

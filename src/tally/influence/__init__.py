@@ -1,0 +1,20 @@
+"""Training-data influence for LoRA adapters: per-example gradients, seeded per-layer projection, the index file.
+
+Imports only `tally.models` and `tally.config`. See docs/factory.md ("Training-data index").
+"""
+
+from tally.influence.capture import GradCapture, example_gradients
+from tally.influence.index import INDEX_JSON, INDEX_TENSORS, InfluenceIndex, load_index, save_index, scores
+from tally.influence.projection import Projector
+
+__all__ = [
+    "INDEX_JSON",
+    "INDEX_TENSORS",
+    "GradCapture",
+    "InfluenceIndex",
+    "Projector",
+    "example_gradients",
+    "load_index",
+    "save_index",
+    "scores",
+]

@@ -1,0 +1,78 @@
+"""The training-data index stored beside an adapter: projected gradients (safetensors) + their meaning (JSON).
+
+`influence/index.safetensors` holds one fp16 matrix (examples x dims) per checkpoint: `final` (the trained
+adapter, no dropout) and, when captured, `epoch_1` ... (gradients taken during each epoch's training steps,
+TracIn-style). `influence/index.json` holds the projection (kind, seed, per-layer slices), the checkpoints with
+their learning rates, and per row: row hash, datanet, snapshot, contribution, contributor, target tokens.
+Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+INDEX_TENSORS = "index.safetensors"
+INDEX_JSON = "index.json"
+FORMAT = "tally.influence/1"
+
+
+@dataclass
+class InfluenceIndex:
+    tensors: dict[str, torch.Tensor]  # checkpoint name -> (examples, dims) fp16
+    meta: dict[str, Any]
+
+    @property
+    def examples(self) -> list[dict[str, Any]]:
+        return list(self.meta["examples"])
+
+    def layer_slices(self) -> list[tuple[int, int]]:
+        return [(s["offset"], s["dims"]) for s in self.meta["projection"]["layers"]]
+
+
+def save_index(directory: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.to(torch.float16).contiguous() for k, v in tensors.items()}, str(directory / INDEX_TENSORS))
+    (directory / INDEX_JSON).write_text(json.dumps({"format": FORMAT, **meta}, indent=1, sort_keys=True))
+    return directory
+
+
+def load_index(directory: Path) -> InfluenceIndex:
+    meta = json.loads((directory / INDEX_JSON).read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{directory / INDEX_JSON}: unknown index format {meta.get('format')!r}")
+    return InfluenceIndex(load_file(str(directory / INDEX_TENSORS)), meta)
+
+
+def _layer_normalised(x: torch.Tensor, slices: list[tuple[int, int]]) -> torch.Tensor:
+    out = x.float().clone()
+    for off, d in slices:
+        part = out[..., off : off + d]
+        part /= part.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return out
+
+
+def scores(
+    index: InfluenceIndex, queries: dict[str, torch.Tensor], checkpoints: list[str] | None = None
+) -> torch.Tensor:
+    """Per training example, the per-layer-normalised gradient cosine with the query, summed over checkpoints.
+
+    `queries` maps checkpoint name -> projected query gradient (dims,) or (queries, dims); with only `final`
+    available, pass it for every checkpoint (the query gradient is then taken at the final adapter).
+    """
+    names = checkpoints or [c for c in index.tensors if c in queries]
+    slices = index.layer_slices()
+    total: torch.Tensor | None = None
+    for name in names:
+        train = _layer_normalised(index.tensors[name], slices)
+        q = _layer_normalised(queries[name].reshape(-1, train.shape[1]), slices)
+        s = q @ train.T / len(slices)
+        total = s if total is None else total + s
+    if total is None:
+        raise ValueError("no checkpoint in common between the index and the query")
+    return total.squeeze(0)

@@ -1,0 +1,80 @@
+"""Training on the tiny model: outputs, provenance, exact resume, early stopping, the ledger entry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors.torch import load_file
+from tests.datanets.conftest import World
+from tests.factory.conftest import make_config
+
+from tally.factory import service
+from tally.factory.checkpoint import latest_checkpoint
+from tally.factory.tables import AdapterRow
+from tally.influence import load_index
+
+
+def _weights(out: Path) -> dict:
+    return load_file(str(out / "adapter_model.safetensors"))
+
+
+def test_train_writes_adapter_card_manifest_index_and_ledger_entry(people: World, tiny_model: Path, tmp_path: Path):
+    cfg = make_config(tiny_model, tmp_path / "out", data={"eval_fraction": 0.25}, output={"publish": True})
+    events: list[dict] = []
+    result = service.train(people.settings, people.ledger, people.dev, cfg, listeners=[events.append])
+    out = result.out_dir
+    assert result.finished
+    for name in ("adapter_config.json", "adapter_model.safetensors", "README.md", "manifest.json",
+                 "trainer_log.jsonl", "loss_curve.png"):  # fmt: skip
+        assert (out / name).is_file(), name
+    card = (out / "README.md").read_text()
+    assert "library_name: peft" in card and "tally:people@" in card and people.alice.address in card
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["data"]["contributors"] == {people.alice.address: 4, people.bob.address: 4}
+    assert manifest["data"]["train_rows"] == 6 and manifest["data"]["eval_rows"] == 2
+    train_events = [e for e in events if e["type"] == "train"]
+    assert len(train_events) == 6 and {"loss", "lr", "tokens_per_s", "eta_s"} <= set(train_events[0])
+    assert any(e["type"] == "eval" for e in events)
+    entry = json.loads(people.ledger.entries(people.ledger.size() - 2, 2)[0])
+    assert entry["type"] == "factory.adapter_trained"
+    assert entry["payload"]["adapter_hash"] == result.adapter_hash == manifest["adapter"]["hash"]
+    assert entry["payload"]["snapshots"][0]["rows"] == 8
+    with people.ledger.store.read() as s:
+        assert s.get(AdapterRow, result.adapter_hash).published == 1
+    registry = json.loads((people.settings.data_dir / "adapters.json").read_text())
+    assert registry["adapters"]["people-lora"]["adapter_id"] == result.adapter_hash
+    index = load_index(out / "influence")
+    assert set(index.tensors) == {"epoch_1", "epoch_2", "final"}
+    assert index.tensors["final"].shape == (6, 64) and index.tensors["final"].abs().sum() > 0
+    assert index.tensors["epoch_1"].abs().sum(dim=1).min() > 0  # every row was captured in epoch 1
+    assert {e["contributor"] for e in index.examples} == {people.alice.address, people.bob.address}
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(people: World, tiny_model: Path, tmp_path: Path):
+    kw = {"train": {"epochs": 3, "save_steps": 2, "grad_accum": 2, "batch_size": 1, "schedule": "cosine",
+                    "warmup_ratio": 0.2}}  # fmt: skip
+    full = service.train(people.settings, people.ledger, people.dev, make_config(tiny_model, tmp_path / "a", **kw))
+    cfg = make_config(tiny_model, tmp_path / "b", **kw)
+    partial = service.train(people.settings, people.ledger, people.dev, cfg, stop_after=7)
+    assert not partial.finished and latest_checkpoint(partial.out_dir).name == "step-0000006"
+    resumed = service.train(people.settings, people.ledger, people.dev, cfg, resume=True)
+    a, b = _weights(full.out_dir), _weights(resumed.out_dir)
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    assert full.adapter_hash == resumed.adapter_hash
+    steps = [e["step"] for e in map(json.loads, (resumed.out_dir / "trainer_log.jsonl").read_text().splitlines())
+             if e["type"] == "train"]  # fmt: skip
+    assert steps == list(range(1, 13))  # the log reads like an uninterrupted run
+    ia, ib = load_index(full.out_dir / "influence"), load_index(resumed.out_dir / "influence")
+    assert all((ia.tensors[k] == ib.tensors[k]).all() for k in ia.tensors)
+
+
+def test_early_stopping_keeps_the_best_weights(people: World, tiny_model: Path, tmp_path: Path):
+    cfg = make_config(
+        tiny_model, tmp_path / "out", data={"eval_fraction": 0.25}, train={"epochs": 30, "lr": 0.3},
+        eval={"every_steps": 1, "early_stopping_patience": 2}, influence={"enabled": False},
+    )  # fmt: skip
+    result = service.train(people.settings, people.ledger, people.dev, cfg)
+    metrics = result.manifest["metrics"]
+    assert metrics["stopped_early"] and metrics["steps"] < 90
+    assert abs(metrics["eval_loss"] - metrics["best_eval_loss"]) < 1e-5
