@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -30,7 +31,7 @@ from tally.rag.evaluate import answer_metrics, make_facts
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--people", type=int, default=20)
+    parser.add_argument("--people", type=int, default=6)
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=48)
     args = parser.parse_args()
@@ -66,6 +67,7 @@ def main() -> None:
             raw = engine.generate(engine.encode_chat(build_rag_messages(question, chunks)), params).text
             text, citations = postprocess_citations(raw, chunks)
             rag.append({"answer": text, "gold": fact.value, "citations": citations, "relevant": [row_hash(fact.row)]})
+            print(f"  {len(rag)}/{len(facts)} {question!r}: {text.strip()[:70]!r}", file=sys.stderr, flush=True)
         seconds = time.perf_counter() - t0
         engine.stop()
         store.dispose()
