@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from typing import Any
 
@@ -13,10 +12,6 @@ from tally.api.state import AppState, app_state
 from tally.ledger import build_receipt, merkle
 
 router = APIRouter(prefix="/v1/ledger", tags=["ledger"])
-
-
-def _b64(h: bytes) -> str:
-    return base64.b64encode(h).decode()
 
 
 def _bad(exc: Exception, param: str) -> ApiError:
@@ -31,7 +26,7 @@ def checkpoint(state: AppState = Depends(app_state)) -> dict[str, Any]:
     return {
         "origin": ledger.origin,
         "size": cp.size,
-        "root": _b64(cp.root),
+        "root": merkle.b64(cp.root),
         "checkpoint": cp.note,
         "verifier_key": ledger.signer.verifier.encode(),
         "created_at": cp.created_at,
@@ -44,7 +39,12 @@ def entry(seq: int, state: AppState = Depends(app_state)) -> dict[str, Any]:
         body = state.ledger.entry(seq)
     except KeyError as exc:
         raise ApiError(404, exc.args[0], type_="not_found_error", param="seq") from None
-    return {"seq": seq, "leaf_hash": _b64(merkle.leaf_hash(body)), "body": body.decode(), "entry": json.loads(body)}
+    return {
+        "seq": seq,
+        "leaf_hash": merkle.b64(merkle.leaf_hash(body)),
+        "body": body.decode(),
+        "entry": json.loads(body),
+    }
 
 
 @router.get("/entries/{seq}/receipt")
@@ -73,9 +73,9 @@ def inclusion(
     return {
         "index": index,
         "tree_size": tree_size,
-        "leaf_hash": _b64(leaf),
-        "root": _b64(root),
-        "inclusion_proof": [_b64(h) for h in proof],
+        "leaf_hash": merkle.b64(leaf),
+        "root": merkle.b64(root),
+        "inclusion_proof": [merkle.b64(h) for h in proof],
     }
 
 
@@ -96,7 +96,7 @@ def consistency(
     return {
         "first": first,
         "second": new,
-        "first_root": _b64(roots[0]),
-        "second_root": _b64(roots[1]),
-        "consistency_proof": [_b64(h) for h in proof],
+        "first_root": merkle.b64(roots[0]),
+        "second_root": merkle.b64(roots[1]),
+        "consistency_proof": [merkle.b64(h) for h in proof],
     }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 
@@ -10,13 +9,17 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tally.cli.common import console, fail, opened_ledger
-from tally.ledger import ReceiptError, VerificationError, build_receipt, decode_entry, verify_ledger, verify_receipt
+from tally.ledger import (
+    ReceiptError,
+    VerificationError,
+    build_receipt,
+    decode_entry,
+    merkle,
+    verify_ledger,
+    verify_receipt,
+)
 
 app = typer.Typer(help="Inspect, prove and verify the tamper-evident ledger.", no_args_is_help=True)
-
-
-def _b64(h: bytes) -> str:
-    return base64.b64encode(h).decode()
 
 
 @app.command()
@@ -29,7 +32,7 @@ def head() -> None:
                 {
                     "origin": ledger.origin,
                     "size": checkpoint.size,
-                    "root": _b64(checkpoint.root),
+                    "root": merkle.b64(checkpoint.root),
                     "verifier_key": ledger.signer.verifier.encode(),
                     "checkpoint": checkpoint.note,
                 }
@@ -61,7 +64,7 @@ def prove(
             if consistency is not None:
                 new = size if size is not None else ledger.size()
                 proof = ledger.consistency_proof(consistency, new)
-                out = {"first": consistency, "second": new, "consistency_proof": [_b64(h) for h in proof]}
+                out = {"first": consistency, "second": new, "consistency_proof": [merkle.b64(h) for h in proof]}
             elif index is None:
                 raise fail("give an INDEX, or --consistency OLD_SIZE")
             elif receipt is not None:
@@ -74,8 +77,8 @@ def prove(
                 out = {
                     "index": index,
                     "tree_size": target,
-                    "root": _b64(ledger.root(target)),
-                    "inclusion_proof": [_b64(h) for h in proof],
+                    "root": merkle.b64(ledger.root(target)),
+                    "inclusion_proof": [merkle.b64(h) for h in proof],
                 }
         except (KeyError, ValueError) as exc:
             raise fail(str(exc.args[0] if isinstance(exc, KeyError) else exc)) from None
@@ -105,7 +108,7 @@ def verify() -> None:
     console.print(
         f"ledger OK: {report.size} {'entry' if report.size == 1 else 'entries'}, {report.nodes} nodes, "
         f"{report.checkpoints} checkpoints, "
-        f"root {_b64(report.root)}"
+        f"root {merkle.b64(report.root)}"
     )
 
 

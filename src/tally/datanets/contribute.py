@@ -3,6 +3,7 @@ and record rows, contribution and ledger event in the caller's transaction. Any 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -192,8 +193,6 @@ def contribute(
 
 
 def _contribution_id(slug: str, contributor: str, root: str, nonce: int | None) -> str:
-    import hashlib
-
     body = {
         "content_root": root,
         "contributor": contributor,

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from tally.datanets.errors import DatanetError, ForbiddenError, NotFoundError
 from tally.datanets.events import DatanetCreated, MemberInvited
 from tally.datanets.licenses import normalize_license
-from tally.datanets.tables import AccessRequestRow, DatanetRow, MemberRow
+from tally.datanets.tables import AccessRequestRow, ContributionRow, DatanetRow, DataRow, MemberRow
 from tally.identity import Principal, get_account
 from tally.ledger import Ledger
 from tally.ledger.events import now_ts
@@ -202,8 +202,6 @@ def list_rows(
     session: Session, principal: Principal, slug: str, *, status: str | None = None, limit: int = 100, offset: int = 0
 ) -> list[dict[str, object]]:
     """Rows with their review state. Owners see all rows; readers see accepted rows and their own."""
-    from tally.datanets.tables import ContributionRow, DataRow
-
     dn = _load(session, slug)
     if not can_read(session, principal, dn):
         raise NotFoundError(f"no datanet named {slug!r}")

@@ -128,21 +128,16 @@ class Ledger:
         hashes = fetch_pieces(session, frontier) if frontier else {}
         stack = [hashes[p] for p in frontier]
         ts = now_ts()  # one transaction, one commit time
-        entries, nodes, out = [], [], []
+        entries: list[tuple[int, bytes, str, str, bytes]] = []
+        nodes: list[tuple[int, bytes]] = []
+        out: list[Appended] = []
         for offset, (event, actor) in enumerate(items):
             seq = start + offset
             body = encode_entry(seq, ts, actor, event)
             h = merkle.leaf_hash(body)
             entries.append((seq, h, event.event_type, actor, body))
             out.append(Appended(seq, h))
-            stack.append(h)
-            done, level = seq + 1, 0
-            while done & 1 == 0:  # each trailing zero of seq + 1 completes one more perfect subtree
-                done >>= 1
-                level += 1
-                right = stack.pop()
-                stack[-1] = merkle.node_hash(stack[-1], right)
-                nodes.append((node_id(level, done - 1), stack[-1]))
+            nodes.extend((node_id(level, pos), node) for level, pos, node in merkle.push_leaf(stack, seq, h))
         # Plain DBAPI executemany: the ORM's per-row bookkeeping would cost more than the hashing.
         conn = session.connection()
         mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"

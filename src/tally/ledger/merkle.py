@@ -7,6 +7,7 @@ O(log n) reads (see `tally.ledger.log`).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 
@@ -53,6 +54,26 @@ def fold_pieces(hashes: Sequence[bytes]) -> bytes:
     for h in reversed(hashes[:-1]):
         acc = node_hash(h, acc)
     return acc
+
+
+def push_leaf(stack: list[bytes], index: int, leaf: bytes) -> list[tuple[int, int, bytes]]:
+    """Add leaf `index` to `stack`, the hashes of the perfect subtrees left of it (largest first), merging as it
+    completes subtrees; return (level, position, hash) of each perfect subtree completed, lowest first."""
+    stack.append(leaf)
+    completed = []
+    done, level = index + 1, 0
+    while done & 1 == 0:  # each trailing zero of index + 1 completes one more perfect subtree
+        done >>= 1
+        level += 1
+        right = stack.pop()
+        stack[-1] = node_hash(stack[-1], right)
+        completed.append((level, done - 1, stack[-1]))
+    return completed
+
+
+def b64(digest: bytes) -> str:
+    """Hashes travel as base64, as in signed notes."""
+    return base64.b64encode(digest).decode()
 
 
 def root_of(leaves: Sequence[bytes]) -> bytes:

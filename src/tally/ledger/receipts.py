@@ -40,7 +40,7 @@ def build_receipt(ledger: Ledger, seq: int, session: Session | None = None) -> d
         "index": seq,
         "entry": body.decode("utf-8"),
         "tree_size": checkpoint.size,
-        "inclusion_proof": [base64.b64encode(h).decode() for h in proof],
+        "inclusion_proof": [merkle.b64(h) for h in proof],
         "checkpoint": checkpoint.note,
     }
 

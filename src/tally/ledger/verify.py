@@ -89,14 +89,8 @@ def _verify(ledger: Ledger, progress: Callable[[int, int], None] | None) -> Veri
                 leaf = merkle.leaf_hash(body)
                 if leaf != bytes(stored_leaf):
                     raise VerificationError(seq, "the stored leaf hash does not match the entry bytes")
-                stack.append(leaf)
-                done, level = seq + 1, 0
-                while done & 1 == 0:
-                    done >>= 1
-                    level += 1
-                    right = stack.pop()
-                    stack[-1] = merkle.node_hash(stack[-1], right)
-                    computed[node_id(level, done - 1)] = (seq, stack[-1])
+                for level, pos, node in merkle.push_leaf(stack, seq, leaf):
+                    computed[node_id(level, pos)] = (seq, node)
                 expected += 1
                 if expected in wanted_roots:
                     roots[expected] = merkle.fold_pieces(stack)
