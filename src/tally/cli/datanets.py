@@ -138,7 +138,7 @@ def review_cmd(
             s, ledger, acting_principal(s, as_), name, decision="accept" if accept else "reject", reason=reason,
             contribution=contribution, rows=row or None,
         )  # fmt: skip
-    console.print(f"{changed} rows {'accepted' if accept else 'rejected'}")
+    console.print(f"{changed} row{'' if changed == 1 else 's'} {'accepted' if accept else 'rejected'}")
 
 
 @app.command()

@@ -107,7 +107,7 @@ def verify() -> None:
             raise fail(str(exc)) from None
     console.print(
         f"ledger OK: {report.size} {'entry' if report.size == 1 else 'entries'}, {report.nodes} nodes, "
-        f"{report.checkpoints} checkpoints, "
+        f"{report.checkpoints} checkpoint{'' if report.checkpoints == 1 else 's'}, "
         f"root {merkle.b64(report.root)}"
     )
 
