@@ -97,24 +97,52 @@ class TrainConfig(_Section):
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-def parse_config(raw: dict[str, Any], source: str = "config") -> TrainConfig:
-    """A validated config, or FactoryError naming the field (`train.lr`) and what was wrong."""
+def yaml_line(text: str, loc: tuple[Any, ...]) -> int | None:
+    """The 1-based line of the node at `loc` (mapping keys and list indices) in YAML `text`, or the deepest one
+    that exists (a missing field is reported at its parent)."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in loc:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            node = None
+    return node.start_mark.line + 1 if node is not None else line
+
+
+def validation_message(source: str, exc: ValidationError, text: str | None = None) -> str:
+    """`file line N, field a.b: what was wrong`, from the first pydantic error."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    line = yaml_line(text, tuple(first["loc"])) if text is not None else None
+    return f"{source}{f' line {line}' if line else ''}: {where}: {first['msg']}"
+
+
+def parse_config(raw: dict[str, Any], source: str = "config", *, text: str | None = None) -> TrainConfig:
+    """A validated config, or FactoryError naming the field (`train.lr`), its line when known, and what was wrong."""
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise FactoryError(f"{source}: {where}: {first['msg']}") from None
+        raise FactoryError(validation_message(source, exc, text)) from None
 
 
 def load_config(path: Path | str) -> TrainConfig:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        raw = yaml.safe_load(text)
     except FileNotFoundError:
         raise FactoryError(f"no config file at {path}") from None
     except yaml.YAMLError as exc:
         raise FactoryError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise FactoryError(f"{path}: expected a mapping with sections model, method, data, train, eval, output")
-    return parse_config(raw, str(path))
+    return parse_config(raw, str(path), text=text)

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tally.factory.config import validation_message
 from tally.factory.errors import FactoryError
 
 KINDS = ("snapshot", "train", "eval", "gate", "publish", "deploy")
@@ -92,14 +93,15 @@ def check(spec: PipelineSpec) -> PipelineSpec:
 
 def load_pipeline(path: Path) -> tuple[PipelineSpec, Path]:
     """The validated spec and the directory that relative config paths are resolved against."""
+    text = None
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        raw = yaml.safe_load(text)
         spec = PipelineSpec.model_validate(raw)
     except FileNotFoundError:
         raise FactoryError(f"no pipeline file at {path}") from None
     except yaml.YAMLError as exc:
         raise FactoryError(f"{path} is not valid YAML: {exc}") from None
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise FactoryError(f"{path}: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+        raise FactoryError(validation_message(str(path), exc, text)) from None
     return check(spec), path.parent
