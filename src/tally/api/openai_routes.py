@@ -22,6 +22,7 @@ from sse_starlette.sse import EventSourceResponse
 from tally.api import rag_answers
 from tally.api.auth import require
 from tally.api.errors import ApiError
+from tally.api.rag_answers import RagOption
 from tally.engine import (
     AdapterNotFoundError,
     AdapterValidationError,
@@ -75,12 +76,6 @@ class CompletionRequest(_Sampling):
 class ChatMessage(_Body):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[dict[str, Any]] | None = None
-
-
-class RagOption(_Body):
-    datanets: list[str] = Field(min_length=1, description="datanets to retrieve from (each must permit rag)")
-    top_k: int | None = Field(None, ge=1)
-    mode: Literal["hybrid", "bm25", "dense"] = "hybrid"
 
 
 class ChatRequest(_Sampling):

@@ -6,10 +6,11 @@ ledger event; the prompt numbers the sources and the answer's `[n]` citations ar
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field
 
 from tally.api.auth import principal
 from tally.api.errors import ApiError
@@ -18,14 +19,22 @@ from tally.identity import Principal
 from tally.rag import RagSettings, RetrievedChunk, build_rag_messages, postprocess_citations, retrieve
 
 
-def resolve_alias(request: Request, body: Any) -> Any | None:
+class RagOption(BaseModel):
+    """The `rag` field of a chat request."""
+
+    model_config = ConfigDict(extra="allow")  # as the other request bodies: clients may send fields we do not use
+
+    datanets: list[str] = Field(min_length=1, description="datanets to retrieve from (each must permit rag)")
+    top_k: int | None = Field(None, ge=1)
+    mode: Literal["hybrid", "bm25", "dense"] = "hybrid"
+
+
+def resolve_alias(request: Request, body: Any) -> RagOption | None:
     """The RAG option of this request: its own `rag`, or the alias its `model` names (which also sets the model)."""
     state: AppState | None = getattr(request.app.state, "tally", None)
     alias = state.settings.rag.aliases.get(body.model) if state is not None else None
     rag = body.rag
     if alias is not None:
-        from tally.api.openai_routes import RagOption
-
         body.model = alias.model
         rag = rag or RagOption(datanets=alias.datanets, top_k=alias.top_k)
     if rag is not None and body.stream:
@@ -34,7 +43,7 @@ def resolve_alias(request: Request, body: Any) -> Any | None:
 
 
 async def retrieve_for(
-    request: Request, body: Any, rag: Any, messages: list[dict[str, str]]
+    request: Request, body: Any, rag: RagOption, messages: list[dict[str, str]]
 ) -> tuple[list[RetrievedChunk], list[dict[str, str]]]:
     state: AppState | None = getattr(request.app.state, "tally", None)
     if state is None:
