@@ -118,7 +118,7 @@ def attribution_check(out_dir: Path, cfg: Any, model_name: str, settings: Settin
     items = [encode(tok, [{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["output"]}],
                     256) for r, _ in questions]  # fmt: skip
     start = time.monotonic()
-    q = final_gradients(model, items, projector, 16, pad_id(tok))
+    q, _ = final_gradients(model, items, projector, 16, pad_id(tok))
     query_s = time.monotonic() - start
     contributors = [e["contributor"] for e in index.examples]
     result: dict[str, Any] = {"query_seconds_per_question": query_s / len(items)}

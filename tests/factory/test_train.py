@@ -45,7 +45,8 @@ def test_train_writes_adapter_card_manifest_index_and_ledger_entry(people: World
     registry = json.loads((people.settings.data_dir / "adapters.json").read_text())
     assert registry["adapters"]["people-lora"]["adapter_id"] == result.adapter_hash
     index = load_index(out / "influence")
-    assert set(index.tensors) == {"epoch_1", "epoch_2", "final"}
+    assert set(index.tensors) == {"epoch_1", "epoch_2", "final", "hidden_mean"}
+    assert index.meta["representation"]["tensor"] == "hidden_mean" and index.tensors["hidden_mean"].shape == (6, 32)
     assert index.tensors["final"].shape == (6, 64) and index.tensors["final"].abs().sum() > 0
     assert index.tensors["epoch_1"].abs().sum(dim=1).min() > 0  # every row was captured in epoch 1
     assert {e["contributor"] for e in index.examples} == {people.alice.address, people.bob.address}

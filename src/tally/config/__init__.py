@@ -1,10 +1,12 @@
 """Settings and the data directory layout."""
 
 from tally.config.settings import (
+    AttributionSettings,
     DatanetSettings,
     LedgerSettings,
     ModelSettings,
     RagAlias,
+    RewardsSettings,
     ServerSettings,
     Settings,
     get_settings,
@@ -12,10 +14,12 @@ from tally.config.settings import (
 )
 
 __all__ = [
+    "AttributionSettings",
     "DatanetSettings",
     "LedgerSettings",
     "ModelSettings",
     "RagAlias",
+    "RewardsSettings",
     "ServerSettings",
     "Settings",
     "get_settings",

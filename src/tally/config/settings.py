@@ -85,6 +85,30 @@ class RagSettingsSection(_Section):
     aliases: dict[str, RagAlias] = Field(default_factory=dict, description="model names with RAG on by default")
 
 
+class AttributionSettings(_Section):
+    """Proof of Attribution (docs/attribution.md): modes, evidence sizes and how signals combine."""
+
+    default_mode: Literal["off", "fast", "full"] = Field("fast", description="when a request names none")
+    models: dict[str, Literal["off", "fast", "full"]] = Field(default_factory=dict, description="per-model default")
+    span_min_tokens: int = Field(8, ge=2, description="shortest verbatim span counted as a quote")
+    top_k: int = Field(10, ge=1, le=100, description="evidence rows kept per method")
+    min_share: float = Field(0.01, ge=0, lt=1, description="smaller contributor shares are dropped, rest renormalised")
+    min_z: float = Field(2.0, ge=0, description="a row counts as evidence only this many std above the mean score")
+    context_min_drop: float = Field(0.5, ge=0, description="nats; a chunk's leave-one-out drop that counts")
+    duplicate_similarity: float = Field(
+        0.95, gt=0, le=1, description="representation cosine above which two rows are one item (earliest credited)"
+    )
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"spans": 1.0, "context": 1.0, "representation": 1.0, "gradient": 1.0, "datainf": 1.0},
+        description="weight of each method in the combined shares",
+    )
+    max_adapters: int = Field(4, ge=1, description="adapters kept loaded for attribution")
+
+
+class RewardsSettings(_Section):
+    policy: Path | None = Field(None, description="fee policy YAML (see docs/rewards.md); the built-in one if unset")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TALLY_",
@@ -103,6 +127,8 @@ class Settings(BaseSettings):
     models: ModelSettings = Field(default_factory=lambda: ModelSettings())
     datanets: DatanetSettings = Field(default_factory=lambda: DatanetSettings())
     rag: RagSettingsSection = Field(default_factory=lambda: RagSettingsSection())
+    attribution: AttributionSettings = Field(default_factory=lambda: AttributionSettings())
+    rewards: RewardsSettings = Field(default_factory=lambda: RewardsSettings())
     chain_id: int = Field(31337, ge=1, description="EVM chain id: EIP-712 signing domain and on-chain settlement")
 
     @classmethod

@@ -1,7 +1,8 @@
 """Build the training-data index for attribution at the end of training (see tally.influence).
 
 The final pass runs every training row through the trained adapter without dropout, one batched backward per
-batch with per-example capture hooks, and stores the projections beside those captured during each epoch.
+batch with per-example capture hooks, and stores the projections beside those captured during each epoch, and
+each row's mean hidden state (representation similarity) from the same forward.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import torch
 from tally.factory.data import Example
 from tally.factory.encode import Encoded, collate, token_losses
 from tally.factory.provenance import directory_hash
-from tally.influence import Projector, example_gradients, save_index
+from tally.influence import HiddenCapture, Projector, example_gradients, save_index
+
+REPRESENTATION = "hidden_mean"
 
 
 def final_gradients(
@@ -26,16 +29,22 @@ def final_gradients(
     batch_size: int,
     pad: int,
     progress: Callable[[int, int], None] | None = None,
-) -> torch.Tensor:
-    """(examples, dims) projected gradients of each example's mean target loss at the current weights."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(examples, dims) projected gradients of each example's mean target loss at the current weights, and
+    (examples, hidden) mean final hidden states over its answer-predicting positions, from the same forward."""
+    hidden: list[torch.Tensor] = []
+    with HiddenCapture(model) as capture:
 
-    def mean_loss(m: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        sums, counts = token_losses(m, batch)
-        return sums / counts.clamp_min(1)
+        def mean_loss(m: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            capture.begin(batch["labels"])
+            sums, counts = token_losses(m, batch)
+            hidden.append(capture.result())
+            return sums / counts.clamp_min(1)
 
-    batches = (collate(items[i : i + batch_size], pad) for i in range(0, len(items), batch_size))
-    report = (lambda done: progress(done, len(items))) if progress else None
-    return example_gradients(model, projector, batches, mean_loss, report)
+        batches = (collate(items[i : i + batch_size], pad) for i in range(0, len(items), batch_size))
+        report = (lambda done: progress(done, len(items))) if progress else None
+        grads = example_gradients(model, projector, batches, mean_loss, report)
+    return grads, torch.cat(hidden) if hidden else torch.zeros(0, 0)
 
 
 def build_index(
@@ -52,11 +61,12 @@ def build_index(
 ) -> dict[str, Any]:
     """Write `<out>/influence/`; returns its summary (hash, dims, checkpoints, cost) for the manifest."""
     start = time.monotonic()
-    final = final_gradients(model, items, projector, batch_size, pad, progress)
+    final, hidden = final_gradients(model, items, projector, batch_size, pad, progress)
     seconds = time.monotonic() - start
-    tensors = {**epoch_grads, "final": final}
+    tensors = {**epoch_grads, "final": final, REPRESENTATION: hidden}
     meta = {
         "projection": projector.describe(),
+        "representation": {"tensor": REPRESENTATION, "pooling": "mean final hidden state, answer-predicting positions"},
         "checkpoints": [{"name": k, "lr": epoch_lrs.get(k)} for k in sorted(epoch_grads)] + [{"name": "final"}],
         "examples": [
             {
@@ -75,7 +85,7 @@ def build_index(
     return {
         "hash": directory_hash(directory),
         "dims": projector.dims,
-        "checkpoints": sorted(tensors),
+        "checkpoints": sorted(set(tensors) - {REPRESENTATION}),
         "final_pass_seconds": round(seconds, 3),
         "bytes": sum(p.stat().st_size for p in directory.iterdir()),
     }

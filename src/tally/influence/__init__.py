@@ -4,13 +4,17 @@ Imports only `tally.models` and `tally.config`. See docs/factory.md ("Training-d
 """
 
 from tally.influence.capture import GradCapture, example_gradients
+from tally.influence.hidden import HiddenCapture
 from tally.influence.index import INDEX_JSON, INDEX_TENSORS, InfluenceIndex, load_index, save_index, scores
 from tally.influence.projection import Projector
+from tally.influence.scoring import IndexScorer
 
 __all__ = [
     "INDEX_JSON",
     "INDEX_TENSORS",
     "GradCapture",
+    "HiddenCapture",
+    "IndexScorer",
     "InfluenceIndex",
     "Projector",
     "example_gradients",

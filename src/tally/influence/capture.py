@@ -20,9 +20,11 @@ from tally.influence.projection import Projector, lora_modules
 class GradCapture:
     """Use as a context manager around forward + backward; `begin(batch_size, scale)` before each forward."""
 
-    def __init__(self, model: nn.Module, projector: Projector) -> None:
+    def __init__(self, model: nn.Module, projector: Projector, rename: Callable[[str], str] | None = None) -> None:
+        """`rename` maps a module's name to the projector's (an adapter loaded under another name than `default`)."""
         self.model, self.projector = model, projector
         self.modules = lora_modules(model)
+        self._rename = rename or (lambda name: name)
         self._handles: list[Any] = []
         self._out: torch.Tensor | None = None
         self._active = False
@@ -30,7 +32,7 @@ class GradCapture:
 
     def __enter__(self) -> GradCapture:
         for name, mod in self.modules.items():
-            self._handles.append(mod.register_forward_hook(self._forward_hook(name)))
+            self._handles.append(mod.register_forward_hook(self._forward_hook(self._rename(name))))
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,0 +1,117 @@
+"""The attribution record of one answer: evidence per method, contributor shares, credits, and its ledger event.
+
+Shares are over the data part only (training rows and retrieved chunks) and sum to 1 when any method beat its
+null baseline; otherwise they are empty and the data part of a fee goes to the reserve (see tally.rewards).
+The adapter developer, the base model, evaluators and the pipeline's author are named in `credits`; the fee
+policy decides which of them are paid per answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tally.ledger import Event
+
+Mode = Literal["off", "fast", "full"]
+METHODS = ("spans", "context", "representation", "gradient", "datainf")
+
+
+class Evidence(BaseModel):
+    """One piece of evidence: a training row or retrieved chunk, its score, and for spans the quoted token range."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    row_hash: str
+    datanet: str
+    contribution: str
+    contributor: str
+    score: float
+    answer_span: tuple[int, int] | None = None  # [start, end) in answer tokens (spans only)
+    text: str | None = None  # the quoted text (spans only)
+
+
+class MethodResult(BaseModel):
+    """What one signal found: its top evidence and whether it beat its null baseline."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str
+    top: list[Evidence] = Field(default_factory=list)
+    score: float = 0.0  # the statistic compared with the null (method-specific; see docs/attribution.md)
+    null_score: float = 0.0
+    beat_null: bool = False
+    weight: float = 0.0  # its weight in the combined shares
+    seconds: float = 0.0
+
+
+class Share(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    account: str
+    share: float
+    contributions: list[str] = Field(default_factory=list)
+
+
+class Credits(BaseModel):
+    """Who else shaped the answer: paid or not per the fee policy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    developer: str | None = None  # the account that trained the adapter
+    base_model: str = ""
+    base_model_hash: str | None = None
+    evaluators: list[str] = Field(default_factory=list)  # eval datanets' contributors
+    pipeline_author: str | None = None
+
+
+class AttributionRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str  # the inference id (the response's `id`)
+    mode: Mode
+    model: str
+    adapter_hash: str | None
+    prompt_hash: str
+    answer_hash: str
+    prompt_tokens: int
+    completion_tokens: int
+    methods: dict[str, MethodResult]
+    shares: list[Share]
+    credits: Credits
+    requested_by: str | None = None
+    created_at: str
+
+    def share_map(self) -> dict[str, float]:
+        return {s.account: s.share for s in self.shares}
+
+    def summary(self) -> dict[str, object]:
+        """The `attribution` field of an API response: short, the full record is one GET away."""
+        return {
+            "id": self.id,
+            "mode": self.mode,
+            "contributors": [{"account": s.account, "share": round(s.share, 6)} for s in self.shares[:10]],
+            "methods": {k: m.beat_null for k, m in self.methods.items()},
+            "url": f"/v1/attributions/{self.id}",
+        }
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class InferenceAttributed(Event):
+    """One answer's attribution record, committed as a whole (its hash) with the parts a reader needs."""
+
+    event_type: ClassVar[str] = "attribution.inference_attributed"
+    inference: str
+    model: str
+    adapter_hash: str | None
+    prompt_hash: str
+    answer_hash: str
+    record_hash: str
+    mode: str
+    shares: dict[str, float]
+    beat_null: dict[str, bool]

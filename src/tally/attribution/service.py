@@ -1,0 +1,267 @@
+"""Attribute one answer: run the signals the mode asks for, combine them into shares, commit the record.
+
+`fast`: verbatim spans, RAG context (when sources were retrieved), representation similarity and gradient cosine
+on the index's cached projection. `full` adds DataInf. Index signals need the adapter's training-data index
+(answers of the base model have spans and context only). See docs/attribution.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from sqlalchemy.orm import Session
+
+from tally.attribution.context import context_drops
+from tally.attribution.query import QueryModel
+from tally.attribution.record import AttributionRecord, InferenceAttributed, MethodResult, Mode, text_hash
+from tally.attribution.shares import Distribution, Source, combine, index_method, make_evidence
+from tally.attribution.sources import adapter_credits, contribution_seqs, index_sources, withdrawn_rows
+from tally.attribution.spans import SpanIndex, load_or_build
+from tally.attribution.tables import AttributionRow, RowInfluence
+from tally.config import Settings
+from tally.influence import INDEX_JSON, IndexScorer, load_index
+from tally.ledger import Appended, Ledger
+from tally.ledger.canonical import canonical_json
+from tally.ledger.events import now_ts
+from tally.models import load_tokenizer
+from tally.store import Store
+
+
+class AttributionError(ValueError):
+    """An answer cannot be attributed as asked (unknown record, bad mode, ...)."""
+
+
+@dataclass
+class Answer:
+    """One served answer to attribute."""
+
+    inference_id: str
+    model: str  # the name the client asked for
+    prompt_ids: list[int]
+    answer_ids: list[int]
+    adapter_dir: Path | None = None
+    adapter_hash: str | None = None
+    question: str | None = None  # with RAG: the question the sources were retrieved for
+    chunks: list[Any] = field(default_factory=list)  # tally.rag.RetrievedChunk
+    requested_by: str | None = None
+
+
+@dataclass
+class Attributed:
+    record: AttributionRecord
+    row_influence: list[tuple[Source, float]]  # signed gradient z-scores of the strongest rows (reputation)
+
+
+@dataclass
+class _Loaded:
+    scorer: IndexScorer
+    sources: list[Source]
+    projection: dict[str, Any]
+
+
+class Attributor:
+    """Holds the attribution model, the adapters' index scorers and the span index; thread-safe."""
+
+    def __init__(self, settings: Settings, store: Store, model_dir: Path, base_model: str) -> None:
+        self.settings, self.cfg, self.store = settings, settings.attribution, store
+        self.base_model = base_model
+        self.tokenizer = load_tokenizer(model_dir)
+        self.query_model = QueryModel(model_dir, self.cfg.max_adapters)
+        self._indexes: dict[str, _Loaded] = {}
+        self._lock = threading.Lock()
+        self.spans_dir = settings.data_dir / "attribution" / "spans"
+
+    def mode_for(self, model: str, requested: str | None) -> Mode:
+        mode = requested or self.cfg.models.get(model) or self.cfg.default_mode
+        if mode not in ("off", "fast", "full"):
+            raise AttributionError(f"attribution mode {mode!r} is not one of off, fast, full")
+        return mode  # type: ignore[return-value]
+
+    def _index(self, session: Session, adapter_dir: Path, adapter_hash: str) -> _Loaded | None:
+        with self._lock:
+            if adapter_hash not in self._indexes:
+                directory = adapter_dir / "influence"
+                if not (directory / INDEX_JSON).is_file():
+                    return None
+                index = load_index(directory)
+                self._indexes[adapter_hash] = _Loaded(
+                    IndexScorer(index), index_sources(session, index.examples), index.meta["projection"]
+                )
+            return self._indexes[adapter_hash]
+
+    def span_index(self, session: Session) -> SpanIndex:
+        return load_or_build(session, self.tokenizer, self.spans_dir)
+
+    def attribute(self, answer: Answer, mode: Mode) -> Attributed:
+        if mode == "off":
+            raise AttributionError("attribution is off for this answer")
+        results: dict[str, MethodResult] = {}
+        dists: dict[str, Distribution] = {}
+        influence: list[tuple[Source, float]] = []
+        with self.store.read() as session:
+            self._spans(session, answer, results, dists)
+            if answer.chunks and answer.question:
+                self._context(session, answer, results, dists)
+            if answer.adapter_dir is not None and answer.adapter_hash:
+                loaded = self._index(session, answer.adapter_dir, answer.adapter_hash)
+                if loaded is not None:
+                    influence = self._index_signals(session, answer, loaded, mode, results, dists)
+            credits = adapter_credits(session, answer.adapter_dir, answer.adapter_hash, self.base_model)
+        record = AttributionRecord(
+            id=answer.inference_id, mode=mode, model=answer.model, adapter_hash=answer.adapter_hash,
+            prompt_hash=text_hash(self.tokenizer.decode(answer.prompt_ids)),
+            answer_hash=text_hash(self.tokenizer.decode(answer.answer_ids)),
+            prompt_tokens=len(answer.prompt_ids), completion_tokens=len(answer.answer_ids),
+            methods=results, shares=combine(results, dists, self.cfg), credits=credits,
+            requested_by=answer.requested_by, created_at=now_ts(),
+        )  # fmt: skip
+        return Attributed(record, influence)
+
+    def _spans(
+        self, session: Session, answer: Answer, results: dict[str, MethodResult], dists: dict[str, Distribution]
+    ) -> None:
+        start = time.perf_counter()
+        spans = self.span_index(session).find(answer.answer_ids, self.cfg.span_min_tokens)
+        seqs = contribution_seqs(session, {k.contribution for s in spans for k in s.sources})
+        tokens: dict[str, float] = {}
+        contributions: dict[str, set[str]] = {}
+        evidence = []
+        for span in spans:
+            first = min(span.sources, key=lambda k: seqs.get(k.contribution, 1 << 62))  # the original
+            tokens[first.contributor] = tokens.get(first.contributor, 0.0) + span.length
+            contributions.setdefault(first.contributor, set()).add(first.contribution)
+            text = self.tokenizer.decode(answer.answer_ids[span.answer_start : span.answer_end])
+            src = Source(first.row_hash, first.datanet, first.contribution, first.contributor, 0)
+            evidence.append((span.length, src, (span.answer_start, span.answer_end), text))
+        evidence.sort(key=lambda e: -e[0])
+        longest = float(evidence[0][0]) if evidence else 0.0
+        results["spans"] = MethodResult(
+            method="spans",
+            top=[make_evidence(s, float(n), answer_span=w, text=t) for n, s, w, t in evidence[: self.cfg.top_k]],
+            score=longest, null_score=float(self.cfg.span_min_tokens - 1), beat_null=bool(spans),
+            seconds=round(time.perf_counter() - start, 4),
+        )  # fmt: skip
+        total = sum(tokens.values())
+        dists["spans"] = Distribution({k: v / total for k, v in tokens.items()} if total else {}, contributions)
+
+    def _context(
+        self, session: Session, answer: Answer, results: dict[str, MethodResult], dists: dict[str, Distribution]
+    ) -> None:
+        start = time.perf_counter()
+        question, chunks = answer.question or "", answer.chunks
+        ctx = self.query_model.run(
+            answer.adapter_hash if answer.adapter_dir else None,
+            answer.adapter_dir,
+            lambda model: context_drops(model, self.tokenizer, question, chunks, answer.answer_ids),
+        )
+        weights: dict[str, float] = {}
+        contributions: dict[str, set[str]] = {}
+        top = []
+        for drop in sorted(ctx.chunks, key=lambda d: -d.drop):
+            c = chunks[drop.index]
+            src = Source(c.row_hash, c.datanet, c.contribution, c.contributor, 0)
+            top.append(make_evidence(src, drop.drop))
+            if drop.drop >= self.cfg.context_min_drop:
+                weights[c.contributor] = weights.get(c.contributor, 0.0) + drop.drop
+                contributions.setdefault(c.contributor, set()).add(c.contribution)
+        best = max((d.drop for d in ctx.chunks), default=0.0)
+        results["context"] = MethodResult(
+            method="context", top=top[: self.cfg.top_k], score=round(best, 6), null_score=self.cfg.context_min_drop,
+            beat_null=best >= self.cfg.context_min_drop, seconds=round(time.perf_counter() - start, 4),
+        )  # fmt: skip
+        total = sum(weights.values())
+        dists["context"] = Distribution({k: v / total for k, v in weights.items()} if total else {}, contributions)
+
+    def _index_signals(
+        self,
+        session: Session,
+        answer: Answer,
+        loaded: _Loaded,
+        mode: Mode,
+        results: dict[str, MethodResult],
+        dists: dict[str, Distribution],
+    ) -> list[tuple[Source, float]]:
+        assert answer.adapter_dir is not None and answer.adapter_hash is not None
+        start = time.perf_counter()
+        gone = withdrawn_rows(session, {s.datanet for s in loaded.sources})
+        valid = torch.tensor([(s.datanet, s.row_hash) not in gone for s in loaded.sources], dtype=torch.bool)
+        args = (answer.adapter_hash, answer.adapter_dir, loaded.projection, answer.prompt_ids, answer.answer_ids)
+        real = self.query_model.signals(*args)
+        null = self.query_model.signals(*args, null=True)
+        query_s = time.perf_counter() - start
+        scorer = loaded.scorer
+        dup = scorer.row_similarity if scorer.has_representation else None
+        methods: list[tuple[str, Any]] = [("gradient", scorer.cosine)]
+        if scorer.has_representation:
+            methods.insert(0, ("representation", None))
+        if mode == "full":
+            methods.append(("datainf", scorer.datainf))
+        influence: list[tuple[Source, float]] = []
+        for name, fn in methods:
+            t = time.perf_counter()
+            if name == "representation":
+                s, s0 = scorer.representation(real.hidden), scorer.representation(null.hidden)
+            else:
+                s, s0 = fn(real.gradient), fn(null.gradient)
+            result, dist = index_method(name, s, s0, loaded.sources, valid, self.cfg, dup)
+            result.seconds = round(time.perf_counter() - t + (query_s if name != "representation" else 0.0), 4)
+            results[name], dists[name] = result, dist
+            if name == "gradient":
+                influence = _strongest(s, valid, loaded.sources, self.cfg.top_k)
+        return influence
+
+
+def _strongest(scores: torch.Tensor, valid: torch.Tensor, sources: list[Source], k: int) -> list[tuple[Source, float]]:
+    """The k most helpful and k most harmful rows by z-score: what reputation accumulates per row."""
+    live = scores[valid]
+    if live.numel() < 2:
+        return []
+    z = torch.where(valid, (scores - live.mean()) / live.std().clamp_min(1e-12), torch.zeros_like(scores))
+    order = torch.argsort(z, descending=True).tolist()
+    picked = order[:k] + [i for i in order[-k:] if i not in order[:k]]
+    return [(sources[i], float(z[i])) for i in picked if bool(valid[i])]
+
+
+def record_hash(record: AttributionRecord) -> str:
+    return hashlib.sha256(canonical_json(record.model_dump(mode="json"))).hexdigest()
+
+
+def commit(session: Session, ledger: Ledger, attributed: Attributed, actor: str) -> Appended:
+    """Store the record and its per-row influence, and append its ledger event, in the caller's transaction."""
+    record = attributed.record
+    if session.get(AttributionRow, record.id) is not None:
+        raise AttributionError(f"inference {record.id} already has an attribution record")
+    digest = record_hash(record)
+    event = InferenceAttributed(
+        inference=record.id, model=record.model, adapter_hash=record.adapter_hash, prompt_hash=record.prompt_hash,
+        answer_hash=record.answer_hash, record_hash=digest, mode=record.mode, shares=record.share_map(),
+        beat_null={k: m.beat_null for k, m in record.methods.items()},
+    )  # fmt: skip
+    appended = ledger.append(session, event, actor=actor)
+    session.add(
+        AttributionRow(
+            id=record.id, model=record.model, adapter_hash=record.adapter_hash, record=record.model_dump(mode="json"),
+            record_hash=digest, created_at=record.created_at, ledger_seq=appended.seq,
+        )
+    )  # fmt: skip
+    for src, value in attributed.row_influence:
+        session.add(
+            RowInfluence(
+                inference=record.id, row_hash=src.row_hash, datanet=src.datanet, contributor=src.contributor,
+                influence=value,
+            )
+        )  # fmt: skip
+    return appended
+
+
+def get_record(session: Session, inference_id: str) -> tuple[AttributionRecord, int]:
+    row = session.get(AttributionRow, inference_id)
+    if row is None:
+        raise AttributionError(f"no attribution record for inference {inference_id!r}")
+    return AttributionRecord.model_validate(row.record), row.ledger_seq
