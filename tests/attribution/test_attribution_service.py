@@ -30,7 +30,9 @@ def _attributor(world, model_dir: Path, **cfg: object) -> Attributor:
 
 def _answer(attributor: Attributor, trained, question: str, reply: str, rid: str = "chatcmpl-1") -> Answer:
     tok = attributor.tokenizer
-    prompt = tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+    )
     return Answer(
         inference_id=rid, model="people-lora",
         prompt_ids=tok(prompt, add_special_tokens=False)["input_ids"],
@@ -55,7 +57,9 @@ def test_fast_record_has_every_signal_and_shares_summing_to_one(people, trained,
 
 def test_commit_writes_one_ledger_event_and_the_record_reads_back(people, trained, tiny_model: Path) -> None:  # noqa: F811
     attributor = _attributor(people, tiny_model)
-    done = attributor.attribute(_answer(attributor, trained, "Who is Tomas Quell?", "Tomas Quell is a cartographer"), "fast")
+    done = attributor.attribute(
+        _answer(attributor, trained, "Who is Tomas Quell?", "Tomas Quell is a cartographer"), "fast"
+    )
     with people.tx() as s:
         appended = commit(s, people.ledger, done, actor=people.consumer.address)
     entry = decode_entry(people.ledger.entry(appended.seq))

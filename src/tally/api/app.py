@@ -9,7 +9,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import tally
-from tally.api import datanet_routes, errors, factory_routes, identity_routes, ledger_routes, openai_routes
+from tally.api import (
+    attribution_answers,
+    datanet_routes,
+    errors,
+    factory_routes,
+    identity_routes,
+    ledger_routes,
+    openai_routes,
+    rewards_routes,
+)
 from tally.api.state import AppState
 from tally.config import Settings, get_settings
 from tally.ledger import open_ledger
@@ -25,13 +34,17 @@ def create_app(settings: Settings | None = None, *, with_engine: bool = False) -
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = open_store(settings)
         app.state.tally = AppState(settings=settings, store=store, ledger=open_ledger(settings, store))
-        app.state.engine = None
+        app.state.engine = app.state.attributor = None
         if with_engine:
+            from tally.attribution.service import Attributor
             from tally.engine import build_engine
-            from tally.models import ModelError
+            from tally.models import ModelError, resolve_model
 
             try:
                 app.state.engine = build_engine(settings).start()
+                name = app.state.engine.model_name
+                model_dir = resolve_model(name, settings.models.cache_dir)
+                app.state.attributor = Attributor(settings, store, model_dir, name)
             except ModelError as exc:
                 logging.getLogger("tally.api").warning("inference engine not started: %s", exc)
         try:
@@ -54,4 +67,6 @@ def create_app(settings: Settings | None = None, *, with_engine: bool = False) -
     app.include_router(datanet_routes.router)
     app.include_router(openai_routes.router)
     app.include_router(factory_routes.router)
+    app.include_router(attribution_answers.router)
+    app.include_router(rewards_routes.router)
     return app

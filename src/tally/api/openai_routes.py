@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -19,10 +19,11 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette.sse import EventSourceResponse
 
-from tally.api import rag_answers
+from tally.api import attribution_answers, rag_answers
 from tally.api.auth import require
 from tally.api.errors import ApiError
 from tally.api.rag_answers import RagOption
+from tally.attribution.service import AttributionError
 from tally.engine import (
     AdapterNotFoundError,
     AdapterValidationError,
@@ -55,6 +56,7 @@ class _Sampling(_Body):
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
+    attribution: Literal["off", "fast", "full"] | None = None
 
     def params(self, default_max: int) -> SamplingParams:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
@@ -160,19 +162,23 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-async def _collect(engine: Engine, prompt: list[int], params: SamplingParams, model: str) -> tuple[str, str, int, int]:
+async def _collect(
+    engine: Engine, prompt: list[int], params: SamplingParams, model: str
+) -> tuple[str, str, int, int, list[int]]:
     text: list[str] = []
+    ids: list[int] = []
     last: RequestOutput | None = None
     try:
         async for out in engine.stream(prompt, params, model):
             text.append(out.text)
+            ids.extend(out.token_ids)
             last = out
     except (AdapterNotFoundError, RequestValidationError, EngineClosedError) as exc:  # unloaded in between
         raise _engine_error(exc) from None
     assert last is not None and last.usage is not None
     if last.finish_reason == "error":
         raise ApiError(500, last.error or "generation failed", type_="server_error")
-    return "".join(text), last.finish_reason or "stop", last.usage.prompt_tokens, last.usage.completion_tokens
+    return "".join(text), last.finish_reason or "stop", last.usage.prompt_tokens, last.usage.completion_tokens, ids
 
 
 def _prompts(engine: Engine, body: CompletionRequest) -> list[list[int]]:
@@ -205,6 +211,7 @@ async def completions(body: CompletionRequest, request: Request) -> JSONResponse
     except RequestValidationError as exc:
         raise _engine_error(exc) from None
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    mode = attribution_answers.resolve_mode(request, body.model, body.attribution)
     if body.stream:
         if len(prompts) != 1:
             raise ApiError(400, "streaming takes one prompt", param="prompt")
@@ -220,13 +227,24 @@ async def completions(body: CompletionRequest, request: Request) -> JSONResponse
                 "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
             }
 
-        return EventSourceResponse(_sse(engine, prompts[0], params, body.model, chunk, include_usage, None))
+        attribute = _attribution_step(request, rid, body.model, mode, prompts[0])
+        return EventSourceResponse(_sse(engine, prompts[0], params, body.model, chunk, include_usage, None, attribute))
     choices, prompt_tokens, completion_tokens = [], 0, 0
+    summaries, receipts = [], []
     for i, prompt in enumerate(prompts):
         _validate(engine, prompt, params)
-        text, finish, p, c = await _collect(engine, prompt, params, body.model)
+        text, finish, p, c, ids = await _collect(engine, prompt, params, body.model)
         choices.append({"index": i, "text": text, "finish_reason": finish, "logprobs": None})
         prompt_tokens, completion_tokens = prompt_tokens + p, completion_tokens + c
+        done = await _attribution_step(request, rid if len(prompts) == 1 else f"{rid}-{i}", body.model, mode, prompt)(
+            ids
+        )
+        if done is not None:
+            summaries.append(done[0])
+            receipts.append(str(done[1]))
+    extra: dict[str, Any] = {}
+    if summaries:
+        extra["attribution"] = summaries[0] if len(prompts) == 1 else summaries
     return JSONResponse(
         {
             "id": rid,
@@ -235,7 +253,9 @@ async def completions(body: CompletionRequest, request: Request) -> JSONResponse
             "model": body.model,
             "choices": choices,
             "usage": _usage(prompt_tokens, completion_tokens),
-        }
+            **extra,
+        },
+        headers={attribution_answers.RECEIPT_HEADER: ",".join(receipts)} if receipts else None,
     )
 
 
@@ -260,6 +280,9 @@ async def chat_completions(body: ChatRequest, request: Request) -> JSONResponse 
         raise _engine_error(exc) from None
     _validate(engine, prompt, params)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    mode = attribution_answers.resolve_mode(request, body.model, body.attribution)
+    question = next((_text_content(m) for m in reversed(body.messages) if m.role == "user"), None) if rag else None
+    attribute = _attribution_step(request, rid, body.model, mode, prompt, question, chunks)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
@@ -275,11 +298,15 @@ async def chat_completions(body: ChatRequest, request: Request) -> JSONResponse 
 
         first = chunk("", None)
         first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
-        return EventSourceResponse(_sse(engine, prompt, params, body.model, chunk, include_usage, first))
-    text, finish, p, c = await _collect(engine, prompt, params, body.model)
+        return EventSourceResponse(_sse(engine, prompt, params, body.model, chunk, include_usage, first, attribute))
+    text, finish, p, c, ids = await _collect(engine, prompt, params, body.model)
     extra: dict[str, Any] = {}
     if rag is not None:
         text, extra["citations"] = rag_answers.cite(text, chunks)
+    done = await attribute(ids)
+    headers = None
+    if done is not None:
+        extra["attribution"], headers = done[0], {attribution_answers.RECEIPT_HEADER: str(done[1])}
     return JSONResponse(
         {
             **extra,
@@ -296,8 +323,36 @@ async def chat_completions(body: ChatRequest, request: Request) -> JSONResponse 
                 }
             ],
             "usage": _usage(p, c),
-        }
+        },
+        headers=headers,
     )
+
+
+Attribute = Callable[[list[int]], Awaitable[tuple[dict[str, Any], int] | None]]
+
+
+def _attribution_step(
+    request: Request,
+    rid: str,
+    model: str,
+    mode: str,
+    prompt: list[int],
+    question: str | None = None,
+    chunks: list[Any] | None = None,
+) -> Attribute:
+    """What runs once the answer's token ids are known: the summary and ledger entry of its record, or None."""
+
+    async def run(answer_ids: list[int]) -> tuple[dict[str, Any], int] | None:
+        try:
+            done = await attribution_answers.attribute_answer(
+                request, inference_id=rid, model=model, mode=mode, prompt_ids=prompt, answer_ids=answer_ids,
+                question=question, chunks=chunks,
+            )  # fmt: skip
+        except AttributionError as exc:
+            raise ApiError(400, str(exc), param="attribution") from None
+        return None if done is None else (attribution_answers.summary(*done), done[1])
+
+    return run
 
 
 def _validate(engine: Engine, prompt: list[int], params: SamplingParams) -> None:
@@ -321,11 +376,14 @@ async def _sse(
     chunk: Any,
     include_usage: bool,
     first: dict[str, Any] | None,
+    attribute: Attribute | None = None,
 ) -> AsyncIterator[str]:
     if first is not None:
         yield json.dumps(first)
+    ids: list[int] = []
     try:
         async for out in engine.stream(prompt, params, model):
+            ids.extend(out.token_ids)
             if out.finish_reason == "error":
                 yield json.dumps(
                     {
@@ -347,6 +405,12 @@ async def _sse(
                     final["choices"] = []
                     final["usage"] = _usage(out.usage.prompt_tokens, out.usage.completion_tokens)
                     yield json.dumps(final)
+                if attribute is not None and out.finish_reason in ("stop", "length"):
+                    done = await attribute(ids)
+                    if done is not None:  # the record lands right after the answer: a last chunk carries it
+                        last = chunk("", None)
+                        last["choices"], last["attribution"] = [], done[0]
+                        yield json.dumps(last)
     except (AdapterNotFoundError, RequestValidationError, EngineClosedError) as exc:  # unloaded in between
         yield json.dumps({"error": {"message": str(exc), "type": "invalid_request_error", "param": None, "code": None}})
     yield "[DONE]"

@@ -25,6 +25,8 @@ from tally.attribution.sources import adapter_credits, contribution_seqs, index_
 from tally.attribution.spans import SpanIndex, load_or_build
 from tally.attribution.tables import AttributionRow, RowInfluence
 from tally.config import Settings
+from tally.engine import Engine
+from tally.engine.files import hash_adapter
 from tally.influence import INDEX_JSON, IndexScorer, load_index
 from tally.ledger import Appended, Ledger
 from tally.ledger.canonical import canonical_json
@@ -35,6 +37,16 @@ from tally.store import Store
 
 class AttributionError(ValueError):
     """An answer cannot be attributed as asked (unknown record, bad mode, ...)."""
+
+
+def served_adapter(engine: Engine, model: str) -> tuple[Path | None, str | None]:
+    """(directory, content hash) of the adapter the engine serves as `model`; (None, None) for the base model."""
+    if model == engine.model_name:
+        return None, None
+    entry = next((e for e in engine.adapters() if e.name == model), None)
+    if entry is None:
+        return None, None
+    return entry.path, entry.adapter_id or hash_adapter(entry.path)
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Integer, String
+from sqlalchemy import JSON, Float, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tally.store import Base
@@ -29,4 +29,4 @@ class RowInfluence(Base):
     row_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     datanet: Mapped[str] = mapped_column(String(64), index=True)
     contributor: Mapped[str] = mapped_column(String(42), index=True)
-    influence: Mapped[float] = mapped_column()
+    influence: Mapped[float] = mapped_column(Float)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
+from typing import Any
+
 import typer
 from rich.table import Table
 
 from tally.cli.common import acting_principal, cli_errors, console, fail, load_cli_settings, opened_ledger
+from tally.config import Settings
 
 AS = typer.Option(None, "--as", envvar="TALLY_AS", help="account that acts (name or address); needed with --rag")
 
@@ -16,9 +20,10 @@ def ask(
     rag: list[str] = typer.Option([], "--rag", help="datanet to retrieve from; repeatable"),
     top_k: int = typer.Option(5, help="sources to retrieve"),
     max_tokens: int = typer.Option(256),
+    attribution: str = typer.Option(None, help="off | fast | full (default: the model's, from settings)"),
     as_: str = AS,
 ) -> None:
-    """Ask a question; with --rag, the answer cites numbered sources from datanets you may use for RAG."""
+    """Ask a question; prints the answer and who shaped it. With --rag, the answer cites numbered sources."""
     from tally.engine import EngineError, SamplingParams, build_engine
     from tally.models import ModelError
     from tally.rag import RagSettings, build_rag_messages, postprocess_citations, retrieve
@@ -39,15 +44,15 @@ def ask(
         raise fail(str(exc)) from None
     try:
         name = model or engine.model_name
-        result = engine.generate(
-            engine.encode_chat(messages), SamplingParams(max_tokens=max_tokens, temperature=0), name
-        )
+        prompt = engine.encode_chat(messages)
+        result = engine.generate(prompt, SamplingParams(max_tokens=max_tokens, temperature=0), name)
     except EngineError as exc:
         raise fail(str(exc)) from None
     finally:
         engine.stop()
     text, citations = postprocess_citations(result.text, chunks) if rag else (result.text, [])
     console.print(text.strip(), highlight=False)
+    _attribute(settings, engine, name, prompt, result.token_ids, question if rag else None, chunks, attribution, as_)
     if citations:
         table = Table("n", "datanet", "contributor", "contribution", "quote")
         for c in citations:
@@ -55,3 +60,51 @@ def ask(
         console.print(table)
     elif rag:
         console.print(f"[dim]no source was cited; {len(chunks)} were retrieved[/]")
+
+
+def _attribute(
+    settings: Settings, engine: Any, name: str, prompt: list[int], answer_ids: list[int], question: str | None,
+    chunks: list[Any], mode: str | None, as_: str | None,
+) -> None:  # fmt: skip
+    """Attribute the answer, commit the record and the fee, print the contributor table."""
+    from tally.attribution.service import Answer, AttributionError, Attributor, served_adapter
+    from tally.models import resolve_model
+    from tally.rewards import RewardsError
+    from tally.rewards.policy import effective_policy
+    from tally.rewards.settle import settle_answer
+
+    with opened_ledger(settings) as (store, ledger), cli_errors():
+        attributor = Attributor(settings, store, resolve_model(engine.model_name, settings.models.cache_dir), name)
+        try:
+            chosen = attributor.mode_for(name, mode)
+        except AttributionError as exc:
+            raise fail(str(exc)) from None
+        if chosen == "off" or not answer_ids:
+            return
+        requester = None
+        if as_:
+            with store.read() as s:
+                requester = acting_principal(s, as_).address
+        adapter_dir, adapter_hash = served_adapter(engine, name)
+        answer = Answer(
+            inference_id=f"ask-{uuid.uuid4().hex}", model=name, prompt_ids=prompt, answer_ids=answer_ids,
+            adapter_dir=adapter_dir, adapter_hash=adapter_hash, question=question, chunks=chunks,
+            requested_by=requester,
+        )  # fmt: skip
+        with console.status(f"attributing ({chosen})"):
+            done = attributor.attribute(answer, chosen)
+        try:
+            seq = settle_answer(ledger, done, effective_policy(settings)[0], actor=requester or "cli")
+        except RewardsError as exc:
+            raise fail(str(exc)) from None
+    record = done.record
+    table = Table("contributor", "share", "contributions", "evidence", title=f"attribution {record.id} ({chosen})")
+    for share in record.shares:
+        methods = [m for m, r in record.methods.items() if any(e.contributor == share.account for e in r.top)]
+        table.add_row(share.account, f"{share.share:.1%}", str(len(share.contributions)), ", ".join(methods))
+    if record.shares:
+        console.print(table)
+    else:
+        console.print("[dim]no method beat its null baseline: no contributor is credited for this answer[/]")
+    beat = ", ".join(f"{m} {'yes' if r.beat_null else 'no'}" for m, r in record.methods.items())
+    console.print(f"[dim]beat null: {beat}; developer {record.credits.developer or '-'}; ledger entry {seq}[/]")

@@ -1,0 +1,128 @@
+"""`tally rewards policy|statement|balances|proof` and `tally rewards epoch close|list`.
+
+Mount in tally.cli.main:
+    app.add_typer(rewards.app, name="rewards")
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+from rich.table import Table
+
+from tally.cli.common import cli_errors, console, fail, load_cli_settings, opened_ledger
+
+app = typer.Typer(
+    help="Rewards: the fee policy, contributor statements, epochs and payout proofs.", no_args_is_help=True
+)
+epoch_app = typer.Typer(help="Payout epochs: close one, list them.", no_args_is_help=True)
+app.add_typer(epoch_app, name="epoch")
+JSON = typer.Option(False, "--json", help="print JSON instead of a table")
+
+
+@contextmanager
+def rewards_errors() -> Iterator[None]:
+    from tally.rewards import RewardsError
+
+    with cli_errors():
+        try:
+            yield
+        except RewardsError as exc:
+            raise fail(str(exc)) from None
+
+
+def _units(symbol: str, decimals: int) -> str:
+    return f"amounts in base units: 1 {symbol} = 10^{decimals}"
+
+
+@app.command("policy")
+def policy_cmd() -> None:
+    """Show the effective fee policy (the configured file, or the built-in one) and its hash."""
+    from tally.rewards import effective_policy
+
+    with rewards_errors():
+        policy, source = effective_policy(load_cli_settings())
+    console.print_json(
+        json.dumps({"source": source, "hash": policy.digest(), "policy": policy.model_dump(mode="json")})
+    )
+
+
+@app.command("statement")
+def statement_cmd(address: str, as_json: bool = JSON) -> None:
+    """A contributor's earnings, answer by answer: role, share, amount, and the epoch that paid it."""
+    from tally.rewards import effective_policy, statement
+
+    settings = load_cli_settings()
+    with rewards_errors(), opened_ledger(settings) as (store, _), store.read() as s:
+        st = statement(s, address)
+        policy, _ = effective_policy(settings)
+    if as_json:
+        console.print_json(json.dumps(st.as_json()))
+        return
+    table = Table("inference", "model", "time", "role", "share", "amount", "epoch",
+                  title=f"{st.account}", caption=_units(policy.currency.symbol, policy.currency.decimals))  # fmt: skip
+    for i in st.items:
+        share = "-" if i.share is None else f"{i.share:.4f}"
+        table.add_row(i.inference, i.model, i.time, i.role, share, str(i.amount), str(i.epoch or "unpaid"))
+    console.print(table)
+    console.print(f"accrued {st.accrued}  paid {st.paid}  unpaid {st.unpaid}", highlight=False)
+
+
+@app.command("balances")
+def balances_cmd(as_json: bool = JSON) -> None:
+    """Every credited account's accrued, paid (in a closed epoch) and unpaid totals."""
+    from tally.rewards import balances
+
+    with rewards_errors(), opened_ledger() as (store, _), store.read() as s:
+        rows = balances(s)
+    if as_json:
+        console.print_json(json.dumps([b.as_json() for b in rows]))
+        return
+    table = Table("account", "accrued", "paid", "unpaid")
+    for b in rows:
+        table.add_row(b.account, str(b.accrued), str(b.paid), str(b.unpaid))
+    console.print(table)
+
+
+@app.command("proof")
+def proof_cmd(
+    address: str,
+    epoch: int = typer.Option(None, "--epoch", help="epoch number (default: the latest paying this account)"),
+) -> None:
+    """The payout proof to claim with: index, account, amount, proof and the epoch's root (JSON)."""
+    from tally.rewards import payout_proof
+
+    with rewards_errors(), opened_ledger() as (store, _), store.read() as s:
+        proof = payout_proof(s, address, epoch)
+    console.print_json(json.dumps(proof.as_json()))
+
+
+@epoch_app.command("close")
+def epoch_close() -> None:
+    """Close the next epoch: every unpaid amount goes into one payout Merkle tree whose root is recorded."""
+    from tally.rewards import close_epoch
+
+    with rewards_errors(), opened_ledger() as (store, ledger), store.transaction() as s:
+        epoch = close_epoch(s, ledger, actor="cli")
+    console.print(f"epoch {epoch.number} closed: {epoch.accounts} accounts, total {epoch.total}, root {epoch.root}",
+                  highlight=False)  # fmt: skip
+    console.print(f"ledger entry {epoch.ledger_seq}", highlight=False)
+
+
+@epoch_app.command("list")
+def epoch_list(as_json: bool = JSON) -> None:
+    """Closed epochs, oldest first."""
+    from tally.rewards import list_epochs
+
+    with rewards_errors(), opened_ledger() as (store, _), store.read() as s:
+        epochs = list_epochs(s)
+    if as_json:
+        console.print_json(json.dumps([e.as_json() for e in epochs]))
+        return
+    table = Table("epoch", "closed", "accounts", "accruals", "total", "root")
+    for e in epochs:
+        table.add_row(str(e.number), e.created_at, str(e.accounts), str(e.accruals), str(e.total), e.root)
+    console.print(table)
