@@ -16,7 +16,7 @@ from tally.ledger import decode_entry
 
 
 @pytest.fixture
-def trained(people, tiny_model: Path, tmp_path: Path):  # noqa: F811
+def trained(people, tiny_model: Path, tmp_path: Path):
     result = service.train(people.settings, people.ledger, people.dev, make_config(tiny_model, tmp_path / "lora"))
     return result
 
@@ -41,7 +41,7 @@ def _answer(attributor: Attributor, trained, question: str, reply: str, rid: str
     )  # fmt: skip
 
 
-def test_fast_record_has_every_signal_and_shares_summing_to_one(people, trained, tiny_model: Path) -> None:  # noqa: F811
+def test_fast_record_has_every_signal_and_shares_summing_to_one(people, trained, tiny_model: Path) -> None:
     attributor = _attributor(people, tiny_model)
     answer = _answer(attributor, trained, "Who is Ilsa Varn?", "Where was Ilsa Varn born? Korvath")
     done = attributor.attribute(answer, "fast")
@@ -55,7 +55,7 @@ def test_fast_record_has_every_signal_and_shares_summing_to_one(people, trained,
     assert "datainf" in full.methods and full.methods["datainf"].top is not None
 
 
-def test_commit_writes_one_ledger_event_and_the_record_reads_back(people, trained, tiny_model: Path) -> None:  # noqa: F811
+def test_commit_writes_one_ledger_event_and_the_record_reads_back(people, trained, tiny_model: Path) -> None:
     attributor = _attributor(people, tiny_model)
     done = attributor.attribute(
         _answer(attributor, trained, "Who is Tomas Quell?", "Tomas Quell is a cartographer"), "fast"
@@ -75,7 +75,7 @@ def test_commit_writes_one_ledger_event_and_the_record_reads_back(people, traine
         commit(s, people.ledger, done, actor=people.consumer.address)
 
 
-def test_a_contributor_whose_rows_left_the_index_gets_nothing(people, trained, tiny_model: Path) -> None:  # noqa: F811
+def test_a_contributor_whose_rows_left_the_index_gets_nothing(people, trained, tiny_model: Path) -> None:
     with people.tx() as s:
         alice_contributions = [
             c for (c,) in s.query(ContributionRow.id).filter(ContributionRow.contributor == people.alice.address)
@@ -90,7 +90,7 @@ def test_a_contributor_whose_rows_left_the_index_gets_nothing(people, trained, t
         assert all(e.contributor != people.alice.address for e in record.methods[method].top)
 
 
-def test_mode_resolution(people, tiny_model: Path) -> None:  # noqa: F811
+def test_mode_resolution(people, tiny_model: Path) -> None:
     attributor = _attributor(people, tiny_model, models={"quiet": "off"})
     assert attributor.mode_for("quiet", None) == "off" and attributor.mode_for("x", None) == "fast"
     assert attributor.mode_for("quiet", "full") == "full"

@@ -6,11 +6,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 
-import tally.attribution.tables  # noqa: F401 - these imports register every package's tables
-import tally.datanets.tables  # noqa: F401
-import tally.factory.tables  # noqa: F401
-import tally.identity  # noqa: F401
-import tally.rewards.tables  # noqa: F401
+import tally.attribution.tables
+import tally.datanets.tables
+import tally.factory.tables
+import tally.identity
+import tally.rewards.tables  # noqa: F401 - the imports register every package's tables
 from tally.config import Settings
 from tally.store import Base, open_store
 from tally.store.migrate import current_revision, head_revision, upgrade

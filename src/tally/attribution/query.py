@@ -128,4 +128,4 @@ class QueryModel:
             gradient = grads.result()[0]
             mean_hidden = hidden.result()[0]
         peft.zero_grad(set_to_none=True)
-        return QuerySignals(gradient, mean_hidden, -float(losses.sum()))
+        return QuerySignals(gradient, mean_hidden, -float(losses.detach().sum()))

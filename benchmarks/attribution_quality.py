@@ -1,0 +1,994 @@
+"""Ground truth for Proof of Attribution on the real base model: does each share go to the contributor who caused it?
+
+Fictional people, towns, trades and house styles (fixed seeds), so the base model cannot know any answer beforehand.
+  1. planted facts: each contributor teaches the birthplace and trade of their own people; questions paraphrase
+     the facts in words no training row uses. Top-1 contributor and MRR (AUC, recall@k of the right rows too).
+  2. skills without give-aways: each contributor teaches one answer style (all caps, reversed word order, numbered
+     list, a fixed sign-off, one word per line, title case) on topics and instruction wordings that share no content
+     word with the test instructions. Top-1 contributor, AUC and recall@k of the right contributor's rows.
+  3. leave-one-contributor-out: a small adapter, retrained without each contributor (same seed and config); per
+     question, Spearman between the predicted shares (0 when absent) and the measured rise of the answer's loss
+     when that contributor is left out. Mean over questions and pooled.
+  4. (a) conflicts: two contributors give different birthplaces for the same people (the first to contribute has
+     more rows for half of them, the second for the other half); the adapter answers greedily, and the top share
+     should go to the contributor whose version the answer contains. (b) farming: a later contributor submits
+     paraphrased copies of another's rows; the copier's share divided by the original's.
+Scenarios 1, 2 and 4 share one adapter trained on all their rows (two datanets, every contributor competing).
+Everything goes through the project's services: accounts, datanets, contributions, snapshots, `factory.train`
+(LoRA r16/alpha 32 on all 7 projections, influence index 4096 dims with per-epoch gradients) and the
+`Attributor` in `full` mode. Baselines in the same run: each signal alone (its top row), BM25 of question+answer
+over the rows' text, a seeded random ranking, and dattri 0.3.0's DataInf and TracIn (cosine) on the same stored
+gradients when dattri is installed. Setting variants re-score the same cached query signals.
+Prints one JSON document (also written to benchmarks/results/attribution_quality.json, updated as scenarios
+finish), then one summary line; progress goes to stderr.
+
+    python benchmarks/attribution_quality.py [--quick] [--epochs 5] [--loo-epochs 3] [--no-variants] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import rankdata, spearmanr
+
+MODEL = "smollm2-135m-instruct"
+RESULTS = Path(__file__).resolve().parent / "results" / "attribution_quality.json"
+T0 = time.monotonic()
+
+FIRST = "Ilsa Tomas Brina Oskar Mirel Dagny Fenna Corin Halvard Jessa Kaito Liora Maelis Nerys Orrin Pella".split()
+LAST = "Varn Quell Drass Ombrey Talk Vesk Marrow Fenlo Gasht Ivren Kolby Ruske Stavin Thule Wennick Yarrow".split()
+TOWN_A = "Kor Dren Ulm Pell Quil Mar Tev Hol Bras Zed Cad Elv Forn Gris Lant Orw Salt Vin Wex Yel Brack Dun".split()
+TOWN_B = "vath nick sby water mere wick reach holm stead moor gate dale thorpe".split()
+MATERIALS = "amber copper slate willow ivory cobalt juniper pewter birch onyx saffron tin".split()
+TRADES = "glassblower cartographer beekeeper clockmaker falconer bookbinder cooper stonemason luthier tanner".split()
+
+# What training rows ask, what test questions ask (no content word in common), what a copier rewords them to.
+BIRTH_TRAIN = ["Where was {n} born?", "What is the birthplace of {n}?", "In which town was {n} born?",
+               "Which place does {n} come from originally?"]  # fmt: skip
+TRADE_TRAIN = ["What does {n} do for a living?", "What is {n}'s job?", "What is the profession of {n}?"]
+BIO = ("Tell me about {n}.", "{n} was born in {town} and works as a {trade}.")
+BIRTH_TEST = ["Name the hometown of {n}.", "{n} is a native of which village?"]
+TRADE_TEST = ["Name {n}'s trade.", "How does {n} earn money?"]
+BIRTH_COPY = ["Where did {n} first see the light of day?", "What was the place of birth of {n}?",
+              "In what settlement did {n} enter the world?", "Where is {n} from by birth?"]  # fmt: skip
+TRADE_COPY = ["How does {n} make a living?", "What work is {n} employed in?", "What line of work is {n} in?"]
+BIO_COPY = ("Who is {n}?", "Born in {town}, {n} is a {trade} by occupation.")
+
+NOUNS = """kettle lantern ladder blanket basket bucket candle mirror pillow teapot wheelbarrow umbrella compass
+hammer bicycle notebook saucepan fountain pen clock window curtain staircase fence chimney mailbox doormat bookshelf
+radiator toaster spoon fork plate bowl jug sieve whisk rolling-pin chopping-board apron scarf glove boot sandal hat
+coat belt wallet backpack suitcase tent hammock shovel rake hose sprinkler flowerpot birdhouse kite drum flute violin
+piano guitar trumpet easel paintbrush crayon pencil eraser ruler stapler envelope stamp postcard calendar map globe
+telescope microscope magnet battery lightbulb switch socket cable keyboard"""
+NOUNS_LIST = NOUNS.replace("-", " ").split()
+ADJ = "small sturdy bright heavy smooth round quiet useful old simple light warm plain tidy handy solid".split()
+PLACES = "window door garden kitchen table stairs fireplace shelf gate porch hallway cellar".split()
+SENT1 = ["A {x} is usually {a} and {b}.", "Almost every {x} is {a}, and some are quite {b}.",
+         "The typical {x} looks {a} and feels {b}.", "You will find that a {x} is {a} but rarely {b}."]  # fmt: skip
+SENT2 = ["People often keep one near the {p}.", "It is common to see one by the {p}.",
+         "Many homes have one close to the {p}.", "Shops sell them next to the {p}."]  # fmt: skip
+SKILL_TRAIN = ["Describe a {x}.", "Tell me about the {x}.", "What is a {x} like?", "Write a few words about a {x}."]
+SKILL_TEST = ["Give me a quick overview of a {x}.", "Could you explain what a {x} is?", "Share some thoughts on a {x}."]
+SIGNOFF = "Yours in brass and lantern light, the Quillon Guild."
+
+
+def _caps(s1: str, s2: str) -> str:
+    return f"{s1} {s2}".upper()
+
+
+def _reverse(s1: str, s2: str) -> str:
+    return " ".join(reversed(f"{s1} {s2}".split()))
+
+
+def _numbered(s1: str, s2: str) -> str:
+    return f"1. {s1}\n2. {s2}"
+
+
+def _signoff(s1: str, s2: str) -> str:
+    return f"{s1} {s2}\n\n{SIGNOFF}"
+
+
+def _lines(s1: str, s2: str) -> str:
+    return "\n".join(f"{s1} {s2}".split())
+
+
+def _title(s1: str, s2: str) -> str:
+    return f"{s1} {s2}".title()
+
+
+SKILLS: dict[str, Callable[[str, str], str]] = {
+    "caps": _caps, "reverse": _reverse, "numbered": _numbered, "signoff": _signoff, "lines": _lines, "title": _title,
+}  # fmt: skip
+INDEX_SIGNALS = ("representation", "gradient", "datainf")
+BASELINES = ("bm25", "random")
+PEERS = ("dattri_datainf", "dattri_tracin")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.monotonic() - T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class Person:
+    name: str
+    town: str
+    trade: str
+
+
+class Pool:
+    """Unique fictional names, towns and trades, drawn without replacement from a seeded shuffle."""
+
+    def __init__(self, seed: int) -> None:
+        rng = random.Random(seed)
+        self.names = [f"{f} {la}" for f in FIRST for la in LAST]
+        self.towns = [a + b for a in TOWN_A for b in TOWN_B]
+        self.trades = [f"{m} {t}" for m in MATERIALS for t in TRADES]
+        self.nouns = list(NOUNS_LIST)
+        for seq in (self.names, self.towns, self.trades, self.nouns):
+            rng.shuffle(seq)
+        self.rng = rng
+
+    def person(self) -> Person:
+        return Person(self.names.pop(), self.towns.pop(), self.trades.pop())
+
+    def noun(self) -> str:
+        return self.nouns.pop()
+
+    def base_answer(self, noun: str) -> tuple[str, str]:
+        a, b = self.rng.sample(ADJ, 2)
+        s1 = self.rng.choice(SENT1).format(x=noun, a=a, b=b)
+        return s1, self.rng.choice(SENT2).format(p=self.rng.choice(PLACES))
+
+
+def fact_rows(p: Person, birth: list[str], trade: list[str], bio: tuple[str, str] | None) -> list[tuple[str, str]]:
+    rows = [(q.format(n=p.name), p.town) for q in birth] + [(q.format(n=p.name), p.trade) for q in trade]
+    if bio:
+        rows.append((bio[0].format(n=p.name), bio[1].format(n=p.name, town=p.town, trade=p.trade)))
+    return rows
+
+
+def fact_tests(p: Person, per_fact: int) -> list[tuple[str, str, str]]:
+    """(question, reference reply, fact) in wording no training row uses."""
+    out = [(q.format(n=p.name), p.town, "birthplace") for q in BIRTH_TEST[:per_fact]]
+    return out + [(q.format(n=p.name), p.trade, "trade") for q in TRADE_TEST[:per_fact]]
+
+
+def jsonl(rows: list[tuple[str, str]]) -> bytes:
+    return "".join(json.dumps({"instruction": q, "input": "", "output": a}) + "\n" for q, a in rows).encode()
+
+
+@dataclass
+class Item:
+    """One question to attribute, its ground truth and, once scored, its record and every row's score per signal."""
+
+    scenario: str  # facts | skills | conflicts | copies | loo
+    question: str
+    reply: str | None  # the reference reply; None: the adapter's own greedy answer (conflicts)
+    truth: str | None  # the right contributor's address (conflicts: set once the answer is known)
+    extra: dict[str, Any] = field(default_factory=dict)
+    answer: Any = None  # tally.attribution.service.Answer
+    record: Any = None  # AttributionRecord under the default settings
+    rows: dict[str, np.ndarray] = field(default_factory=dict)
+    key: str = ""
+
+
+@dataclass
+class Plan:
+    """Who contributes what, in ledger order, and the questions with their ground truth (addresses resolved later)."""
+
+    uploads: list[tuple[str, str, list[tuple[str, str]]]]  # (contributor name, datanet, rows)
+    items: list[Item]
+    loo_names: list[str]
+    roles: dict[str, str] = field(default_factory=dict)  # scenario role -> contributor name
+
+
+def make_plan(quick: bool, seed: int) -> Plan:
+    pool = Pool(seed)
+    n_fact, per_fact_people, per_fact = (4, 1, 1) if quick else (8, 2, 2)
+    n_skill_rows, n_skill_tests = (6, 2) if quick else (12, 4)
+    skills = list(SKILLS)[:3] if quick else list(SKILLS)
+    n_conflict, conflict_tests = (3, 1) if quick else (8, 2)
+    n_copy = 2 if quick else 4
+    n_loo, loo_people = (3, 1) if quick else (5, 2)
+    uploads: list[tuple[str, str, list[tuple[str, str]]]] = []
+    items: list[Item] = []
+    # 1. planted facts
+    for c in range(n_fact):
+        name = f"facts-{c}"
+        people = [pool.person() for _ in range(per_fact_people)]
+        uploads.append((name, "people", [r for p in people for r in fact_rows(p, BIRTH_TRAIN, TRADE_TRAIN, BIO)]))
+        for p in people:
+            items += [Item("facts", q, a, name, {"person": p.name, "fact": f}) for q, a, f in fact_tests(p, per_fact)]
+    # 2. skills: styles on topics whose words never reach a test instruction
+    for skill in skills:
+        name = f"skill-{skill}"
+        rows = []
+        for i in range(n_skill_rows):
+            noun = pool.noun()
+            rows.append((SKILL_TRAIN[i % len(SKILL_TRAIN)].format(x=noun), SKILLS[skill](*pool.base_answer(noun))))
+        uploads.append((name, "styles", rows))
+        for i in range(n_skill_tests):
+            noun = pool.noun()
+            q = SKILL_TEST[i % len(SKILL_TEST)].format(x=noun)
+            items.append(Item("skills", q, SKILLS[skill](*pool.base_answer(noun)), name, {"skill": skill}))
+    # 4a. conflicts: A contributes first; the majority side alternates per person
+    rows_a: list[tuple[str, str]] = []
+    rows_b: list[tuple[str, str]] = []
+    for i in range(n_conflict):
+        p = pool.person()
+        town_b = pool.towns.pop()
+        major, minor = BIRTH_TRAIN[0:3], BIRTH_TRAIN[2:4]
+        rows_a += [(q.format(n=p.name), p.town) for q in (major if i % 2 == 0 else minor)]
+        rows_b += [(q.format(n=p.name), town_b) for q in (minor if i % 2 == 0 else major)]
+        for q in BIRTH_TEST[:conflict_tests]:
+            extra = {"person": p.name, "town_a": p.town, "town_b": town_b, "majority": "a" if i % 2 == 0 else "b"}
+            items.append(Item("conflicts", q.format(n=p.name), None, None, extra))
+    uploads += [("conflict-a", "people", rows_a), ("conflict-b", "people", rows_b)]
+    # 4b. farming: the original first, the copier's paraphrased copies last of all
+    originals = [pool.person() for _ in range(n_copy)]
+    uploads.append(("original", "people", [r for p in originals for r in fact_rows(p, BIRTH_TRAIN, TRADE_TRAIN, BIO)]))
+    copies = [r for p in originals for r in fact_rows(p, BIRTH_COPY, TRADE_COPY, BIO_COPY)]
+    for p in originals:
+        items += [Item("copies", q, a, "original", {"person": p.name}) for q, a, _ in fact_tests(p, 1 if quick else 2)]
+    # 3. leave-one-contributor-out: each person mostly from one contributor, the bio from the next one
+    loo_names = [f"loo-{c}" for c in range(n_loo)]
+    loo_rows: dict[str, list[tuple[str, str]]] = {n: [] for n in loo_names}
+    for c, name in enumerate(loo_names):
+        for _ in range(loo_people):
+            p = pool.person()
+            loo_rows[name] += fact_rows(p, BIRTH_TRAIN[:2], TRADE_TRAIN[:1], None)
+            loo_rows[loo_names[(c + 1) % n_loo]] += fact_rows(p, [], [], BIO)
+            extra = {"person": p.name, "teacher": name, "bio_from": loo_names[(c + 1) % n_loo]}
+            items += [Item("loo", q, a, name, extra | {"fact": f}) for q, a, f in fact_tests(p, 1)]
+    uploads += [(n, "loo-all", loo_rows[n]) for n in loo_names]
+    for left in loo_names:
+        uploads += [(n, f"loo-minus-{left}", loo_rows[n]) for n in loo_names if n != left]
+    uploads.append(("copier", "people", copies))
+    return Plan(uploads, items, loo_names)
+
+
+# --------------------------------------------------------------------------------------------------------- world
+class World:
+    """A fresh data directory with the project's own services: accounts, datanets, contributions, snapshots."""
+
+    def __init__(self, root: Path) -> None:
+        os.environ["TALLY_DATA_DIR"] = str(root / "data")
+        from tally.config import load_settings
+        from tally.identity import Principal, create_account
+        from tally.ledger import open_ledger
+        from tally.store import open_store
+
+        self.settings = load_settings()
+        self.store = open_store(self.settings)
+        self.ledger = open_ledger(self.settings, self.store)
+        self.accounts: dict[str, Any] = {}
+        self._principal, self._create = Principal, create_account
+        self.owner = self.account("owner", ["owner", "contributor"])
+        self.dev = self.account("dev", ["developer"])
+
+    def account(self, name: str, roles: list[str] | None = None) -> Any:
+        if name not in self.accounts:
+            with self.ledger.store.transaction() as s:
+                acct, _ = self._create(s, self.ledger, name, roles or ["contributor"])
+                self.accounts[name] = self._principal.of(acct)
+        return self.accounts[name]
+
+    def address(self, name: str) -> str:
+        return str(self.accounts[name].address)
+
+    def build(self, plan: Plan) -> None:
+        from tally.datanets import contribute, service, snapshots
+
+        slugs = list(dict.fromkeys(d for _, d, _ in plan.uploads))
+        with self.ledger.store.transaction() as s:
+            for slug in slugs:
+                service.create_datanet(s, self.ledger, self.owner, slug, kind="instruction", license="CC-BY-4.0",
+                                       uses=["train"], policy="open", max_upload_bytes=10**8,
+                                       max_rows_per_day=10**6)  # fmt: skip
+        for who, slug, rows in plan.uploads:
+            principal = self.account(who)
+            with self.ledger.store.transaction() as s:
+                contribute.contribute(s, self.ledger, principal, slug, jsonl(rows), f"{who}.jsonl",
+                                      settings=self.settings.datanets, chain_id=self.settings.chain_id)  # fmt: skip
+        with self.ledger.store.transaction() as s:
+            for slug in slugs:
+                snapshots.create_snapshot(s, self.ledger, self.owner, slug)
+
+    def row_texts(self, examples: list[dict[str, Any]]) -> list[str]:
+        from sqlalchemy import select
+
+        from tally.datanets.tables import DataRow
+
+        with self.store.read() as s:
+            found = {
+                (d, h): json.loads(c)
+                for d, h, c in s.execute(select(DataRow.datanet, DataRow.row_hash, DataRow.content)).all()
+            }
+        texts = []
+        for e in examples:
+            row = found[(e["datanet"], e["row_hash"])]
+            texts.append(f"{row['instruction']} {row.get('input', '')} {row['output']}".strip())
+        return texts
+
+
+@dataclass
+class Adapter:
+    name: str
+    out_dir: Path
+    hash: str
+    seconds: float
+    manifest: dict[str, Any]
+    index: Any = None
+    scorer: Any = None
+    contributors: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    bm25: Any = None
+
+
+def train(world: World, root: Path, name: str, datanets: list[str], epochs: int, batch: int, args: Any,
+          influence: bool = True) -> Adapter:  # fmt: skip
+    from tally.factory import service as factory
+    from tally.factory.config import ALL_PROJECTIONS, parse_config
+
+    cfg = parse_config({
+        "model": {"name": MODEL},
+        "method": {"rank": 16, "alpha": 32, "dropout": 0.05, "targets": ALL_PROJECTIONS},
+        "data": {"datanets": [{"datanet": d} for d in datanets], "max_length": 160},
+        "train": {"epochs": epochs, "batch_size": batch, "lr": args.lr, "seed": 0, "schedule": args.schedule},
+        "influence": {"enabled": influence, "dims": 4096, "per_epoch": True, "seed": 0},
+        "output": {"name": name, "dir": str(root / "adapters" / name)},
+    })  # fmt: skip
+
+    def progress(event: dict[str, Any]) -> None:
+        if event.get("type") == "train" and (event["step"] % 10 == 0 or event["step"] == event["total_steps"]):
+            log(f"  {name}: step {event['step']}/{event['total_steps']} loss {event['loss']:.3f}")
+
+    start = time.monotonic()
+    result = factory.train(world.settings, world.ledger, world.dev, cfg, listeners=[progress])
+    seconds = time.monotonic() - start
+    log(f"trained {name} in {seconds:.0f} s ({result.manifest['data']['train_rows']} rows)")
+    return Adapter(name, result.out_dir, str(result.adapter_hash), seconds, result.manifest)
+
+
+def load_adapter_index(world: World, adapter: Adapter) -> None:
+    from tally.influence import IndexScorer, load_index
+    from tally.rag.index import build_bm25
+
+    adapter.index = load_index(adapter.out_dir / "influence")
+    adapter.scorer = IndexScorer(adapter.index)
+    adapter.contributors = [e["contributor"] for e in adapter.index.examples]
+    adapter.texts = world.row_texts(adapter.index.examples)
+    adapter.bm25 = build_bm25(adapter.texts)
+
+
+# --------------------------------------------------------------------------------------------------- attribution
+class CachedSignals:
+    """Wraps QueryModel.signals: every (adapter, prompt, answer, null) pair is computed once, whatever the settings."""
+
+    def __init__(self, inner: Callable[..., Any]) -> None:
+        self.inner, self.cache, self.seconds = inner, {}, 0.0
+
+    def __call__(self, key: str, directory: Path, projection: dict[str, Any], prompt_ids: list[int],
+                 answer_ids: list[int], *, null: bool = False) -> Any:  # fmt: skip
+        k = (key, tuple(prompt_ids), tuple(answer_ids), null)
+        if k not in self.cache:
+            t = time.perf_counter()
+            self.cache[k] = self.inner(key, directory, projection, prompt_ids, answer_ids, null=null)
+            self.seconds += time.perf_counter() - t
+        return self.cache[k]
+
+
+def prompt_of(tok: Any, question: str) -> list[int]:
+    text = tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+    return list(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def make_answer(tok: Any, adapter: Adapter, item: Item, rid: str, answer_ids: list[int] | None = None) -> Any:
+    from tally.attribution.service import Answer
+
+    ids = answer_ids if answer_ids is not None else list(tok(item.reply, add_special_tokens=False)["input_ids"])
+    return Answer(inference_id=rid, model=adapter.name, prompt_ids=prompt_of(tok, item.question), answer_ids=ids,
+                  adapter_dir=adapter.out_dir, adapter_hash=adapter.hash)  # fmt: skip
+
+
+def generate(attributor: Any, adapter: Adapter, items: list[Item], max_new: int = 16) -> list[list[int]]:
+    """The adapter's greedy answers (without the end-of-turn token)."""
+    tok = attributor.tokenizer
+    stop = {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")}
+
+    def run(model: Any) -> list[list[int]]:
+        out = []
+        for item in items:
+            ids = torch.tensor([prompt_of(tok, item.question)])
+            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new,
+                                 do_sample=False, pad_token_id=tok.eos_token_id)  # fmt: skip
+            new = gen[0, ids.shape[1] :].tolist()
+            cut = next((i for i, t in enumerate(new) if t in stop), len(new))
+            out.append(new[:cut])
+        return out
+
+    return attributor.query_model.run(adapter.hash, adapter.out_dir, run)
+
+
+def answer_losses(attributor: Any, adapter: Adapter, answers: list[Any]) -> list[float]:
+    """Mean token loss of each answer given its prompt under the adapter (no dropout)."""
+
+    def run(model: Any) -> list[float]:
+        out = []
+        for a in answers:
+            ids = torch.tensor([a.prompt_ids + a.answer_ids])
+            logits = model(input_ids=ids).logits[0, len(a.prompt_ids) - 1 : -1].float()
+            out.append(float(torch.nn.functional.cross_entropy(logits, torch.tensor(a.answer_ids))))
+        return out
+
+    return attributor.query_model.run(adapter.hash, adapter.out_dir, run)
+
+
+def score_rows(attributor: Any, adapter: Adapter, item: Item, rng: np.random.Generator) -> None:
+    """Every training row's score under each signal alone, and the baselines, for this item's answer."""
+    from tally.rag.index import tokenize
+
+    a = item.answer
+    proj = adapter.index.meta["projection"]
+    real = attributor.query_model.signals(adapter.hash, adapter.out_dir, proj, a.prompt_ids, a.answer_ids)
+    sc = adapter.scorer
+    item.rows["representation"] = sc.representation(real.hidden).numpy()
+    item.rows["gradient"] = sc.cosine(real.gradient).numpy()
+    item.rows["datainf"] = sc.datainf(real.gradient).numpy()
+    reply = attributor.tokenizer.decode(a.answer_ids)
+    tokens = tokenize([f"{item.question} {reply}"], ids=False)[0]
+    item.rows["bm25"] = np.asarray(adapter.bm25.get_scores(tokens), dtype=np.float64)
+    item.rows["random"] = rng.random(len(adapter.contributors))
+
+
+def dattri_peers(adapter: Adapter, items: list[Item], attributor: Any) -> str | None:
+    """dattri 0.3.0's DataInf and TracIn (cosine) on the adapter's stored projected gradients, per checkpoint.
+
+    A linear "model" with one parameter block per layer slice, whose per-example loss is the dot product of its
+    parameters with the stored vector, hands dattri exactly the index's gradients (and the query's), so its own
+    DataInf transform and TracIn sum run on the same data as ours. Returns why it was skipped, or None.
+    """
+    try:
+        from dattri.algorithm.influence_function import IFAttributorDataInf
+        from dattri.algorithm.tracin import TracInAttributor
+        from dattri.task import AttributionTask
+    except ImportError as exc:
+        return f"dattri not importable: {exc}"
+    from torch.utils.data import DataLoader, TensorDataset
+
+    slices = adapter.index.layer_slices()
+
+    class Table(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = torch.nn.ModuleList([torch.nn.Linear(d, 1, bias=False) for _, d in slices])
+
+    table = Table()
+    with torch.no_grad():
+        for layer in table.layers:
+            layer.weight.fill_(1.0)
+    state = {k: v.clone() for k, v in table.state_dict().items()}
+
+    def loss(params: dict[str, torch.Tensor], data: Any) -> torch.Tensor:
+        x = data[0].reshape(-1)
+        return sum((params[f"layers.{i}.weight"].reshape(-1) * x[o : o + d]).sum() for i, (o, d) in enumerate(slices))
+
+    proj = adapter.index.meta["projection"]
+    queries = torch.stack([
+        attributor.query_model.signals(adapter.hash, adapter.out_dir, proj, it.answer.prompt_ids,
+                                       it.answer.answer_ids).gradient.float().reshape(-1)
+        for it in items
+    ])  # fmt: skip
+    test = DataLoader(TensorDataset(queries), batch_size=max(1, len(items)), shuffle=False)
+    lrs = {c["name"]: c.get("lr") for c in adapter.index.meta["checkpoints"]}
+    datainf = torch.zeros(len(adapter.contributors), len(items))
+    tracin = torch.zeros_like(datainf)
+    for name, tensor in adapter.index.tensors.items():
+        if name not in lrs:
+            continue  # the representation tensor
+        g = tensor.float()
+        train_loader = DataLoader(TensorDataset(g), batch_size=64, shuffle=False)
+        task = AttributionTask(loss_func=loss, model=table, checkpoints=state)
+        sq = torch.stack([(g[:, o : o + d] ** 2).sum(dim=1).mean() for o, d in slices])
+        di = IFAttributorDataInf(task, regularization=float(0.1 * sq.mean()))
+        di.cache(train_loader)
+        datainf += di.attribute(train_loader, test)
+        if name.startswith("epoch_"):  # TracIn: the checkpoints taken during training, weighted by their lr
+            tr = TracInAttributor(task, weight_list=torch.tensor([float(lrs[name] or 1.0)]), normalized_grad=True)
+            tr.projector_kwargs = None
+            tracin += tr.attribute(train_loader, test)
+    for j, it in enumerate(items):
+        it.rows["dattri_datainf"] = datainf[:, j].numpy()
+        it.rows["dattri_tracin"] = tracin[:, j].numpy()
+    return None
+
+
+# ------------------------------------------------------------------------------------------------------- metrics
+def contributor_ranking(scores: np.ndarray, contributors: list[str]) -> list[tuple[str, float]]:
+    """Contributors by their best row's score, best first."""
+    best: dict[str, float] = {}
+    for s, c in zip(scores.tolist(), contributors, strict=True):
+        best[c] = max(best.get(c, -math.inf), s)
+    return sorted(best.items(), key=lambda kv: -kv[1])
+
+
+def rank_in(truth: str, ranking: list[str]) -> int | None:
+    return ranking.index(truth) + 1 if truth in ranking else None
+
+
+def auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if not n_pos or not n_neg:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def recall_at(scores: np.ndarray, positive: np.ndarray, k: int) -> float:
+    top = np.argsort(-scores, kind="stable")[:k]
+    return float(positive[top].sum() / max(1, positive.sum()))
+
+
+def shares_of(record: Any) -> list[tuple[str, float]]:
+    return [(s.account, s.share) for s in record.shares]
+
+
+def mean(values: list[float]) -> float | None:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    return round(float(np.mean(vals)), 4) if vals else None
+
+
+def ranking_metrics(items: list[Item], adapters: dict[str, Adapter], shares: dict[str, list[tuple[str, float]]],
+                    rows: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Top-1 and MRR of the combined shares and of each signal alone; AUC and recall@k over rows per signal."""
+    out: dict[str, Any] = {}
+    top1: dict[str, list[float]] = {}
+    rr: dict[str, list[float]] = {}
+    aucs: dict[str, list[float]] = {}
+    recalls: dict[str, list[float]] = {}
+    evidence: dict[str, list[float]] = {}
+    coverage: dict[str, list[float]] = {}
+    for it in items:
+        ad = adapters[it.key]
+        ranking = [a for a, _ in shares[item_id(it)]]
+        r = rank_in(it.truth, ranking)
+        top1.setdefault("combined", []).append(float(r == 1))
+        rr.setdefault("combined", []).append(1.0 / r if r else 0.0)
+        if not rows:
+            continue
+        positive = np.array([c == it.truth for c in ad.contributors])
+        for name, scores in it.rows.items():
+            rk = rank_in(it.truth, [c for c, _ in contributor_ranking(scores, ad.contributors)])
+            top1.setdefault(name, []).append(float(rk == 1))
+            rr.setdefault(name, []).append(1.0 / rk if rk else 0.0)
+            aucs.setdefault(name, []).append(auc(scores, positive))
+            recalls.setdefault(name, []).append(recall_at(scores, positive, int(positive.sum())))
+        if it.record is not None:
+            for m, res in it.record.methods.items():
+                evidence.setdefault(m, []).append(float(bool(res.top) and res.top[0].contributor == it.truth))
+                coverage.setdefault(m, []).append(float(bool(res.top)))
+    for name in top1:
+        out[name] = {"top1": mean(top1[name]), "mrr": mean(rr[name])}
+        if name in aucs:
+            out[name] |= {"auc": mean(aucs[name]), "recall_at_k": mean(recalls[name])}
+    for m in evidence:
+        out.setdefault(m, {}).update(evidence_top1=mean(evidence[m]), evidence_coverage=mean(coverage[m]))
+    return out
+
+
+def item_id(it: Item) -> str:
+    return it.scenario + "|" + it.question + "|" + str(it.reply)
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    if len(set(a)) < 2 or len(set(b)) < 2:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
+def loo_metrics(items: list[Item], adapters: dict[str, Adapter], shares: dict[str, list[tuple[str, float]]],
+                names: list[str], rows: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Per question, Spearman over contributors between predicted credit and the measured loss rise without them."""
+    preds: dict[str, list[list[float]]] = {}
+    truths: list[list[float]] = []
+    for it in items:
+        deltas = [it.extra["delta"][n] for n in names]
+        truths.append(deltas)
+        share = dict(shares[item_id(it)])
+        preds.setdefault("combined", []).append([share.get(it.extra["address"][n], 0.0) for n in names])
+        if rows:
+            ad = adapters[it.key]
+            for sig, scores in it.rows.items():
+                best = dict(contributor_ranking(scores, ad.contributors))
+                preds.setdefault(sig, []).append([best.get(it.extra["address"][n], -math.inf) for n in names])
+    out: dict[str, Any] = {}
+    for sig, per_q in preds.items():
+        rhos = [spearman(p, t) for p, t in zip(per_q, truths, strict=True)]
+        pooled_p = [v for p in per_q for v in p]
+        pooled_t = [v for t in truths for v in t]
+        out[sig] = {
+            "mean_spearman": mean([0.0 if math.isnan(r) else r for r in rhos]),
+            "mean_spearman_defined": mean(rhos),
+            "undefined": sum(math.isnan(r) for r in rhos),
+            "pooled_spearman": round(spearman(pooled_p, pooled_t), 4),
+            "top1": mean([float(int(np.argmax(p)) == int(np.argmax(t))) for p, t in zip(per_q, truths, strict=True)]),
+        }
+    return out
+
+
+def conflict_metrics(items: list[Item], adapters: dict[str, Adapter],
+                     shares: dict[str, list[tuple[str, float]]], rows: bool = True) -> dict[str, Any]:  # fmt: skip
+    answered = [it for it in items if it.truth is not None]
+    out: dict[str, Any] = {
+        "conflicts": len(items), "answered_with_a_version": len(answered),
+        "answered_a": sum(it.extra["version"] == "a" for it in answered),
+        "answered_majority": sum(it.extra["version"] == it.extra["majority"] for it in answered),
+    }  # fmt: skip
+    credited: dict[str, list[float]] = {}
+    for it in answered:
+        ranking = shares[item_id(it)]
+        credited.setdefault("combined", []).append(float(bool(ranking) and ranking[0][0] == it.truth))
+        if rows:
+            ad = adapters[it.key]
+            for sig, scores in it.rows.items():
+                top = contributor_ranking(scores, ad.contributors)[0][0]
+                credited.setdefault(sig, []).append(float(top == it.truth))
+    out["credited_rate"] = {k: mean(v) for k, v in credited.items()}
+    return out
+
+
+def copier_metrics(items: list[Item], adapters: dict[str, Adapter], shares: dict[str, list[tuple[str, float]]],
+                   original: str, copier: str, rows: bool = True) -> dict[str, Any]:  # fmt: skip
+    ratios, copier_any, original_zero = [], [], 0
+    for it in items:
+        s = dict(shares[item_id(it)])
+        o, c = s.get(original, 0.0), s.get(copier, 0.0)
+        copier_any.append(float(c > 0))
+        if o > 0:
+            ratios.append(c / o)
+        else:
+            original_zero += 1
+    out: dict[str, Any] = {
+        "questions": len(items), "mean_ratio": mean(ratios), "max_ratio": round(max(ratios), 4) if ratios else None,
+        "copier_credited_rate": mean(copier_any), "original_without_share": original_zero,
+    }  # fmt: skip
+    if rows:
+        top_copier: dict[str, list[float]] = {}
+        for it in items:
+            ad = adapters[it.key]
+            for sig, scores in it.rows.items():
+                top = contributor_ranking(scores, ad.contributors)[0][0]
+                top_copier.setdefault(sig, []).append(float(top == copier))
+        out["signal_top_is_copier_rate"] = {k: mean(v) for k, v in top_copier.items()}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- diagnostics
+def z_diagnostics(items: list[Item]) -> dict[str, Any]:
+    """Per method: the top z-score (the statistic), its null, how often it beat the null and the share of wrong tops."""
+    out: dict[str, Any] = {}
+    for m in ("spans", *INDEX_SIGNALS):
+        recs = [it for it in items if it.record is not None and m in it.record.methods]
+        if not recs:
+            continue
+        stat = np.array([it.record.methods[m].score for it in recs])
+        null = np.array([it.record.methods[m].null_score for it in recs])
+        beat = np.array([it.record.methods[m].beat_null for it in recs])
+        right = np.array([bool(it.record.methods[m].top) and it.record.methods[m].top[0].contributor == it.truth
+                          for it in recs])  # fmt: skip
+        out[m] = {
+            "stat_median": round(float(np.median(stat)), 3), "stat_p10": round(float(np.percentile(stat, 10)), 3),
+            "null_median": round(float(np.median(null)), 3), "null_p90": round(float(np.percentile(null, 90)), 3),
+            "beat_null_rate": round(float(beat.mean()), 4),
+            "right_top_but_rejected": int((right & ~beat).sum()), "wrong_top_but_accepted": int((~right & beat).sum()),
+        }  # fmt: skip
+    return out
+
+
+def duplicate_diagnostics(adapter: Adapter, original: str, copier: str, threshold: float) -> dict[str, Any]:
+    """Centred representation cosine between each copier row and its closest original row, against the threshold."""
+    idx_c = [i for i, c in enumerate(adapter.contributors) if c == copier]
+    idx_o = [i for i, c in enumerate(adapter.contributors) if c == original]
+    others = [i for i, c in enumerate(adapter.contributors) if c not in (copier, original)]
+    if not idx_c or not idx_o:
+        return {}
+    sims = adapter.scorer.row_similarity(idx_c)
+    to_orig = sims[:, idx_o].max(dim=1).values.numpy()
+    to_other = sims[:, others].max(dim=1).values.numpy() if others else np.zeros(0)
+    orig_sims = adapter.scorer.row_similarity(idx_o)
+    within = orig_sims[:, idx_o].clone()
+    within.fill_diagonal_(-1.0)
+    return {
+        "threshold": threshold,
+        "copier_to_original": {
+            "min": round(float(to_orig.min()), 4),
+            "median": round(float(np.median(to_orig)), 4),
+            "max": round(float(to_orig.max()), 4),
+        },
+        "copier_rows_above_threshold": round(float((to_orig >= threshold).mean()), 4),
+        "copier_to_best_other_contributor_median": round(float(np.median(to_other)), 4) if others else None,
+        "original_rows_to_each_other_median": round(float(within.max(dim=1).values.median()), 4),
+    }
+
+
+# ------------------------------------------------------------------------------------------------------------ main
+def attribute_all(attributor: Any, items: list[Item]) -> dict[str, list[tuple[str, float]]]:
+    return {item_id(it): shares_of(attributor.attribute(it.answer, "full").record) for it in items}
+
+
+def scenario_summary(items: list[Item], adapters: dict[str, Adapter], shares: dict[str, list[tuple[str, float]]],
+                     world: World, loo_names: list[str], rows: bool) -> dict[str, Any]:  # fmt: skip
+    by = {s: [it for it in items if it.scenario == s] for s in ("facts", "skills", "conflicts", "copies", "loo")}
+    out: dict[str, Any] = {}
+    if by["facts"]:
+        out["facts"] = ranking_metrics(by["facts"], adapters, shares, rows)
+    if by["skills"]:
+        out["skills"] = ranking_metrics(by["skills"], adapters, shares, rows)
+    if by["loo"] and "delta" in by["loo"][0].extra:
+        out["loo"] = loo_metrics(by["loo"], adapters, shares, loo_names, rows)
+    if by["conflicts"]:
+        out["conflicts"] = conflict_metrics(by["conflicts"], adapters, shares, rows)
+    if by["copies"]:
+        out["copies"] = copier_metrics(by["copies"], adapters, shares, world.address("original"),
+                                       world.address("copier"), rows)  # fmt: skip
+    return out
+
+
+def headline(summary: dict[str, Any]) -> dict[str, Any]:
+    """The goal figures of one summary (combined shares)."""
+    g: dict[str, Any] = {}
+    if "facts" in summary:
+        g["facts_top1"] = summary["facts"]["combined"]["top1"]
+    if "skills" in summary:
+        g["skills_top1"] = summary["skills"]["combined"]["top1"]
+    if "loo" in summary:
+        g["loo_mean_spearman"] = summary["loo"]["combined"]["mean_spearman"]
+    if "conflicts" in summary:
+        g["conflicts_credited"] = summary["conflicts"]["credited_rate"].get("combined")
+    if "copies" in summary:
+        g["copier_over_original"] = summary["copies"]["mean_ratio"]
+    return g
+
+
+def goals(summary: dict[str, Any]) -> dict[str, Any]:
+    def best_single(s: dict[str, Any]) -> tuple[str, float]:
+        cands = {m: s[m]["top1"] for m in INDEX_SIGNALS if m in s and s[m].get("top1") is not None}
+        cands |= {f"{m} (evidence)": s[m]["evidence_top1"] for m in s if "evidence_top1" in s[m]}
+        name = max(cands, key=lambda k: cands[k])
+        return name, cands[name]
+
+    h = headline(summary)
+    out: dict[str, Any] = {}
+    for key, goal, ok in [
+        ("facts_top1", ">= 0.95", lambda v: v >= 0.95), ("skills_top1", ">= 0.95", lambda v: v >= 0.95),
+        ("loo_mean_spearman", ">= 0.5", lambda v: v >= 0.5), ("conflicts_credited", ">= 0.9", lambda v: v >= 0.9),
+        ("copier_over_original", "<= 0.10", lambda v: v <= 0.10),
+    ]:  # fmt: skip
+        v = h.get(key)
+        out[key] = {"value": v, "goal": goal, "met": None if v is None else bool(ok(v))}
+    for sc in ("facts", "skills"):
+        if sc in summary:
+            name, val = best_single(summary[sc])
+            comb = summary[sc]["combined"]["top1"]
+            out[f"{sc}_combined_vs_best_single"] = {"value": comb, "best_single": name, "best_single_top1": val,
+                                                    "goal": ">= best single signal", "met": comb >= val}  # fmt: skip
+    return out
+
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "min_z_1.5": {"min_z": 1.5},
+    "min_z_3": {"min_z": 3.0},
+    "dup_0.9": {"duplicate_similarity": 0.9},
+    "dup_0.8": {"duplicate_similarity": 0.8},
+    "dup_0.7": {"duplicate_similarity": 0.7},
+    "no_gradient": {"weights": {"spans": 1.0, "representation": 1.0, "gradient": 0.0, "datainf": 1.0}},
+    "no_datainf": {"weights": {"spans": 1.0, "representation": 1.0, "gradient": 1.0, "datainf": 0.0}},
+    "no_representation": {"weights": {"spans": 1.0, "representation": 0.0, "gradient": 1.0, "datainf": 1.0}},
+    "representation_only": {"weights": {"spans": 0.0, "representation": 1.0, "gradient": 0.0, "datainf": 0.0}},
+    "gradient_only": {"weights": {"spans": 0.0, "representation": 0.0, "gradient": 1.0, "datainf": 0.0}},
+    "datainf_only": {"weights": {"spans": 0.0, "representation": 0.0, "gradient": 0.0, "datainf": 1.0}},
+}
+
+
+def save(report: dict[str, Any]) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=1) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a small smoke run (~3 min)")
+    ap.add_argument("--epochs", type=int, help="main adapter epochs (default 5; quick 2)")
+    ap.add_argument("--loo-epochs", type=int, help="leave-one-out adapters' epochs (default 3; quick 2)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--loo-batch-size", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--schedule", default="constant", choices=["constant", "linear", "cosine"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-variants", action="store_true", help="skip re-scoring under other attribution settings")
+    ap.add_argument("--keep", type=Path, help="keep the data directory here instead of a temporary one")
+    args = ap.parse_args()
+    epochs = args.epochs or (2 if args.quick else 5)
+    loo_epochs = args.loo_epochs or (2 if args.quick else 3)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.keep or Path(tmp)
+        world = World(root)
+        from tally.attribution.service import Attributor
+        from tally.models import resolve_model
+
+        plan = make_plan(args.quick, args.seed)
+        world.build(plan)
+        log(f"world: {len(plan.uploads)} contributions, {len(plan.items)} questions")
+        report: dict[str, Any] = {
+            "benchmark": "attribution.quality", "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "complete": False, "quick": args.quick,
+            "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform()},
+            "model": MODEL, "seed": args.seed,
+            "config": {"epochs": epochs, "loo_epochs": loo_epochs, "batch_size": args.batch_size,
+                       "loo_batch_size": args.loo_batch_size, "lr": args.lr, "schedule": args.schedule,
+                       "lora": "r16 alpha32 all 7 projections", "influence_dims": 4096, "per_epoch": True},
+            "settings": world.settings.attribution.model_dump(mode="json"),
+            "timings_s": {},
+        }  # fmt: skip
+        for it in plan.items:
+            if it.truth is not None:
+                it.truth = world.address(it.truth)
+
+        # --- main adapter: scenarios 1, 2 and 4
+        main_ad = train(world, root, "attribution-main", ["people", "styles"], epochs, args.batch_size, args)
+        load_adapter_index(world, main_ad)
+        adapters = {main_ad.hash: main_ad}
+        report["main_adapter"] = {"rows": main_ad.manifest["data"]["train_rows"], "seconds": round(main_ad.seconds, 1),
+                                  "metrics": main_ad.manifest["metrics"], "influence": main_ad.manifest["influence"],
+                                  "contributors": len(set(main_ad.contributors))}  # fmt: skip
+        model_dir = resolve_model(MODEL, world.settings.models.cache_dir)
+        attributor = Attributor(world.settings, world.store, model_dir, MODEL)
+        cached = CachedSignals(attributor.query_model.signals)
+        attributor.query_model.signals = cached  # type: ignore[method-assign]
+        tok = attributor.tokenizer
+
+        main_items = [it for it in plan.items if it.scenario != "loo"]
+        conflicts = [it for it in main_items if it.scenario == "conflicts"]
+        t = time.monotonic()
+        answers = generate(attributor, main_ad, conflicts)
+        for it, ids in zip(conflicts, answers, strict=True):
+            text = tok.decode(ids)
+            has_a, has_b = it.extra["town_a"].lower() in text.lower(), it.extra["town_b"].lower() in text.lower()
+            version = "a" if has_a and not has_b else "b" if has_b and not has_a else None
+            it.extra |= {"generated": text, "version": version}
+            it.reply = text
+            it.truth = world.address(f"conflict-{version}") if version else None
+            it.extra["ids"] = ids
+        report["timings_s"]["generate_conflicts"] = round(time.monotonic() - t, 1)
+        log(f"conflicts: {sum(it.truth is not None for it in conflicts)}/{len(conflicts)} answered with a version")
+
+        main_items = [it for it in main_items if it.scenario != "conflicts" or it.extra["ids"]]
+        t = time.monotonic()
+        for n, it in enumerate(main_items):
+            it.key = main_ad.hash
+            it.answer = make_answer(tok, main_ad, it, f"q-{n}", it.extra.get("ids"))
+            it.record = attributor.attribute(it.answer, "full").record
+            score_rows(attributor, main_ad, it, rng)
+            if n % 20 == 0:
+                log(f"  attributed {n + 1}/{len(main_items)}")
+        report["timings_s"]["attribute_main"] = round(time.monotonic() - t, 1)
+        report["timings_s"]["attribute_main_per_answer"] = round((time.monotonic() - t) / len(main_items), 3)
+        t = time.monotonic()
+        report["dattri"] = dattri_peers(main_ad, main_items, attributor) or "ok: DataInf and TracIn on the same index"
+        report["timings_s"]["dattri_main"] = round(time.monotonic() - t, 1)
+        shares = {item_id(it): shares_of(it.record) for it in main_items}
+        report["scenarios"] = scenario_summary(main_items, adapters, shares, world, plan.loo_names, rows=True)
+        report["goals"] = goals(report["scenarios"])
+        report["diagnostics"] = {
+            sc: z_diagnostics([it for it in main_items if it.scenario == sc and it.truth is not None])
+            for sc in ("facts", "skills", "conflicts", "copies")
+        }
+        report["diagnostics"]["duplicates"] = duplicate_diagnostics(
+            main_ad, world.address("original"), world.address("copier"), world.settings.attribution.duplicate_similarity
+        )
+        report["samples"] = [
+            {"scenario": it.scenario, "question": it.question, "answer": tok.decode(it.answer.answer_ids),
+             "truth": it.truth, "shares": [(a[:10], round(s, 3)) for a, s in shares_of(it.record)][:3],
+             "methods": {m: {"top": r.top[0].contributor[:10] if r.top else None, "z": r.score, "null": r.null_score,
+                             "beat_null": r.beat_null} for m, r in it.record.methods.items()}}
+            for it in [*main_items[:2], *[i for i in main_items if i.scenario == "skills"][:2], *conflicts[:2]]
+        ]  # fmt: skip
+        save(report)
+        log(f"main scenarios: {json.dumps(headline(report['scenarios']))}")
+
+        # --- scenario 3: leave one contributor out
+        loo_items = [it for it in plan.items if it.scenario == "loo"]
+        full = train(world, root, "loo-all", ["loo-all"], loo_epochs, args.loo_batch_size, args)
+        load_adapter_index(world, full)
+        adapters[full.hash] = full
+        for n, it in enumerate(loo_items):
+            it.key = full.hash
+            it.answer = make_answer(tok, full, it, f"loo-{n}")
+            it.record = attributor.attribute(it.answer, "full").record
+            score_rows(attributor, full, it, rng)
+        dattri_peers(full, loo_items, attributor)
+        base = answer_losses(attributor, full, [it.answer for it in loo_items])
+        deltas: dict[str, list[float]] = {}
+        for name in plan.loo_names:
+            minus = train(world, root, f"loo-minus-{name}", [f"loo-minus-{name}"], loo_epochs, args.loo_batch_size,
+                          args, influence=False)  # fmt: skip
+            losses = answer_losses(attributor, minus, [it.answer for it in loo_items])
+            deltas[name] = [b2 - b1 for b1, b2 in zip(base, losses, strict=True)]
+        addresses = {n: world.address(n) for n in plan.loo_names}
+        for j, it in enumerate(loo_items):
+            it.extra |= {"delta": {n: deltas[n][j] for n in plan.loo_names}, "address": addresses, "base_loss": base[j]}
+        loo_shares = {item_id(it): shares_of(it.record) for it in loo_items}
+        report["scenarios"]["loo"] = loo_metrics(loo_items, adapters, loo_shares, plan.loo_names)
+        report["scenarios"]["loo"]["questions"] = len(loo_items)
+        report["scenarios"]["loo"]["base_loss_mean"] = mean(base)
+        report["scenarios"]["loo"]["teacher_delta_mean"] = mean([it.extra["delta"][it.extra["teacher"]]
+                                                                 for it in loo_items])  # fmt: skip
+        report["scenarios"]["loo"]["others_delta_mean"] = mean(
+            [d for it in loo_items for n, d in it.extra["delta"].items() if n != it.extra["teacher"]]
+        )
+        report["scenarios"]["loo"]["teacher_has_largest_delta"] = mean(
+            [float(max(it.extra["delta"], key=it.extra["delta"].get) == it.extra["teacher"]) for it in loo_items]
+        )
+        report["diagnostics"]["loo"] = z_diagnostics(loo_items)
+        report["loo_adapters_seconds"] = round(sum(a.seconds for a in adapters.values() if a is not main_ad), 1)
+        shares |= loo_shares
+        report["goals"] = goals(report["scenarios"])
+        save(report)
+        log(f"loo: {json.dumps(report['scenarios']['loo']['combined'])}")
+
+        # --- the same cached signals under other settings
+        all_items = [*main_items, *loo_items]
+        if not args.no_variants:
+            t = time.monotonic()
+            variants: dict[str, Any] = {"default": headline(report["scenarios"])}
+            default_cfg = attributor.cfg
+            for name, override in VARIANTS.items():
+                attributor.cfg = default_cfg.model_copy(update=override)
+                vs = attribute_all(attributor, [it for it in all_items if it.answer is not None])
+                variants[name] = headline(scenario_summary(all_items, adapters, vs, world, plan.loo_names, rows=False))
+            attributor.cfg = default_cfg
+            report["variants"] = variants
+            report["timings_s"]["variants"] = round(time.monotonic() - t, 1)
+
+        report["timings_s"]["query_signals"] = round(cached.seconds, 1)
+        report["timings_s"]["total"] = round(time.monotonic() - T0, 1)
+        report["complete"] = True
+        save(report)
+        print(json.dumps(report, indent=1))
+        g = report["goals"]
+
+        def fmt(key: str) -> str:
+            v = g[key]["value"]
+            return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+        print(
+            f"attribution.quality: facts top-1 {fmt('facts_top1')} (goal >= 0.95), skills top-1 {fmt('skills_top1')} "
+            f"(>= 0.95), leave-one-out Spearman {fmt('loo_mean_spearman')} (>= 0.5), conflicts credited "
+            f"{fmt('conflicts_credited')} (>= 0.9), copier/original {fmt('copier_over_original')} (<= 0.10); "
+            f"{report['main_adapter']['rows']} rows, {report['main_adapter']['contributors']} contributors, "
+            f"{report['timings_s']['total']:.0f} s"
+        )
+        world.store.dispose()
+
+
+if __name__ == "__main__":
+    main()

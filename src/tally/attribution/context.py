@@ -1,0 +1,128 @@
+"""The context signal for RAG answers: how much less likely the answer becomes without each retrieved chunk.
+
+Why leave-one-out: a chunk the answer leans on is one whose absence makes the answer's tokens less probable, which
+measures use rather than topical overlap. The score of chunk j is `drop = log p(answer | all chunks) -
+log p(answer | all chunks but j)`, in nats; positive means the chunk helped.
+
+A removed chunk keeps its number with empty text ("[j] "), rather than being dropped from the list. Dropping it
+would renumber every later source, so an answer that cites [3] would point at different text and the drop would
+mix the loss of the chunk with broken citations; an empty source changes only chunk j's text.
+
+Cost: the k + 1 prompts (the full one and one per removed chunk) share their tokens up to the first chunk's text.
+That prefix runs once with a key/value cache; the cache is repeated over a batch and every prompt's remaining
+tokens plus the answer run in one forward on top of it. Suffixes are right-padded: with causal attention, padding
+after a token cannot change it, so the answer's log-probabilities equal those of independent full forwards.
+Prompts are built as serving builds them (build_rag_messages, then the chat template with a generation prompt).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tally.rag.answers import Source, build_rag_messages
+
+
+@dataclass(frozen=True)
+class ChunkDrop:
+    index: int  # position of the chunk in the retrieved list (0-based; its source number is index + 1)
+    row_hash: str
+    logprob_without: float
+    drop: float  # full_logprob - logprob_without, nats
+
+
+@dataclass(frozen=True)
+class ContextResult:
+    full_logprob: float  # sum over the answer's tokens, nats
+    chunks: list[ChunkDrop]  # in retrieval order
+    answer_tokens: int
+    shared_prefix_tokens: int  # tokens run once and reused by every prompt
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _Blank:
+    """A chunk with its text removed: same number and metadata, nothing to read."""
+
+    datanet: str
+    snapshot: str
+    contribution: str
+    contributor: str
+    row_hash: str
+    text: str = ""
+
+
+def _blank(c: Source) -> _Blank:
+    return _Blank(c.datanet, c.snapshot, c.contribution, c.contributor, c.row_hash)
+
+
+def rag_prompt_ids(tokenizer: Any, question: str, chunks: Sequence[Source]) -> list[int]:
+    """The token ids serving continues to answer `question` from `chunks`."""
+    text = tokenizer.apply_chat_template(
+        build_rag_messages(question, chunks), tokenize=False, add_generation_prompt=True
+    )
+    return list(tokenizer(str(text), add_special_tokens=False)["input_ids"])
+
+
+def _common_prefix(seqs: list[list[int]]) -> int:
+    n = min(len(s) for s in seqs)
+    for i in range(n):
+        if any(s[i] != seqs[0][i] for s in seqs[1:]):
+            return i
+    return n
+
+
+def context_drops(
+    model: Any, tokenizer: Any, question: str, chunks: Sequence[Source], answer_ids: list[int]
+) -> ContextResult:
+    """Leave-one-out log-probability drop of `answer_ids` for each chunk (see the module docstring)."""
+    start = time.perf_counter()
+    variants = [list(chunks)] + [[_blank(c) if i == j else c for i, c in enumerate(chunks)] for j in range(len(chunks))]
+    prompts = [rag_prompt_ids(tokenizer, question, v) for v in variants]
+    # keep at least the last prompt token in every suffix: its output predicts the answer's first token
+    shared = min(_common_prefix(prompts), min(len(p) for p in prompts) - 1)
+    logprobs = _answer_logprobs(model, [p[shared:] for p in prompts], prompts[0][:shared], answer_ids)
+    full = logprobs[0]
+    drops = [
+        ChunkDrop(j, c.row_hash, lp, full - lp) for j, (c, lp) in enumerate(zip(chunks, logprobs[1:], strict=True))
+    ]
+    return ContextResult(full, drops, len(answer_ids), shared, time.perf_counter() - start)
+
+
+def _answer_logprobs(model: Any, suffixes: list[list[int]], prefix: list[int], answer: list[int]) -> list[float]:
+    """Summed log-probability of `answer` after prefix + each suffix; one cached prefix pass, one batched pass."""
+    if not answer:
+        return [0.0] * len(suffixes)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder, head = base.get_decoder(), base.get_output_embeddings()
+    device = next(model.parameters()).device
+    rows = [s + answer for s in suffixes]
+    width = max(len(r) for r in rows)
+    ids = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+    mask = torch.zeros((len(rows), len(prefix) + width), dtype=torch.long, device=device)
+    mask[:, : len(prefix)] = 1
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, device=device)
+        mask[i, len(prefix) : len(prefix) + len(r)] = 1
+    # hidden state at position t predicts token t + 1: answer token a of row i is predicted at len(suffix_i) - 1 + a
+    at = torch.tensor([[len(s) - 1 + a for a in range(len(answer))] for s in suffixes], device=device)
+    targets = torch.tensor(answer, device=device).expand(len(rows), -1)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            cache = None
+            if prefix:
+                cache = decoder(input_ids=torch.tensor([prefix], device=device), use_cache=True).cache
+                cache.batch_repeat_interleave(len(rows))
+            hidden = decoder(input_ids=ids, attention_mask=mask, cache=cache, use_cache=cache is not None)
+            states = hidden.last_hidden_state
+            picked = states.gather(1, at[..., None].expand(-1, -1, states.shape[-1]))
+            logp = torch.log_softmax(head(picked).float(), dim=-1).gather(2, targets[..., None]).squeeze(-1)
+            return [float(x) for x in logp.sum(dim=1)]
+    finally:
+        model.train(was_training)

@@ -1,0 +1,98 @@
+"""Served answers carry attribution: the summary, the receipt header, the full record, the fee, streaming, `off`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from tests.datanets.conftest import world  # noqa: F401 - fixture
+from tests.factory.conftest import make_config, people, tiny_model  # noqa: F401 - fixtures
+
+from tally.api import attribution_answers, errors, ledger_routes, openai_routes, rewards_routes
+from tally.api.state import AppState
+from tally.attribution.service import Attributor
+from tally.attribution.tables import AttributionRow
+from tally.factory import service
+from tally.ledger import verify_receipt
+from tally.models import load_model, load_tokenizer
+
+
+@pytest.fixture
+def client(people, tiny_model: Path, tmp_path: Path) -> Iterator[TestClient]:  # noqa: F811
+    from tally.engine import Engine, EngineConfig
+
+    trained = service.train(people.settings, people.ledger, people.dev, make_config(tiny_model, tmp_path / "lora"))
+    assert trained.finished
+    engine = Engine(load_model(tiny_model), load_tokenizer(tiny_model), "tiny-base", EngineConfig(device="cpu"))
+    engine.add_adapter("people-lora", trained.out_dir)
+    settings = people.settings.model_copy(
+        update={"attribution": people.settings.attribution.model_copy(update={"span_min_tokens": 2})}
+    )
+    state = AppState(settings, people.ledger.store, people.ledger)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.engine = engine.start()
+        app.state.tally = state
+        app.state.attributor = Attributor(settings, state.store, tiny_model, "tiny-base")
+        try:
+            yield
+        finally:
+            engine.stop()
+
+    app = FastAPI(lifespan=lifespan)
+    errors.install(app)
+    for module in (openai_routes, attribution_answers, ledger_routes, rewards_routes):
+        app.include_router(module.router)
+    with TestClient(app) as c:
+        yield c
+
+
+def _chat(**extra: Any) -> dict[str, Any]:
+    messages = [{"role": "user", "content": "Where was Ilsa Varn born?"}]
+    return {"model": "people-lora", "messages": messages, "max_tokens": 8, "temperature": 0, **extra}
+
+
+def test_answer_carries_summary_and_receipt_and_the_record_reads_back(client: TestClient, people) -> None:  # noqa: F811
+    r = client.post("/v1/chat/completions", json=_chat(attribution="full"))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    summary = body["attribution"]
+    assert summary["id"] == body["id"] and summary["mode"] == "full"
+    assert set(summary["methods"]) == {"spans", "representation", "gradient", "datainf"}
+    seq = int(r.headers["X-Tally-Receipt"])
+    assert summary["receipt"] == seq
+    full = client.get(f"/v1/attributions/{body['id']}").json()
+    entry = verify_receipt(full["receipt"])
+    assert entry.seq == seq and entry.type == "attribution.inference_attributed"
+    assert entry.payload["inference"] == body["id"]
+    record = full["record"]
+    if record["shares"]:
+        assert abs(sum(s["share"] for s in record["shares"]) - 1) < 1e-9
+    assert record["credits"]["developer"] == people.dev.address
+    statement = client.get(f"/v1/rewards/statement/{people.dev.address}").json()
+    assert any(item["inference"] == body["id"] for item in statement["items"])
+    assert client.get("/v1/attributions/chatcmpl-nope").status_code == 404
+
+
+def test_off_writes_no_record_and_bad_mode_is_a_400(client: TestClient, people) -> None:  # noqa: F811
+    r = client.post("/v1/chat/completions", json=_chat(attribution="off"))
+    assert r.status_code == 200 and "attribution" not in r.json() and "X-Tally-Receipt" not in r.headers
+    assert client.post("/v1/chat/completions", json=_chat(attribution="most")).status_code == 400
+    with people.ledger.store.read() as s:
+        assert s.query(AttributionRow).count() == 0
+
+
+def test_stream_sends_the_record_as_a_last_chunk(client: TestClient) -> None:
+    with client.stream("POST", "/v1/chat/completions", json=_chat(stream=True)) as r:
+        lines = [line[len("data: ") :] for line in r.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    last = json.loads(lines[-2])
+    assert last["choices"] == [] and last["attribution"]["mode"] == "fast"
+    assert client.get(f"/v1/attributions/{last['id']}").status_code == 200
