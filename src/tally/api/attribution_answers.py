@@ -13,11 +13,13 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 
+from tally.api.auth import principal
 from tally.api.errors import ApiError
 from tally.api.state import AppState, app_state
 from tally.attribution import AttributionRecord
+from tally.attribution.reputation import contributor_reputation, flagged_rows_for_owner
 from tally.attribution.service import Answer, AttributionError, Attributor, get_record, served_adapter
-from tally.identity import AuthError, authenticate
+from tally.identity import AuthError, Principal, authenticate
 from tally.ledger import build_receipt
 from tally.rewards.policy import effective_policy
 from tally.rewards.settle import settle_answer
@@ -94,3 +96,23 @@ def get_attribution(inference_id: str, state: AppState = Depends(app_state)) -> 
         except AttributionError as exc:
             raise ApiError(404, str(exc), type_="not_found_error", param="inference_id") from None
     return {"record": record.model_dump(mode="json"), "receipt": build_receipt(state.ledger, seq)}
+
+
+@router.get("/v1/contributors/{address}/reputation")
+def reputation(address: str, state: AppState = Depends(app_state)) -> dict[str, Any]:
+    """Public, as the ledger it is computed from: accepted/rejected rows, mean signed influence, flagged rows."""
+    with state.store.read() as s:
+        try:
+            return contributor_reputation(s, address).model_dump(mode="json")
+        except ValueError as exc:
+            raise ApiError(400, str(exc), param="address") from None
+
+
+@router.get("/v1/datanets/{slug}/flagged-rows")
+def flagged(
+    slug: str, min_answers: int = 5, who: Principal = Depends(principal), state: AppState = Depends(app_state)
+) -> dict[str, Any]:
+    """For the datanet's owner: rows whose influence over at least `min_answers` answers is negative on average."""
+    with state.store.read() as s:
+        rows = flagged_rows_for_owner(s, who, slug, min_answers)
+    return {"datanet": slug, "min_answers": min_answers, "data": [r.model_dump(mode="json") for r in rows]}

@@ -19,7 +19,9 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from tally.attribution.tables import RowInfluence
+from tally.datanets.service import manage
 from tally.datanets.tables import ContributionRow, DataRow
+from tally.identity import Principal
 
 Sign = Literal["positive", "negative", "none"]
 
@@ -94,3 +96,11 @@ def contributor_reputation(session: Session, address: str, min_answers: int = 5)
         sign=_sign(float(mean)),
         flagged=_flagged(session, RowInfluence.contributor == address, min_answers),
     )
+
+
+def flagged_rows_for_owner(
+    session: Session, principal: Principal, datanet: str, min_answers: int = 5
+) -> list[FlaggedRow]:
+    """`flagged_rows` for the datanet's owner (or an admin): others get the datanets' own Forbidden/NotFound."""
+    manage(session, principal, datanet, "see its flagged rows")
+    return flagged_rows(session, datanet, min_answers)

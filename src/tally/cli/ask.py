@@ -52,7 +52,6 @@ def ask(
         engine.stop()
     text, citations = postprocess_citations(result.text, chunks) if rag else (result.text, [])
     console.print(text.strip(), highlight=False)
-    _attribute(settings, engine, name, prompt, result.token_ids, question if rag else None, chunks, attribution, as_)
     if citations:
         table = Table("n", "datanet", "contributor", "contribution", "quote")
         for c in citations:
@@ -60,6 +59,7 @@ def ask(
         console.print(table)
     elif rag:
         console.print(f"[dim]no source was cited; {len(chunks)} were retrieved[/]")
+    _attribute(settings, engine, name, prompt, result.token_ids, question if rag else None, chunks, attribution, as_)
 
 
 def _attribute(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from tally.cli import adapters, ask, datanets, factory, identity, ledger, models, rewards
+from tally.cli import adapters, ask, attribution, datanets, factory, identity, ledger, models, rewards
 from tally.cli.common import console, load_cli_settings
 
 app = typer.Typer(help="Tally: attribution-native AI.", no_args_is_help=True, pretty_exceptions_enable=False)
@@ -21,6 +21,7 @@ app.add_typer(identity.accounts, name="accounts")
 app.add_typer(identity.keys, name="keys")
 app.add_typer(datanets.app, name="datanet")
 app.add_typer(rewards.app, name="rewards")
+app.add_typer(attribution.app, name="attribution")
 app.command("contribute", help="Upload rows to a datanet (same as `tally datanet contribute`).")(
     datanets.contribute_cmd
 )
