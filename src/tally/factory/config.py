@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tally.config.yaml_errors import validation_message
 from tally.factory.errors import FactoryError
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -95,35 +96,6 @@ class TrainConfig(_Section):
         """SHA-256 of the canonical JSON of the full config (defaults included): what the manifest records."""
         text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
-
-
-def yaml_line(text: str, loc: tuple[Any, ...]) -> int | None:
-    """The 1-based line of the node at `loc` (mapping keys and list indices) in YAML `text`, or the deepest one
-    that exists (a missing field is reported at its parent)."""
-    try:
-        node = yaml.compose(text)
-    except yaml.YAMLError:
-        return None
-    line = None
-    for part in loc:
-        if node is None:
-            break
-        line = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            node = next((v for k, v in node.value if k.value == str(part)), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-        else:
-            node = None
-    return node.start_mark.line + 1 if node is not None else line
-
-
-def validation_message(source: str, exc: ValidationError, text: str | None = None) -> str:
-    """`file line N, field a.b: what was wrong`, from the first pydantic error."""
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
-    line = yaml_line(text, tuple(first["loc"])) if text is not None else None
-    return f"{source}{f' line {line}' if line else ''}: {where}: {first['msg']}"
 
 
 def parse_config(raw: dict[str, Any], source: str = "config", *, text: str | None = None) -> TrainConfig:

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tally.factory.config import validation_message
+from tally.config.yaml_errors import validation_message
 from tally.factory.errors import FactoryError
 
 KINDS = ("snapshot", "train", "eval", "gate", "publish", "deploy")

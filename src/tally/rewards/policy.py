@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import yaml
 from eth_utils import is_address, to_checksum_address
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tally.config import Settings
+from tally.config.yaml_errors import validation_message
 from tally.ledger.canonical import canonical_json
 from tally.rewards.errors import PolicyError
 
@@ -109,36 +110,6 @@ DEFAULT_POLICY = FeePolicy(
         platform="0x0000000000000000000000000000000000007a11", reserve="0x000000000000000000000000000000000000fe5e"
     ),
 )
-
-_UNION_TAGS = {"int", "TokenPrices"}
-
-
-def yaml_line(text: str, loc: tuple[Any, ...]) -> int | None:
-    """The 1-based line of the node at `loc` in YAML `text`, or of the deepest ancestor that exists."""
-    try:
-        node = yaml.compose(text)
-    except yaml.YAMLError:
-        return None
-    line = None
-    for part in loc:
-        if node is None:
-            break
-        line = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            node = next((v for k, v in node.value if k.value == str(part)), None)
-        else:
-            node = None
-    return node.start_mark.line + 1 if node is not None else line
-
-
-def validation_message(source: str, exc: ValidationError, text: str | None) -> str:
-    """`file line N: field a.b: what was wrong`, from the first pydantic error."""
-    first = exc.errors()[0]
-    loc = tuple(p for p in first["loc"] if p not in _UNION_TAGS and "[" not in str(p))
-    where = ".".join(str(p) for p in loc) or "(top level)"
-    line = yaml_line(text, loc) if text is not None else None
-    msg = "unknown field" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
-    return f"{source}{f' line {line}' if line else ''}: field {where}: {msg}"
 
 
 def parse_policy(raw: object, source: str = "policy", *, text: str | None = None) -> FeePolicy:

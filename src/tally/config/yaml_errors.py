@@ -1,0 +1,43 @@
+"""Errors in YAML files that users write (training configs, pipelines, fee policies) name the line and field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+
+def yaml_line(text: str, loc: tuple[Any, ...]) -> int | None:
+    """The 1-based line of the node at `loc` (mapping keys and list indices) in YAML `text`, or the deepest one
+    that exists (a missing field is reported at its parent)."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in loc:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            node = None
+    return node.start_mark.line + 1 if node is not None else line
+
+
+def validation_message(source: str, exc: ValidationError, text: str | None = None) -> str:
+    """`file line N: field a.b: what was wrong`, from the first pydantic error.
+
+    Union branch tags that pydantic puts in the location (`int`, `function-after[...]`) are not fields and are
+    left out; an unknown key says so plainly.
+    """
+    first = exc.errors()[0]
+    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and (p[:1].isupper() or "[" in p or p == "int")))
+    where = ".".join(str(p) for p in loc) or "(top level)"
+    line = yaml_line(text, loc) if text is not None else None
+    msg = "unknown field" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+    return f"{source}{f' line {line}' if line else ''}: field {where}: {msg}"
