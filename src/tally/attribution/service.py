@@ -88,6 +88,7 @@ class Attributor:
         self._indexes: dict[str, _Loaded] = {}
         self._lock = threading.Lock()
         self.spans_dir = settings.data_dir / "attribution" / "spans"
+        self._span_cache: tuple[SpanIndex, float] | None = None
 
     def mode_for(self, model: str, requested: str | None) -> Mode:
         mode = requested or self.cfg.models.get(model) or self.cfg.default_mode
@@ -108,7 +109,12 @@ class Attributor:
             return self._indexes[adapter_hash]
 
     def span_index(self, session: Session) -> SpanIndex:
-        return load_or_build(session, self.tokenizer, self.spans_dir)
+        """The span index of all accepted rows; checked against the database at most every `span_refresh_s`."""
+        with self._lock:
+            now = time.monotonic()
+            if self._span_cache is None or now - self._span_cache[1] >= self.cfg.span_refresh_s:
+                self._span_cache = (load_or_build(session, self.tokenizer, self.spans_dir), now)
+            return self._span_cache[0]
 
     def attribute(self, answer: Answer, mode: Mode) -> Attributed:
         if mode == "off":

@@ -91,6 +91,7 @@ class AttributionSettings(_Section):
     default_mode: Literal["off", "fast", "full"] = Field("fast", description="when a request names none")
     models: dict[str, Literal["off", "fast", "full"]] = Field(default_factory=dict, description="per-model default")
     span_min_tokens: int = Field(8, ge=2, description="shortest verbatim span counted as a quote")
+    span_refresh_s: float = Field(30.0, ge=0, description="how often the span index is checked for new rows")
     top_k: int = Field(10, ge=1, le=100, description="evidence rows kept per method")
     min_share: float = Field(0.01, ge=0, lt=1, description="smaller contributor shares are dropped, rest renormalised")
     min_z: float = Field(2.0, ge=0, description="a row counts as evidence only this many std above the mean score")
