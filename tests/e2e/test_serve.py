@@ -70,6 +70,15 @@ def test_serve_answers_health_ledger_and_chat(settings: Settings) -> None:
             temperature=0,
         )
         assert "Paris" in (chat.choices[0].message.content or "")
+        summary = (chat.model_extra or {})["attribution"]  # default mode: fast; no datanet holds the answer
+        assert summary["id"] == chat.id and summary["contributors"] == [] and summary["methods"] == {"spans": False}
+        record = httpx.get(f"{base}{summary['url']}").json()
+        assert verify_receipt(record["receipt"], trusted_key=checkpoint["verifier_key"]).payload["inference"] == chat.id
+        raw = client.chat.completions.with_raw_response.create(
+            model=settings.models.default, messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
+            extra_body={"attribution": "off"},
+        )  # fmt: skip
+        assert "x-tally-receipt" not in raw.headers and "attribution" not in (raw.parse().model_extra or {})
     finally:
         proc.terminate()
         proc.wait(timeout=20)
