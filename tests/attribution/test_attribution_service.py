@@ -98,3 +98,21 @@ def test_mode_resolution(people, tiny_model: Path) -> None:
         attributor.mode_for("x", "fastest")
     with people.ledger.store.read() as s:
         assert s.query(AttributionRow).count() == 0
+
+
+def test_the_mixed_batch_gives_each_adapter_its_own_gradient(people, trained, tiny_model: Path) -> None:
+    import json
+
+    import torch
+
+    attributor = _attributor(people, tiny_model)
+    a = _answer(attributor, trained, "Where was Ilsa Varn born?", "Korvath")
+    projection = json.loads((trained.out_dir / "influence" / "index.json").read_text())["projection"]
+    args = (trained.adapter_hash, trained.out_dir, projection, a.prompt_ids, a.answer_ids)
+    real, null = attributor.query_model.signals_pair(*args)
+    alone, null_alone = attributor.query_model.signals(*args), attributor.query_model.signals(*args, null=True)
+    for batched, single in ((real, alone), (null, null_alone)):
+        assert torch.allclose(batched.gradient, single.gradient, rtol=1e-3, atol=1e-5)
+        assert torch.allclose(batched.hidden, single.hidden, atol=1e-4)
+        assert abs(batched.logprob - single.logprob) < 1e-3
+    assert not torch.allclose(real.gradient, null.gradient)

@@ -12,6 +12,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,7 +20,6 @@ from typing import Any, TypeVar
 import torch
 
 from tally.influence import GradCapture, HiddenCapture, Projector
-from tally.influence.projection import lora_modules
 from tally.models import load_model
 
 IGNORE = -100
@@ -31,6 +31,17 @@ class QuerySignals:
     gradient: torch.Tensor  # (dims,) projected
     hidden: torch.Tensor  # (hidden,) mean over answer-predicting positions
     logprob: float  # sum of the answer's token log-probabilities
+
+
+def _as_default(adapter: str) -> Callable[[str], str]:
+    """Module names of `adapter` as the index's projection knows them (trained under the name `default`)."""
+    suffix = f".{adapter}"
+    return lambda module: module.removesuffix(suffix) + ".default"
+
+
+def _of_adapter(adapter: str) -> Callable[[str], bool]:
+    suffix = f".{adapter}"
+    return lambda module: module.endswith(suffix)
 
 
 class QueryModel:
@@ -92,40 +103,64 @@ class QueryModel:
         *,
         null: bool = False,
     ) -> QuerySignals:
+        """The answer's signals through the adapter (or, with `null`, through its random twin)."""
+        return self._signals(key, directory, projection, prompt_ids, answer_ids, [not null])[0]
+
+    def signals_pair(
+        self, key: str, directory: Path, projection: dict[str, Any], prompt_ids: list[int], answer_ids: list[int]
+    ) -> tuple[QuerySignals, QuerySignals]:
+        """The signals through the adapter and through its random twin (the null), in one mixed batch."""
+        real, null = self._signals(key, directory, projection, prompt_ids, answer_ids, [True, False])
+        return real, null
+
+    def _signals(
+        self,
+        key: str,
+        directory: Path,
+        projection: dict[str, Any],
+        prompt_ids: list[int],
+        answer_ids: list[int],
+        trained: list[bool],
+    ) -> list[QuerySignals]:
         if not answer_ids:
             raise ValueError("the answer has no tokens to attribute")
         with self._lock:
             self._ensure(key, directory)
-            name = self._loaded[key] if null else key
             projector = self._projectors.get(key)
             if projector is None:
                 projector = self._projectors[key] = Projector.from_description(projection)
-            return self._run(name, projector, prompt_ids, answer_ids)
+            names = [key if t else self._loaded[key] for t in trained]
+            return self._run(names, projector, prompt_ids, answer_ids)
 
-    def _run(self, name: str, projector: Projector, prompt_ids: list[int], answer_ids: list[int]) -> QuerySignals:
+    def _run(
+        self, names: list[str], projector: Projector, prompt_ids: list[int], answer_ids: list[int]
+    ) -> list[QuerySignals]:
+        """One forward and backward of a batch holding the same sequence once per adapter (PEFT's mixed batch):
+        each adapter's LoRA weights get the gradient of its own row only."""
         peft = self._peft
-        peft.set_adapter(name)
         for param_name, param in peft.named_parameters():
-            param.requires_grad_(f".{name}." in param_name)
-        ids = torch.tensor([prompt_ids + answer_ids])
-        labels = torch.tensor([[IGNORE] * len(prompt_ids) + answer_ids])
-        suffix = f".{name}"
-        modules = lora_modules(peft)
-        if not modules:
-            raise ValueError(f"adapter {name} has no trainable LoRA modules")
-        base = peft.get_base_model()
-        with (
-            GradCapture(peft, projector, rename=lambda m: m.removesuffix(suffix) + ".default") as grads,
-            HiddenCapture(peft) as hidden,
-        ):
-            grads.begin(1)
+            param.requires_grad_(any(f".{n}." in param_name for n in names))
+        rows = len(names)
+        ids = torch.tensor([prompt_ids + answer_ids] * rows)
+        labels = torch.tensor([[IGNORE] * len(prompt_ids) + answer_ids] * rows)
+        with ExitStack() as stack:
+            captures = []
+            for name in names:
+                capture = GradCapture(peft, projector, rename=_as_default(name), only=_of_adapter(name))
+                if not capture.modules:
+                    raise ValueError(f"adapter {name} has no trainable LoRA modules")
+                captures.append(stack.enter_context(capture))
+                capture.begin(1)
+            hidden = stack.enter_context(HiddenCapture(peft))
             hidden.begin(labels)
-            out = base.get_decoder()(input_ids=ids)
+            logits = peft(input_ids=ids, adapter_names=names).logits[:, :-1].float()
             keep = labels[:, 1:] != IGNORE
-            logits = base.get_output_embeddings()(out.last_hidden_state[:, :-1][keep]).float()
-            losses = torch.nn.functional.cross_entropy(logits, labels[:, 1:][keep], reduction="none")
-            losses.mean().backward()
-            gradient = grads.result()[0]
-            mean_hidden = hidden.result()[0]
+            losses = torch.nn.functional.cross_entropy(logits[keep], labels[:, 1:][keep], reduction="none")
+            losses = losses.view(rows, -1)
+            losses.mean(dim=1).sum().backward()
+            means = hidden.result()
+            out = [
+                QuerySignals(c.result()[0], means[i], -float(losses[i].detach().sum())) for i, c in enumerate(captures)
+            ]
         peft.zero_grad(set_to_none=True)
-        return QuerySignals(gradient, mean_hidden, -float(losses.detach().sum()))
+        return out

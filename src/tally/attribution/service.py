@@ -210,8 +210,7 @@ class Attributor:
         gone = withdrawn_rows(session, {s.datanet for s in loaded.sources})
         valid = torch.tensor([(s.datanet, s.row_hash) not in gone for s in loaded.sources], dtype=torch.bool)
         args = (answer.adapter_hash, answer.adapter_dir, loaded.projection, answer.prompt_ids, answer.answer_ids)
-        real = self.query_model.signals(*args)
-        null = self.query_model.signals(*args, null=True)
+        real, null = self.query_model.signals_pair(*args)
         query_s = time.perf_counter() - start
         scorer = loaded.scorer
         dup = scorer.row_similarity if scorer.has_representation else None

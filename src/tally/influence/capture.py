@@ -20,10 +20,17 @@ from tally.influence.projection import Projector, lora_modules
 class GradCapture:
     """Use as a context manager around forward + backward; `begin(batch_size, scale)` before each forward."""
 
-    def __init__(self, model: nn.Module, projector: Projector, rename: Callable[[str], str] | None = None) -> None:
-        """`rename` maps a module's name to the projector's (an adapter loaded under another name than `default`)."""
+    def __init__(
+        self,
+        model: nn.Module,
+        projector: Projector,
+        rename: Callable[[str], str] | None = None,
+        only: Callable[[str], bool] | None = None,
+    ) -> None:
+        """`rename` maps a module's name to the projector's (an adapter loaded under another name than `default`);
+        `only` keeps the modules it accepts (one adapter's, when several are trained in one mixed batch)."""
         self.model, self.projector = model, projector
-        self.modules = lora_modules(model)
+        self.modules = {n: m for n, m in lora_modules(model).items() if only is None or only(n)}
         self._rename = rename or (lambda name: name)
         self._handles: list[Any] = []
         self._out: torch.Tensor | None = None
