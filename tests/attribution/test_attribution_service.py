@@ -116,3 +116,28 @@ def test_the_mixed_batch_gives_each_adapter_its_own_gradient(people, trained, ti
         assert torch.allclose(batched.hidden, single.hidden, atol=1e-4)
         assert abs(batched.logprob - single.logprob) < 1e-3
     assert not torch.allclose(real.gradient, null.gradient)
+
+
+def test_credits_name_developer_base_model_evaluators_and_pipeline_author(people, trained) -> None:
+    import json
+
+    from tally.attribution.sources import adapter_credits
+    from tally.factory.tables import EvalRow
+
+    manifest_path = trained.out_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["pipeline"] = {"name": "people", "step": "train", "author": people.owner.address}
+    manifest_path.write_text(json.dumps(manifest))
+    with people.tx() as s:
+        s.add(
+            EvalRow(
+                model="people-lora", adapter_id=trained.adapter_hash, datanet="people", snapshot="x", examples=8,
+                metrics={}, created_by=people.dev.address, created_at="now", ledger_seq=0,
+            )
+        )  # fmt: skip
+    with people.ledger.store.read() as s:
+        credits = adapter_credits(s, trained.out_dir, trained.adapter_hash, "tiny")
+        assert adapter_credits(s, None, None, "tiny").developer is None
+    assert credits.developer == people.dev.address and credits.pipeline_author == people.owner.address
+    assert set(credits.evaluators) == {people.alice.address, people.bob.address}  # the eval datanet's contributors
+    assert credits.base_model == manifest["base_model"]["name"] and credits.base_model_hash

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,8 @@ def test_unchanged_inputs_run_nothing_and_a_new_snapshot_runs_exactly_its_depend
     assert first["status"] == "succeeded", first
     assert set(first["steps"].values()) == {"succeeded"}
     assert (w.settings.data_dir / "adapters.json").is_file()
+    manifest = json.loads((Path(first["outputs"]["train_a"]["path"]) / "manifest.json").read_text())
+    assert manifest["pipeline"] == {"name": spec.name, "step": "train_a", "author": w.owner.address}
 
     again = run_pipeline(w.settings, w.ledger, w.owner, spec, base)
     assert set(again["steps"].values()) == {"cached"}  # nothing ran

@@ -76,8 +76,10 @@ def train(
     resume: bool = False,
     listeners: list[Listener] | None = None,
     stop_after: int | None = None,
+    pipeline: dict[str, str] | None = None,
 ) -> TrainResult:
-    """Fine-tune per `cfg`; `stop_after` ends early without outputs (an interruption, for tests)."""
+    """Fine-tune per `cfg`; `stop_after` ends early without outputs (an interruption, for tests). `pipeline`
+    ({name, run, author}) goes into the manifest when a pipeline step trains, so attribution can credit its author."""
     with ledger.store.read() as s:
         data = load_examples(s, principal, cfg.data.datanets, commercial=cfg.data.commercial)
     train_ex, eval_ex = split(data.examples, cfg.data.eval_fraction, cfg.train.seed)
@@ -138,6 +140,7 @@ def train(
         "metrics": metrics,
         "influence": influence,
         "trained_by": principal.address,
+        **({"pipeline": pipeline} if pipeline else {}),
     }
     manifest_hash = write_manifest(out, manifest)
     (out / CARD_NAME).write_text(model_card(manifest), encoding="utf-8")

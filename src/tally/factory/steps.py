@@ -55,7 +55,8 @@ def _train(ctx: Context, name: str, step: StepSpec, input_hash: str, needs: dict
     out_dir = ctx.settings.data_dir / "pipelines" / ctx.spec.name / name / input_hash[:16]
     output = {"name": f"{ctx.spec.name}-{name}", **(raw.get("output") or {}), "dir": str(out_dir), "publish": False}
     cfg = parse_config({**raw, "data": {**data, "datanets": sources}, "output": output}, f"step {name!r} config")
-    result = service.train(ctx.settings, ctx.ledger, ctx.principal, cfg, resume=True)
+    pipeline = {"name": ctx.spec.name, "step": name, "author": ctx.principal.address}
+    result = service.train(ctx.settings, ctx.ledger, ctx.principal, cfg, resume=True, pipeline=pipeline)
     return {"adapter": cfg.output.name, "adapter_hash": result.adapter_hash, "path": str(result.out_dir),
             "base_model": cfg.model.name,
             "metrics": result.manifest["metrics"], "ledger_seq": result.ledger_seq}  # fmt: skip
