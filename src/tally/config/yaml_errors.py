@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -41,3 +42,15 @@ def validation_message(source: str, exc: ValidationError, text: str | None = Non
     line = yaml_line(text, loc) if text is not None else None
     msg = "unknown field" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
     return f"{source}{f' line {line}' if line else ''}: field {where}: {msg}"
+
+
+def read_yaml(path: Path, error: type[Exception], what: str, hint: str = "") -> tuple[Any, str]:
+    """(parsed YAML, its text) of a user's file, or `error` saying it is missing (`no <what> at <path><hint>`) or
+    not YAML."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        return yaml.safe_load(text), text
+    except FileNotFoundError:
+        raise error(f"no {what} at {path}{hint}") from None
+    except yaml.YAMLError as exc:
+        raise error(f"{path} is not valid YAML: {exc}") from None

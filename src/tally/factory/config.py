@@ -11,10 +11,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tally.config.yaml_errors import validation_message
+from tally.config.yaml_errors import read_yaml, validation_message
 from tally.factory.errors import FactoryError
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -108,13 +107,7 @@ def parse_config(raw: dict[str, Any], source: str = "config", *, text: str | Non
 
 def load_config(path: Path | str) -> TrainConfig:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-        raw = yaml.safe_load(text)
-    except FileNotFoundError:
-        raise FactoryError(f"no config file at {path}") from None
-    except yaml.YAMLError as exc:
-        raise FactoryError(f"{path} is not valid YAML: {exc}") from None
+    raw, text = read_yaml(path, FactoryError, "config file")
     if not isinstance(raw, dict):
         raise FactoryError(f"{path}: expected a mapping with sections model, method, data, train, eval, output")
     return parse_config(raw, str(path), text=text)

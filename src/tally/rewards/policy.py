@@ -11,12 +11,11 @@ import hashlib
 from pathlib import Path
 from typing import Annotated
 
-import yaml
 from eth_utils import is_address, to_checksum_address
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tally.config import Settings
-from tally.config.yaml_errors import validation_message
+from tally.config.yaml_errors import read_yaml, validation_message
 from tally.ledger.canonical import canonical_json
 from tally.rewards.errors import PolicyError
 
@@ -123,13 +122,7 @@ def parse_policy(raw: object, source: str = "policy", *, text: str | None = None
 
 def load_policy(path: Path | str) -> FeePolicy:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-        raw = yaml.safe_load(text)
-    except FileNotFoundError:
-        raise PolicyError(f"no fee policy file at {path} (settings rewards.policy)") from None
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{path} is not valid YAML: {exc}") from None
+    raw, text = read_yaml(path, PolicyError, "fee policy file", " (settings rewards.policy)")
     return parse_policy(raw, str(path), text=text)
 
 
