@@ -49,7 +49,7 @@ def load_index(directory: Path) -> InfluenceIndex:
     return InfluenceIndex(load_file(str(directory / INDEX_TENSORS)), meta)
 
 
-def _layer_normalised(x: torch.Tensor, slices: list[tuple[int, int]]) -> torch.Tensor:
+def layer_normalised(x: torch.Tensor, slices: list[tuple[int, int]]) -> torch.Tensor:
     out = x.float().clone()
     for off, d in slices:
         part = out[..., off : off + d]
@@ -69,8 +69,8 @@ def scores(
     slices = index.layer_slices()
     total: torch.Tensor | None = None
     for name in names:
-        train = _layer_normalised(index.tensors[name], slices)
-        q = _layer_normalised(queries[name].reshape(-1, train.shape[1]), slices)
+        train = layer_normalised(index.tensors[name], slices)
+        q = layer_normalised(queries[name].reshape(-1, train.shape[1]), slices)
         s = q @ train.T / len(slices)
         total = s if total is None else total + s
     if total is None:

@@ -17,17 +17,9 @@ from __future__ import annotations
 
 import torch
 
-from tally.influence.index import InfluenceIndex
+from tally.influence.index import InfluenceIndex, layer_normalised
 
 DATAINF_DAMPING = 0.1
-
-
-def _normalise_layers(x: torch.Tensor, slices: list[tuple[int, int]]) -> torch.Tensor:
-    out = x.float().clone()
-    for off, d in slices:
-        part = out[..., off : off + d]
-        part /= part.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return out
 
 
 class IndexScorer:
@@ -35,7 +27,7 @@ class IndexScorer:
         self.index = index
         self.slices = index.layer_slices()
         self.checkpoints = [c["name"] for c in index.meta["checkpoints"] if c["name"] in index.tensors]
-        folded = sum(_normalise_layers(index.tensors[c], self.slices) for c in self.checkpoints)
+        folded = sum(layer_normalised(index.tensors[c], self.slices) for c in self.checkpoints)
         self._cosine = torch.as_tensor(folded).to(torch.bfloat16).contiguous()
         self._datainf: list[tuple[torch.Tensor, list[tuple[torch.Tensor, float]]]] = []
         self._hidden: torch.Tensor | None = None
@@ -57,7 +49,7 @@ class IndexScorer:
 
     def cosine(self, query: torch.Tensor) -> torch.Tensor:
         """(rows,) mean over layers of the per-layer cosine, summed over checkpoints."""
-        q = _normalise_layers(query.reshape(-1), self.slices).to(torch.bfloat16)
+        q = layer_normalised(query.reshape(-1), self.slices).to(torch.bfloat16)
         return (self._cosine @ q).float() / len(self.slices)
 
     def _prepare_datainf(self) -> None:
