@@ -29,6 +29,7 @@ import torch
 
 PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 DIMS = 4096
+CHECKPOINTS = ("epoch_1", "epoch_2", "epoch_3", "final")
 
 
 def _median_ms(fn: Any, repeats: int) -> float:
@@ -65,9 +66,8 @@ def write_index(out: Path, projection: dict[str, Any], rows: int, hidden: int) -
     from tally.influence import save_index
 
     gen = torch.Generator().manual_seed(1)
-    tensors = {f"epoch_{e}": torch.randn(rows, DIMS, generator=gen) for e in (1, 2, 3)}
-    tensors["final"] = torch.randn(rows, DIMS, generator=gen)
-    tensors["hidden_mean"] = torch.randn(rows, hidden, generator=gen)
+    tensors = {name: torch.randn(rows, DIMS, generator=gen, dtype=torch.float16) for name in CHECKPOINTS}
+    tensors["hidden_mean"] = torch.randn(rows, hidden, generator=gen, dtype=torch.float16)
     examples = [
         {"row_hash": f"{i:064x}", "datanet": "bench", "snapshot": "s", "contribution": f"c{i % 500}",
          "contributor": f"0x{i % 50:040x}", "target_tokens": 20}
@@ -75,7 +75,7 @@ def write_index(out: Path, projection: dict[str, Any], rows: int, hidden: int) -
     ]  # fmt: skip
     meta = {
         "projection": projection,
-        "checkpoints": [{"name": f"epoch_{e}", "lr": 1e-3} for e in (1, 2, 3)] + [{"name": "final"}],
+        "checkpoints": [{"name": name} for name in CHECKPOINTS],
         "representation": {"tensor": "hidden_mean", "pooling": "mean"},
         "examples": examples,
     }

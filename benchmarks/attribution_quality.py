@@ -18,9 +18,10 @@ Everything goes through the project's services: accounts, datanets, contribution
 (LoRA r16/alpha 32 on all 7 projections, influence index 4096 dims with per-epoch gradients) and the
 `Attributor` in `full` mode. Baselines in the same run: each signal alone (its top row), BM25 of question+answer
 over the rows' text, a seeded random ranking, and dattri 0.3.0's DataInf and TracIn (cosine) on the same stored
-gradients when dattri is installed. Setting variants re-score the same cached query signals.
-Prints one JSON document (also written to benchmarks/results/attribution_quality.json, updated as scenarios
-finish), then one summary line; progress goes to stderr.
+gradients when dattri is installed. Setting variants (and a few simulated changes to the share rules, patched in
+for one pass) re-score the same cached query signals.
+Prints one JSON document (also written to benchmarks/results/attribution_quality.json, or .quick.json for --quick,
+updated as scenarios finish), then one summary line; progress goes to stderr.
 
     python benchmarks/attribution_quality.py [--quick] [--epochs 5] [--loo-epochs 3] [--no-variants] [--keep DIR]
 """
@@ -43,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # dattri's and the loaders' progress bars; progress goes to stderr here
 import torch
 from scipy.stats import rankdata, spearmanr
 
@@ -76,12 +79,18 @@ coat belt wallet backpack suitcase tent hammock shovel rake hose sprinkler flowe
 piano guitar trumpet easel paintbrush crayon pencil eraser ruler stapler envelope stamp postcard calendar map globe
 telescope microscope magnet battery lightbulb switch socket cable keyboard"""
 NOUNS_LIST = NOUNS.replace("-", " ").split()
-ADJ = "small sturdy bright heavy smooth round quiet useful old simple light warm plain tidy handy solid".split()
-PLACES = "window door garden kitchen table stairs fireplace shelf gate porch hallway cellar".split()
-SENT1 = ["A {x} is usually {a} and {b}.", "Almost every {x} is {a}, and some are quite {b}.",
-         "The typical {x} looks {a} and feels {b}.", "You will find that a {x} is {a} but rarely {b}."]  # fmt: skip
-SENT2 = ["People often keep one near the {p}.", "It is common to see one by the {p}.",
-         "Many homes have one close to the {p}.", "Shops sell them next to the {p}."]  # fmt: skip
+# Training answers and test answers share no sentence template, adjective or place: only the style links them
+# (and, for the sign-off style, the sign-off itself), so a verbatim span is evidence of the style, not of a template.
+ADJ = {"train": "small sturdy bright heavy smooth round quiet useful old simple".split(),
+       "test": "light warm plain tidy handy solid".split()}  # fmt: skip
+PLACES = {"train": "window door garden kitchen table stairs fireplace shelf".split(),
+          "test": "gate porch hallway cellar".split()}  # fmt: skip
+SENT1 = {"train": ["A {x} is usually {a} and {b}.", "Almost every {x} is {a}, and some are quite {b}.",
+                   "The typical {x} looks {a} and feels {b}.", "You will find that a {x} is {a} but rarely {b}."],
+         "test": ["Each {x} I have met was {a} yet {b}.", "Expect any {x} to seem {a}, even {b}."]}  # fmt: skip
+SENT2 = {"train": ["People often keep one near the {p}.", "It is common to see one by the {p}.",
+                   "Many homes have one close to the {p}.", "Shops sell them next to the {p}."],
+         "test": ["Households tend to store it beside their {p}.", "Visitors notice it at my {p}."]}  # fmt: skip
 SKILL_TRAIN = ["Describe a {x}.", "Tell me about the {x}.", "What is a {x} like?", "Write a few words about a {x}."]
 SKILL_TEST = ["Give me a quick overview of a {x}.", "Could you explain what a {x} is?", "Share some thoughts on a {x}."]
 SIGNOFF = "Yours in brass and lantern light, the Quillon Guild."
@@ -115,8 +124,6 @@ SKILLS: dict[str, Callable[[str, str], str]] = {
     "caps": _caps, "reverse": _reverse, "numbered": _numbered, "signoff": _signoff, "lines": _lines, "title": _title,
 }  # fmt: skip
 INDEX_SIGNALS = ("representation", "gradient", "datainf")
-BASELINES = ("bm25", "random")
-PEERS = ("dattri_datainf", "dattri_tracin")
 
 
 def log(msg: str) -> None:
@@ -150,10 +157,10 @@ class Pool:
     def noun(self) -> str:
         return self.nouns.pop()
 
-    def base_answer(self, noun: str) -> tuple[str, str]:
-        a, b = self.rng.sample(ADJ, 2)
-        s1 = self.rng.choice(SENT1).format(x=noun, a=a, b=b)
-        return s1, self.rng.choice(SENT2).format(p=self.rng.choice(PLACES))
+    def base_answer(self, noun: str, part: str) -> tuple[str, str]:
+        a, b = self.rng.sample(ADJ[part], 2)
+        s1 = self.rng.choice(SENT1[part]).format(x=noun, a=a, b=b)
+        return s1, self.rng.choice(SENT2[part]).format(p=self.rng.choice(PLACES[part]))
 
 
 def fact_rows(p: Person, birth: list[str], trade: list[str], bio: tuple[str, str] | None) -> list[tuple[str, str]]:
@@ -200,19 +207,20 @@ class Plan:
 
 def make_plan(quick: bool, seed: int) -> Plan:
     pool = Pool(seed)
-    n_fact, per_fact_people, per_fact = (4, 1, 1) if quick else (8, 2, 2)
-    n_skill_rows, n_skill_tests = (6, 2) if quick else (12, 4)
+    n_fact, per_fact_people, per_fact = (3, 1, 1) if quick else (8, 2, 2)
+    n_skill_rows, n_skill_tests = (5, 2) if quick else (10, 4)
     skills = list(SKILLS)[:3] if quick else list(SKILLS)
-    n_conflict, conflict_tests = (3, 1) if quick else (8, 2)
-    n_copy = 2 if quick else 4
+    n_conflict, conflict_tests = (2, 1) if quick else (6, 2)
+    n_copy = 1 if quick else 3
     n_loo, loo_people = (3, 1) if quick else (5, 2)
+    birth, trade = BIRTH_TRAIN[:3], TRADE_TRAIN[:2]
     uploads: list[tuple[str, str, list[tuple[str, str]]]] = []
     items: list[Item] = []
     # 1. planted facts
     for c in range(n_fact):
         name = f"facts-{c}"
         people = [pool.person() for _ in range(per_fact_people)]
-        uploads.append((name, "people", [r for p in people for r in fact_rows(p, BIRTH_TRAIN, TRADE_TRAIN, BIO)]))
+        uploads.append((name, "people", [r for p in people for r in fact_rows(p, birth, trade, BIO)]))
         for p in people:
             items += [Item("facts", q, a, name, {"person": p.name, "fact": f}) for q, a, f in fact_tests(p, per_fact)]
     # 2. skills: styles on topics whose words never reach a test instruction
@@ -221,12 +229,14 @@ def make_plan(quick: bool, seed: int) -> Plan:
         rows = []
         for i in range(n_skill_rows):
             noun = pool.noun()
-            rows.append((SKILL_TRAIN[i % len(SKILL_TRAIN)].format(x=noun), SKILLS[skill](*pool.base_answer(noun))))
+            rows.append(
+                (SKILL_TRAIN[i % len(SKILL_TRAIN)].format(x=noun), SKILLS[skill](*pool.base_answer(noun, "train")))
+            )
         uploads.append((name, "styles", rows))
         for i in range(n_skill_tests):
             noun = pool.noun()
             q = SKILL_TEST[i % len(SKILL_TEST)].format(x=noun)
-            items.append(Item("skills", q, SKILLS[skill](*pool.base_answer(noun)), name, {"skill": skill}))
+            items.append(Item("skills", q, SKILLS[skill](*pool.base_answer(noun, "test")), name, {"skill": skill}))
     # 4a. conflicts: A contributes first; the majority side alternates per person
     rows_a: list[tuple[str, str]] = []
     rows_b: list[tuple[str, str]] = []
@@ -242,8 +252,8 @@ def make_plan(quick: bool, seed: int) -> Plan:
     uploads += [("conflict-a", "people", rows_a), ("conflict-b", "people", rows_b)]
     # 4b. farming: the original first, the copier's paraphrased copies last of all
     originals = [pool.person() for _ in range(n_copy)]
-    uploads.append(("original", "people", [r for p in originals for r in fact_rows(p, BIRTH_TRAIN, TRADE_TRAIN, BIO)]))
-    copies = [r for p in originals for r in fact_rows(p, BIRTH_COPY, TRADE_COPY, BIO_COPY)]
+    uploads.append(("original", "people", [r for p in originals for r in fact_rows(p, birth, trade, BIO)]))
+    copies = [r for p in originals for r in fact_rows(p, BIRTH_COPY[:3], TRADE_COPY[:2], BIO_COPY)]
     for p in originals:
         items += [Item("copies", q, a, "original", {"person": p.name}) for q, a, _ in fact_tests(p, 1 if quick else 2)]
     # 3. leave-one-contributor-out: each person mostly from one contributor, the bio from the next one
@@ -379,19 +389,68 @@ def load_adapter_index(world: World, adapter: Adapter) -> None:
 
 # --------------------------------------------------------------------------------------------------- attribution
 class CachedSignals:
-    """Wraps QueryModel.signals: every (adapter, prompt, answer, null) pair is computed once, whatever the settings."""
+    """Wraps the query model's `signals` (and `signals_pair`, where it has one): every (adapter, prompt, answer,
+    null) query runs once, whatever the settings the answer is later re-scored under."""
 
-    def __init__(self, inner: Callable[..., Any]) -> None:
-        self.inner, self.cache, self.seconds = inner, {}, 0.0
+    def __init__(self, query_model: Any) -> None:
+        self.cache: dict[tuple[Any, ...], Any] = {}
+        self.seconds = 0.0
+        self._signals = query_model.signals
+        query_model.signals = self.signals
+        self._pair = getattr(query_model, "signals_pair", None)
+        if self._pair is not None:
+            query_model.signals_pair = self.signals_pair
 
-    def __call__(self, key: str, directory: Path, projection: dict[str, Any], prompt_ids: list[int],
-                 answer_ids: list[int], *, null: bool = False) -> Any:  # fmt: skip
+    def signals(self, key: str, directory: Path, projection: dict[str, Any], prompt_ids: list[int],
+                answer_ids: list[int], *, null: bool = False) -> Any:  # fmt: skip
         k = (key, tuple(prompt_ids), tuple(answer_ids), null)
         if k not in self.cache:
             t = time.perf_counter()
-            self.cache[k] = self.inner(key, directory, projection, prompt_ids, answer_ids, null=null)
+            self.cache[k] = self._signals(key, directory, projection, prompt_ids, answer_ids, null=null)
             self.seconds += time.perf_counter() - t
         return self.cache[k]
+
+    def signals_pair(self, key: str, directory: Path, projection: dict[str, Any], prompt_ids: list[int],
+                     answer_ids: list[int]) -> tuple[Any, Any]:  # fmt: skip
+        real, null = (
+            (key, tuple(prompt_ids), tuple(answer_ids), False),
+            (key, tuple(prompt_ids), tuple(answer_ids), True),
+        )
+        if real not in self.cache or null not in self.cache:
+            assert self._pair is not None
+            t = time.perf_counter()
+            self.cache[real], self.cache[null] = self._pair(key, directory, projection, prompt_ids, answer_ids)
+            self.seconds += time.perf_counter() - t
+        return self.cache[real], self.cache[null]
+
+
+class LossModel:
+    """Answer losses under adapters loaded outside inference mode, on a base model of its own (adapters loaded by
+    `QueryModel.run` become inference tensors, and any later adapter load on that model then fails)."""
+
+    def __init__(self, model_dir: Path) -> None:
+        from tally.models import load_model
+
+        self.base, self.peft = load_model(model_dir).eval(), None
+
+    def losses(self, adapter: Adapter, answers: list[Any]) -> list[float]:
+        """Mean token loss of each answer given its prompt under the adapter (no dropout)."""
+        from peft import PeftModel
+
+        name = adapter.name.replace(".", "-")
+        if self.peft is None:
+            self.peft = PeftModel.from_pretrained(self.base, str(adapter.out_dir), adapter_name=name)
+        elif name not in self.peft.peft_config:
+            self.peft.load_adapter(str(adapter.out_dir), adapter_name=name)
+        self.peft.set_adapter(name)
+        self.peft.eval()
+        out = []
+        with torch.no_grad():
+            for a in answers:
+                ids = torch.tensor([a.prompt_ids + a.answer_ids])
+                logits = self.peft(input_ids=ids).logits[0, len(a.prompt_ids) - 1 : -1].float()
+                out.append(float(torch.nn.functional.cross_entropy(logits, torch.tensor(a.answer_ids))))
+        return out
 
 
 def prompt_of(tok: Any, question: str) -> list[int]:
@@ -405,6 +464,17 @@ def make_answer(tok: Any, adapter: Adapter, item: Item, rid: str, answer_ids: li
     ids = answer_ids if answer_ids is not None else list(tok(item.reply, add_special_tokens=False)["input_ids"])
     return Answer(inference_id=rid, model=adapter.name, prompt_ids=prompt_of(tok, item.question), answer_ids=ids,
                   adapter_dir=adapter.out_dir, adapter_hash=adapter.hash)  # fmt: skip
+
+
+def warm(attributor: Any, adapter: Adapter) -> None:
+    """Load the adapter through a gradient query first: loaded inside `QueryModel.run` (inference mode) its LoRA
+    weights would be inference tensors, and a later gradient query on it fails (requires_grad on them)."""
+    tok = attributor.tokenizer
+    ids = prompt_of(tok, "Hello?")
+    proj = adapter.index.meta["projection"]
+    attributor.query_model.signals(
+        adapter.hash, adapter.out_dir, proj, ids, tok("Hi.", add_special_tokens=False)["input_ids"]
+    )
 
 
 def generate(attributor: Any, adapter: Adapter, items: list[Item], max_new: int = 16) -> list[list[int]]:
@@ -421,20 +491,6 @@ def generate(attributor: Any, adapter: Adapter, items: list[Item], max_new: int 
             new = gen[0, ids.shape[1] :].tolist()
             cut = next((i for i, t in enumerate(new) if t in stop), len(new))
             out.append(new[:cut])
-        return out
-
-    return attributor.query_model.run(adapter.hash, adapter.out_dir, run)
-
-
-def answer_losses(attributor: Any, adapter: Adapter, answers: list[Any]) -> list[float]:
-    """Mean token loss of each answer given its prompt under the adapter (no dropout)."""
-
-    def run(model: Any) -> list[float]:
-        out = []
-        for a in answers:
-            ids = torch.tensor([a.prompt_ids + a.answer_ids])
-            logits = model(input_ids=ids).logits[0, len(a.prompt_ids) - 1 : -1].float()
-            out.append(float(torch.nn.functional.cross_entropy(logits, torch.tensor(a.answer_ids))))
         return out
 
     return attributor.query_model.run(adapter.hash, adapter.out_dir, run)
@@ -564,21 +620,30 @@ def ranking_metrics(items: list[Item], adapters: dict[str, Adapter], shares: dic
     recalls: dict[str, list[float]] = {}
     evidence: dict[str, list[float]] = {}
     coverage: dict[str, list[float]] = {}
+    right_share: list[float] = []
+    person_aucs: dict[str, list[float]] = {}
+    person_recalls: dict[str, list[float]] = {}
     for it in items:
         ad = adapters[it.key]
         ranking = [a for a, _ in shares[item_id(it)]]
         r = rank_in(it.truth, ranking)
         top1.setdefault("combined", []).append(float(r == 1))
         rr.setdefault("combined", []).append(1.0 / r if r else 0.0)
+        right_share.append(dict(shares[item_id(it)]).get(it.truth or "", 0.0))
         if not rows:
             continue
         positive = np.array([c == it.truth for c in ad.contributors])
+        person = it.extra.get("person")
+        about = np.array([bool(person) and person in t for t in ad.texts]) & positive
         for name, scores in it.rows.items():
             rk = rank_in(it.truth, [c for c, _ in contributor_ranking(scores, ad.contributors)])
             top1.setdefault(name, []).append(float(rk == 1))
             rr.setdefault(name, []).append(1.0 / rk if rk else 0.0)
             aucs.setdefault(name, []).append(auc(scores, positive))
             recalls.setdefault(name, []).append(recall_at(scores, positive, int(positive.sum())))
+            if about.any():  # the rows about this very person (the contributor's other people are negatives too)
+                person_aucs.setdefault(name, []).append(auc(scores, about))
+                person_recalls.setdefault(name, []).append(recall_at(scores, about, int(about.sum())))
         if it.record is not None:
             for m, res in it.record.methods.items():
                 evidence.setdefault(m, []).append(float(bool(res.top) and res.top[0].contributor == it.truth))
@@ -587,6 +652,9 @@ def ranking_metrics(items: list[Item], adapters: dict[str, Adapter], shares: dic
         out[name] = {"top1": mean(top1[name]), "mrr": mean(rr[name])}
         if name in aucs:
             out[name] |= {"auc": mean(aucs[name]), "recall_at_k": mean(recalls[name])}
+        if name in person_aucs:
+            out[name] |= {"auc_person_rows": mean(person_aucs[name]), "recall_person_rows": mean(person_recalls[name])}
+    out["combined"]["right_share_mean"] = mean(right_share)
     for m in evidence:
         out.setdefault(m, {}).update(evidence_top1=mean(evidence[m]), evidence_coverage=mean(coverage[m]))
     return out
@@ -617,6 +685,8 @@ def loo_metrics(items: list[Item], adapters: dict[str, Adapter], shares: dict[st
             for sig, scores in it.rows.items():
                 best = dict(contributor_ranking(scores, ad.contributors))
                 preds.setdefault(sig, []).append([best.get(it.extra["address"][n], -math.inf) for n in names])
+    # what a one-hot share to the contributor who taught the fact would score (ties at 0 cap Spearman)
+    preds["oracle_teacher_only"] = [[float(n == it.extra["teacher"]) for n in names] for it in items]
     out: dict[str, Any] = {}
     for sig, per_q in preds.items():
         rhos = [spearman(p, t) for p, t in zip(per_q, truths, strict=True)]
@@ -701,30 +771,54 @@ def z_diagnostics(items: list[Item]) -> dict[str, Any]:
     return out
 
 
-def duplicate_diagnostics(adapter: Adapter, original: str, copier: str, threshold: float) -> dict[str, Any]:
-    """Centred representation cosine between each copier row and its closest original row, against the threshold."""
-    idx_c = [i for i, c in enumerate(adapter.contributors) if c == copier]
-    idx_o = [i for i, c in enumerate(adapter.contributors) if c == original]
-    others = [i for i, c in enumerate(adapter.contributors) if c not in (copier, original)]
-    if not idx_c or not idx_o:
+def gradient_row_similarity(scorer: Any, rows: list[int]) -> torch.Tensor:
+    """(len(rows), all rows) cosine of the rows' gradient vectors as the cosine method sees them (per-layer
+    normalised, summed over checkpoints): two rows that teach the same answer push the adapter the same way."""
+    g = scorer._cosine.float()
+    g = g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return g[rows] @ g.T
+
+
+def duplicate_diagnostics(adapter: Adapter, names: dict[str, str], threshold: float) -> dict[str, Any]:
+    """How well each row-similarity separates the copier's paraphrases of the original's rows from honest rows of
+    other contributors (same templates, other people; the conflicting versions of the same fact)."""
+    who = [names.get(c, c) for c in adapter.contributors]
+    n = len(who)
+    idx = {k: [i for i in range(n) if who[i] == k] for k in ("copier", "original", "conflict-a", "conflict-b")}
+    honest = [i for i in range(n) if who[i] != "copier"]
+    if not idx["copier"] or not idx["original"]:
         return {}
-    sims = adapter.scorer.row_similarity(idx_c)
-    to_orig = sims[:, idx_o].max(dim=1).values.numpy()
-    to_other = sims[:, others].max(dim=1).values.numpy() if others else np.zeros(0)
-    orig_sims = adapter.scorer.row_similarity(idx_o)
-    within = orig_sims[:, idx_o].clone()
-    within.fill_diagonal_(-1.0)
-    return {
-        "threshold": threshold,
-        "copier_to_original": {
-            "min": round(float(to_orig.min()), 4),
-            "median": round(float(np.median(to_orig)), 4),
-            "max": round(float(to_orig.max()), 4),
-        },
-        "copier_rows_above_threshold": round(float((to_orig >= threshold).mean()), 4),
-        "copier_to_best_other_contributor_median": round(float(np.median(to_other)), 4) if others else None,
-        "original_rows_to_each_other_median": round(float(within.max(dim=1).values.median()), 4),
+    everything = list(range(n))
+    out: dict[str, Any] = {"threshold": threshold}
+    sims = {
+        "representation": adapter.scorer.row_similarity(everything).numpy(),
+        "gradient": gradient_row_similarity(adapter.scorer, everything).numpy(),
     }
+
+    def dist(v: np.ndarray) -> dict[str, float]:
+        return {"min": round(float(v.min()), 4), "median": round(float(np.median(v)), 4),
+                "p99": round(float(np.percentile(v, 99)), 4), "max": round(float(v.max()), 4)}  # fmt: skip
+
+    for label, m in sims.items():
+        honest_max = np.array([m[i, [j for j in honest if who[j] != who[i]]].max() for i in honest])
+        copier = m[np.ix_(idx["copier"], idx["original"])].max(axis=1)
+        out[label] = {"copier_to_original": dist(copier), "honest_cross_contributor_max": dist(honest_max)}
+        if idx["conflict-a"] and idx["conflict-b"]:
+            out[label]["conflict_b_to_a"] = dist(m[np.ix_(idx["conflict-b"], idx["conflict-a"])].max(axis=1))
+    rep = sims["representation"]
+    out["representation"]["copier_rows_at_or_above_threshold"] = round(
+        float((rep[np.ix_(idx["copier"], idx["original"])].max(axis=1) >= threshold).mean()), 4
+    )
+    rules = {f"representation>={t}": rep >= t for t in (0.95, 0.9, 0.85)}
+    rules |= {f"representation>={tr} & gradient>={tg}": (rep >= tr) & (sims["gradient"] >= tg)
+              for tr in (0.85, 0.9) for tg in (0.3, 0.4)}  # fmt: skip
+    out["rules"] = {}
+    for label, hit in rules.items():
+        caught = sum(bool(hit[i, idx["original"]].any()) for i in idx["copier"])
+        false = sum(bool(hit[i, [j for j in honest if who[j] != who[i]]].any()) for i in honest)
+        out["rules"][label] = {"copier_rows_caught": f"{caught}/{len(idx['copier'])}",
+                               "honest_rows_merged": f"{false}/{len(honest)}"}  # fmt: skip
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------------ main
@@ -755,14 +849,17 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
     g: dict[str, Any] = {}
     if "facts" in summary:
         g["facts_top1"] = summary["facts"]["combined"]["top1"]
+        g["facts_right_share"] = summary["facts"]["combined"]["right_share_mean"]
     if "skills" in summary:
         g["skills_top1"] = summary["skills"]["combined"]["top1"]
+        g["skills_right_share"] = summary["skills"]["combined"]["right_share_mean"]
     if "loo" in summary:
         g["loo_mean_spearman"] = summary["loo"]["combined"]["mean_spearman"]
     if "conflicts" in summary:
         g["conflicts_credited"] = summary["conflicts"]["credited_rate"].get("combined")
     if "copies" in summary:
         g["copier_over_original"] = summary["copies"]["mean_ratio"]
+        g["copier_credited_rate"] = summary["copies"]["copier_credited_rate"]
     return g
 
 
@@ -794,11 +891,14 @@ def goals(summary: dict[str, Any]) -> dict[str, Any]:
 VARIANTS: dict[str, dict[str, Any]] = {
     "min_z_1.5": {"min_z": 1.5},
     "min_z_3": {"min_z": 3.0},
+    "dup_0.92": {"duplicate_similarity": 0.92},
     "dup_0.9": {"duplicate_similarity": 0.9},
     "dup_0.8": {"duplicate_similarity": 0.8},
     "dup_0.7": {"duplicate_similarity": 0.7},
     "no_gradient": {"weights": {"spans": 1.0, "representation": 1.0, "gradient": 0.0, "datainf": 1.0}},
-    "no_datainf": {"weights": {"spans": 1.0, "representation": 1.0, "gradient": 1.0, "datainf": 0.0}},
+    "no_datainf (= fast mode)": {"weights": {"spans": 1.0, "representation": 1.0, "gradient": 1.0, "datainf": 0.0}},
+    "datainf_weight_0.5": {"weights": {"spans": 1.0, "representation": 1.0, "gradient": 1.0, "datainf": 0.5}},
+    "no_spans": {"weights": {"spans": 0.0, "representation": 1.0, "gradient": 1.0, "datainf": 1.0}},
     "no_representation": {"weights": {"spans": 1.0, "representation": 0.0, "gradient": 1.0, "datainf": 1.0}},
     "representation_only": {"weights": {"spans": 0.0, "representation": 1.0, "gradient": 0.0, "datainf": 0.0}},
     "gradient_only": {"weights": {"spans": 0.0, "representation": 0.0, "gradient": 1.0, "datainf": 0.0}},
@@ -806,9 +906,54 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+def _without_null(methods: tuple[str, ...]) -> Callable[..., Any]:
+    """index_method with no null baseline for these methods (beat = top z >= min_z): a code change, simulated."""
+    from tally.attribution import shares as shares_mod
+
+    original = shares_mod.index_method
+
+    def patched(name: str, scores: Any, null_scores: Any, *rest: Any, **kw: Any) -> Any:
+        return original(name, scores, None if name in methods else null_scores, *rest, **kw)
+
+    return patched
+
+
+def _dup_rule(rep: float, grad: float) -> Callable[..., Any]:
+    """index_method whose near-duplicate test is representation >= rep AND gradient-row cosine >= grad."""
+    from tally.attribution import shares as shares_mod
+
+    original = shares_mod.index_method
+
+    def patched(name: str, scores: Any, null_scores: Any, sources: Any, valid: Any, cfg: Any, dup: Any = None) -> Any:
+        if dup is not None:
+            scorer = dup.__self__
+
+            def dup(rows: list[int], scorer: Any = scorer) -> torch.Tensor:
+                both = (scorer.row_similarity(rows) >= rep) & (gradient_row_similarity(scorer, rows) >= grad)
+                return both.float()  # 1 where both hold: >= any duplicate_similarity setting
+
+        return original(name, scores, null_scores, sources, valid, cfg, dup)
+
+    return patched
+
+
+# Simulated code changes in tally.attribution.shares (patched into the service for one pass, never written).
+PATCHES: dict[str, tuple[dict[str, Any], Callable[[], Callable[..., Any]]]] = {
+    "patch_representation_no_null": ({}, lambda: _without_null(("representation",))),
+    "patch_no_null": ({}, lambda: _without_null(INDEX_SIGNALS)),
+    "patch_dup_rep0.85_and_grad0.3": ({}, lambda: _dup_rule(0.85, 0.3)),
+    "patch_dup_rep0.85_and_grad0.3_no_datainf": (
+        {"weights": {"spans": 1.0, "representation": 1.0, "gradient": 1.0, "datainf": 0.0}},
+        lambda: _dup_rule(0.85, 0.3),
+    ),
+}
+
+
 def save(report: dict[str, Any]) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=1) + "\n")
+    """The full run's result file; a --quick run writes beside it, never over it."""
+    path = RESULTS.with_suffix(".quick.json") if report["quick"] else RESULTS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1) + "\n")
 
 
 def main() -> None:
@@ -821,6 +966,12 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--schedule", default="constant", choices=["constant", "linear", "cosine"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--attribution-threads",
+        type=int,
+        default=1,
+        help="torch threads while attributing (1 keeps a shared 2-core machine from oversubscribing)",
+    )
     ap.add_argument("--no-variants", action="store_true", help="skip re-scoring under other attribution settings")
     ap.add_argument("--keep", type=Path, help="keep the data directory here instead of a temporary one")
     args = ap.parse_args()
@@ -845,7 +996,8 @@ def main() -> None:
             "model": MODEL, "seed": args.seed,
             "config": {"epochs": epochs, "loo_epochs": loo_epochs, "batch_size": args.batch_size,
                        "loo_batch_size": args.loo_batch_size, "lr": args.lr, "schedule": args.schedule,
-                       "lora": "r16 alpha32 all 7 projections", "influence_dims": 4096, "per_epoch": True},
+                       "lora": "r16 alpha32 all 7 projections", "influence_dims": 4096, "per_epoch": True,
+                       "attribution_threads": args.attribution_threads},
             "settings": world.settings.attribution.model_dump(mode="json"),
             "timings_s": {},
         }  # fmt: skip
@@ -862,13 +1014,15 @@ def main() -> None:
                                   "contributors": len(set(main_ad.contributors))}  # fmt: skip
         model_dir = resolve_model(MODEL, world.settings.models.cache_dir)
         attributor = Attributor(world.settings, world.store, model_dir, MODEL)
-        cached = CachedSignals(attributor.query_model.signals)
-        attributor.query_model.signals = cached  # type: ignore[method-assign]
+        cached = CachedSignals(attributor.query_model)
         tok = attributor.tokenizer
 
         main_items = [it for it in plan.items if it.scenario != "loo"]
         conflicts = [it for it in main_items if it.scenario == "conflicts"]
         t = time.monotonic()
+        train_threads = torch.get_num_threads()
+        torch.set_num_threads(args.attribution_threads)
+        warm(attributor, main_ad)
         answers = generate(attributor, main_ad, conflicts)
         for it, ids in zip(conflicts, answers, strict=True):
             text = tok.decode(ids)
@@ -879,6 +1033,11 @@ def main() -> None:
             it.truth = world.address(f"conflict-{version}") if version else None
             it.extra["ids"] = ids
         report["timings_s"]["generate_conflicts"] = round(time.monotonic() - t, 1)
+        report["conflict_answers"] = [
+            {"question": it.question, "answer": it.extra["generated"], "a": it.extra["town_a"], "b": it.extra["town_b"],
+             "majority": it.extra["majority"], "version": it.extra["version"]}
+            for it in conflicts
+        ]  # fmt: skip
         log(f"conflicts: {sum(it.truth is not None for it in conflicts)}/{len(conflicts)} answered with a version")
 
         main_items = [it for it in main_items if it.scenario != "conflicts" or it.extra["ids"]]
@@ -902,9 +1061,15 @@ def main() -> None:
             sc: z_diagnostics([it for it in main_items if it.scenario == sc and it.truth is not None])
             for sc in ("facts", "skills", "conflicts", "copies")
         }
+        names = {world.address(n): n for n in world.accounts}
         report["diagnostics"]["duplicates"] = duplicate_diagnostics(
-            main_ad, world.address("original"), world.address("copier"), world.settings.attribution.duplicate_similarity
+            main_ad, names, world.settings.attribution.duplicate_similarity
         )
+        report["copies_detail"] = [
+            {"question": it.question, "shares": {names.get(a, a): round(v, 3) for a, v in shares_of(it.record)},
+             "tops": {m: names.get(r.top[0].contributor) if r.top else None for m, r in it.record.methods.items()}}
+            for it in main_items if it.scenario == "copies"
+        ]  # fmt: skip
         report["samples"] = [
             {"scenario": it.scenario, "question": it.question, "answer": tok.decode(it.answer.answer_ids),
              "truth": it.truth, "shares": [(a[:10], round(s, 3)) for a, s in shares_of(it.record)][:3],
@@ -917,21 +1082,27 @@ def main() -> None:
 
         # --- scenario 3: leave one contributor out
         loo_items = [it for it in plan.items if it.scenario == "loo"]
+        torch.set_num_threads(train_threads)
         full = train(world, root, "loo-all", ["loo-all"], loo_epochs, args.loo_batch_size, args)
+        torch.set_num_threads(args.attribution_threads)
         load_adapter_index(world, full)
         adapters[full.hash] = full
+        warm(attributor, full)
         for n, it in enumerate(loo_items):
             it.key = full.hash
             it.answer = make_answer(tok, full, it, f"loo-{n}")
             it.record = attributor.attribute(it.answer, "full").record
             score_rows(attributor, full, it, rng)
         dattri_peers(full, loo_items, attributor)
-        base = answer_losses(attributor, full, [it.answer for it in loo_items])
+        loss_model = LossModel(model_dir)
+        base = loss_model.losses(full, [it.answer for it in loo_items])
         deltas: dict[str, list[float]] = {}
         for name in plan.loo_names:
+            torch.set_num_threads(train_threads)
             minus = train(world, root, f"loo-minus-{name}", [f"loo-minus-{name}"], loo_epochs, args.loo_batch_size,
                           args, influence=False)  # fmt: skip
-            losses = answer_losses(attributor, minus, [it.answer for it in loo_items])
+            torch.set_num_threads(args.attribution_threads)
+            losses = loss_model.losses(minus, [it.answer for it in loo_items])
             deltas[name] = [b2 - b1 for b1, b2 in zip(base, losses, strict=True)]
         addresses = {n: world.address(n) for n in plan.loo_names}
         for j, it in enumerate(loo_items):
@@ -942,13 +1113,27 @@ def main() -> None:
         report["scenarios"]["loo"]["base_loss_mean"] = mean(base)
         report["scenarios"]["loo"]["teacher_delta_mean"] = mean([it.extra["delta"][it.extra["teacher"]]
                                                                  for it in loo_items])  # fmt: skip
+        report["scenarios"]["loo"]["bio_giver_delta_mean"] = mean(
+            [it.extra["delta"][it.extra["bio_from"]] for it in loo_items]
+        )
         report["scenarios"]["loo"]["others_delta_mean"] = mean(
-            [d for it in loo_items for n, d in it.extra["delta"].items() if n != it.extra["teacher"]]
+            [
+                d
+                for it in loo_items
+                for n, d in it.extra["delta"].items()
+                if n not in (it.extra["teacher"], it.extra["bio_from"])
+            ]
         )
         report["scenarios"]["loo"]["teacher_has_largest_delta"] = mean(
             [float(max(it.extra["delta"], key=it.extra["delta"].get) == it.extra["teacher"]) for it in loo_items]
         )
         report["diagnostics"]["loo"] = z_diagnostics(loo_items)
+        report["loo_detail"] = [
+            {"question": it.question, "teacher": it.extra["teacher"], "bio_from": it.extra["bio_from"],
+             "loss_rise": {n: round(d, 3) for n, d in it.extra["delta"].items()},
+             "shares": {names.get(a, a): round(v, 3) for a, v in loo_shares[item_id(it)]}}
+            for it in loo_items
+        ]  # fmt: skip
         report["loo_adapters_seconds"] = round(sum(a.seconds for a in adapters.values() if a is not main_ad), 1)
         shares |= loo_shares
         report["goals"] = goals(report["scenarios"])
@@ -964,6 +1149,17 @@ def main() -> None:
             for name, override in VARIANTS.items():
                 attributor.cfg = default_cfg.model_copy(update=override)
                 vs = attribute_all(attributor, [it for it in all_items if it.answer is not None])
+                variants[name] = headline(scenario_summary(all_items, adapters, vs, world, plan.loo_names, rows=False))
+            from tally.attribution import service as service_mod
+
+            for name, (override, make_patch) in PATCHES.items():
+                attributor.cfg = default_cfg.model_copy(update=override)
+                original = service_mod.index_method
+                service_mod.index_method = make_patch()
+                try:
+                    vs = attribute_all(attributor, [it for it in all_items if it.answer is not None])
+                finally:
+                    service_mod.index_method = original
                 variants[name] = headline(scenario_summary(all_items, adapters, vs, world, plan.loo_names, rows=False))
             attributor.cfg = default_cfg
             report["variants"] = variants
