@@ -50,7 +50,7 @@ import torch
 from scipy.stats import rankdata, spearmanr
 
 MODEL = "smollm2-135m-instruct"
-RESULTS = Path(__file__).resolve().parent / "results" / "attribution_quality.json"
+RESULTS = Path(__file__).resolve().parent / "out" / "attribution_quality.json"
 T0 = time.monotonic()
 
 FIRST = "Ilsa Tomas Brina Oskar Mirel Dagny Fenna Corin Halvard Jessa Kaito Liora Maelis Nerys Orrin Pella".split()
@@ -906,45 +906,47 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def _without_null(methods: tuple[str, ...]) -> Callable[..., Any]:
-    """index_method with no null baseline for these methods (beat = top z >= min_z): a code change, simulated."""
-    from tally.attribution import shares as shares_mod
-
-    original = shares_mod.index_method
-
-    def patched(name: str, scores: Any, null_scores: Any, *rest: Any, **kw: Any) -> Any:
-        return original(name, scores, None if name in methods else null_scores, *rest, **kw)
-
-    return patched
-
-
-def _dup_rule(rep: float, grad: float) -> Callable[..., Any]:
-    """index_method whose near-duplicate test is representation >= rep AND gradient-row cosine >= grad."""
+def _patched(no_null: tuple[str, ...] = (), margin: float = 0.0, dup_rule: tuple[float, float] | None = None,
+             ) -> Callable[..., Any]:  # fmt: skip
+    """tally.attribution.shares.index_method with simulated changes (never written to the package):
+    - `no_null`: these methods have no null test (they count when their top z >= min_z);
+    - `margin`: the other index methods count only when their top z beats the null's top z by >= margin;
+    - `dup_rule` (rep, grad): rows are near-duplicates when representation cosine >= rep AND the cosine of their
+      stored gradients (per-layer normalised, summed over checkpoints) >= grad."""
     from tally.attribution import shares as shares_mod
 
     original = shares_mod.index_method
 
     def patched(name: str, scores: Any, null_scores: Any, sources: Any, valid: Any, cfg: Any, dup: Any = None) -> Any:
-        if dup is not None:
-            scorer = dup.__self__
+        if dup is not None and dup_rule is not None:
+            scorer, (rep, grad) = dup.__self__, dup_rule
 
             def dup(rows: list[int], scorer: Any = scorer) -> torch.Tensor:
                 both = (scorer.row_similarity(rows) >= rep) & (gradient_row_similarity(scorer, rows) >= grad)
                 return both.float()  # 1 where both hold: >= any duplicate_similarity setting
 
-        return original(name, scores, null_scores, sources, valid, cfg, dup)
+        exempt = name in no_null
+        result, dist = original(name, scores, None if exempt else null_scores, sources, valid, cfg, dup)
+        if margin and not exempt and null_scores is not None:
+            result.beat_null = result.beat_null and result.score >= result.null_score + margin
+        return result, dist
 
     return patched
 
 
+NO_DATAINF = {"weights": {"spans": 1.0, "representation": 1.0, "gradient": 1.0, "datainf": 0.0}}
 # Simulated code changes in tally.attribution.shares (patched into the service for one pass, never written).
 PATCHES: dict[str, tuple[dict[str, Any], Callable[[], Callable[..., Any]]]] = {
-    "patch_representation_no_null": ({}, lambda: _without_null(("representation",))),
-    "patch_no_null": ({}, lambda: _without_null(INDEX_SIGNALS)),
-    "patch_dup_rep0.85_and_grad0.3": ({}, lambda: _dup_rule(0.85, 0.3)),
-    "patch_dup_rep0.85_and_grad0.3_no_datainf": (
-        {"weights": {"spans": 1.0, "representation": 1.0, "gradient": 1.0, "datainf": 0.0}},
-        lambda: _dup_rule(0.85, 0.3),
+    "patch_representation_no_null": ({}, lambda: _patched(("representation",))),
+    "patch_no_null": ({}, lambda: _patched(INDEX_SIGNALS)),
+    "patch_null_margin_1": ({}, lambda: _patched(margin=1.0)),
+    "patch_representation_no_null+null_margin_0.5": ({}, lambda: _patched(("representation",), 0.5)),
+    "patch_representation_no_null+null_margin_1": ({}, lambda: _patched(("representation",), 1.0)),
+    "patch_representation_no_null+null_margin_1+no_datainf": (NO_DATAINF, lambda: _patched(("representation",), 1.0)),
+    "patch_dup_rep0.85_and_grad0.3": ({}, lambda: _patched(dup_rule=(0.85, 0.3))),
+    "patch_all: representation_no_null+null_margin_1+dup_rule": (
+        {},
+        lambda: _patched(("representation",), 1.0, (0.85, 0.3)),
     ),
 }
 

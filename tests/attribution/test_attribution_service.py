@@ -141,3 +141,11 @@ def test_credits_name_developer_base_model_evaluators_and_pipeline_author(people
     assert credits.developer == people.dev.address and credits.pipeline_author == people.owner.address
     assert set(credits.evaluators) == {people.alice.address, people.bob.address}  # the eval datanet's contributors
     assert credits.base_model == manifest["base_model"]["name"] and credits.base_model_hash
+
+
+def test_an_adapter_first_used_for_context_still_answers_gradient_queries(people, trained, tiny_model: Path) -> None:
+    attributor = _attributor(people, tiny_model)
+    a = _answer(attributor, trained, "Where was Ilsa Varn born?", "Korvath")
+    assert attributor.query_model.run(a.adapter_hash, a.adapter_dir, lambda model: 1) == 1  # loads it, no grads
+    record = attributor.attribute(a, "fast").record
+    assert "gradient" in record.methods

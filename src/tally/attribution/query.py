@@ -9,6 +9,7 @@ projection as the factory's index pass, so query and index live in one space.
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -68,7 +69,10 @@ class QueryModel:
         config = LoraConfig.from_pretrained(str(directory))
         config.init_lora_weights = False  # random A and B: an adapter that learned nothing
         null = f"null_{key}"
-        seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little")
+        # Seeded by the config, not the adapter hash: PEFT writes target_modules in set order, so identical weights
+        # can hash differently from one process to the next, and the null must not change with them.
+        shape = json.dumps({"r": config.r, "alpha": config.lora_alpha, "targets": sorted(config.target_modules)})
+        seed = int.from_bytes(hashlib.sha256(shape.encode()).digest()[:4], "little")
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             self._peft.add_adapter(null, config)
@@ -81,17 +85,21 @@ class QueryModel:
 
     def run(self, key: str | None, directory: Path | None, fn: Callable[[Any], T]) -> T:
         """`fn(model)` with that adapter active (or none: the base model), under the lock, without gradients."""
-        with self._lock, torch.inference_mode():
+        with self._lock:
+            # Weights are loaded outside inference mode: tensors created inside it can never take gradients,
+            # and the same adapter answers gradient queries later.
             if key is None or directory is None:
                 if self._peft is None:
                     if self._base is None:
                         self._base = load_model(self.model_dir).eval()
-                    return fn(self._base)
-                with self._peft.disable_adapter():
+                    with torch.inference_mode():
+                        return fn(self._base)
+                with self._peft.disable_adapter(), torch.inference_mode():
                     return fn(self._peft)
             self._ensure(key, directory)
             self._peft.set_adapter(key)
-            return fn(self._peft)
+            with torch.inference_mode():
+                return fn(self._peft)
 
     def signals(
         self,

@@ -2,8 +2,11 @@
 
 Index signals (representation, gradient, DataInf) give one score per training row. Scores are standardised over
 the rows still in the index (z-scores), so methods on different scales combine; a row is evidence only when it
-stands `min_z` above the rest. A method counts only if it beats its null baseline: the same statistic (the top
-z-score) computed for the same answer through a randomly initialised adapter. Near-duplicate rows of different
+stands `min_z` above the rest. Influence methods (`null_gated`: gradient, DataInf, and spans and context with their
+own nulls) count only if they beat their null baseline: the same statistic (the top z-score) for the same answer
+through a randomly initialised adapter. Representation similarity is reported against that null too, but counts on
+`min_z` alone: a random LoRA is close to the base model, which already sees surface style, so its null says
+little about similarity (measured: it rejected a right top row half the time). Near-duplicate rows of different
 contributors (centred representation cosine >= `duplicate_similarity`) are one item credited to the earliest
 contribution in the ledger, so re-submitting paraphrased copies of someone's rows earns the copier nothing.
 Per contributor, a method's weight is its best row (not a sum), so volume alone does not buy share.
@@ -97,13 +100,15 @@ def index_method(
 
 
 def combine(results: dict[str, MethodResult], dists: dict[str, Distribution], cfg: AttributionSettings) -> list[Share]:
-    """Weighted mean of the distributions of the methods that beat their null; small shares dropped, renormalised."""
+    """Weighted mean of the distributions of the methods that count (those in `null_gated` only when they beat their
+    null, the others when their top row stands `min_z` out); small shares dropped, the rest renormalised."""
     total: dict[str, float] = {}
     contributions: dict[str, set[str]] = {}
     weight_sum = 0.0
     for name, result in results.items():
         dist = dists.get(name)
-        weight = cfg.weights.get(name, 0.0) if result.beat_null and dist and dist.weights else 0.0
+        counts = result.beat_null if name in cfg.null_gated else result.score >= cfg.min_z
+        weight = cfg.weights.get(name, 0.0) if counts and dist and dist.weights else 0.0
         result.weight = weight
         if weight <= 0 or dist is None:
             continue
