@@ -20,7 +20,7 @@ Everything goes through the project's services: accounts, datanets, contribution
 over the rows' text, a seeded random ranking, and dattri 0.3.0's DataInf and TracIn (cosine) on the same stored
 gradients when dattri is installed. Setting variants (and a few simulated changes to the share rules, patched in
 for one pass) re-score the same cached query signals.
-Prints one JSON document (also written to benchmarks/results/attribution_quality.json, or .quick.json for --quick,
+Prints one JSON document (also written to benchmarks/out/attribution_quality.json, or .quick.json for --quick,
 updated as scenarios finish), then one summary line; progress goes to stderr.
 
     python benchmarks/attribution_quality.py [--quick] [--epochs 5] [--loo-epochs 3] [--no-variants] [--keep DIR]
