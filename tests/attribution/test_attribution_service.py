@@ -149,3 +149,19 @@ def test_an_adapter_first_used_for_context_still_answers_gradient_queries(people
     assert attributor.query_model.run(a.adapter_hash, a.adapter_dir, lambda model: 1) == 1  # loads it, no grads
     record = attributor.attribute(a, "fast").record
     assert "gradient" in record.methods
+
+
+def test_the_null_is_calibrated_on_the_first_answers_then_reused(people, trained, tiny_model: Path) -> None:
+    attributor = _attributor(people, tiny_model, null_probes=2, null_quantile=1.0)
+    records = [
+        attributor.attribute(_answer(attributor, trained, q, "Korvath", f"chatcmpl-{i}"), "full").record
+        for i, q in enumerate(["Where was Ilsa Varn born?", "Who is Tomas Quell?", "Where does Ilsa Varn live?"])
+    ]
+    loaded = attributor._indexes[trained.adapter_hash]
+    assert len(loaded.null_stats) == 2  # the third answer ran without the random twin
+    for method in ("representation", "gradient", "datainf"):
+        expected = max(s[method] for s in loaded.null_stats)
+        assert records[-1].methods[method].null_score == round(expected, 6)
+        assert records[-1].methods[method].beat_null == (
+            records[-1].methods[method].score >= 2.0 and records[-1].methods[method].score > expected
+        )

@@ -2,7 +2,9 @@
 
 `fast`: verbatim spans, RAG context (when sources were retrieved), representation similarity and gradient cosine
 on the index's cached projection. `full` adds DataInf. Index signals need the adapter's training-data index
-(answers of the base model have spans and context only). See docs/attribution.md.
+(answers of the base model have spans and context only). Their null is calibrated per adapter: its first
+`null_probes` answers also run a randomly initialised twin (in the same mixed batch) and the null is the
+`null_quantile` of the twin's top z-scores; later answers cost one forward and backward. See docs/attribution.md.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from sqlalchemy.orm import Session
 from tally.attribution.context import context_drops
 from tally.attribution.query import QueryModel
 from tally.attribution.record import AttributionRecord, InferenceAttributed, MethodResult, Mode, text_hash
-from tally.attribution.shares import Distribution, Source, combine, index_method, make_evidence
+from tally.attribution.shares import Distribution, Source, combine, index_method, make_evidence, top_z
 from tally.attribution.sources import adapter_credits, contribution_seqs, index_sources, withdrawn_rows
 from tally.attribution.spans import SpanIndex, load_or_build
 from tally.attribution.tables import AttributionRow, RowInfluence
@@ -75,6 +77,11 @@ class _Loaded:
     scorer: IndexScorer
     sources: list[Source]
     projection: dict[str, Any]
+    null_stats: list[dict[str, float]] = field(default_factory=list)  # the random twin's top z, first answers
+
+    def null(self, method: str, quantile: float) -> float:
+        values = sorted(s[method] for s in self.null_stats)
+        return values[min(len(values) - 1, int(quantile * len(values)))]
 
 
 class Attributor:
@@ -210,9 +217,16 @@ class Attributor:
         gone = withdrawn_rows(session, {s.datanet for s in loaded.sources})
         valid = torch.tensor([(s.datanet, s.row_hash) not in gone for s in loaded.sources], dtype=torch.bool)
         args = (answer.adapter_hash, answer.adapter_dir, loaded.projection, answer.prompt_ids, answer.answer_ids)
-        real, null = self.query_model.signals_pair(*args)
-        query_s = time.perf_counter() - start
         scorer = loaded.scorer
+        if len(loaded.null_stats) < self.cfg.null_probes:  # calibrating: the random twin rides along
+            real, twin = self.query_model.signals_pair(*args)
+            null_scores = {"gradient": scorer.cosine(twin.gradient), "datainf": scorer.datainf(twin.gradient)}
+            if scorer.has_representation:
+                null_scores["representation"] = scorer.representation(twin.hidden)
+            loaded.null_stats.append({m: top_z(x, valid) for m, x in null_scores.items()})
+        else:
+            real = self.query_model.signals(*args)
+        query_s = time.perf_counter() - start
         dup = scorer.row_similarity if scorer.has_representation else None
         methods: list[tuple[str, Any]] = [("gradient", scorer.cosine)]
         if scorer.has_representation:
@@ -222,11 +236,9 @@ class Attributor:
         influence: list[tuple[Source, float]] = []
         for name, fn in methods:
             t = time.perf_counter()
-            if name == "representation":
-                s, s0 = scorer.representation(real.hidden), scorer.representation(null.hidden)
-            else:
-                s, s0 = fn(real.gradient), fn(null.gradient)
-            result, dist = index_method(name, s, s0, loaded.sources, valid, self.cfg, dup)
+            s = scorer.representation(real.hidden) if name == "representation" else fn(real.gradient)
+            null = loaded.null(name, self.cfg.null_quantile)
+            result, dist = index_method(name, s, null, loaded.sources, valid, self.cfg, dup)
             result.seconds = round(time.perf_counter() - t + (query_s if name != "representation" else 0.0), 4)
             results[name], dists[name] = result, dist
             if name == "gradient":

@@ -2,11 +2,12 @@
 
 Index signals (representation, gradient, DataInf) give one score per training row. Scores are standardised over
 the rows still in the index (z-scores), so methods on different scales combine; a row is evidence only when it
-stands `min_z` above the rest. Influence methods (`null_gated`: gradient, DataInf, and spans and context with their
-own nulls) count only if they beat their null baseline: the same statistic (the top z-score) for the same answer
-through a randomly initialised adapter. Representation similarity is reported against that null too, but counts on
-`min_z` alone: a random LoRA is close to the base model, which already sees surface style, so its null says
-little about similarity (measured: it rejected a right top row half the time). Near-duplicate rows of different
+stands `min_z` above the rest. Influence methods (`null_gated`: gradient, DataInf, and spans and context with
+their own nulls) count only if they beat their null baseline: the top z-score a randomly initialised adapter of
+the same shape reaches (calibrated per adapter on its first answers, see the service). Representation similarity
+is reported against that null too, but counts on `min_z` alone: a random LoRA is close to the base model, which
+already sees surface style, so its null says little about similarity (measured: it rejected a right top row half
+the time). Near-duplicate rows of different
 contributors (centred representation cosine >= `duplicate_similarity`) are one item credited to the earliest
 contribution in the ledger, so re-submitting paraphrased copies of someone's rows earns the copier nothing.
 Per contributor, a method's weight is its best row (not a sum), so volume alone does not buy share.
@@ -65,18 +66,23 @@ def _softmax(best: dict[str, float]) -> dict[str, float]:
     return {k: v / total for k, v in raw.items()}
 
 
+def top_z(scores: torch.Tensor, valid: torch.Tensor) -> float:
+    """The statistic every index method is judged by: its best row's z-score over the rows still in the index."""
+    return float(_zscores(scores.float(), valid).max()) if bool(valid.any()) else 0.0
+
+
 def index_method(
     name: str,
     scores: torch.Tensor,
-    null_scores: torch.Tensor | None,
+    null: float,
     sources: list[Source],
     valid: torch.Tensor,
     cfg: AttributionSettings,
     duplicates: Callable[[list[int]], torch.Tensor] | None = None,
 ) -> tuple[MethodResult, Distribution]:
+    """`null`: the statistic a randomly initialised adapter reaches (see the service for how it is calibrated)."""
     z = _zscores(scores.float(), valid)
-    stat = float(z.max()) if bool(valid.any()) else 0.0
-    null = float(_zscores(null_scores.float(), valid).max()) if null_scores is not None and bool(valid.any()) else 0.0
+    stat = top_z(scores, valid)
     beat = stat >= cfg.min_z and stat > null
     order = torch.argsort(z, descending=True)[: 3 * cfg.top_k].tolist()
     candidates = [i for i in order if float(z[i]) >= cfg.min_z]

@@ -103,6 +103,10 @@ class AttributionSettings(_Section):
         default_factory=lambda: {"spans": 1.0, "context": 1.0, "representation": 1.0, "gradient": 1.0, "datainf": 1.0},
         description="weight of each method in the combined shares",
     )
+    null_probes: int = Field(
+        8, ge=1, description="answers per adapter that also run the random twin, to calibrate the index methods' null"
+    )
+    null_quantile: float = Field(0.9, ge=0, le=1, description="the null: this quantile of the twin's top z-scores")
     null_gated: list[str] = Field(
         default_factory=lambda: ["spans", "context", "gradient", "datainf"],
         description="methods that count only when they beat their null baseline (the others: on min_z alone)",
