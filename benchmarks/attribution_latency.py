@@ -3,7 +3,8 @@
 Measured in one run, on one machine state:
   generate      the engine answering with a rank-16 adapter (all seven projections), exactly 64 new tokens
   fast / full   attributing that answer (spans over an empty span index, representation, gradient cosine; full
-                adds DataInf) against an index of 10k rows, median of repeats
+                adds DataInf) against an index of 10k rows, median of repeats, once the adapter's null is
+                calibrated (its first `null_probes` answers also run the random twin: timed separately)
   backward      one forward + backward of the answer's loss through the adapter (the query's unit of work)
   scoring       the index scorers alone against 10k and 100k rows (4096 projected dims, 3 epoch checkpoints +
                 the final pass, 576-dim representation)
@@ -139,6 +140,8 @@ def main() -> None:
         attributor.attribute(answer, mode)  # type: ignore[arg-type]
 
     attribute("full")  # warm-up: loads the attribution model, the adapter, the index and DataInf's matrices
+    print("timing attribution while the null is calibrated ...", file=sys.stderr)
+    calibrating_ms = _median_ms(lambda: attribute("fast"), settings.attribution.null_probes - 1)
     print("timing attribution ...", file=sys.stderr)
     fast_ms = _median_ms(lambda: attribute("fast"), args.repeats)
     full_ms = _median_ms(lambda: attribute("full"), args.repeats)
@@ -156,6 +159,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}",
         "model": args.model, "answer_tokens": len(answer_ids), "prompt_tokens": len(prompt), "index_rows": args.rows,
         "generate_ms": generate_ms, "fast_ms": fast_ms, "full_ms": full_ms, "backward_ms": backward_ms,
+        "fast_while_calibrating_null_ms": calibrating_ms, "null_probes": settings.attribution.null_probes,
         "fast_over_generate": round(fast_ms / generate_ms, 3),
         "full_minus_backward_ms": round(full_ms - backward_ms, 2),
         "scoring": scoring,

@@ -18,8 +18,7 @@ Everything goes through the project's services: accounts, datanets, contribution
 (LoRA r16/alpha 32 on all 7 projections, influence index 4096 dims with per-epoch gradients) and the
 `Attributor` in `full` mode. Baselines in the same run: each signal alone (its top row), BM25 of question+answer
 over the rows' text, a seeded random ranking, and dattri 0.3.0's DataInf and TracIn (cosine) on the same stored
-gradients when dattri is installed. Setting variants (and a few simulated changes to the share rules, patched in
-for one pass) re-score the same cached query signals.
+gradients when dattri is installed. Setting variants re-score the same cached query signals.
 Prints one JSON document (also written to benchmarks/out/attribution_quality.json, or .quick.json for --quick,
 updated as scenarios finish), then one summary line; progress goes to stderr.
 
@@ -906,51 +905,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def _patched(no_null: tuple[str, ...] = (), margin: float = 0.0, dup_rule: tuple[float, float] | None = None,
-             ) -> Callable[..., Any]:  # fmt: skip
-    """tally.attribution.shares.index_method with simulated changes (never written to the package):
-    - `no_null`: these methods have no null test (they count when their top z >= min_z);
-    - `margin`: the other index methods count only when their top z beats the null's top z by >= margin;
-    - `dup_rule` (rep, grad): rows are near-duplicates when representation cosine >= rep AND the cosine of their
-      stored gradients (per-layer normalised, summed over checkpoints) >= grad."""
-    from tally.attribution import shares as shares_mod
-
-    original = shares_mod.index_method
-
-    def patched(name: str, scores: Any, null_scores: Any, sources: Any, valid: Any, cfg: Any, dup: Any = None) -> Any:
-        if dup is not None and dup_rule is not None:
-            scorer, (rep, grad) = dup.__self__, dup_rule
-
-            def dup(rows: list[int], scorer: Any = scorer) -> torch.Tensor:
-                both = (scorer.row_similarity(rows) >= rep) & (gradient_row_similarity(scorer, rows) >= grad)
-                return both.float()  # 1 where both hold: >= any duplicate_similarity setting
-
-        exempt = name in no_null
-        result, dist = original(name, scores, None if exempt else null_scores, sources, valid, cfg, dup)
-        if margin and not exempt and null_scores is not None:
-            result.beat_null = result.beat_null and result.score >= result.null_score + margin
-        return result, dist
-
-    return patched
-
-
-NO_DATAINF = {"weights": {"spans": 1.0, "representation": 1.0, "gradient": 1.0, "datainf": 0.0}}
-# Simulated code changes in tally.attribution.shares (patched into the service for one pass, never written).
-PATCHES: dict[str, tuple[dict[str, Any], Callable[[], Callable[..., Any]]]] = {
-    "patch_representation_no_null": ({}, lambda: _patched(("representation",))),
-    "patch_no_null": ({}, lambda: _patched(INDEX_SIGNALS)),
-    "patch_null_margin_1": ({}, lambda: _patched(margin=1.0)),
-    "patch_representation_no_null+null_margin_0.5": ({}, lambda: _patched(("representation",), 0.5)),
-    "patch_representation_no_null+null_margin_1": ({}, lambda: _patched(("representation",), 1.0)),
-    "patch_representation_no_null+null_margin_1+no_datainf": (NO_DATAINF, lambda: _patched(("representation",), 1.0)),
-    "patch_dup_rep0.85_and_grad0.3": ({}, lambda: _patched(dup_rule=(0.85, 0.3))),
-    "patch_all: representation_no_null+null_margin_1+dup_rule": (
-        {},
-        lambda: _patched(("representation",), 1.0, (0.85, 0.3)),
-    ),
-}
-
-
 def save(report: dict[str, Any]) -> None:
     """The full run's result file; a --quick run writes beside it, never over it."""
     path = RESULTS.with_suffix(".quick.json") if report["quick"] else RESULTS
@@ -1151,17 +1105,6 @@ def main() -> None:
             for name, override in VARIANTS.items():
                 attributor.cfg = default_cfg.model_copy(update=override)
                 vs = attribute_all(attributor, [it for it in all_items if it.answer is not None])
-                variants[name] = headline(scenario_summary(all_items, adapters, vs, world, plan.loo_names, rows=False))
-            from tally.attribution import service as service_mod
-
-            for name, (override, make_patch) in PATCHES.items():
-                attributor.cfg = default_cfg.model_copy(update=override)
-                original = service_mod.index_method
-                service_mod.index_method = make_patch()
-                try:
-                    vs = attribute_all(attributor, [it for it in all_items if it.answer is not None])
-                finally:
-                    service_mod.index_method = original
                 variants[name] = headline(scenario_summary(all_items, adapters, vs, world, plan.loo_names, rows=False))
             attributor.cfg = default_cfg
             report["variants"] = variants
