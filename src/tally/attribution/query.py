@@ -21,9 +21,9 @@ from typing import Any, TypeVar
 import torch
 
 from tally.influence import GradCapture, HiddenCapture, Projector
+from tally.influence.hidden import IGNORE
 from tally.models import load_model
 
-IGNORE = -100
 T = TypeVar("T")
 
 

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from tally.attribution.context import context_drops
 from tally.attribution.query import QueryModel
 from tally.attribution.record import AttributionRecord, InferenceAttributed, MethodResult, Mode, text_hash
-from tally.attribution.shares import Distribution, Source, combine, index_method, make_evidence, top_z
+from tally.attribution.shares import Distribution, Source, combine, index_method, make_evidence, top_z, zscores
 from tally.attribution.sources import adapter_credits, contribution_seqs, index_sources, withdrawn_rows
 from tally.attribution.spans import SpanIndex, load_or_build
 from tally.attribution.tables import AttributionRow, RowInfluence
@@ -78,6 +78,21 @@ class _Loaded:
     sources: list[Source]
     projection: dict[str, Any]
     null_stats: list[dict[str, float]] = field(default_factory=list)  # the random twin's top z, first answers
+    position: dict[tuple[str, str], int] = field(default_factory=dict)  # (datanet, row hash) -> index row
+
+    datanets: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.position = {(s.datanet, s.row_hash): i for i, s in enumerate(self.sources)}
+        self.datanets = {s.datanet for s in self.sources}
+
+    def valid(self, withdrawn: set[tuple[str, str]]) -> torch.Tensor:
+        """Rows still accepted: a mask built from the (few) withdrawn rows, not a pass over every row per answer."""
+        mask = torch.ones(len(self.sources), dtype=torch.bool)
+        gone = [self.position[key] for key in withdrawn if key in self.position]
+        if gone:
+            mask[gone] = False
+        return mask
 
     def null(self, method: str, quantile: float) -> float:
         values = sorted(s[method] for s in self.null_stats)
@@ -214,8 +229,7 @@ class Attributor:
     ) -> list[tuple[Source, float]]:
         assert answer.adapter_dir is not None and answer.adapter_hash is not None
         start = time.perf_counter()
-        gone = withdrawn_rows(session, {s.datanet for s in loaded.sources})
-        valid = torch.tensor([(s.datanet, s.row_hash) not in gone for s in loaded.sources], dtype=torch.bool)
+        valid = loaded.valid(withdrawn_rows(session, loaded.datanets))
         args = (answer.adapter_hash, answer.adapter_dir, loaded.projection, answer.prompt_ids, answer.answer_ids)
         scorer = loaded.scorer
         if len(loaded.null_stats) < self.cfg.null_probes:  # calibrating: the random twin rides along
@@ -248,13 +262,13 @@ class Attributor:
 
 def _strongest(scores: torch.Tensor, valid: torch.Tensor, sources: list[Source], k: int) -> list[tuple[Source, float]]:
     """The k most helpful and k most harmful rows by z-score: what reputation accumulates per row."""
-    live = scores[valid]
+    live = torch.nonzero(valid).flatten()
     if live.numel() < 2:
         return []
-    z = torch.where(valid, (scores - live.mean()) / live.std().clamp_min(1e-12), torch.zeros_like(scores))
-    order = torch.argsort(z, descending=True).tolist()
-    picked = order[:k] + [i for i in order[-k:] if i not in order[:k]]
-    return [(sources[i], float(z[i])) for i in picked if bool(valid[i])]
+    z = zscores(scores.float(), valid)[live]
+    n = min(k, live.numel())
+    picked = dict.fromkeys(torch.topk(z, n).indices.tolist() + torch.topk(-z, n).indices.tolist())
+    return [(sources[int(live[p])], float(z[p])) for p in picked]
 
 
 def record_hash(record: AttributionRecord) -> str:

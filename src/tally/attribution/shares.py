@@ -51,7 +51,8 @@ def make_evidence(src: Source, score: float, **extra: object) -> Evidence:
     )  # fmt: skip
 
 
-def _zscores(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def zscores(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Scores standardised over the rows still in the index; -inf for the others."""
     live = scores[valid]
     if live.numel() < 2:
         return torch.where(valid, torch.zeros_like(scores), torch.full_like(scores, -math.inf))
@@ -68,7 +69,7 @@ def _softmax(best: dict[str, float]) -> dict[str, float]:
 
 def top_z(scores: torch.Tensor, valid: torch.Tensor) -> float:
     """The statistic every index method is judged by: its best row's z-score over the rows still in the index."""
-    return float(_zscores(scores.float(), valid).max()) if bool(valid.any()) else 0.0
+    return float(zscores(scores.float(), valid).max()) if bool(valid.any()) else 0.0
 
 
 def index_method(
@@ -81,7 +82,7 @@ def index_method(
     duplicates: Callable[[list[int]], torch.Tensor] | None = None,
 ) -> tuple[MethodResult, Distribution]:
     """`null`: the statistic a randomly initialised adapter reaches (see the service for how it is calibrated)."""
-    z = _zscores(scores.float(), valid)
+    z = zscores(scores.float(), valid)
     stat = top_z(scores, valid)
     beat = stat >= cfg.min_z and stat > null
     order = torch.argsort(z, descending=True)[: 3 * cfg.top_k].tolist()

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-IGNORE = -100
+from tally.influence.hidden import IGNORE
 
 
 @dataclass(frozen=True)

@@ -40,24 +40,6 @@ class StatementItem:
 
 
 @dataclass(frozen=True)
-class Statement:
-    account: str
-    items: tuple[StatementItem, ...]
-    accrued: int
-    paid: int
-
-    @property
-    def unpaid(self) -> int:
-        return self.accrued - self.paid
-
-    def as_json(self) -> dict[str, object]:
-        return {
-            "account": self.account, "accrued": str(self.accrued), "paid": str(self.paid),
-            "unpaid": str(self.unpaid), "items": [i.as_json() for i in self.items],
-        }  # fmt: skip
-
-
-@dataclass(frozen=True)
 class Balance:
     account: str
     accrued: int
@@ -70,6 +52,14 @@ class Balance:
     def as_json(self) -> dict[str, object]:
         return {"account": self.account, "accrued": str(self.accrued), "paid": str(self.paid),
                 "unpaid": str(self.unpaid)}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Statement(Balance):
+    items: tuple[StatementItem, ...] = ()
+
+    def as_json(self) -> dict[str, object]:
+        return {**super().as_json(), "items": [i.as_json() for i in self.items]}
 
 
 def statement(session: Session, address: str) -> Statement:
@@ -87,7 +77,7 @@ def statement(session: Session, address: str) -> Statement:
     )
     accrued = sum(i.amount for i in items)
     paid = sum(i.amount for i in items if i.epoch is not None)
-    return Statement(account, items, accrued, paid)
+    return Statement(account, accrued, paid, items)
 
 
 def balances(session: Session) -> list[Balance]:
