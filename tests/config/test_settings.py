@@ -43,3 +43,16 @@ def test_a_named_config_file_must_exist(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("TALLY_CONFIG", str(tmp_path / "missing.toml"))
     with pytest.raises(FileNotFoundError, match="missing.toml"):
         load_settings()
+
+
+def test_attribution_settings_name_only_known_methods(tmp_path, monkeypatch) -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from tally.config.settings import AttributionSettings
+
+    with pytest.raises(ValidationError, match="unknown attribution method influence; expected spans"):
+        AttributionSettings(weights={"influence": 1.0})
+    with pytest.raises(ValidationError, match="unknown attribution method bm25"):
+        AttributionSettings(null_gated=["bm25"])
+    assert AttributionSettings(weights={"gradient": 2.0}).weights == {"gradient": 2.0}

@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from tally.ledger import Event
 
 Mode = Literal["off", "fast", "full"]
-METHODS = ("spans", "context", "representation", "gradient", "datainf")
 
 
 class Evidence(BaseModel):

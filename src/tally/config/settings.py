@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -85,6 +85,9 @@ class RagSettingsSection(_Section):
     aliases: dict[str, RagAlias] = Field(default_factory=dict, description="model names with RAG on by default")
 
 
+ATTRIBUTION_METHODS = ("spans", "context", "representation", "gradient", "datainf")
+
+
 class AttributionSettings(_Section):
     """Proof of Attribution (docs/attribution.md): modes, evidence sizes and how signals combine."""
 
@@ -112,6 +115,16 @@ class AttributionSettings(_Section):
         description="methods that count only when they beat their null baseline (the others: on min_z alone)",
     )
     max_adapters: int = Field(4, ge=1, description="adapters kept loaded for attribution")
+
+    @field_validator("weights", "null_gated")
+    @classmethod
+    def _known_methods(cls, value: dict[str, float] | list[str]) -> dict[str, float] | list[str]:
+        unknown = sorted(set(value) - set(ATTRIBUTION_METHODS))
+        if unknown:
+            raise ValueError(
+                f"unknown attribution method {', '.join(unknown)}; expected {', '.join(ATTRIBUTION_METHODS)}"
+            )
+        return value
 
 
 class RewardsSettings(_Section):
