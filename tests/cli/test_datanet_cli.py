@@ -81,3 +81,7 @@ def test_ask_with_rag_refuses_a_datanet_the_account_may_not_use(settings: Settin
     run("datanet", "create", "no-rag", "--kind", "instruction", "--license", "MIT", "--use", "train", "--as", "olga")
     assert "no datanet named 'hidden'" in fails("ask", "hi", "--rag", "hidden", "--as", "carl")
     assert "does not permit use 'rag'" in fails("ask", "hi", "--rag", "no-rag", "--as", "carl")
+
+
+def test_ask_refuses_an_unknown_attribution_mode_before_answering(settings: Settings) -> None:
+    assert "--attribution 'most' is not one of off, fast, full" in fails("ask", "hi", "--attribution", "most")

@@ -28,6 +28,8 @@ def ask(
     from tally.models import ModelError
     from tally.rag import RagSettings, build_rag_messages, postprocess_citations, retrieve
 
+    if attribution not in (None, "off", "fast", "full"):  # before the answer is generated, not after
+        raise fail(f"--attribution {attribution!r} is not one of off, fast, full")
     settings = load_cli_settings()
     messages = [{"role": "user", "content": question}]
     chunks: list = []
