@@ -96,3 +96,19 @@ def test_stream_sends_the_record_as_a_last_chunk(client: TestClient) -> None:
     last = json.loads(lines[-2])
     assert last["choices"] == [] and last["attribution"]["mode"] == "fast"
     assert client.get(f"/v1/attributions/{last['id']}").status_code == 200
+
+
+def test_reputation_is_public_and_flagged_rows_are_for_the_owner(client: TestClient, people) -> None:  # noqa: F811
+    from tally.identity import create_api_key, resolve_account
+
+    assert client.post("/v1/chat/completions", json=_chat(attribution="fast")).status_code == 200
+    rep = client.get(f"/v1/contributors/{people.alice.address}/reputation").json()
+    assert rep["address"] == people.alice.address and rep["accepted"] == 4 and rep["sign"] in ("positive", "negative")
+    with people.tx() as s:
+        _, owner = create_api_key(s, people.ledger, resolve_account(s, people.owner.address))
+        _, bob = create_api_key(s, people.ledger, resolve_account(s, people.bob.address))
+    path = "/v1/datanets/people/flagged-rows?min_answers=1"
+    assert client.get(path).status_code == 401
+    assert client.get(path, headers={"Authorization": f"Bearer {bob}"}).status_code == 403
+    flagged = client.get(path, headers={"Authorization": f"Bearer {owner}"}).json()
+    assert flagged["datanet"] == "people" and all(r["mean_influence"] < 0 for r in flagged["data"])
