@@ -85,3 +85,7 @@ def test_ask_with_rag_refuses_a_datanet_the_account_may_not_use(settings: Settin
 
 def test_ask_refuses_an_unknown_attribution_mode_before_answering(settings: Settings) -> None:
     assert "--attribution 'most' is not one of off, fast, full" in fails("ask", "hi", "--attribution", "most")
+
+
+def test_ask_names_an_unknown_model_before_loading_anything(settings: Settings) -> None:
+    assert "no model named 'my-adapter'" in fails("ask", "hi", "--model", "my-adapter")

@@ -31,6 +31,7 @@ def ask(
     if attribution not in (None, "off", "fast", "full"):  # before the answer is generated, not after
         raise fail(f"--attribution {attribution!r} is not one of off, fast, full")
     settings = load_cli_settings()
+    _check_model(settings, model)
     messages = [{"role": "user", "content": question}]
     chunks: list = []
     if rag:
@@ -110,3 +111,15 @@ def _attribute(
         console.print("[dim]no method beat its null baseline: no contributor is credited for this answer[/]")
     beat = ", ".join(f"{m} {'yes' if r.beat_null else 'no'}" for m, r in record.methods.items())
     console.print(f"[dim]beat null: {beat}; developer {record.credits.developer or '-'}; ledger entry {seq}[/]")
+
+
+def _check_model(settings: Settings, model: str | None) -> None:
+    """An unknown model name fails before the base model loads, and says how to add an adapter."""
+    from tally.engine.engine import adapter_registry_path
+    from tally.engine.registry import read_registry
+
+    if model and model != settings.models.default and model not in read_registry(adapter_registry_path(settings)):
+        raise fail(
+            f"no model named {model!r}: it is neither the base model ({settings.models.default}) nor a registered "
+            "adapter; see `tally adapters list`, add one with `tally adapters add NAME PATH`"
+        )
