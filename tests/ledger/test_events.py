@@ -69,3 +69,66 @@ def test_an_event_type_cannot_be_defined_twice() -> None:
         class Other(Event):
             event_type: ClassVar[str] = "test.note"
             text: str
+
+
+class Counts(Event):
+    """Flat: encoded straight from its field values."""
+
+    event_type: ClassVar[str] = "test.counts"
+    name: str
+    count: int
+    ok: bool
+    note: str | None = None
+
+
+class Nested(Event):
+    """Not flat: goes through model_dump."""
+
+    event_type: ClassVar[str] = "test.nested"
+    items: list[str]
+    meta: dict[str, int]
+
+
+def _reference(seq: int, actor: str, event: Event) -> bytes:
+    envelope = {"actor": actor, "payload": event.model_dump(mode="json"), "seq": seq, "ts": "t",
+                "type": event.event_type, "v": event.schema_version}  # fmt: skip
+    return rfc8785.dumps(envelope)
+
+
+@given(st.text(), st.text(), st.integers(), st.booleans(), st.none() | st.text())
+def test_flat_events_encode_exactly_as_the_reference(
+    actor: str, name: str, count: int, ok: bool, note: str | None
+) -> None:
+    event = Counts(name=name, count=count, ok=ok, note=note)
+    try:
+        expected = _reference(5, actor, event)
+    except Exception:
+        with pytest.raises(Exception):  # noqa: B017 - unsafe integers, lone surrogates: refused either way
+            encode_entry(5, "t", actor, event)
+        return
+    assert encode_entry(5, "t", actor, event) == expected
+
+
+@given(st.lists(st.text(), max_size=3), st.dictionaries(st.text(), st.integers(-(2**53) + 1, 2**53 - 1), max_size=3))
+def test_nested_events_encode_exactly_as_the_reference(items: list[str], meta: dict[str, int]) -> None:
+    event = Nested(items=items, meta=meta)
+    try:
+        expected = _reference(9, "a", event)
+    except Exception:
+        return
+    assert encode_entry(9, "t", "a", event) == expected
+
+
+def test_which_events_take_the_flat_encoding() -> None:
+    from pydantic import Field
+
+    from tally.ledger.events import _plain_int_fields
+
+    class Renamed(Event):
+        event_type: ClassVar[str] = "test.renamed"
+        value: int = Field(serialization_alias="v")
+
+    assert _plain_int_fields(Counts) == ("count", "ok")
+    assert _plain_int_fields(Note) == ()
+    assert _plain_int_fields(Nested) is None and _plain_int_fields(Renamed) is None
+    assert encode_entry(1, "t", "a", Renamed(value=3)) == _reference(1, "a", Renamed(value=3))

@@ -11,13 +11,24 @@ from pymerkle import InmemoryTree
 from sqlalchemy import func, select, text
 from tests.conftest import Note, append_notes
 
-from tally.ledger import Ledger, LedgerLimitError, decode_entry, merkle
-from tally.ledger.tables import LedgerEntry, LedgerNode
+from tally.config import Settings
+from tally.ledger import Ledger, LedgerLimitError, bundles, decode_entry, merkle, open_ledger
+from tally.ledger.tables import LedgerBundle, LedgerNode
+from tally.store import Store
+
+
+@pytest.fixture(params=[2, 8], ids=["tiles-of-4", "tiles-of-256"])
+def ledger(request: pytest.FixtureRequest, settings: Settings, store: Store) -> Ledger:
+    """Tiles of 4 put many tile boundaries, stored nodes and multi-bundle batches into small tests."""
+    return open_ledger(
+        settings.model_copy(update={"ledger": settings.ledger.model_copy(update={"tile_height": request.param})}), store
+    )
 
 
 def stored_leaves(ledger: Ledger) -> list[bytes]:
     with ledger.store.read() as s:
-        return [bytes(h) for (h,) in s.execute(select(LedgerEntry.leaf_hash).order_by(LedgerEntry.seq))]
+        rows = s.execute(select(LedgerBundle.entry_count, LedgerBundle.leaf_hashes).order_by(LedgerBundle.seq))
+        return [h for count, blob in rows for h in bundles.split_hashes(bytes(blob), count)]
 
 
 def test_first_entry_records_the_log_key(ledger: Ledger) -> None:
@@ -35,7 +46,7 @@ def test_entries_carry_seq_timestamp_type_actor_inside_the_hashed_bytes(ledger: 
     assert stored_leaves(ledger)[seq] == merkle.leaf_hash(body)
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batches=st.lists(st.integers(1, 40), min_size=1, max_size=6))
 def test_roots_and_proofs_match_the_reference_for_random_sizes(ledger: Ledger, batches: list[int]) -> None:
     for n in batches:
@@ -70,7 +81,9 @@ def test_batched_and_single_appends_build_the_same_tree_shape(ledger: Ledger) ->
     assert size == 18
     with ledger.store.read() as s:
         nodes = s.execute(select(func.count()).select_from(LedgerNode)).scalar_one()
-    assert nodes == size - bin(size).count("1")  # internal nodes of all completed perfect subtrees
+    h = ledger.tile_height
+    # stored: every completed perfect subtree of height >= h
+    assert nodes == sum(size >> level for level in range(h, size.bit_length()))
     assert ledger.root() == merkle.root_of(stored_leaves(ledger))
 
 

@@ -170,3 +170,34 @@ def test_roots_agree_with_pymerkle(data: list[bytes]) -> None:
     for n in {1, len(data) // 2 or 1, len(data)}:
         assert merkle.root_of(leaves[:n]) == tree.get_root(n)
         assert merkle.resolve_ranges([(0, n)], memory_fetch(leaves))[0] == tree.get_root(n)
+
+
+def _reference_root(leaves: list[bytes]) -> bytes:
+    """RFC 9162's recursive definition, split at the largest power of two below n."""
+    if len(leaves) == 1:
+        return leaves[0]
+    k = merkle.split_point(len(leaves))
+    return merkle.node_hash(_reference_root(leaves[:k]), _reference_root(leaves[k:]))
+
+
+@given(st.integers(1, 300))
+def test_root_of_is_the_recursive_definition(n: int) -> None:
+    leaves = [hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(n)]
+    assert merkle.root_of(leaves) == _reference_root(leaves)
+
+
+@given(st.integers(0, 300), st.integers(1, 300), st.integers(1, 6))
+def test_extend_gives_the_new_frontier_and_every_completed_subtree(start: int, k: int, min_level: int) -> None:
+    leaves = [hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(start + k)]
+    stack = [merkle.root_of(leaves[s:e]) for s, e in merkle.perfect_pieces(0, start)]
+    new_stack, completed = merkle.extend(stack, start, leaves[start:], min_level=min_level)
+    assert new_stack == [merkle.root_of(leaves[s:e]) for s, e in merkle.perfect_pieces(0, start + k)]
+    expected = {
+        (level, index)
+        for level in range(min_level, (start + k).bit_length())
+        for index in range((start + k) >> level)
+        if (index + 1) << level > start  # completed by the new leaves
+    }
+    assert {(level, index) for level, index, _ in completed} == expected
+    for level, index, h in completed:
+        assert h == merkle.root_of(leaves[index << level : (index + 1) << level])

@@ -11,18 +11,23 @@ from typer.testing import CliRunner
 
 from tally.cli.main import app
 from tally.config import Settings
-from tally.ledger import Ledger, merkle, open_ledger
+from tally.ledger import Ledger, bundles, merkle, open_ledger
 from tally.ledger.tables import node_id
 from tally.store import open_store
+
+TILE_HEIGHT = 2  # bundles of at most 4 entries, cut at multiples of 4
 
 runner = CliRunner()
 
 
 @pytest.fixture
 def db(settings: Settings) -> Path:
-    """A closed log of 41 entries (seq 1..40 hold marker-0..marker-39) with checkpoints at sizes 21 and 41."""
+    """A closed log of 41 entries (seq 1..40 hold marker-0..marker-39) with checkpoints at sizes 21 and 41, in
+    bundles [0,1) [1,4) [4,8) ... [16,20) [20,21) | [21,24) [24,28) ... [36,40) [40,41). The CLI opens it with the
+    default tile height; the log keeps its own."""
     store = open_store(settings)
-    ledger = open_ledger(settings, store)
+    tiled = settings.ledger.model_copy(update={"tile_height": TILE_HEIGHT})
+    ledger = open_ledger(settings.model_copy(update={"ledger": tiled}), store)
     append_notes(ledger, 20, prefix="marker")
     ledger.checkpoint()
     with ledger.store.transaction() as s:
@@ -66,37 +71,78 @@ def test_flipped_byte_in_an_entry(db: Path) -> None:
 
 
 def test_deleted_row(db: Path) -> None:
-    sql(db, "DELETE FROM ledger_entries WHERE seq = 9")
+    sql(db, "DELETE FROM ledger_bundles WHERE seq = 8")
     code, out = verify()
-    assert code == 1 and "at index 9" in out and "missing" in out
+    assert code == 1 and "at index 8" in out and "missing" in out
 
 
 def test_reordered_rows(db: Path) -> None:
     sql(
         db,
-        "UPDATE ledger_entries SET seq = -1 WHERE seq = 5",
-        "UPDATE ledger_entries SET seq = 5 WHERE seq = 6",
-        "UPDATE ledger_entries SET seq = 6 WHERE seq = -1",
+        "UPDATE ledger_bundles SET seq = -1 WHERE seq = 4",
+        "UPDATE ledger_bundles SET seq = 4 WHERE seq = 8",
+        "UPDATE ledger_bundles SET seq = 8 WHERE seq = -1",
     )
     code, out = verify()
-    assert code == 1 and "at index 5" in out
+    assert code == 1 and "at index 4" in out and "sequence number 8" in out
 
 
 def test_truncated_tail(db: Path) -> None:
-    sql(db, "DELETE FROM ledger_entries WHERE seq >= 30", "UPDATE ledger_state SET size = 30")
+    sql(db, "DELETE FROM ledger_bundles WHERE seq >= 28", "UPDATE ledger_state SET size = 28")
     code, out = verify()
-    assert code == 1 and "at index 30" in out
+    assert code == 1 and "at index 28" in out
 
 
 def test_checkpoint_rolled_back(db: Path) -> None:
     sql(
         db,
         "DELETE FROM ledger_checkpoints WHERE size = 41",
-        "DELETE FROM ledger_entries WHERE seq >= 21",
+        "DELETE FROM ledger_bundles WHERE seq >= 21",
         "UPDATE ledger_state SET size = 21",
     )
     code, out = verify()
     assert code == 1 and "at index 21" in out
+
+
+def test_an_overlapping_bundle_that_would_shadow_an_entry(db: Path) -> None:
+    con = sqlite3.connect(db)
+    count, blob = con.execute("SELECT entry_count, entries FROM ledger_bundles WHERE seq = 8").fetchone()
+    forged = bundles.unpack(blob, count)[1].replace(b"marker-8", b"forged-8")
+    with con:
+        con.execute(
+            "INSERT INTO ledger_bundles VALUES (9, 1, ?, ?)", (merkle.leaf_hash(forged), bundles.pack([forged]))
+        )
+    con.close()
+    code, out = verify()
+    assert code == 1 and "at index 9" in out and "overlaps" in out
+
+
+def test_a_bundle_across_a_tile_boundary(db: Path) -> None:
+    """Entries 1..7 merged into one row: every entry and hash is right, but reads rely on bundles staying in a tile."""
+    con = sqlite3.connect(db)
+    rows = con.execute("SELECT leaf_hashes, entries, entry_count FROM ledger_bundles WHERE seq IN (1, 4) ORDER BY seq")
+    hashes, bodies = [], []
+    for leaf_blob, blob, count in rows.fetchall():
+        hashes += bundles.split_hashes(leaf_blob, count)
+        bodies += bundles.unpack(blob, count)
+    with con:
+        con.execute("DELETE FROM ledger_bundles WHERE seq IN (1, 4)")
+        con.execute("INSERT INTO ledger_bundles VALUES (1, 7, ?, ?)", (b"".join(hashes), bundles.pack(bodies)))
+    con.close()
+    code, out = verify()
+    assert code == 1 and "at index 1" in out and "tile boundary" in out
+
+
+def test_a_malformed_bundle(db: Path) -> None:
+    sql(db, "UPDATE ledger_bundles SET entry_count = 3 WHERE seq = 4")
+    code, out = verify()
+    assert code == 1 and "at index 4" in out and "malformed" in out
+
+
+def test_a_stored_node_outside_the_tree(db: Path) -> None:
+    sql(db, f"INSERT INTO ledger_nodes VALUES ({node_id(3, 99)}, zeroblob(32))")
+    code, out = verify()
+    assert code == 1 and "at index 792" in out and "not nodes of the log" in out
 
 
 def test_deleting_only_the_newest_checkpoint_is_caught_by_the_witness(db: Path) -> None:
@@ -106,21 +152,25 @@ def test_deleting_only_the_newest_checkpoint_is_caught_by_the_witness(db: Path) 
 
 
 def test_a_consistent_rewrite_is_caught_by_the_signed_checkpoint(db: Path, settings: Settings) -> None:
-    """Change entry 10 and recompute its leaf and every node: only the signatures can tell."""
+    """Change entry 10 and recompute its leaf and every stored node: only the signatures can tell."""
     con = sqlite3.connect(db)
-    body = con.execute("SELECT body FROM ledger_entries WHERE seq = 10").fetchone()[0]
-    forged = body.replace(b"marker-9", b"forged-9")
+    rows = con.execute("SELECT seq, entry_count, leaf_hashes, entries FROM ledger_bundles ORDER BY seq").fetchall()
+    leaves: list[bytes] = []
     with con:
-        con.execute(
-            "UPDATE ledger_entries SET body = ?, leaf_hash = ? WHERE seq = 10", (forged, merkle.leaf_hash(forged))
-        )
-        leaves = [bytes(h) for (h,) in con.execute("SELECT leaf_hash FROM ledger_entries ORDER BY seq")]
+        for seq, count, leaf_blob, blob in rows:
+            bodies = bundles.unpack(blob, count)
+            hashes = bundles.split_hashes(leaf_blob, count)
+            if seq <= 10 < seq + count:
+                bodies[10 - seq] = bodies[10 - seq].replace(b"marker-9", b"forged-9")
+                hashes[10 - seq] = merkle.leaf_hash(bodies[10 - seq])
+                con.execute(
+                    "UPDATE ledger_bundles SET leaf_hashes = ?, entries = ? WHERE seq = ?",
+                    (b"".join(hashes), bundles.pack(bodies), seq),
+                )
+            leaves.extend(hashes)
+        _, nodes = merkle.extend([], 0, leaves, min_level=TILE_HEIGHT)
         con.execute("DELETE FROM ledger_nodes")
-        for level in range(1, 7):
-            width = 1 << level
-            for index in range(len(leaves) // width):
-                h = merkle.root_of(leaves[index * width : (index + 1) * width])
-                con.execute("INSERT INTO ledger_nodes VALUES (?, ?)", (node_id(level, index), h))
+        con.executemany("INSERT INTO ledger_nodes VALUES (?, ?)", [(node_id(lv, i), h) for lv, i, h in nodes])
     con.close()
     code, out = verify()
     assert code == 1 and "at index 0" in out and "checkpoint signed at size 21" in out

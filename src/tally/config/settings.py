@@ -43,6 +43,9 @@ class ServerSettings(_Section):
 class LedgerSettings(_Section):
     origin: str = Field("tally.local/ledger", min_length=1, description="checkpoint origin line and key name")
     max_batch: int = Field(100_000, ge=1, description="most entries one append_batch call may write")
+    tile_height: int = Field(
+        8, ge=1, le=16, description="a new log bundles up to 2^tile_height entries per row; a log keeps its own height"
+    )
 
 
 class ModelSettings(_Section):

@@ -1,26 +1,30 @@
 """The Merkle log over the database: append inside the caller's transaction, O(log n) roots and proofs.
 
-Every aligned perfect subtree's hash is stored when it completes (leaves beside their entries, higher levels in
-`ledger_nodes`), so the root of any size and any proof need only the O(log n) perfect pieces that
-`tally.ledger.merkle` names, fetched in at most two indexed queries.
+Entries sit in bundles of at most 2^tile_height consecutive entries that never cross a multiple of 2^tile_height
+(see `tally.ledger.tables`). The hash of every aligned perfect subtree of height >= tile_height is stored when it
+completes; a smaller one lies inside one tile and is recomputed from that tile's leaf hashes (at most
+2^tile_height - 1 hashes). So the root of any size and any proof need the O(log n) perfect pieces that
+`tally.ledger.merkle` names: one indexed query for the stored nodes and one per tile for the small pieces.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple, overload
 
 from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from tally.ledger import merkle
-from tally.ledger.events import Event, LogCreated, encode_entry, now_ts
+from tally.ledger import bundles, merkle
+from tally.ledger.events import Event, LogCreated, encode_entries, now_ts
 from tally.ledger.notes import Checkpoint, Signer
-from tally.ledger.tables import LedgerCheckpoint, LedgerEntry, LedgerState, node_id
+from tally.ledger.tables import DEFAULT_TILE_HEIGHT, LedgerCheckpoint, LedgerState, node_id
 from tally.store import Store
 
 
@@ -32,10 +36,29 @@ class LedgerLimitError(ValueError):
     """A request exceeds a configured ledger limit."""
 
 
-@dataclass(frozen=True)
-class Appended:
+class Appended(NamedTuple):
     seq: int
     leaf_hash: bytes
+
+
+class AppendedBatch(Sequence[Appended]):
+    """What `append_batch` returns: one Appended per event, made when asked for (a batch may be 10^5 long)."""
+
+    def __init__(self, start: int, leaves: list[bytes]) -> None:
+        self.start, self.leaves = start, leaves
+
+    def __len__(self) -> int:
+        return len(self.leaves)
+
+    @overload
+    def __getitem__(self, i: int) -> Appended: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Appended]: ...
+    def __getitem__(self, i: int | slice) -> Appended | list[Appended]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        k = range(len(self.leaves))[i]  # negative indices and bounds as a list has them
+        return Appended(self.start + k, self.leaves[k])
 
 
 @dataclass(frozen=True)
@@ -46,10 +69,19 @@ class SignedCheckpoint:
     created_at: str
 
 
-_PIECES = text(
-    "SELECT seq, 0, leaf_hash FROM ledger_entries WHERE seq IN :leaves "
-    "UNION ALL SELECT id, 1, hash FROM ledger_nodes WHERE id IN :nodes"
-).bindparams(bindparam("leaves", expanding=True), bindparam("nodes", expanding=True))
+_NODES = text("SELECT id, hash FROM ledger_nodes WHERE id IN :ids").bindparams(bindparam("ids", expanding=True))
+# Bundles never cross a tile boundary, so every bundle holding an entry of [start, end) begins at or after the
+# start of start's tile: the primary key bounds the scan on both sides.
+_ENTRIES = text(
+    "SELECT seq, entry_count, entries FROM ledger_bundles WHERE seq >= :tile_start AND seq < :end ORDER BY seq"
+)
+_LEAF_HASHES = text(
+    "SELECT seq, entry_count, leaf_hashes FROM ledger_bundles WHERE seq >= :tile_start AND seq < :end ORDER BY seq"
+)
+_BUNDLE_OF = text(
+    "SELECT seq, entry_count, entries FROM ledger_bundles "
+    "WHERE seq <= :seq AND seq >= :tile_start ORDER BY seq DESC LIMIT 1"
+)
 
 Reader = Session | Connection
 
@@ -58,21 +90,54 @@ def _level(size: int) -> int:
     return size.bit_length() - 1
 
 
-def fetch_pieces(conn: Reader, pieces: list[merkle.Range]) -> dict[merkle.Range, bytes]:
-    """Hashes of aligned perfect subtrees, read from storage in one query."""
-    leaves = [s for s, e in pieces if e - s == 1]
-    nodes = {node_id(_level(e - s), s >> _level(e - s)): (s, e) for s, e in pieces if e - s > 1}
+class _MissingPiece(LookupError):
+    pass
+
+
+def read_leaf_hashes(conn: Reader, start: int, end: int, tile_height: int) -> list[bytes]:
+    """Leaf hashes of entries [start, end); raises _MissingPiece((start, end)) unless all are stored."""
+    rows = conn.execute(_LEAF_HASHES, {"tile_start": start >> tile_height << tile_height, "end": end}).all()
+    parts: list[bytes] = []
+    at, first = start, start
+    for seq, count, blob in rows:  # a tile of single appends is 255 rows: keep this loop bare
+        if seq + count <= at:
+            continue
+        if seq > at:
+            break
+        if not parts:
+            first = seq
+        parts.append(blob)
+        at = seq + count
+    if at < end:
+        raise _MissingPiece((start, end))
+    joined = b"".join(parts)
+    if len(joined) != bundles.HASH_SIZE * (at - first):
+        raise LedgerError(f"the bundles holding entries [{first}, {at}) have leaf hashes of the wrong length")
+    size = bundles.HASH_SIZE
+    return [joined[i : i + size] for i in range((start - first) * size, (end - first) * size, size)]
+
+
+def fetch_pieces(conn: Reader, pieces: list[merkle.Range], tile_height: int) -> dict[merkle.Range, bytes]:
+    """Hashes of aligned perfect subtrees: stored nodes in one query, smaller pieces from their tile's leaves."""
+    tile = 1 << tile_height
+    nodes = {node_id(_level(e - s), s >> _level(e - s)): (s, e) for s, e in pieces if e - s >= tile}
     out: dict[merkle.Range, bytes] = {}
-    for key, is_node, h in conn.execute(_PIECES, {"leaves": leaves, "nodes": list(nodes)}):
-        out[nodes[key] if is_node else (key, key + 1)] = bytes(h)
+    if nodes:
+        for key, h in conn.execute(_NODES, {"ids": list(nodes)}):
+            out[nodes[key]] = bytes(h)
+    by_tile: dict[int, list[merkle.Range]] = {}
+    for s, e in pieces:
+        if e - s < tile:
+            by_tile.setdefault(s >> tile_height, []).append((s, e))
+    for small in by_tile.values():
+        lo, hi = min(s for s, _ in small), max(e for _, e in small)
+        leaves = read_leaf_hashes(conn, lo, hi, tile_height)
+        for s, e in small:
+            out[(s, e)] = merkle.root_of(leaves[s - lo : e - lo])
     missing = [p for p in pieces if p not in out]
     if missing:
         raise _MissingPiece(missing[0])
     return out
-
-
-class _MissingPiece(LookupError):
-    pass
 
 
 class Ledger:
@@ -86,6 +151,7 @@ class Ledger:
         origin: str,
         witness_path: Path | None = None,
         max_batch: int = 100_000,
+        tile_height: int = DEFAULT_TILE_HEIGHT,
     ) -> None:
         self.store = store
         self.signer = signer
@@ -93,7 +159,14 @@ class Ledger:
         self.witness_path = witness_path
         self.max_batch = max_batch
         with store.transaction() as session:
-            if self.size(session) == 0:
+            state = session.get(LedgerState, 1)
+            if state is None:
+                raise LedgerError("the database has no ledger_state row; run the store's migrations")
+            if state.size == 0:
+                state.tile_height = tile_height  # a new log takes the configured height; an old one keeps its own
+                session.flush()
+            self.tile_height: int = state.tile_height
+            if state.size == 0:
                 created = LogCreated(origin=origin, verifier_key=signer.verifier.encode())
                 self.append(session, created, actor="ledger")
 
@@ -101,7 +174,7 @@ class Ledger:
         return nullcontext(session) if session is not None else self.store.read()
 
     def _reader(self, session: Session | None) -> AbstractContextManager[Reader]:
-        """Hot read paths use a bare connection: entries and nodes never change once written."""
+        """Hot read paths use a bare connection: bundles and nodes never change once written."""
         return nullcontext(session) if session is not None else self.store.engine.connect()
 
     # ---- writing -------------------------------------------------------------------------------------------
@@ -110,10 +183,10 @@ class Ledger:
         """Append one event inside `session`'s transaction; it commits or rolls back with the caller's work."""
         return self.append_batch(session, [(event, actor)])[0]
 
-    def append_batch(self, session: Session, items: Sequence[tuple[Event, str]]) -> list[Appended]:
+    def append_batch(self, session: Session, items: Sequence[tuple[Event, str]]) -> Sequence[Appended]:
         """Append events (each with its actor) in order, inside `session`'s transaction."""
         if not items:
-            return []
+            return AppendedBatch(0, [])
         if len(items) > self.max_batch:
             raise LedgerLimitError(f"batch of {len(items)} entries exceeds ledger.max_batch={self.max_batch}")
         count = len(items)
@@ -125,29 +198,31 @@ class Ledger:
         ).scalar_one()
         start = new_size - count
         frontier = merkle.perfect_pieces(0, start)
-        hashes = fetch_pieces(session, frontier) if frontier else {}
-        stack = [hashes[p] for p in frontier]
+        hashes = fetch_pieces(session, frontier, self.tile_height) if frontier else {}
         ts = now_ts()  # one transaction, one commit time
-        entries: list[tuple[int, bytes, str, str, bytes]] = []
-        nodes: list[tuple[int, bytes]] = []
-        out: list[Appended] = []
-        for offset, (event, actor) in enumerate(items):
-            seq = start + offset
-            body = encode_entry(seq, ts, actor, event)
-            h = merkle.leaf_hash(body)
-            entries.append((seq, h, event.event_type, actor, body))
-            out.append(Appended(seq, h))
-            nodes.extend((node_id(level, pos), node) for level, pos, node in merkle.push_leaf(stack, seq, h))
+        leaves, framed = [], []
+        sha256 = hashlib.sha256
+        for body in encode_entries(start, ts, items):
+            # merkle.leaf_hash and bundles.frame, inlined: this loop is most of an append's cost. The framed copy
+            # lets the encoder's buffer be freed at once.
+            leaves.append(sha256(b"\x00" + body).digest())
+            framed.append(len(body).to_bytes(bundles.LENGTH_BYTES, "big") + body)
+        _, completed = merkle.extend([hashes[p] for p in frontier], start, leaves, min_level=self.tile_height)
+        rows = [
+            (a, b - a, b"".join(leaves[a - start : b - start]), b"".join(framed[a - start : b - start]))
+            for a, b in bundles.spans(start, new_size, self.tile_height)
+        ]
         # Plain DBAPI executemany: the ORM's per-row bookkeeping would cost more than the hashing.
         conn = session.connection()
         mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
         conn.exec_driver_sql(
-            f"INSERT INTO ledger_entries (seq, leaf_hash, type, actor, body) VALUES ({', '.join([mark] * 5)})",
-            entries,
+            f"INSERT INTO ledger_bundles (seq, entry_count, leaf_hashes, entries) VALUES ({', '.join([mark] * 4)})",
+            rows,
         )
-        if nodes:
+        if completed:
+            nodes = [(node_id(level, index), h) for level, index, h in completed]
             conn.exec_driver_sql(f"INSERT INTO ledger_nodes (id, hash) VALUES ({mark}, {mark})", nodes)
-        return out
+        return AppendedBatch(start, leaves)
 
     # ---- reading -------------------------------------------------------------------------------------------
 
@@ -162,7 +237,7 @@ class Ledger:
     def _resolve(self, conn: Reader, size: int, ranges: list[merkle.Range]) -> list[bytes]:
         """MTHs of `ranges` within a tree of `size`; a piece that is not stored means the size is too large."""
         try:
-            return merkle.resolve_ranges(ranges, lambda pieces: fetch_pieces(conn, pieces))
+            return merkle.resolve_ranges(ranges, lambda pieces: fetch_pieces(conn, pieces, self.tile_height))
         except _MissingPiece as exc:
             current = self._size(conn)
             if size > current:
@@ -179,18 +254,28 @@ class Ledger:
 
     def entry(self, seq: int, session: Session | None = None) -> bytes:
         with self._reader(session) as conn:
-            body = conn.execute(select(LedgerEntry.body).where(LedgerEntry.seq == seq)).scalar_one_or_none()
-            if body is None:
+            tile_start = max(seq, 0) >> self.tile_height << self.tile_height
+            row = conn.execute(_BUNDLE_OF, {"seq": seq, "tile_start": tile_start}).first()
+            if row is None or not row[0] <= seq < row[0] + row[1]:
                 size = self._size(conn)
                 raise KeyError(f"no ledger entry {seq} (the log has {size} {'entry' if size == 1 else 'entries'})")
-            return bytes(body)
+            return bundles.unpack(bytes(row[2]), row[1])[seq - row[0]]
 
     def entries(self, start: int, limit: int, session: Session | None = None) -> list[bytes]:
+        """Up to `limit` consecutive entries from `start`, stopping at a gap."""
+        out: list[bytes] = []
+        start, end = max(start, 0), start + limit
+        at = start
         with self._reader(session) as conn:
-            rows = conn.execute(
-                select(LedgerEntry.body).where(LedgerEntry.seq >= start).order_by(LedgerEntry.seq).limit(limit)
-            )
-            return [bytes(b) for (b,) in rows]
+            tile_start = start >> self.tile_height << self.tile_height
+            for seq, count, blob in conn.execute(_ENTRIES, {"tile_start": tile_start, "end": end}):
+                if seq + count <= at:
+                    continue
+                if seq > at:
+                    break
+                out.extend(bundles.unpack(bytes(blob), count)[at - seq :])
+                at = seq + count
+        return out[: max(end - start, 0)]
 
     def inclusion_proof(self, index: int, size: int | None = None, session: Session | None = None) -> list[bytes]:
         with self._reader(session) as conn:

@@ -56,19 +56,37 @@ def fold_pieces(hashes: Sequence[bytes]) -> bytes:
     return acc
 
 
-def push_leaf(stack: list[bytes], index: int, leaf: bytes) -> list[tuple[int, int, bytes]]:
-    """Add leaf `index` to `stack`, the hashes of the perfect subtrees left of it (largest first), merging as it
-    completes subtrees; return (level, position, hash) of each perfect subtree completed, lowest first."""
-    stack.append(leaf)
-    completed = []
-    done, level = index + 1, 0
-    while done & 1 == 0:  # each trailing zero of index + 1 completes one more perfect subtree
-        done >>= 1
+def extend(
+    stack: Sequence[bytes], start: int, leaves: Sequence[bytes], min_level: int = 1
+) -> tuple[list[bytes], list[tuple[int, int, bytes]]]:
+    """Append `leaves` (indices start, start + 1, ...) to a tree of `start` leaves given by `stack`, the hashes of
+    its perfect pieces (largest first, as `perfect_pieces(0, start)`). Returns the new tree's stack and the
+    (level, index, hash) of every perfect subtree of level >= `min_level` that the new leaves complete.
+
+    Works a level at a time, so each level is one comprehension of hashes rather than a Python step per leaf."""
+    sha256 = hashlib.sha256
+    old = {level: h for level, h in zip(_set_bits(start), stack, strict=True)}
+    left: dict[int, bytes] = {}
+    completed: list[tuple[int, int, bytes]] = []
+    row, first, level = list(leaves), start, 0
+    while row:
+        if first & 1:  # the row's first node is a right child: its sibling is the old tree's piece at this level
+            row.insert(0, old.pop(level))
+            first -= 1
+        if len(row) & 1:
+            left[level] = row.pop()
+        row = [sha256(b"\x01" + a + b).digest() for a, b in zip(row[0::2], row[1::2], strict=False)]  # node_hash
+        first >>= 1
         level += 1
-        right = stack.pop()
-        stack[-1] = node_hash(stack[-1], right)
-        completed.append((level, done - 1, stack[-1]))
-    return completed
+        if level >= min_level:
+            completed.extend((level, first + i, h) for i, h in enumerate(row))
+    pieces = old | left
+    return [pieces[level] for level in _set_bits(start + len(leaves))], completed
+
+
+def _set_bits(n: int) -> list[int]:
+    """Levels of the perfect pieces of a tree of n leaves, largest first."""
+    return [level for level in range(n.bit_length() - 1, -1, -1) if n >> level & 1]
 
 
 def b64(digest: bytes) -> str:
@@ -77,13 +95,17 @@ def b64(digest: bytes) -> str:
 
 
 def root_of(leaves: Sequence[bytes]) -> bytes:
-    """Reference MTH over leaf hashes (recursive, O(n)); for tests and full verification."""
+    """MTH over leaf hashes, O(n). Pairing bottom-up and carrying an odd last node up unchanged builds the same
+    left-balanced tree as RFC 9162's split at the largest power of two."""
     if not leaves:
         return EMPTY_ROOT
-    if len(leaves) == 1:
-        return leaves[0]
-    k = split_point(len(leaves))
-    return node_hash(root_of(leaves[:k]), root_of(leaves[k:]))
+    row = list(leaves)
+    while len(row) > 1:
+        odd = row[-1] if len(row) & 1 else None
+        row = [node_hash(a, b) for a, b in zip(row[0::2], row[1::2], strict=False)]
+        if odd is not None:
+            row.append(odd)
+    return row[0]
 
 
 def inclusion_ranges(index: int, size: int) -> list[Range]:

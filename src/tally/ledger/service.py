@@ -16,4 +16,5 @@ def open_ledger(settings: Settings, store: Store) -> Ledger:
         origin=settings.ledger.origin,
         witness_path=settings.witness_path,
         max_batch=settings.ledger.max_batch,
+        tile_height=settings.ledger.tile_height,
     )

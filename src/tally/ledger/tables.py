@@ -1,4 +1,10 @@
-"""Ledger tables. Leaf hashes sit beside their entries; internal nodes (level >= 1) in `ledger_nodes`."""
+"""Ledger tables.
+
+Entries are stored in bundles, like the entry bundles of C2SP tiled logs: a row holds a run of consecutive
+entries (their leaf hashes and their bytes) that never crosses a multiple of 2^tile_height. A row is written once
+and never changed; a batch of k entries is about k / 2^tile_height rows. Hashes of aligned perfect subtrees of
+height >= tile_height sit in `ledger_nodes`; smaller ones are recomputed from the leaf hashes of one bundle span.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from tally.store import Base
 RowId = BigInteger().with_variant(Integer(), "sqlite")
 
 NODE_LEVEL_SHIFT = 48
+DEFAULT_TILE_HEIGHT = 8
 
 
 def node_id(level: int, index: int) -> int:
@@ -18,14 +25,21 @@ def node_id(level: int, index: int) -> int:
     return (level << NODE_LEVEL_SHIFT) | index
 
 
-class LedgerEntry(Base):
-    __tablename__ = "ledger_entries"
+def node_range(nid: int) -> tuple[int, int]:
+    """The leaves [start, end) that node `nid` covers."""
+    level, index = nid >> NODE_LEVEL_SHIFT, nid & ((1 << NODE_LEVEL_SHIFT) - 1)
+    return index << level, (index + 1) << level
+
+
+class LedgerBundle(Base):
+    """Entries [seq, seq + entry_count): leaf hashes (32 bytes each) and length-prefixed entry bytes."""
+
+    __tablename__ = "ledger_bundles"
 
     seq: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=False)
-    leaf_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
-    type: Mapped[str] = mapped_column(String(128))
-    actor: Mapped[str] = mapped_column(String(256))
-    body: Mapped[bytes] = mapped_column(LargeBinary)
+    entry_count: Mapped[int] = mapped_column(Integer)
+    leaf_hashes: Mapped[bytes] = mapped_column(LargeBinary)
+    entries: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class LedgerNode(Base):
@@ -46,9 +60,12 @@ class LedgerCheckpoint(Base):
 
 
 class LedgerState(Base):
-    """One row: the committed tree size. Appends bump it first, which takes the write lock on every backend."""
+    """One row: the committed tree size and the log's tile height (fixed when the log is created).
+
+    Appends bump the size first, which takes the write lock on every backend."""
 
     __tablename__ = "ledger_state"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
+    tile_height: Mapped[int] = mapped_column(Integer, default=DEFAULT_TILE_HEIGHT)

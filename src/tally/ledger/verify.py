@@ -1,9 +1,10 @@
 """Full verification of a stored log (`tally ledger verify`).
 
-Recomputes every leaf from the stored entry bytes and every internal node from the leaves, compares each with
-what is stored, checks every checkpoint's signature, that checkpoints only grow and are consistent with each
-other and with the entries, and that the newest checkpoint is not older than the one last written to the
-witness file outside the database. The first problem found stops the check and names the first bad index.
+Recomputes every leaf from the stored entry bytes and every stored node from the leaves and compares each with
+what is stored; checks that bundles run in order without gaps or overlaps and never cross a tile; checks every
+checkpoint's signature, that checkpoints only grow and are consistent with each other and with the entries, and
+that the newest checkpoint is not older than the one last written to the witness file outside the database. The
+first problem found stops the check and names the first bad index.
 """
 
 from __future__ import annotations
@@ -11,16 +12,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, func, select, text
+from sqlalchemy import bindparam, select, text
 from sqlalchemy.exc import DatabaseError
 
-from tally.ledger import merkle
+from tally.ledger import bundles, merkle
 from tally.ledger.events import LedgerFormatError, decode_entry
 from tally.ledger.log import Ledger
 from tally.ledger.notes import Checkpoint, NoteError, open_checkpoint
-from tally.ledger.tables import NODE_LEVEL_SHIFT, LedgerCheckpoint, LedgerEntry, LedgerNode, LedgerState, node_id
+from tally.ledger.tables import LedgerBundle, LedgerCheckpoint, LedgerNode, LedgerState, node_id, node_range
 
-CHUNK = 4096
+CHUNK = 64  # bundles per read
 
 _NODES = text("SELECT id, hash FROM ledger_nodes WHERE id IN :ids").bindparams(bindparam("ids", expanding=True))
 
@@ -49,6 +50,7 @@ def verify_ledger(ledger: Ledger, progress: Callable[[int, int], None] | None = 
 
 
 def _verify(ledger: Ledger, progress: Callable[[int, int], None] | None) -> VerifyReport:
+    height = ledger.tile_height
     with ledger.store.read() as s:
         size = s.execute(select(LedgerState.size).where(LedgerState.id == 1)).scalar_one()
         checkpoints = list(s.execute(select(LedgerCheckpoint).order_by(LedgerCheckpoint.id)).scalars())
@@ -56,52 +58,38 @@ def _verify(ledger: Ledger, progress: Callable[[int, int], None] | None) -> Veri
         wanted_roots = {c.size for c in checkpoints} | ({witness.size} if witness else set())
         roots: dict[int, bytes] = {0: merkle.EMPTY_ROOT}
         stack: list[bytes] = []
-        expected = 0
-        node_count = 0
+        expected, last_row = 0, -1
+        node_ids: set[int] = set()
         while True:
             rows = s.execute(
-                select(
-                    LedgerEntry.seq,
-                    LedgerEntry.leaf_hash,
-                    LedgerEntry.type,
-                    LedgerEntry.actor,
-                    LedgerEntry.body,
-                )
-                .where(LedgerEntry.seq >= expected)
-                .order_by(LedgerEntry.seq)
+                select(LedgerBundle.seq, LedgerBundle.entry_count, LedgerBundle.leaf_hashes, LedgerBundle.entries)
+                .where(LedgerBundle.seq > last_row)
+                .order_by(LedgerBundle.seq)
                 .limit(CHUNK)
             ).all()
             if not rows:
                 break
-            computed: dict[int, tuple[int, bytes]] = {}
-            for seq, stored_leaf, type_, actor, body in rows:
-                if seq != expected:
-                    raise VerificationError(expected, f"entry {expected} is missing (next stored entry is {seq})")
-                body = bytes(body)
-                try:
-                    entry = decode_entry(body)
-                except LedgerFormatError as exc:
-                    raise VerificationError(seq, str(exc)) from exc
-                if entry.seq != seq:
-                    raise VerificationError(seq, f"row {seq} holds the entry with sequence number {entry.seq}")
-                if (entry.type, entry.actor) != (type_, actor):
-                    raise VerificationError(seq, "the row's type or actor columns differ from the entry bytes")
-                leaf = merkle.leaf_hash(body)
-                if leaf != bytes(stored_leaf):
-                    raise VerificationError(seq, "the stored leaf hash does not match the entry bytes")
-                for level, pos, node in merkle.push_leaf(stack, seq, leaf):
-                    computed[node_id(level, pos)] = (seq, node)
-                expected += 1
-                if expected in wanted_roots:
-                    roots[expected] = merkle.fold_pieces(stack)
+            computed: dict[int, bytes] = {}
+            for seq, count, leaf_blob, blob in rows:
+                leaves = _check_bundle(seq, count, bytes(leaf_blob), bytes(blob), expected, height)
+                # Cut at checkpoint sizes inside the bundle so their roots can be taken on the way.
+                cuts = sorted({seq + count} | {w for w in wanted_roots if seq < w < seq + count})
+                at = seq
+                for cut in cuts:
+                    stack, done = merkle.extend(stack, at, leaves[at - seq : cut - seq], min_level=height)
+                    computed.update((node_id(level, index), h) for level, index, h in done)
+                    at = cut
+                    if cut in wanted_roots:
+                        roots[cut] = merkle.fold_pieces(stack)
+                expected, last_row = seq + count, seq
             if computed:
                 stored: dict[int, bytes] = dict(s.execute(_NODES, {"ids": list(computed)}).tuples().all())
-                for nid, (seq, h) in computed.items():
+                for nid in sorted(computed, key=lambda n: node_range(n)[1]):
                     got = stored.get(nid)
-                    if got is None or bytes(got) != h:
-                        first = seq - (1 << (nid >> NODE_LEVEL_SHIFT)) + 1
-                        raise VerificationError(first, f"the stored node over leaves [{first}, {seq + 1}) is wrong")
-                node_count += len(computed)
+                    if got is None or bytes(got) != computed[nid]:
+                        first, end = node_range(nid)
+                        raise VerificationError(first, f"the stored node over leaves [{first}, {end}) is wrong")
+                node_ids.update(computed)
             if progress:
                 progress(expected, size)
         if expected != size:
@@ -111,14 +99,39 @@ def _verify(ledger: Ledger, progress: Callable[[int, int], None] | None) -> Veri
         latest = _check_checkpoints(ledger, checkpoints, roots, size)
         if witness is not None:
             _check_witness(ledger, witness, latest, roots, size)
-        if s.execute(select(func.count()).select_from(LedgerNode)).scalar_one() != node_count:
-            low = size
-            for (nid,) in s.execute(select(LedgerNode.id)):
-                level, index = nid >> NODE_LEVEL_SHIFT, nid & ((1 << NODE_LEVEL_SHIFT) - 1)
-                if (index + 1) << level > size:
-                    low = min(low, index << level)
-            raise VerificationError(low, "stored nodes cover leaves the log does not have")
-        return VerifyReport(size, node_count, len(checkpoints), merkle.fold_pieces(stack) if stack else roots[0])
+        extra = [nid for (nid,) in s.execute(select(LedgerNode.id)) if nid not in node_ids]
+        if extra:
+            low = min(node_range(nid)[0] for nid in extra)
+            raise VerificationError(low, "stored nodes are not nodes of the log's tree")
+        return VerifyReport(size, len(node_ids), len(checkpoints), merkle.fold_pieces(stack) if stack else roots[0])
+
+
+def _check_bundle(seq: int, count: int, leaf_blob: bytes, blob: bytes, expected: int, height: int) -> list[bytes]:
+    """The leaf hashes of one stored bundle, after checking it holds entries [expected, expected + count)."""
+    if seq < expected:
+        raise VerificationError(seq, f"the bundle at {seq} overlaps entries stored before it (up to {expected - 1})")
+    if seq > expected:
+        raise VerificationError(expected, f"entry {expected} is missing (next stored entry is {seq})")
+    if count < 1 or seq >> height != (seq + count - 1) >> height:
+        raise VerificationError(seq, f"the bundle at {seq} holds {count} entries across a tile boundary")
+    try:
+        bodies = bundles.unpack(blob, count)
+        stored = bundles.split_hashes(leaf_blob, count)
+    except bundles.BundleError as exc:
+        raise VerificationError(seq, f"the bundle at {seq} is malformed: {exc}") from exc
+    leaves = []
+    for i, (body, stored_leaf) in enumerate(zip(bodies, stored, strict=True)):
+        try:
+            entry = decode_entry(body)
+        except LedgerFormatError as exc:
+            raise VerificationError(seq + i, str(exc)) from exc
+        if entry.seq != seq + i:
+            raise VerificationError(seq + i, f"position {seq + i} holds the entry with sequence number {entry.seq}")
+        leaf = merkle.leaf_hash(body)
+        if leaf != stored_leaf:
+            raise VerificationError(seq + i, "the stored leaf hash does not match the entry bytes")
+        leaves.append(leaf)
+    return leaves
 
 
 def _check_checkpoints(

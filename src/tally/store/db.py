@@ -7,6 +7,7 @@ SQLite, taking the write lock up front, so a read-then-write in one transaction 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,10 +18,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from tally.config import Settings
+from tally.store.checkpoint import BACKSTOP_PAGES, WAL_SIZE_LIMIT, WalCheckpointer
 
 
 class Base(DeclarativeBase):
     pass
+
+
+SQLITE_PAGE_SIZE = 16384
 
 
 def _sqlite_engine(url: str, synchronous: str) -> Engine:
@@ -30,10 +35,15 @@ def _sqlite_engine(url: str, synchronous: str) -> Engine:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        # Takes effect only while the file is new: 16 KiB pages suit the ledger's bundle rows (about a third less
+        # I/O per batch than 4 KiB pages) and cost small rows nothing.
+        cursor.execute(f"PRAGMA page_size={SQLITE_PAGE_SIZE}")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
+        cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -49,12 +59,18 @@ class Store:
 
     def __init__(self, url: str, *, sqlite_synchronous: str = "FULL") -> None:
         self.url = url
+        self._checkpointer: WalCheckpointer | None = None
+        self._wal_path: str | None = None
+        self._checkpointer_lock = threading.Lock()
         self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
         if self.is_sqlite:
             database = make_url(url).database
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             self.engine = _sqlite_engine(url, sqlite_synchronous)
+            if database and database != ":memory:":
+                self._wal_path = database
+                event.listen(self.engine, "commit", self._after_commit)
         else:
             self.engine = create_engine(url, pool_pre_ping=True)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -76,7 +92,21 @@ class Store:
             finally:
                 session.rollback()
 
+    def _after_commit(self, _conn: Any) -> None:
+        """Wake the WAL checkpointer, starting it on the first commit (a store that only reads never needs one)."""
+        with self._checkpointer_lock:
+            if self._checkpointer is None and self._wal_path is not None:
+                self._checkpointer = WalCheckpointer(self._wal_path)
+            checkpointer = self._checkpointer
+        if checkpointer is not None:
+            checkpointer.notify()
+
     def dispose(self) -> None:
+        """Close every connection. The store stays usable: a later commit starts a new checkpointer."""
+        with self._checkpointer_lock:
+            checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            checkpointer.close()
         self.engine.dispose()
 
 
