@@ -139,6 +139,18 @@ def test_a_malformed_bundle(db: Path) -> None:
     assert code == 1 and "at index 4" in out and "malformed" in out
 
 
+def test_a_wrong_frontier_the_next_append_would_build_on(db: Path) -> None:
+    """41 = 32 + 8 + 1: the head is three subtrees; the second one's hash is zeroed."""
+    con = sqlite3.connect(db)
+    frontier = con.execute("SELECT frontier FROM ledger_state").fetchone()[0]
+    assert len(frontier) == 3 * 32
+    with con:
+        con.execute("UPDATE ledger_state SET frontier = ?", (frontier[:32] + bytes(32) + frontier[64:],))
+    con.close()
+    code, out = verify()
+    assert code == 1 and "at index 32" in out and "frontier" in out
+
+
 def test_a_stored_node_outside_the_tree(db: Path) -> None:
     sql(db, f"INSERT INTO ledger_nodes VALUES ({node_id(3, 99)}, zeroblob(32))")
     code, out = verify()

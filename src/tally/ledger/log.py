@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, overload
 
-from sqlalchemy import bindparam, select, text, update
+from sqlalchemy import bindparam, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -140,6 +140,15 @@ def fetch_pieces(conn: Reader, pieces: list[merkle.Range], tile_height: int) -> 
     return out
 
 
+def _frontier(size: int, blob: bytes) -> list[bytes]:
+    """The stored frontier of a tree of `size` leaves, as a stack of hashes (largest piece first)."""
+    stack = [blob[i : i + bundles.HASH_SIZE] for i in range(0, len(blob), bundles.HASH_SIZE)]
+    if len(blob) % bundles.HASH_SIZE or len(stack) != size.bit_count():
+        needed = size.bit_count()
+        raise LedgerError(f"the stored frontier holds {len(blob)} bytes; a tree of {size} needs {needed} hashes")
+    return stack
+
+
 class Ledger:
     """One log: its database, signing key and origin."""
 
@@ -190,15 +199,14 @@ class Ledger:
         if len(items) > self.max_batch:
             raise LedgerLimitError(f"batch of {len(items)} entries exceeds ledger.max_batch={self.max_batch}")
         count = len(items)
-        new_size = session.execute(
-            update(LedgerState)
-            .where(LedgerState.id == 1)
-            .values(size=LedgerState.size + count)
-            .returning(LedgerState.size)
-        ).scalar_one()
+        # Plain DBAPI statements: the ORM's per-statement bookkeeping is a large part of a single append.
+        conn = session.connection()
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        new_size, frontier = conn.exec_driver_sql(
+            f"UPDATE ledger_state SET size = size + {mark} WHERE id = 1 RETURNING size, frontier", (count,)
+        ).one()
         start = new_size - count
-        frontier = merkle.perfect_pieces(0, start)
-        hashes = fetch_pieces(session, frontier, self.tile_height) if frontier else {}
+        stack = _frontier(start, bytes(frontier))
         ts = now_ts()  # one transaction, one commit time
         leaves, framed = [], []
         sha256 = hashlib.sha256
@@ -207,14 +215,12 @@ class Ledger:
             # lets the encoder's buffer be freed at once.
             leaves.append(sha256(b"\x00" + body).digest())
             framed.append(len(body).to_bytes(bundles.LENGTH_BYTES, "big") + body)
-        _, completed = merkle.extend([hashes[p] for p in frontier], start, leaves, min_level=self.tile_height)
+        stack, completed = merkle.extend(stack, start, leaves, min_level=self.tile_height)
         rows = [
             (a, b - a, b"".join(leaves[a - start : b - start]), b"".join(framed[a - start : b - start]))
             for a, b in bundles.spans(start, new_size, self.tile_height)
         ]
-        # Plain DBAPI executemany: the ORM's per-row bookkeeping would cost more than the hashing.
-        conn = session.connection()
-        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        conn.exec_driver_sql(f"UPDATE ledger_state SET frontier = {mark} WHERE id = 1", (b"".join(stack),))
         conn.exec_driver_sql(
             f"INSERT INTO ledger_bundles (seq, entry_count, leaf_hashes, entries) VALUES ({', '.join([mark] * 4)})",
             rows,
@@ -247,7 +253,9 @@ class Ledger:
 
     def root(self, size: int | None = None, session: Session | None = None) -> bytes:
         with self._reader(session) as conn:
-            size = self._size(conn) if size is None else size
+            if size is None:  # the head: its frontier is stored
+                size, frontier = conn.execute(select(LedgerState.size, LedgerState.frontier)).one()
+                return merkle.fold_pieces(_frontier(size, bytes(frontier))) if size else merkle.EMPTY_ROOT
             if size < 0:
                 raise ValueError(f"tree size {size} is negative")
             return self._resolve(conn, size, [(0, size)])[0] if size else merkle.EMPTY_ROOT

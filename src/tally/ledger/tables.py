@@ -60,12 +60,15 @@ class LedgerCheckpoint(Base):
 
 
 class LedgerState(Base):
-    """One row: the committed tree size and the log's tile height (fixed when the log is created).
+    """One row: the committed tree size, the head's frontier and the log's tile height (fixed at creation).
 
-    Appends bump the size first, which takes the write lock on every backend."""
+    `frontier` holds the hashes of the perfect subtrees that make up the tree of `size` leaves (largest first), so
+    an append and the current root need no other read. Appends bump the size first, which takes the write lock on
+    every backend, and write the new frontier in the same transaction."""
 
     __tablename__ = "ledger_state"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
     tile_height: Mapped[int] = mapped_column(Integer, default=DEFAULT_TILE_HEIGHT)
+    frontier: Mapped[bytes] = mapped_column(LargeBinary, default=b"")

@@ -52,7 +52,7 @@ def verify_ledger(ledger: Ledger, progress: Callable[[int, int], None] | None = 
 def _verify(ledger: Ledger, progress: Callable[[int, int], None] | None) -> VerifyReport:
     height = ledger.tile_height
     with ledger.store.read() as s:
-        size = s.execute(select(LedgerState.size).where(LedgerState.id == 1)).scalar_one()
+        size, stored_frontier = s.execute(select(LedgerState.size, LedgerState.frontier)).one()
         checkpoints = list(s.execute(select(LedgerCheckpoint).order_by(LedgerCheckpoint.id)).scalars())
         witness = _read_witness(ledger)
         wanted_roots = {c.size for c in checkpoints} | ({witness.size} if witness else set())
@@ -99,11 +99,23 @@ def _verify(ledger: Ledger, progress: Callable[[int, int], None] | None) -> Veri
         latest = _check_checkpoints(ledger, checkpoints, roots, size)
         if witness is not None:
             _check_witness(ledger, witness, latest, roots, size)
+        _check_frontier(size, bytes(stored_frontier), stack)
         extra = [nid for (nid,) in s.execute(select(LedgerNode.id)) if nid not in node_ids]
         if extra:
             low = min(node_range(nid)[0] for nid in extra)
             raise VerificationError(low, "stored nodes are not nodes of the log's tree")
         return VerifyReport(size, len(node_ids), len(checkpoints), merkle.fold_pieces(stack) if stack else roots[0])
+
+
+def _check_frontier(size: int, stored: bytes, stack: list[bytes]) -> None:
+    """The head's stored frontier is what the next append builds on: it must be the recomputed one."""
+    if stored == b"".join(stack):
+        return
+    for (start, end), h in zip(merkle.perfect_pieces(0, size), stack, strict=True):
+        if stored[:32] != h:
+            raise VerificationError(start, f"the stored frontier's subtree over leaves [{start}, {end}) is wrong")
+        stored = stored[32:]
+    raise VerificationError(size, "the stored frontier holds hashes beyond the log's head")
 
 
 def _check_bundle(seq: int, count: int, leaf_blob: bytes, blob: bytes, expected: int, height: int) -> list[bytes]:

@@ -1,7 +1,7 @@
 """Ledger entries in bundles; only subtrees of height >= tile_height stored as nodes.
 
 Each existing entry becomes a bundle of one; nodes below height 8 are dropped (they are recomputed from leaf hashes
-when needed), and the log keeps tile height 8.
+when needed); the log keeps tile height 8; the head's frontier (its perfect subtrees) is stored in ledger_state.
 
 Revision ID: 0007_ledger_bundles
 Revises: 0006_rewards
@@ -33,6 +33,7 @@ def upgrade() -> None:
         sa.Column("entries", sa.LargeBinary(), nullable=False),
     )
     conn = op.get_bind()
+    frontier = _old_frontier(conn)
     last = -1
     while True:
         rows = conn.execute(
@@ -53,6 +54,25 @@ def upgrade() -> None:
     conn.execute(sa.text("DELETE FROM ledger_nodes WHERE id < :low"), {"low": TILE_HEIGHT << NODE_LEVEL_SHIFT})
     with op.batch_alter_table("ledger_state") as batch:
         batch.add_column(sa.Column("tile_height", sa.Integer(), nullable=False, server_default=str(TILE_HEIGHT)))
+        batch.add_column(sa.Column("frontier", sa.LargeBinary(), nullable=False, server_default=sa.text("x''")))
+    conn.execute(sa.text("UPDATE ledger_state SET frontier = :f WHERE id = 1"), {"f": frontier})
+
+
+def _old_frontier(conn: sa.Connection) -> bytes:
+    """The head's perfect subtrees, largest first, read from the old layout (which stored every node)."""
+    size = conn.execute(sa.text("SELECT size FROM ledger_state WHERE id = 1")).scalar_one()
+    out, start = [], 0
+    for level in range(size.bit_length() - 1, -1, -1):
+        if not size >> level & 1:
+            continue
+        if level == 0:
+            h = conn.execute(sa.text("SELECT leaf_hash FROM ledger_entries WHERE seq = :s"), {"s": start})
+        else:
+            nid = (level << NODE_LEVEL_SHIFT) | (start >> level)
+            h = conn.execute(sa.text("SELECT hash FROM ledger_nodes WHERE id = :i"), {"i": nid})
+        out.append(bytes(h.scalar_one()))
+        start += 1 << level
+    return b"".join(out)
 
 
 def downgrade() -> None:
@@ -96,3 +116,4 @@ def downgrade() -> None:
     op.drop_table("ledger_bundles")
     with op.batch_alter_table("ledger_state") as batch:
         batch.drop_column("tile_height")
+        batch.drop_column("frontier")
