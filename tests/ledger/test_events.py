@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import pytest
 import rfc8785
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import Field, PlainSerializer
 from tests.conftest import Note
 
 from tally.ledger import Event, LedgerFormatError, decode_entry
 from tally.ledger.canonical import canonical_json
-from tally.ledger.events import encode_entry
+from tally.ledger.events import _plain_int_fields, encode_entry
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.floats(allow_nan=False, allow_infinity=False)
@@ -115,20 +116,40 @@ def test_nested_events_encode_exactly_as_the_reference(items: list[str], meta: d
     try:
         expected = _reference(9, "a", event)
     except Exception:
+        with pytest.raises(Exception):  # noqa: B017 - lone surrogates: refused either way
+            encode_entry(9, "t", "a", event)
         return
     assert encode_entry(9, "t", "a", event) == expected
 
 
+class Mixed(Event):
+    """Shapes that must not take the flat path, each with a value where a careless one would differ."""
+
+    event_type: ClassVar[str] = "test.mixed"
+    either: str | int
+    shout: Annotated[str, PlainSerializer(str.upper)]
+    named: int = Field(serialization_alias="n")
+    bounded: Annotated[str, Field(min_length=1)] = "x"
+
+
+@given(st.text() | st.integers(-(2**60), 2**60), st.text(), st.integers(-(2**60), 2**60))
+def test_events_off_the_flat_path_encode_exactly_as_the_reference(either: str | int, shout: str, named: int) -> None:
+    event = Mixed(either=either, shout=shout, named=named)
+    try:
+        expected = _reference(2, "a", event)
+    except Exception:
+        with pytest.raises(Exception):  # noqa: B017 - unsafe integers, lone surrogates: refused either way
+            encode_entry(2, "t", "a", event)
+        return
+    assert encode_entry(2, "t", "a", event) == expected
+
+
 def test_which_events_take_the_flat_encoding() -> None:
-    from pydantic import Field
-
-    from tally.ledger.events import _plain_int_fields
-
-    class Renamed(Event):
-        event_type: ClassVar[str] = "test.renamed"
-        value: int = Field(serialization_alias="v")
-
     assert _plain_int_fields(Counts) == ("count", "ok")
     assert _plain_int_fields(Note) == ()
-    assert _plain_int_fields(Nested) is None and _plain_int_fields(Renamed) is None
-    assert encode_entry(1, "t", "a", Renamed(value=3)) == _reference(1, "a", Renamed(value=3))
+    assert _plain_int_fields(Nested) is None and _plain_int_fields(Mixed) is None
+
+
+def test_an_actor_must_be_a_string() -> None:
+    with pytest.raises(TypeError, match="actor must be a string"):
+        encode_entry(1, "t", None, Note(text="x"))  # type: ignore[arg-type]

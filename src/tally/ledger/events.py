@@ -96,6 +96,8 @@ def encode_entries(start: int, ts: str, items: Iterable[tuple[Event, str]]) -> I
     keeping 10^4 fresh encoder outputs alive costs more in page faults than encoding them."""
     specs, dumps = _SPECS, canonical_json_checked
     for seq, (event, actor) in enumerate(items, start):
+        if type(actor) is not str:
+            raise TypeError(f"a ledger entry's actor must be a string, not {type(actor).__name__}")
         event_type, version, int_fields = specs.get(type(event)) or _spec(type(event))
         values = event.__dict__
         flat = int_fields is not None
@@ -120,7 +122,6 @@ class _Spec(NamedTuple):
 
 
 _SPECS: dict[type[Event], _Spec] = {}
-_SCALARS = (str, int, bool, type(None))
 
 
 def _spec(cls: type[Event]) -> _Spec:
@@ -131,8 +132,8 @@ def _spec(cls: type[Event]) -> _Spec:
 
 
 def _plain_int_fields(cls: type[Event]) -> tuple[str, ...] | None:
-    """For an event whose fields are all str / int / bool (or optional) with no alias, serializer or computed
-    field, the names of its integer fields; None for any other event."""
+    """For an event whose fields are each exactly str, int or bool (optionally None), with no alias, exclusion,
+    serializer, computed field or other metadata, the names of its integer fields; None for any other event."""
     decorators = cls.__pydantic_decorators__
     if cls.model_computed_fields or decorators.field_serializers or decorators.model_serializers:
         return None
@@ -140,10 +141,11 @@ def _plain_int_fields(cls: type[Event]) -> tuple[str, ...] | None:
     for name, field in cls.model_fields.items():
         annotation = field.annotation
         options = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
-        renamed = field.alias or field.serialization_alias or field.exclude
-        if not name.isascii() or renamed or not all(t in _SCALARS for t in options):
+        kinds = [t for t in options if t is not type(None)]
+        changed = field.alias or field.serialization_alias or field.exclude or getattr(field, "exclude_if", None)
+        if not name.isascii() or changed or field.metadata or len(kinds) != 1 or kinds[0] not in (str, int, bool):
             return None
-        if int in options or bool in options:
+        if kinds[0] is not str:
             ints.append(name)
     return tuple(ints)
 

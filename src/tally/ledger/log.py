@@ -162,6 +162,8 @@ class Ledger:
         max_batch: int = 100_000,
         tile_height: int = DEFAULT_TILE_HEIGHT,
     ) -> None:
+        if not 1 <= tile_height <= 16:
+            raise ValueError(f"tile_height must be 1..16, got {tile_height}")
         self.store = store
         self.signer = signer
         self.origin = origin
@@ -272,8 +274,8 @@ class Ledger:
     def entries(self, start: int, limit: int, session: Session | None = None) -> list[bytes]:
         """Up to `limit` consecutive entries from `start`, stopping at a gap."""
         out: list[bytes] = []
-        start, end = max(start, 0), start + limit
-        at = start
+        start = at = max(start, 0)
+        end = start + max(limit, 0)
         with self._reader(session) as conn:
             tile_start = start >> self.tile_height << self.tile_height
             for seq, count, blob in conn.execute(_ENTRIES, {"tile_start": tile_start, "end": end}):
@@ -283,7 +285,7 @@ class Ledger:
                     break
                 out.extend(bundles.unpack(bytes(blob), count)[at - seq :])
                 at = seq + count
-        return out[: max(end - start, 0)]
+        return out[: end - start]
 
     def inclusion_proof(self, index: int, size: int | None = None, session: Session | None = None) -> list[bytes]:
         with self._reader(session) as conn:

@@ -3,7 +3,7 @@
 Entries are stored in bundles, like the entry bundles of C2SP tiled logs: a row holds a run of consecutive
 entries (their leaf hashes and their bytes) that never crosses a multiple of 2^tile_height. A row is written once
 and never changed; a batch of k entries is about k / 2^tile_height rows. Hashes of aligned perfect subtrees of
-height >= tile_height sit in `ledger_nodes`; smaller ones are recomputed from the leaf hashes of one bundle span.
+height >= tile_height sit in `ledger_nodes`; smaller ones are recomputed from the leaf hashes of one tile.
 """
 
 from __future__ import annotations

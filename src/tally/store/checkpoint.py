@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+from urllib.parse import quote
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,8 @@ class WalCheckpointer:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        conn = sqlite3.connect(self.path, isolation_level=None)
+        # mode=rw: never create a database file where none is.
+        conn = sqlite3.connect(f"file:{quote(self.path)}?mode=rw", uri=True, isolation_level=None)
         try:
             conn.execute("PRAGMA busy_timeout=1000")
             while True:

@@ -68,14 +68,17 @@ class Store:
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             self.engine = _sqlite_engine(url, sqlite_synchronous)
-            if database and database != ":memory:":
-                self._wal_path = database
-                event.listen(self.engine, "commit", self._after_commit)
+            if database and database != ":memory:" and not database.startswith("file:"):
+                self._wal_path = str(Path(database).resolve())
         else:
             self.engine = create_engine(url, pool_pre_ping=True)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         writer = self.engine.execution_options(tally_immediate=True) if self.is_sqlite else self.engine
         self._write_sessions = sessionmaker(writer, expire_on_commit=False)
+        if self._wal_path is not None:
+            # The session's after_commit, not the engine's commit event: the latter fires before SQLite commits,
+            # and a checkpoint started then would leave this transaction in the WAL.
+            event.listen(self._write_sessions, "after_commit", self._after_commit)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -92,7 +95,7 @@ class Store:
             finally:
                 session.rollback()
 
-    def _after_commit(self, _conn: Any) -> None:
+    def _after_commit(self, _session: Session) -> None:
         """Wake the WAL checkpointer, starting it on the first commit (a store that only reads never needs one)."""
         with self._checkpointer_lock:
             if self._checkpointer is None and self._wal_path is not None:

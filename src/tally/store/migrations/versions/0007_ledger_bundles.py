@@ -54,8 +54,10 @@ def upgrade() -> None:
     conn.execute(sa.text("DELETE FROM ledger_nodes WHERE id < :low"), {"low": TILE_HEIGHT << NODE_LEVEL_SHIFT})
     with op.batch_alter_table("ledger_state") as batch:
         batch.add_column(sa.Column("tile_height", sa.Integer(), nullable=False, server_default=str(TILE_HEIGHT)))
-        batch.add_column(sa.Column("frontier", sa.LargeBinary(), nullable=False, server_default=sa.text("x''")))
+        batch.add_column(sa.Column("frontier", sa.LargeBinary(), nullable=True))
     conn.execute(sa.text("UPDATE ledger_state SET frontier = :f WHERE id = 1"), {"f": frontier})
+    with op.batch_alter_table("ledger_state") as batch:  # no portable empty-blob default: fill, then require
+        batch.alter_column("frontier", existing_type=sa.LargeBinary(), nullable=False)
 
 
 def _old_frontier(conn: sa.Connection) -> bytes:
