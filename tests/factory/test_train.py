@@ -11,6 +11,7 @@ from tests.factory.conftest import make_config
 
 from tally.factory import service
 from tally.factory.checkpoint import latest_checkpoint
+from tally.factory.provenance import stabilise_adapter_config
 from tally.factory.tables import AdapterRow
 from tally.influence import load_index
 
@@ -28,6 +29,8 @@ def test_train_writes_adapter_card_manifest_index_and_ledger_entry(people: World
     for name in ("adapter_config.json", "adapter_model.safetensors", "README.md", "manifest.json",
                  "trainer_log.jsonl", "loss_curve.png"):  # fmt: skip
         assert (out / name).is_file(), name
+    targets = json.loads((out / "adapter_config.json").read_text())["target_modules"]
+    assert targets == sorted(targets)  # the same training gives the same bytes, whatever the hash seed
     card = (out / "README.md").read_text()
     assert "library_name: peft" in card and "tally:people@" in card and people.alice.address in card
     manifest = json.loads((out / "manifest.json").read_text())
@@ -79,3 +82,14 @@ def test_early_stopping_keeps_the_best_weights(people: World, tiny_model: Path, 
     metrics = result.manifest["metrics"]
     assert metrics["stopped_early"] and metrics["steps"] < 90
     assert abs(metrics["eval_loss"] - metrics["best_eval_loss"]) < 1e-5
+
+
+def test_adapter_config_is_stable_across_target_orders(tmp_path: Path) -> None:
+    texts = []
+    for order in (["v_proj", "q_proj", "down_proj"], ["down_proj", "v_proj", "q_proj"]):
+        d = tmp_path / "-".join(order)
+        d.mkdir()
+        (d / "adapter_config.json").write_text(json.dumps({"r": 8, "target_modules": order}, indent=2))
+        stabilise_adapter_config(d)
+        texts.append((d / "adapter_config.json").read_text())
+    assert texts[0] == texts[1] and json.loads(texts[0])["target_modules"] == ["down_proj", "q_proj", "v_proj"]

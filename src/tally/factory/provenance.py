@@ -30,6 +30,16 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def stabilise_adapter_config(directory: Path) -> None:
+    """PEFT writes `target_modules` (a set) in hash-seed order, so identical training would give a different
+    adapter_config.json, and so a different adapter id, in every process. Sort it, keeping PEFT's formatting."""
+    path = directory / "adapter_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+
+
 def adapter_hash(directory: Path) -> str:
     """Same definition as the engine's adapter id: SHA-256 over the length-prefixed config, then the weights."""
     h = hashlib.sha256()

@@ -27,6 +27,7 @@ from tally.factory.provenance import (
     base_model_hash,
     model_card,
     publish,
+    stabilise_adapter_config,
     write_manifest,
 )
 from tally.factory.tables import AdapterRow
@@ -98,6 +99,7 @@ def train(
         return TrainResult(False, out)
 
     model.save_pretrained(str(out))
+    stabilise_adapter_config(out)
     influence: dict[str, Any] = {}
     if cfg.influence.enabled:
 
