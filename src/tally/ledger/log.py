@@ -142,11 +142,11 @@ def fetch_pieces(conn: Reader, pieces: list[merkle.Range], tile_height: int) -> 
 
 def _frontier(size: int, blob: bytes) -> list[bytes]:
     """The stored frontier of a tree of `size` leaves, as a stack of hashes (largest piece first)."""
-    stack = [blob[i : i + bundles.HASH_SIZE] for i in range(0, len(blob), bundles.HASH_SIZE)]
-    if len(blob) % bundles.HASH_SIZE or len(stack) != size.bit_count():
-        needed = size.bit_count()
-        raise LedgerError(f"the stored frontier holds {len(blob)} bytes; a tree of {size} needs {needed} hashes")
-    return stack
+    if len(blob) != bundles.HASH_SIZE * size.bit_count():
+        raise LedgerError(
+            f"the stored frontier holds {len(blob)} bytes; a tree of {size} needs {size.bit_count()} hashes"
+        )
+    return bundles.split_hashes(blob, size.bit_count())
 
 
 class Ledger:
@@ -325,7 +325,7 @@ class Ledger:
             latest = self.latest_checkpoint(s)
             if latest is not None and latest.size == size:
                 return latest
-            root = self.root(size, s)
+            root = self.root(session=s)  # the head's root, from its stored frontier (the write lock holds the size)
             note = self.signer.sign(Checkpoint(self.origin, size, root).text())
             row = LedgerCheckpoint(size=size, root=root, note=note, created_at=now_ts())
             s.add(row)

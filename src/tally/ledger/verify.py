@@ -9,6 +9,7 @@ first problem found stops the check and names the first bad index.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -56,6 +57,7 @@ def _verify(ledger: Ledger, progress: Callable[[int, int], None] | None) -> Veri
         checkpoints = list(s.execute(select(LedgerCheckpoint).order_by(LedgerCheckpoint.id)).scalars())
         witness = _read_witness(ledger)
         wanted_roots = {c.size for c in checkpoints} | ({witness.size} if witness else set())
+        wanted = sorted(wanted_roots)
         roots: dict[int, bytes] = {0: merkle.EMPTY_ROOT}
         stack: list[bytes] = []
         expected, last_row = 0, -1
@@ -73,7 +75,8 @@ def _verify(ledger: Ledger, progress: Callable[[int, int], None] | None) -> Veri
             for seq, count, leaf_blob, blob in rows:
                 leaves = _check_bundle(seq, count, bytes(leaf_blob), bytes(blob), expected, height)
                 # Cut at checkpoint sizes inside the bundle so their roots can be taken on the way.
-                cuts = sorted({seq + count} | {w for w in wanted_roots if seq < w < seq + count})
+                inside = wanted[bisect.bisect_right(wanted, seq) : bisect.bisect_left(wanted, seq + count)]
+                cuts = [*inside, seq + count]
                 at = seq
                 for cut in cuts:
                     stack, done = merkle.extend(stack, at, leaves[at - seq : cut - seq], min_level=height)
@@ -112,9 +115,9 @@ def _check_frontier(size: int, stored: bytes, stack: list[bytes]) -> None:
     if stored == b"".join(stack):
         return
     for (start, end), h in zip(merkle.perfect_pieces(0, size), stack, strict=True):
-        if stored[:32] != h:
+        if stored[: bundles.HASH_SIZE] != h:
             raise VerificationError(start, f"the stored frontier's subtree over leaves [{start}, {end}) is wrong")
-        stored = stored[32:]
+        stored = stored[bundles.HASH_SIZE :]
     raise VerificationError(size, "the stored frontier holds hashes beyond the log's head")
 
 
