@@ -34,12 +34,14 @@ def create_app(settings: Settings | None = None, *, with_engine: bool = False) -
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = open_store(settings)
         app.state.tally = AppState(settings=settings, store=store, ledger=open_ledger(settings, store))
-        app.state.engine = app.state.attributor = None
+        app.state.engine = app.state.attributor = app.state.fee_policy = None
         if with_engine:
             from tally.attribution.service import Attributor
             from tally.engine import build_engine
             from tally.models import ModelError, resolve_model
+            from tally.rewards import effective_policy
 
+            app.state.fee_policy, _ = effective_policy(settings)  # a bad policy file stops the start, not an answer
             try:
                 app.state.engine = build_engine(settings).start()
                 name = app.state.engine.model_name

@@ -21,7 +21,7 @@ from tally.attribution.reputation import contributor_reputation, flagged_rows_fo
 from tally.attribution.service import Answer, AttributionError, Attributor, get_record, served_adapter
 from tally.identity import AuthError, Principal, authenticate
 from tally.ledger import build_receipt
-from tally.rewards.policy import effective_policy
+from tally.rewards.policy import FeePolicy, effective_policy
 from tally.rewards.settle import settle_answer
 
 router = APIRouter(tags=["attribution"])
@@ -43,6 +43,15 @@ def resolve_mode(request: Request, model: str, requested: str | None) -> str:
         return attributor.mode_for(model, requested)
     except AttributionError as exc:
         raise ApiError(400, str(exc), param="attribution") from None
+
+
+def _fee_policy(request: Request, state: AppState) -> FeePolicy:
+    """The fee policy read once: `tally serve` loads it at start (a bad file stops the start); an app assembled
+    without it reads it on its first answer."""
+    policy: FeePolicy | None = getattr(request.app.state, "fee_policy", None)
+    if policy is None:
+        policy = request.app.state.fee_policy = effective_policy(state.settings)[0]
+    return policy
 
 
 def _requester(request: Request, state: AppState) -> str | None:
@@ -79,7 +88,7 @@ async def attribute_answer(
         requested_by=_requester(request, state),
     )  # fmt: skip
     attributed = await run_in_threadpool(attributor.attribute, answer, mode)  # type: ignore[arg-type]
-    policy, _ = effective_policy(state.settings)
+    policy = _fee_policy(request, state)
     actor = answer.requested_by or "engine"
     return attributed.record, await run_in_threadpool(settle_answer, state.ledger, attributed, policy, actor=actor)
 
@@ -102,10 +111,7 @@ def get_attribution(inference_id: str, state: AppState = Depends(app_state)) -> 
 def reputation(address: str, state: AppState = Depends(app_state)) -> dict[str, Any]:
     """Public, as the ledger it is computed from: accepted/rejected rows, mean signed influence, flagged rows."""
     with state.store.read() as s:
-        try:
-            return contributor_reputation(s, address).model_dump(mode="json")
-        except ValueError as exc:
-            raise ApiError(400, str(exc), param="address") from None
+        return contributor_reputation(s, address).model_dump(mode="json")
 
 
 @router.get("/v1/datanets/{slug}/flagged-rows")

@@ -9,6 +9,7 @@ from starlette.exceptions import HTTPException
 
 from tally.datanets.errors import DatanetError, ForbiddenError, NotFoundError
 from tally.identity import AccountError, AuthError
+from tally.rewards.errors import NothingToPayError, PolicyError, RewardsError, RewardsNotFoundError
 
 
 class ApiError(Exception):
@@ -37,6 +38,10 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(NotFoundError, _raise_as(404, "not_found_error"))
     app.add_exception_handler(ForbiddenError, _raise_as(403, "permission_error"))
     app.add_exception_handler(AuthError, _raise_as(401, "authentication_error"))
+    app.add_exception_handler(RewardsError, _raise_as(400, "invalid_request_error"))
+    app.add_exception_handler(RewardsNotFoundError, _raise_as(404, "not_found_error"))
+    app.add_exception_handler(NothingToPayError, _raise_as(409, "invalid_request_error"))
+    app.add_exception_handler(PolicyError, _raise_as(500, "server_error"))  # the server's fee policy file is bad
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -24,6 +24,7 @@ from tally.api.auth import require
 from tally.api.errors import ApiError
 from tally.api.rag_answers import RagOption
 from tally.attribution.service import AttributionError
+from tally.config import AttributionMode
 from tally.engine import (
     AdapterNotFoundError,
     AdapterValidationError,
@@ -56,7 +57,7 @@ class _Sampling(_Body):
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
-    attribution: Literal["off", "fast", "full"] | None = None
+    attribution: AttributionMode | None = None
 
     def params(self, default_max: int) -> SamplingParams:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())

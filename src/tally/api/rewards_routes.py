@@ -2,25 +2,20 @@
 
 Mount with `app.include_router(rewards_routes.router)`. Reading is open, like the ledger it mirrors: every
 amount is already public in the `rewards.accrued` entries, and a claimant needs its proof without an API key.
-Amounts are decimal strings (uint256 values outgrow JSON numbers).
+Amounts are decimal strings (uint256 values outgrow JSON numbers). Rewards errors become 400/404/409 responses in
+`tally.api.errors`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from fastapi import APIRouter, Depends
 
 from tally.api.auth import require
-from tally.api.errors import ApiError
 from tally.api.state import AppState, app_state
 from tally.identity import Principal
 from tally.rewards import (
-    NothingToPayError,
-    RewardsError,
-    RewardsNotFoundError,
     close_epoch,
     list_epochs,
     payout_proof,
@@ -30,22 +25,10 @@ from tally.rewards import (
 router = APIRouter(prefix="/v1/rewards", tags=["rewards"])
 
 
-@contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except RewardsNotFoundError as exc:
-        raise ApiError(404, str(exc), type_="not_found_error") from None
-    except NothingToPayError as exc:
-        raise ApiError(409, str(exc)) from None
-    except RewardsError as exc:
-        raise ApiError(400, str(exc)) from None
-
-
 @router.get("/statement/{address}")
 def get_statement(address: str, state: AppState = Depends(app_state)) -> dict[str, Any]:
     """An account's earnings answer by answer, with accrued, paid and unpaid totals."""
-    with _errors(), state.store.read() as s:
+    with state.store.read() as s:
         return statement(s, address).as_json()
 
 
@@ -58,12 +41,12 @@ def get_epochs(state: AppState = Depends(app_state)) -> dict[str, Any]:
 @router.get("/epochs/{number}/proofs/{address}")
 def get_proof(number: int, address: str, state: AppState = Depends(app_state)) -> dict[str, Any]:
     """What `RewardDistributor.claim` takes: index, account, amount and proof, with the epoch's root."""
-    with _errors(), state.store.read() as s:
+    with state.store.read() as s:
         return payout_proof(s, address, number).as_json()
 
 
 @router.post("/epochs")
 def post_epoch(who: Principal = Depends(require("admin")), state: AppState = Depends(app_state)) -> dict[str, Any]:
     """Close the next epoch over every unpaid amount (409 when there is nothing to pay)."""
-    with _errors(), state.store.transaction() as s:
+    with state.store.transaction() as s:
         return close_epoch(s, state.ledger, actor=who.address).as_json()

@@ -102,12 +102,9 @@ def _answer_logprobs(model: Any, suffixes: list[list[int]], prefix: list[int], a
     device = next(model.parameters()).device
     rows = [s + answer for s in suffixes]
     width = max(len(r) for r in rows)
-    ids = torch.zeros((len(rows), width), dtype=torch.long, device=device)
-    mask = torch.zeros((len(rows), len(prefix) + width), dtype=torch.long, device=device)
-    mask[:, : len(prefix)] = 1
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, device=device)
-        mask[i, len(prefix) : len(prefix) + len(r)] = 1
+    # Built on the host, moved once: one copy to the device, not one per row.
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows]).to(device)
+    mask = torch.tensor([[1] * (len(prefix) + len(r)) + [0] * (width - len(r)) for r in rows]).to(device)
     # hidden state at position t predicts token t + 1: answer token a of row i is predicted at len(suffix_i) - 1 + a
     at = torch.tensor([[len(s) - 1 + a for a in range(len(answer))] for s in suffixes], device=device)
     targets = torch.tensor(answer, device=device).expand(len(rows), -1)

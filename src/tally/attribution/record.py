@@ -9,13 +9,14 @@ policy decides which of them are paid per answer.
 from __future__ import annotations
 
 import hashlib
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tally.config import AttributionMode
 from tally.ledger import Event
 
-Mode = Literal["off", "fast", "full"]
+Mode = AttributionMode
 
 
 class Evidence(BaseModel):

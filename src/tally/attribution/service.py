@@ -26,7 +26,7 @@ from tally.attribution.shares import Distribution, Source, combine, index_method
 from tally.attribution.sources import adapter_credits, contribution_seqs, index_sources, withdrawn_rows
 from tally.attribution.spans import SpanIndex, load_or_build
 from tally.attribution.tables import AttributionRow, RowInfluence
-from tally.config import Settings
+from tally.config import ATTRIBUTION_MODES, Settings
 from tally.engine import Engine
 from tally.engine.files import hash_adapter
 from tally.influence import INDEX_JSON, IndexScorer, load_index
@@ -114,8 +114,8 @@ class Attributor:
 
     def mode_for(self, model: str, requested: str | None) -> Mode:
         mode = requested or self.cfg.models.get(model) or self.cfg.default_mode
-        if mode not in ("off", "fast", "full"):
-            raise AttributionError(f"attribution mode {mode!r} is not one of off, fast, full")
+        if mode not in ATTRIBUTION_MODES:
+            raise AttributionError(f"attribution mode {mode!r} is not one of {', '.join(ATTRIBUTION_MODES)}")
         return mode  # type: ignore[return-value]
 
     def _index(self, session: Session, adapter_dir: Path, adapter_hash: str) -> _Loaded | None:
@@ -252,27 +252,30 @@ class Attributor:
             t = time.perf_counter()
             s = scorer.representation(real.hidden) if name == "representation" else fn(real.gradient)
             null = loaded.null(name, self.cfg.null_quantile)
-            result, dist = index_method(name, s, null, loaded.sources, valid, self.cfg, dup)
+            z = zscores(s.float(), valid)
+            result, dist = index_method(name, z, null, loaded.sources, valid, self.cfg, dup)
             result.seconds = round(time.perf_counter() - t + (query_s if name != "representation" else 0.0), 4)
             results[name], dists[name] = result, dist
             if name == "gradient":
-                influence = _strongest(s, valid, loaded.sources, self.cfg.top_k)
+                influence = _strongest(z, valid, loaded.sources, self.cfg.top_k)
         return influence
 
 
-def _strongest(scores: torch.Tensor, valid: torch.Tensor, sources: list[Source], k: int) -> list[tuple[Source, float]]:
+def _strongest(z: torch.Tensor, valid: torch.Tensor, sources: list[Source], k: int) -> list[tuple[Source, float]]:
     """The k most helpful and k most harmful rows by z-score: what reputation accumulates per row."""
     live = torch.nonzero(valid).flatten()
     if live.numel() < 2:
         return []
-    z = zscores(scores.float(), valid)[live]
+    z = z[live]
     n = min(k, live.numel())
     picked = dict.fromkeys(torch.topk(z, n).indices.tolist() + torch.topk(-z, n).indices.tolist())
     return [(sources[int(live[p])], float(z[p])) for p in picked]
 
 
-def record_hash(record: AttributionRecord) -> str:
-    return hashlib.sha256(canonical_json(record.model_dump(mode="json"))).hexdigest()
+def record_hash(record: AttributionRecord | dict[str, Any]) -> str:
+    """SHA-256 of the record's canonical JSON (pass its JSON dump when you already have one)."""
+    dumped = record if isinstance(record, dict) else record.model_dump(mode="json")
+    return hashlib.sha256(canonical_json(dumped)).hexdigest()
 
 
 def commit(session: Session, ledger: Ledger, attributed: Attributed, actor: str) -> Appended:
@@ -280,7 +283,8 @@ def commit(session: Session, ledger: Ledger, attributed: Attributed, actor: str)
     record = attributed.record
     if session.get(AttributionRow, record.id) is not None:
         raise AttributionError(f"inference {record.id} already has an attribution record")
-    digest = record_hash(record)
+    dumped = record.model_dump(mode="json")
+    digest = record_hash(dumped)
     event = InferenceAttributed(
         inference=record.id, model=record.model, adapter_hash=record.adapter_hash, prompt_hash=record.prompt_hash,
         answer_hash=record.answer_hash, record_hash=digest, mode=record.mode, shares=record.share_map(),
@@ -289,7 +293,7 @@ def commit(session: Session, ledger: Ledger, attributed: Attributed, actor: str)
     appended = ledger.append(session, event, actor=actor)
     session.add(
         AttributionRow(
-            id=record.id, model=record.model, adapter_hash=record.adapter_hash, record=record.model_dump(mode="json"),
+            id=record.id, model=record.model, adapter_hash=record.adapter_hash, record=dumped,
             record_hash=digest, created_at=record.created_at, ledger_seq=appended.seq,
         )
     )  # fmt: skip

@@ -74,16 +74,16 @@ def top_z(scores: torch.Tensor, valid: torch.Tensor) -> float:
 
 def index_method(
     name: str,
-    scores: torch.Tensor,
+    z: torch.Tensor,
     null: float,
     sources: list[Source],
     valid: torch.Tensor,
     cfg: AttributionSettings,
     duplicates: Callable[[list[int]], torch.Tensor] | None = None,
 ) -> tuple[MethodResult, Distribution]:
-    """`null`: the statistic a randomly initialised adapter reaches (see the service for how it is calibrated)."""
-    z = zscores(scores.float(), valid)
-    stat = top_z(scores, valid)
+    """`z`: the method's scores as `zscores`; `null`: the statistic a randomly initialised adapter reaches (see the
+    service for how it is calibrated)."""
+    stat = float(z.max()) if bool(valid.any()) else 0.0  # top_z, from the z-scores already at hand
     beat = stat >= cfg.min_z and stat > null
     order = torch.argsort(z, descending=True)[: 3 * cfg.top_k].tolist()
     candidates = [i for i in order if float(z[i]) >= cfg.min_z]

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
 from tally.cli.common import acting_principal, cli_errors, console, fail, load_cli_settings, opened_ledger
-from tally.config import Settings
+from tally.config import ATTRIBUTION_MODES, Settings
+
+if TYPE_CHECKING:
+    from tally.rewards import FeePolicy
 
 AS = typer.Option(None, "--as", envvar="TALLY_AS", help="account that acts (name or address); needed with --rag")
 
@@ -28,10 +31,14 @@ def ask(
     from tally.models import ModelError
     from tally.rag import RagSettings, build_rag_messages, postprocess_citations, retrieve
 
-    if attribution not in (None, "off", "fast", "full"):  # before the answer is generated, not after
-        raise fail(f"--attribution {attribution!r} is not one of off, fast, full")
+    if attribution is not None and attribution not in ATTRIBUTION_MODES:  # before the answer is generated
+        raise fail(f"--attribution {attribution!r} is not one of {', '.join(ATTRIBUTION_MODES)}")
+    from tally.rewards import effective_policy
+
     settings = load_cli_settings()
     _check_model(settings, model)
+    with cli_errors():
+        policy, _ = effective_policy(settings)  # a bad fee policy fails before the answer, not after
     messages = [{"role": "user", "content": question}]
     chunks: list = []
     if rag:
@@ -62,18 +69,18 @@ def ask(
         console.print(table)
     elif rag:
         console.print(f"[dim]no source was cited; {len(chunks)} were retrieved[/]")
-    _attribute(settings, engine, name, prompt, result.token_ids, question if rag else None, chunks, attribution, as_)
+    _attribute(
+        settings, engine, name, prompt, result.token_ids, question if rag else None, chunks, attribution, as_, policy
+    )
 
 
 def _attribute(
     settings: Settings, engine: Any, name: str, prompt: list[int], answer_ids: list[int], question: str | None,
-    chunks: list[Any], mode: str | None, as_: str | None,
+    chunks: list[Any], mode: str | None, as_: str | None, policy: FeePolicy,
 ) -> None:  # fmt: skip
     """Attribute the answer, commit the record and the fee, print the contributor table."""
     from tally.attribution.service import Answer, AttributionError, Attributor, served_adapter
     from tally.models import resolve_model
-    from tally.rewards import RewardsError
-    from tally.rewards.policy import effective_policy
     from tally.rewards.settle import settle_answer
 
     with opened_ledger(settings) as (store, ledger), cli_errors():
@@ -96,10 +103,7 @@ def _attribute(
         )  # fmt: skip
         with console.status(f"attributing ({chosen})"):
             done = attributor.attribute(answer, chosen)
-        try:
-            seq = settle_answer(ledger, done, effective_policy(settings)[0], actor=requester or "cli")
-        except RewardsError as exc:
-            raise fail(str(exc)) from None
+        seq = settle_answer(ledger, done, policy, actor=requester or "cli")
     record = done.record
     table = Table("contributor", "share", "contributions", "evidence", title=f"attribution {record.id} ({chosen})")
     for share in record.shares:

@@ -61,8 +61,9 @@ def user_errors() -> tuple[type[Exception], ...]:
     """Errors whose message is written for the user: shown as one line, exit 1."""
     from tally.datanets.errors import DatanetError, ForbiddenError, NotFoundError
     from tally.identity import AccountError, AuthError, SignatureError
+    from tally.rewards.errors import RewardsError
 
-    return (DatanetError, ForbiddenError, NotFoundError, AccountError, AuthError, SignatureError)
+    return (DatanetError, ForbiddenError, NotFoundError, AccountError, AuthError, SignatureError, RewardsError)
 
 
 @contextmanager

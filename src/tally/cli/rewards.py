@@ -7,13 +7,11 @@ Mount in tally.cli.main:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import typer
 from rich.table import Table
 
-from tally.cli.common import cli_errors, console, fail, load_cli_settings, opened_ledger
+from tally.cli.common import cli_errors, console, load_cli_settings, opened_ledger
 
 app = typer.Typer(
     help="Rewards: the fee policy, contributor statements, epochs and payout proofs.", no_args_is_help=True
@@ -21,17 +19,6 @@ app = typer.Typer(
 epoch_app = typer.Typer(help="Payout epochs: close one, list them.", no_args_is_help=True)
 app.add_typer(epoch_app, name="epoch")
 JSON = typer.Option(False, "--json", help="print JSON instead of a table")
-
-
-@contextmanager
-def rewards_errors() -> Iterator[None]:
-    from tally.rewards import RewardsError
-
-    with cli_errors():
-        try:
-            yield
-        except RewardsError as exc:
-            raise fail(str(exc)) from None
 
 
 def _units(symbol: str, decimals: int) -> str:
@@ -43,7 +30,7 @@ def policy_cmd() -> None:
     """Show the effective fee policy (the configured file, or the built-in one) and its hash."""
     from tally.rewards import effective_policy
 
-    with rewards_errors():
+    with cli_errors():
         policy, source = effective_policy(load_cli_settings())
     console.print_json(
         json.dumps({"source": source, "hash": policy.digest(), "policy": policy.model_dump(mode="json")})
@@ -56,7 +43,7 @@ def statement_cmd(address: str, as_json: bool = JSON) -> None:
     from tally.rewards import effective_policy, statement
 
     settings = load_cli_settings()
-    with rewards_errors(), opened_ledger(settings) as (store, _), store.read() as s:
+    with cli_errors(), opened_ledger(settings) as (store, _), store.read() as s:
         st = statement(s, address)
         policy, _ = effective_policy(settings)
     if as_json:
@@ -76,7 +63,7 @@ def balances_cmd(as_json: bool = JSON) -> None:
     """Every credited account's accrued, paid (in a closed epoch) and unpaid totals."""
     from tally.rewards import balances
 
-    with rewards_errors(), opened_ledger() as (store, _), store.read() as s:
+    with cli_errors(), opened_ledger() as (store, _), store.read() as s:
         rows = balances(s)
     if as_json:
         console.print_json(json.dumps([b.as_json() for b in rows]))
@@ -95,7 +82,7 @@ def proof_cmd(
     """The payout proof to claim with: index, account, amount, proof and the epoch's root (JSON)."""
     from tally.rewards import payout_proof
 
-    with rewards_errors(), opened_ledger() as (store, _), store.read() as s:
+    with cli_errors(), opened_ledger() as (store, _), store.read() as s:
         proof = payout_proof(s, address, epoch)
     console.print_json(json.dumps(proof.as_json()))
 
@@ -105,7 +92,7 @@ def epoch_close() -> None:
     """Close the next epoch: every unpaid amount goes into one payout Merkle tree whose root is recorded."""
     from tally.rewards import close_epoch
 
-    with rewards_errors(), opened_ledger() as (store, ledger), store.transaction() as s:
+    with cli_errors(), opened_ledger() as (store, ledger), store.transaction() as s:
         epoch = close_epoch(s, ledger, actor="cli")
     console.print(f"epoch {epoch.number} closed: {epoch.accounts} accounts, total {epoch.total}, root {epoch.root}",
                   highlight=False)  # fmt: skip
@@ -117,7 +104,7 @@ def epoch_list(as_json: bool = JSON) -> None:
     """Closed epochs, oldest first."""
     from tally.rewards import list_epochs
 
-    with rewards_errors(), opened_ledger() as (store, _), store.read() as s:
+    with cli_errors(), opened_ledger() as (store, _), store.read() as s:
         epochs = list_epochs(s)
     if as_json:
         console.print_json(json.dumps([e.as_json() for e in epochs]))

@@ -1,6 +1,8 @@
 """Settings and the data directory layout."""
 
 from tally.config.settings import (
+    ATTRIBUTION_MODES,
+    AttributionMode,
     AttributionSettings,
     DatanetSettings,
     LedgerSettings,
@@ -14,6 +16,8 @@ from tally.config.settings import (
 )
 
 __all__ = [
+    "ATTRIBUTION_MODES",
+    "AttributionMode",
     "AttributionSettings",
     "DatanetSettings",
     "LedgerSettings",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import (
@@ -28,6 +28,10 @@ def _default_data_dir() -> Path:
 def _default_model_cache() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "tally" / "models"
+
+
+AttributionMode = Literal["off", "fast", "full"]
+ATTRIBUTION_MODES: tuple[str, ...] = get_args(AttributionMode)
 
 
 class _Section(BaseModel):
@@ -94,8 +98,8 @@ ATTRIBUTION_METHODS = ("spans", "context", "representation", "gradient", "datain
 class AttributionSettings(_Section):
     """Proof of Attribution (docs/attribution.md): modes, evidence sizes and how signals combine."""
 
-    default_mode: Literal["off", "fast", "full"] = Field("fast", description="when a request names none")
-    models: dict[str, Literal["off", "fast", "full"]] = Field(default_factory=dict, description="per-model default")
+    default_mode: AttributionMode = Field("fast", description="when a request names none")
+    models: dict[str, AttributionMode] = Field(default_factory=dict, description="per-model default")
     span_min_tokens: int = Field(8, ge=2, description="shortest verbatim span counted as a quote")
     span_refresh_s: float = Field(30.0, ge=0, description="how often the span index is checked for new rows")
     top_k: int = Field(10, ge=1, le=100, description="evidence rows kept per method")

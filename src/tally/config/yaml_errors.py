@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def yaml_line(text: str, loc: tuple[Any, ...]) -> int | None:
@@ -54,3 +56,11 @@ def read_yaml(path: Path, error: type[Exception], what: str, hint: str = "") -> 
         raise error(f"no {what} at {path}{hint}") from None
     except yaml.YAMLError as exc:
         raise error(f"{path} is not valid YAML: {exc}") from None
+
+
+def validate(model: type[M], raw: Any, source: str, error: type[Exception], text: str | None = None) -> M:
+    """`model` validated from `raw`, or `error` with `validation_message` (file, line, field, what was wrong)."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise error(validation_message(source, exc, text)) from None

@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from tally.config.yaml_errors import read_yaml, validation_message
+from tally.config.yaml_errors import read_yaml, validate
 from tally.factory.errors import FactoryError
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -99,10 +99,7 @@ class TrainConfig(_Section):
 
 def parse_config(raw: dict[str, Any], source: str = "config", *, text: str | None = None) -> TrainConfig:
     """A validated config, or FactoryError naming the field (`train.lr`), its line when known, and what was wrong."""
-    try:
-        return TrainConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise FactoryError(validation_message(source, exc, text)) from None
+    return validate(TrainConfig, raw, source, FactoryError, text)
 
 
 def load_config(path: Path | str) -> TrainConfig:

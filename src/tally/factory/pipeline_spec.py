@@ -19,10 +19,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from tally.config.yaml_errors import validation_message
+from tally.config.yaml_errors import read_yaml, validate
 from tally.factory.errors import FactoryError
 
 KINDS = ("snapshot", "train", "eval", "gate", "publish", "deploy")
@@ -93,15 +92,5 @@ def check(spec: PipelineSpec) -> PipelineSpec:
 
 def load_pipeline(path: Path) -> tuple[PipelineSpec, Path]:
     """The validated spec and the directory that relative config paths are resolved against."""
-    text = None
-    try:
-        text = path.read_text(encoding="utf-8")
-        raw = yaml.safe_load(text)
-        spec = PipelineSpec.model_validate(raw)
-    except FileNotFoundError:
-        raise FactoryError(f"no pipeline file at {path}") from None
-    except yaml.YAMLError as exc:
-        raise FactoryError(f"{path} is not valid YAML: {exc}") from None
-    except ValidationError as exc:
-        raise FactoryError(validation_message(str(path), exc, text)) from None
-    return check(spec), path.parent
+    raw, text = read_yaml(path, FactoryError, "pipeline file")
+    return check(validate(PipelineSpec, raw, str(path), FactoryError, text)), path.parent

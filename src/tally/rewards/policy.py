@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Annotated
 
 from eth_utils import is_address, to_checksum_address
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from tally.config import Settings
-from tally.config.yaml_errors import read_yaml, validation_message
+from tally.config.yaml_errors import read_yaml, validate
 from tally.ledger.canonical import canonical_json
 from tally.rewards.errors import PolicyError
 
@@ -114,10 +114,7 @@ DEFAULT_POLICY = FeePolicy(
 def parse_policy(raw: object, source: str = "policy", *, text: str | None = None) -> FeePolicy:
     if not isinstance(raw, dict):
         raise PolicyError(f"{source}: expected a mapping with currency, price_per_1k_tokens, split, accounts, paid")
-    try:
-        return FeePolicy.model_validate(raw)
-    except ValidationError as exc:
-        raise PolicyError(validation_message(source, exc, text)) from None
+    return validate(FeePolicy, raw, source, PolicyError, text)
 
 
 def load_policy(path: Path | str) -> FeePolicy:
