@@ -112,9 +112,13 @@ def _attribute(
     if record.shares:
         console.print(table)
     else:
-        console.print("[dim]no method beat its null baseline: no contributor is credited for this answer[/]")
+        console.print(
+            f"[dim]attribution {record.id} ({chosen}): no method beat its null baseline, "
+            "so no contributor is credited for this answer[/]"
+        )
     beat = ", ".join(f"{m} {'yes' if r.beat_null else 'no'}" for m, r in record.methods.items())
     console.print(f"[dim]beat null: {beat}; developer {record.credits.developer or '-'}; ledger entry {seq}[/]")
+    console.print(f"[dim]the full record and its receipt: tally attribution show {record.id} --receipt[/]")
 
 
 def _check_model(settings: Settings, model: str | None) -> None:

@@ -21,6 +21,18 @@ app.add_typer(epoch_app, name="epoch")
 JSON = typer.Option(False, "--json", help="print JSON instead of a table")
 
 
+ACCOUNT = typer.Argument(..., metavar="ACCOUNT", help="an address, or the name of an account registered here")
+
+
+def _address(session: object, who: str) -> str:
+    """Earnings belong to addresses (many have no account here); a registered account's name works too."""
+    from eth_utils import is_address
+
+    from tally.identity import resolve_account
+
+    return who if is_address(who) else resolve_account(session, who).address  # type: ignore[arg-type]
+
+
 def _units(symbol: str, decimals: int) -> str:
     return f"amounts in base units: 1 {symbol} = 10^{decimals}"
 
@@ -38,13 +50,13 @@ def policy_cmd() -> None:
 
 
 @app.command("statement")
-def statement_cmd(address: str, as_json: bool = JSON) -> None:
+def statement_cmd(address: str = ACCOUNT, as_json: bool = JSON) -> None:
     """A contributor's earnings, answer by answer: role, share, amount, and the epoch that paid it."""
     from tally.rewards import effective_policy, statement
 
     settings = load_cli_settings()
     with cli_errors(), opened_ledger(settings) as (store, _), store.read() as s:
-        st = statement(s, address)
+        st = statement(s, _address(s, address))
         policy, _ = effective_policy(settings)
     if as_json:
         console.print_json(json.dumps(st.as_json()))
@@ -76,14 +88,14 @@ def balances_cmd(as_json: bool = JSON) -> None:
 
 @app.command("proof")
 def proof_cmd(
-    address: str,
+    address: str = ACCOUNT,
     epoch: int = typer.Option(None, "--epoch", help="epoch number (default: the latest paying this account)"),
 ) -> None:
     """The payout proof to claim with: index, account, amount, proof and the epoch's root (JSON)."""
     from tally.rewards import payout_proof
 
     with cli_errors(), opened_ledger() as (store, _), store.read() as s:
-        proof = payout_proof(s, address, epoch)
+        proof = payout_proof(s, _address(s, address), epoch)
     console.print_json(json.dumps(proof.as_json()))
 
 

@@ -165,7 +165,7 @@ configs:
 
 {dn.description}
 
-- Snapshot: `{snap.id}` (version {snap.version}, {snap.row_count} rows)
+- Snapshot: `{snap.id}` (version {snap.version}, {snap.row_count} row{"" if snap.row_count == 1 else "s"})
 - License (SPDX): `{dn.license}`
 - Permitted uses: {", ".join(dn.uses)}
 - Data kind: {dn.kind}

@@ -231,7 +231,9 @@ class AdapterStore:
             entry = self._entries.get(name)
         if entry is None:
             raise AdapterNotFoundError(
-                f"The model {name!r} does not exist: it is neither the base model nor a loaded adapter."
+                f"The model {name!r} does not exist: it is neither the base model nor a loaded adapter. Register "
+                f"it with `tally adapters add {name} DIR`; a server already running sees it after a restart or an "
+                "admin's POST /v1/load_lora_adapter."
             )
         if entry.fingerprint is not None:
             try:
