@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -23,6 +24,9 @@ import torch
 from tally.influence import GradCapture, HiddenCapture, Projector
 from tally.influence.hidden import IGNORE
 from tally.models import load_model
+
+# transformers' own deprecation, raised inside PEFT's backward on every answer: nothing a user can act on.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 T = TypeVar("T")
 
