@@ -7,6 +7,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from tally.config.errors import TallyError
 from tally.datanets.errors import DatanetError, ForbiddenError, NotFoundError
 from tally.identity import AccountError, AuthError
 from tally.rewards.errors import NothingToPayError, PolicyError, RewardsError, RewardsNotFoundError
@@ -21,7 +22,31 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | N
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+# kind -> (HTTP status, OpenAI error type): the one mapping of the taxonomy to HTTP
+KIND_HTTP: dict[str, tuple[int, str]] = {
+    "invalid": (400, "invalid_request_error"),
+    "unauthenticated": (401, "authentication_error"),
+    "forbidden": (403, "permission_error"),
+    "not_found": (404, "not_found_error"),
+    "conflict": (409, "invalid_request_error"),
+    "limit": (429, "rate_limit_error"),
+    "unavailable": (503, "server_error"),
+    "internal": (500, "server_error"),
+}
+
+
+def http_error(exc: TallyError) -> tuple[int, dict[str, object]]:
+    """The status and OpenAI error body of a package's error (also sent as an SSE event once a stream started)."""
+    status, type_ = KIND_HTTP[exc.kind]
+    return status, error_body(exc.message, type_, exc.param)
+
+
 def install(app: FastAPI) -> None:
+    @app.exception_handler(TallyError)
+    async def _tally_error(_: Request, exc: TallyError) -> JSONResponse:
+        status, body = http_error(exc)
+        return JSONResponse(body, status_code=status)
+
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(error_body(exc.message, exc.type, exc.param), status_code=exc.status)

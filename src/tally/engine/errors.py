@@ -1,14 +1,18 @@
-"""Errors the engine raises on purpose; the API maps each to a 4xx/5xx in the OpenAI error shape."""
+"""Errors the engine raises on purpose; each has a kind from the one taxonomy (`tally.config.errors`)."""
 
 from __future__ import annotations
 
+from tally.config.errors import TallyError
 
-class EngineError(Exception):
+
+class EngineError(TallyError):
     """Base class: a known, explainable failure."""
 
 
 class AdapterNotFoundError(EngineError):
     """A `model` name that is neither the base model nor a registered adapter (never a silent fallback)."""
+
+    kind = "not_found"
 
 
 class AdapterValidationError(EngineError):
@@ -21,3 +25,5 @@ class RequestValidationError(EngineError):
 
 class EngineClosedError(EngineError):
     """The engine was stopped; no new requests are taken."""
+
+    kind = "unavailable"
