@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from tests.api.test_openai_routes import make_app
 from tests.datanets.conftest import world  # noqa: F401 - fixture
 from tests.factory.conftest import make_config, people, tiny_model  # noqa: F401 - fixtures
 
-from tally.api import attribution_answers, errors, ledger_routes, openai_routes, rewards_routes
-from tally.api.state import AppState
 from tally.attribution.service import Attributor
 from tally.attribution.tables import AttributionRow
 from tally.factory import service
@@ -34,23 +31,8 @@ def client(people, tiny_model: Path, tmp_path: Path) -> Iterator[TestClient]:  #
     settings = people.settings.model_copy(
         update={"attribution": people.settings.attribution.model_copy(update={"span_min_tokens": 2})}
     )
-    state = AppState(settings, people.ledger.store, people.ledger)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.engine = engine.start()
-        app.state.tally = state
-        app.state.attributor = Attributor(settings, state.store, tiny_model, "tiny-base")
-        try:
-            yield
-        finally:
-            engine.stop()
-
-    app = FastAPI(lifespan=lifespan)
-    errors.install(app)
-    for module in (openai_routes, attribution_answers, ledger_routes, rewards_routes):
-        app.include_router(module.router)
-    with TestClient(app) as c:
+    attributor = Attributor(settings, people.ledger.store, tiny_model, "tiny-base")
+    with TestClient(make_app(engine, settings, people.ledger.store, attributor)) as c:
         yield c
 
 

@@ -6,8 +6,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,30 +15,26 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from tests.engine.conftest import TinySetup, make_engine, tiny  # noqa: F401 (tiny is a fixture)
 
-from tally.api import errors, openai_routes
-from tally.api.state import AppState
+from tally.answers import Runtime
+from tally.api import create_app
 from tally.config import Settings
 from tally.identity import create_account, create_api_key
 from tally.ledger import open_ledger
-from tally.store import open_store
+from tally.rewards import effective_policy
+from tally.store import Store, open_store
 
 
-def make_app(engine: Any, state: AppState | None = None) -> FastAPI:
-    """The same wiring app.py uses: the engine built and started in the lifespan, stopped after."""
+def make_runtime(engine: Any, settings: Settings, store: Store | None = None, attributor: Any = None) -> Runtime:
+    """A runtime around a test's own engine (and attributor); the app starts the engine and stops it after."""
+    own = store is None
+    store = store or open_store(settings)
+    policy = effective_policy(settings)[0]
+    return Runtime(settings, store, open_ledger(settings, store), policy, engine, attributor, owns_store=own)
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.engine = engine.start()
-        app.state.tally = state
-        try:
-            yield
-        finally:
-            engine.stop()
 
-    app = FastAPI(lifespan=lifespan)
-    errors.install(app)
-    app.include_router(openai_routes.router)
-    return app
+def make_app(engine: Any, settings: Settings, store: Store | None = None, attributor: Any = None) -> FastAPI:
+    """The app `tally serve` runs, around the test's engine."""
+    return create_app(runtime=make_runtime(engine, settings, store, attributor))
 
 
 ADMIN: dict[str, str] = {}
@@ -58,7 +53,7 @@ def client(tiny: TinySetup, settings: Settings) -> Iterator[TestClient]:  # noqa
         _, consumer = create_api_key(s, ledger, create_account(s, ledger, "carl", ["consumer"])[0])
     ADMIN.update({"Authorization": f"Bearer {token}"})
     ADMIN["consumer"] = consumer
-    with TestClient(make_app(engine, AppState(settings, store, ledger))) as c:
+    with TestClient(make_app(engine, settings, store)) as c:
         yield c
     store.dispose()
 
@@ -162,11 +157,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def server(tiny: TinySetup) -> Iterator[str]:  # noqa: F811
+def server(tiny: TinySetup, settings: Settings) -> Iterator[str]:  # noqa: F811
     import uvicorn
 
     port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(make_app(make_engine(tiny)), host="127.0.0.1", port=port, log_level="warning"))
+    app = make_app(make_engine(tiny), settings)
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

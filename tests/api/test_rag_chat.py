@@ -11,7 +11,6 @@ from tests.api.test_openai_routes import make_app
 from tests.datanets.conftest import World, facts, world  # noqa: F401 (world is a fixture)
 from tests.engine.conftest import TinySetup, make_engine, tiny  # noqa: F401 (tiny is a fixture)
 
-from tally.api.state import AppState
 from tally.config import RagAlias
 from tally.datanets import snapshots
 from tally.identity import Principal, create_api_key, resolve_account
@@ -31,8 +30,7 @@ def rag_client(tiny: TinySetup, world: World) -> Iterator[tuple[TestClient, Worl
         snapshots.create_snapshot(s, world.ledger, world.owner, "secret")
     world.settings.rag.aliases["secret-qa"] = RagAlias(model="tiny-base", datanets=["secret"], top_k=3)
     engine = make_engine(tiny, max_model_len=1024, max_tokens_per_step=1024)  # room for numbered sources
-    state = AppState(world.settings, world.ledger.store, world.ledger)
-    with TestClient(make_app(engine, state)) as client:
+    with TestClient(make_app(engine, world.settings, world.ledger.store)) as client:
         yield client, world
 
 

@@ -1,16 +1,20 @@
-"""The FastAPI application. Routes are thin: they call the packages' service functions."""
+"""The FastAPI application. Routes are thin: they shape HTTP and call the packages' service functions.
+
+The runtime (settings, store, ledger, engine, attributor, fee policy) is built once when the app starts and handed
+to routes by `app_state`; a test passes its own.
+"""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 import tally
+from tally.answers import Runtime, build_runtime
 from tally.api import (
-    attribution_answers,
+    attribution_routes,
     datanet_routes,
     errors,
     factory_routes,
@@ -19,56 +23,43 @@ from tally.api import (
     openai_routes,
     rewards_routes,
 )
-from tally.api.state import AppState
-from tally.config import Settings, get_settings
-from tally.ledger import open_ledger
-from tally.store import open_store
+from tally.api.logging import RequestLogMiddleware
+from tally.config import Settings, load_settings
 
 
-def create_app(settings: Settings | None = None, *, with_engine: bool = False) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, with_engine: bool = False, runtime: Runtime | None = None
+) -> FastAPI:
     """The app. `with_engine` loads the base model and starts the inference engine (`tally serve` does); without
-    it, or when the base model is not pulled, everything else serves and the inference routes answer 503."""
-    settings = settings or get_settings()
+    it, or when the base model is not pulled, everything else serves and the inference routes answer 503. A given
+    `runtime` is used as it is (started with the app, closed after)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = open_store(settings)
-        app.state.tally = AppState(settings=settings, store=store, ledger=open_ledger(settings, store))
-        app.state.engine = app.state.attributor = app.state.fee_policy = None
-        if with_engine:
-            from tally.attribution.service import Attributor
-            from tally.engine import build_engine
-            from tally.models import ModelError, resolve_model
-            from tally.rewards import effective_policy
-
-            app.state.fee_policy, _ = effective_policy(settings)  # a bad policy file stops the start, not an answer
-            try:
-                app.state.engine = build_engine(settings).start()
-                name = app.state.engine.model_name
-                model_dir = resolve_model(name, settings.models.cache_dir)
-                app.state.attributor = Attributor(settings, store, model_dir, name)
-            except ModelError as exc:
-                logging.getLogger("tally.api").warning("inference engine not started: %s", exc)
+        rt = runtime or build_runtime(settings or load_settings(), with_engine=with_engine)
+        app.state.runtime = rt.start()
         try:
             yield
         finally:
-            if app.state.engine is not None:
-                app.state.engine.stop()
-            store.dispose()
+            rt.close()
 
     app = FastAPI(title="Tally", version=tally.__version__, lifespan=lifespan)
     errors.install(app)
+    app.add_middleware(RequestLogMiddleware)
 
     @app.get("/health")
     def health() -> dict[str, object]:
-        state: AppState = app.state.tally
-        return {"status": "ok", "version": tally.__version__, "ledger_size": state.ledger.size()}
+        rt: Runtime = app.state.runtime
+        return {"status": "ok", "version": tally.__version__, "ledger_size": rt.ledger.size()}
 
-    app.include_router(ledger_routes.router)
-    app.include_router(identity_routes.router)
-    app.include_router(datanet_routes.router)
-    app.include_router(openai_routes.router)
-    app.include_router(factory_routes.router)
-    app.include_router(attribution_answers.router)
-    app.include_router(rewards_routes.router)
+    for module in (
+        ledger_routes,
+        identity_routes,
+        datanet_routes,
+        openai_routes,
+        factory_routes,
+        attribution_routes,
+        rewards_routes,
+    ):
+        app.include_router(module.router)
     return app

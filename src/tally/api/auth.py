@@ -1,4 +1,4 @@
-"""Bearer API keys on every protected route: `Authorization: Bearer tly_...`."""
+"""Bearer API keys: `Authorization: Bearer tly_...`. Who may call each route is declared beside it with these."""
 
 from __future__ import annotations
 
@@ -6,21 +6,45 @@ from collections.abc import Callable
 
 from fastapi import Depends, Request
 
+from tally.answers import Runtime
 from tally.api.errors import ApiError
-from tally.api.state import AppState, app_state
+from tally.api.state import app_state
 from tally.identity import AuthError, Principal, authenticate
 
 
-def principal(request: Request, state: AppState = Depends(app_state)) -> Principal:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(401, "missing API key: send `Authorization: Bearer tly_...`", type_="authentication_error")
+def bearer_token(request: Request) -> str | None:
+    """The key in the Authorization header, or None when there is none."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _authenticate(state: Runtime, token: str) -> Principal:
     try:
         with state.store.read() as session:
-            return authenticate(session, token.strip())
+            return authenticate(session, token)
     except AuthError as exc:
         raise ApiError(401, str(exc), type_="authentication_error") from None
+
+
+def principal(request: Request, state: Runtime = Depends(app_state)) -> Principal:
+    """The caller; a route that depends on this needs a valid key."""
+    token = bearer_token(request)
+    if token is None:
+        raise ApiError(401, "missing API key: send `Authorization: Bearer tly_...`", type_="authentication_error")
+    return _authenticate(state, token)
+
+
+def optional_principal(request: Request, state: Runtime = Depends(app_state)) -> Principal | None:
+    """The caller when a valid key is sent, else None (anonymous). OpenAI clients must send some key, and local
+    setups send a placeholder ("unused", "EMPTY"), so a key that does not authenticate is anonymous here; what needs
+    a caller (retrieval) refuses an anonymous request itself."""
+    token = bearer_token(request)
+    if token is None:
+        return None
+    try:
+        return _authenticate(state, token)
+    except ApiError:
+        return None
 
 
 def require(*roles: str) -> Callable[..., Principal]:

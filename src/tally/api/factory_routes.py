@@ -1,7 +1,7 @@
 """/v1/fine_tuning/jobs (OpenAI style), with live training events over SSE; eval results and leaderboards.
 
-Mount with `app.include_router(factory_routes.router)`. Jobs run on one worker thread per app (created on first
-use), through the same `tally.factory` service functions the CLI calls.
+Mount with `app.include_router(factory_routes.router)`. Jobs run on the runtime's job runner (one worker thread),
+through the same `tally.factory` service functions the CLI calls.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from sqlalchemy import select
 from tally.api.auth import principal, require
 from tally.api.errors import ApiError
 from tally.api.state import AppState, app_state
-from tally.factory.errors import FactoryError
 from tally.factory.evaluation import leaderboard
 from tally.factory.jobs import TERMINAL, JobRunner, config_from_request, job_events, job_object
 from tally.factory.tables import JobRow
@@ -27,12 +26,8 @@ from tally.identity import Principal
 router = APIRouter(tags=["fine-tuning"])
 
 
-def runner(request: Request, state: AppState = Depends(app_state)) -> JobRunner:
-    existing = getattr(request.app.state, "factory_jobs", None)
-    if existing is None:
-        existing = JobRunner(state.settings, state.ledger)
-        request.app.state.factory_jobs = existing
-    return existing
+def runner(state: AppState = Depends(app_state)) -> JobRunner:
+    return state.jobs
 
 
 def _job(state: AppState, job_id: str, who: Principal) -> JobRow:
@@ -54,15 +49,9 @@ def create_job(
     """Validate the config and the data permissions now (a refusal is a 403 at once), then queue the job."""
     from tally.factory.data import resolve_sources
 
-    try:
-        cfg = config_from_request(body)
-        with state.store.read() as s:
-            resolve_sources(s, who, cfg.data.datanets, commercial=cfg.data.commercial)
-    except FactoryError as exc:
-        status = 403 if "refused" in str(exc) else 400
-        raise ApiError(
-            status, str(exc), type_="permission_error" if status == 403 else "invalid_request_error"
-        ) from None
+    cfg = config_from_request(body)  # a FactoryError is mapped by its kind (a refusal is forbidden: 403)
+    with state.store.read() as s:
+        resolve_sources(s, who, cfg.data.datanets, commercial=cfg.data.commercial)
     return jobs.submit(who, cfg)
 
 

@@ -1,8 +1,11 @@
-"""OpenAI-compatible serving routes over the engine (`request.app.state.engine`), plus vLLM-style adapter
-load/unload and Prometheus `/metrics`.
+"""OpenAI-compatible serving routes, plus vLLM-style adapter load/unload and Prometheus `/metrics`.
 
-`model` names an adapter or the base model; anything else is a 404 (never a silent fallback to the base model).
-Streaming is SSE (`data: {...}` chunks, then `data: [DONE]`); a client that disconnects cancels its request.
+The routes only shape OpenAI JSON and SSE: every answer goes through `tally.answers` (retrieval, validation,
+generation, citations, attribution, settlement). `model` names an adapter or the base model; anything else is a 404
+(never a silent fallback to the base model). Streaming is SSE (`data: {...}` chunks, then `data: [DONE]`); a client
+that disconnects cancels its request. Non-streamed answers carry the attribution summary in `attribution` and the
+record's ledger entry in the `X-Tally-Receipt` header; streamed ones send the summary as a last chunk (no choices)
+right before `[DONE]`.
 """
 
 from __future__ import annotations
@@ -10,31 +13,23 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette.sse import EventSourceResponse
 
-from tally.api import attribution_answers, rag_answers
-from tally.api.auth import require
-from tally.api.errors import ApiError
-from tally.api.rag_answers import RagOption
-from tally.attribution.service import AttributionError
+from tally import answers
+from tally.answers import AnswerRequest, AnswerResult, Delta, RagOption, Runtime, Sampling
+from tally.api.auth import optional_principal, require
+from tally.api.errors import ApiError, http_error
+from tally.api.state import app_state
 from tally.config import AttributionMode
-from tally.engine import (
-    AdapterNotFoundError,
-    AdapterValidationError,
-    Engine,
-    EngineClosedError,
-    RequestOutput,
-    RequestValidationError,
-    SamplingParams,
-)
-from tally.engine.metrics import CONTENT_TYPE
+from tally.config.errors import TallyError
+from tally.identity import Principal
 
 router = APIRouter(tags=["openai"])
 
@@ -59,15 +54,9 @@ class _Sampling(_Body):
     seed: int | None = None
     attribution: AttributionMode | None = None
 
-    def params(self, default_max: int) -> SamplingParams:
+    def sampling(self, max_tokens: int | None = None) -> Sampling:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
-        return SamplingParams(
-            max_tokens=self.max_tokens or default_max,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            seed=self.seed,
-            stop=stop,
-        )
+        return Sampling(max_tokens or self.max_tokens, self.temperature, self.top_p, self.seed, stop)
 
 
 class CompletionRequest(_Sampling):
@@ -98,24 +87,7 @@ class UnloadAdapterRequest(_Body):
     lora_name: str = Field(min_length=1)
 
 
-def _engine(request: Request) -> Engine:
-    engine = getattr(request.app.state, "engine", None)
-    if engine is None:
-        raise ApiError(
-            503,
-            "The inference engine is not running on this server: pull the base model (`tally models pull`) "
-            "and start it with `tally serve`.",
-            type_="server_error",
-        )
-    return engine
-
-
-def _engine_error(exc: Exception, param: str | None = None) -> ApiError:
-    if isinstance(exc, AdapterNotFoundError):
-        return ApiError(404, str(exc), type_="not_found_error", param=param or "model")
-    if isinstance(exc, EngineClosedError):
-        return ApiError(503, str(exc), type_="server_error")
-    return ApiError(400, str(exc), param=param)
+RECEIPT_HEADER = "X-Tally-Receipt"
 
 
 def _text_content(message: ChatMessage) -> str:
@@ -132,8 +104,8 @@ def _text_content(message: ChatMessage) -> str:
 
 
 @router.get("/v1/models")
-def list_models(request: Request) -> dict[str, Any]:
-    engine = _engine(request)
+def list_models(rt: Runtime = Depends(app_state)) -> dict[str, Any]:
+    engine = answers.engine_of(rt)
     data = [
         {
             "id": engine.model_name,
@@ -163,61 +135,41 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-async def _collect(
-    engine: Engine, prompt: list[int], params: SamplingParams, model: str
-) -> tuple[str, str, int, int, list[int]]:
-    text: list[str] = []
-    ids: list[int] = []
-    last: RequestOutput | None = None
-    try:
-        async for out in engine.stream(prompt, params, model):
-            text.append(out.text)
-            ids.extend(out.token_ids)
-            last = out
-    except (AdapterNotFoundError, RequestValidationError, EngineClosedError) as exc:  # unloaded in between
-        raise _engine_error(exc) from None
-    assert last is not None and last.usage is not None
-    if last.finish_reason == "error":
-        raise ApiError(500, last.error or "generation failed", type_="server_error")
-    return "".join(text), last.finish_reason or "stop", last.usage.prompt_tokens, last.usage.completion_tokens, ids
-
-
-def _prompts(engine: Engine, body: CompletionRequest) -> list[list[int]]:
-    p = body.prompt
-    if isinstance(p, str):
-        return [engine.encode(p)]
-    if p and all(isinstance(x, int) for x in p):
-        return [list(p)]  # type: ignore[arg-type]
-    return [engine.encode(str(x)) for x in p]
-
-
-def _check(engine: Engine, body: _Sampling) -> None:
-    try:
-        engine.check_model(body.model)
-    except AdapterNotFoundError as exc:
-        raise _engine_error(exc) from None
+def _check_options(body: _Sampling) -> None:
     if getattr(body, "logprobs", None):
         raise ApiError(400, "logprobs are not supported yet", param="logprobs")
 
 
+def _receipts(results: list[AnswerResult]) -> dict[str, str] | None:
+    receipts = [str(r.receipt) for r in results if r.receipt is not None]
+    return {RECEIPT_HEADER: ",".join(receipts)} if receipts else None
+
+
 @router.post("/v1/completions", response_model=None)
-async def completions(body: CompletionRequest, request: Request) -> JSONResponse | EventSourceResponse:
-    engine = _engine(request)
-    _check(engine, body)
+async def completions(
+    body: CompletionRequest, rt: Runtime = Depends(app_state), who: Principal | None = Depends(optional_principal)
+) -> JSONResponse | EventSourceResponse:
+    _check_options(body)
     if body.echo:
         raise ApiError(400, "echo is not supported", param="echo")
-    prompts = _prompts(engine, body)
-    try:
-        params = body.params(default_max=16)
-    except RequestValidationError as exc:
-        raise _engine_error(exc) from None
+    p = body.prompt
+    prompts: list[str | list[int]] = [p] if isinstance(p, str) or not p or isinstance(p[0], int) else [str(x) for x in p]
+    if body.stream and len(prompts) != 1:
+        raise ApiError(400, "streaming takes one prompt", param="prompt")
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-    mode = attribution_answers.resolve_mode(request, body.model, body.attribution)
+    requests = [
+        AnswerRequest(
+            model=body.model,
+            prompt=prompt,
+            sampling=body.sampling(),
+            attribution=body.attribution,
+            requester=who,
+            id=rid if len(prompts) == 1 else f"{rid}-{i}",
+            stream=body.stream,
+        )
+        for i, prompt in enumerate(prompts)
+    ]
     if body.stream:
-        if len(prompts) != 1:
-            raise ApiError(400, "streaming takes one prompt", param="prompt")
-        _validate(engine, prompts[0], params)
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
         def chunk(text: str, finish: str | None) -> dict[str, Any]:
             return {
@@ -228,22 +180,11 @@ async def completions(body: CompletionRequest, request: Request) -> JSONResponse
                 "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
             }
 
-        attribute = _attribution_step(request, rid, body.model, mode, prompts[0])
-        return EventSourceResponse(_sse(engine, prompts[0], params, body.model, chunk, include_usage, None, attribute))
-    choices, prompt_tokens, completion_tokens = [], 0, 0
-    summaries, receipts = [], []
-    for i, prompt in enumerate(prompts):
-        _validate(engine, prompt, params)
-        text, finish, p, c, ids = await _collect(engine, prompt, params, body.model)
-        choices.append({"index": i, "text": text, "finish_reason": finish, "logprobs": None})
-        prompt_tokens, completion_tokens = prompt_tokens + p, completion_tokens + c
-        done = await _attribution_step(request, rid if len(prompts) == 1 else f"{rid}-{i}", body.model, mode, prompt)(
-            ids
-        )
-        if done is not None:
-            summaries.append(done[0])
-            receipts.append(str(done[1]))
+        prepared = await run_in_threadpool(answers.prepare, rt, requests[0])
+        return EventSourceResponse(_sse(rt, prepared, chunk, _include_usage(body), None))
+    results = [await answers.answer_async(rt, r) for r in requests]
     extra: dict[str, Any] = {}
+    summaries = [r.attribution for r in results if r.attribution is not None]
     if summaries:
         extra["attribution"] = summaries[0] if len(prompts) == 1 else summaries
     return JSONResponse(
@@ -252,40 +193,33 @@ async def completions(body: CompletionRequest, request: Request) -> JSONResponse
             "object": "text_completion",
             "created": created,
             "model": body.model,
-            "choices": choices,
-            "usage": _usage(prompt_tokens, completion_tokens),
+            "choices": [
+                {"index": i, "text": r.text, "finish_reason": r.finish_reason, "logprobs": None}
+                for i, r in enumerate(results)
+            ],
+            "usage": _usage(sum(r.prompt_tokens for r in results), sum(r.completion_tokens for r in results)),
             **extra,
         },
-        headers={attribution_answers.RECEIPT_HEADER: ",".join(receipts)} if receipts else None,
+        headers=_receipts(results),
     )
 
 
+def _include_usage(body: _Sampling) -> bool:
+    return bool(body.stream_options and body.stream_options.include_usage)
+
+
 @router.post("/v1/chat/completions", response_model=None)
-async def chat_completions(body: ChatRequest, request: Request) -> JSONResponse | EventSourceResponse:
-    engine = _engine(request)
-    rag = rag_answers.resolve_alias(request, body)
-    _check(engine, body)
-    messages = [{"role": m.role, "content": _text_content(m)} for m in body.messages]
-    chunks: list[Any] = []
-    if rag is not None:
-        chunks, messages = await rag_answers.retrieve_for(request, body, rag, messages)
-    try:
-        prompt = engine.encode_chat(messages)
-    except Exception as exc:  # a template that rejects the roles (no system role, ...)
-        raise ApiError(400, f"the chat template rejected the messages: {exc}", param="messages") from None
-    if body.max_completion_tokens and not body.max_tokens:
-        body.max_tokens = body.max_completion_tokens
-    try:
-        params = body.params(default_max=max(1, min(512, engine.config.max_model_len - len(prompt))))
-    except RequestValidationError as exc:
-        raise _engine_error(exc) from None
-    _validate(engine, prompt, params)
+async def chat_completions(
+    body: ChatRequest, rt: Runtime = Depends(app_state), who: Principal | None = Depends(optional_principal)
+) -> JSONResponse | EventSourceResponse:
+    _check_options(body)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-    mode = attribution_answers.resolve_mode(request, body.model, body.attribution)
-    question = next((_text_content(m) for m in reversed(body.messages) if m.role == "user"), None) if rag else None
-    attribute = _attribution_step(request, rid, body.model, mode, prompt, question, chunks)
+    request = AnswerRequest(
+        model=body.model, messages=[{"role": m.role, "content": _text_content(m)} for m in body.messages],
+        sampling=body.sampling(body.max_tokens or body.max_completion_tokens), rag=body.rag,
+        attribution=body.attribution, requester=who, id=rid, stream=body.stream,
+    )  # fmt: skip
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
         def chunk(text: str, finish: str | None) -> dict[str, Any]:
             delta = {"content": text} if finish is None else {}
@@ -297,133 +231,69 @@ async def chat_completions(body: ChatRequest, request: Request) -> JSONResponse 
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
             }
 
+        prepared = await run_in_threadpool(answers.prepare, rt, request)
         first = chunk("", None)
         first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
-        return EventSourceResponse(_sse(engine, prompt, params, body.model, chunk, include_usage, first, attribute))
-    text, finish, p, c, ids = await _collect(engine, prompt, params, body.model)
+        return EventSourceResponse(_sse(rt, prepared, chunk, _include_usage(body), first))
+    result = await answers.answer_async(rt, request)
     extra: dict[str, Any] = {}
-    if rag is not None:
-        text, extra["citations"] = rag_answers.cite(text, chunks)
-    done = await attribute(ids)
-    headers = None
-    if done is not None:
-        extra["attribution"], headers = done[0], {attribution_answers.RECEIPT_HEADER: str(done[1])}
+    if result.retrieved is not None:
+        extra["citations"] = result.citations
+    if result.attribution is not None:
+        extra["attribution"] = result.attribution
     return JSONResponse(
         {
             **extra,
             "id": rid,
             "object": "chat.completion",
             "created": created,
-            "model": body.model,
+            "model": result.model,
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": finish,
+                    "message": {"role": "assistant", "content": result.text},
+                    "finish_reason": result.finish_reason,
                     "logprobs": None,
                 }
             ],
-            "usage": _usage(p, c),
+            "usage": _usage(result.prompt_tokens, result.completion_tokens),
         },
-        headers=headers,
+        headers=_receipts([result]),
     )
 
 
-Attribute = Callable[[list[int]], Awaitable[tuple[dict[str, Any], int] | None]]
-
-
-def _attribution_step(
-    request: Request,
-    rid: str,
-    model: str,
-    mode: str,
-    prompt: list[int],
-    question: str | None = None,
-    chunks: list[Any] | None = None,
-) -> Attribute:
-    """What runs once the answer's token ids are known: the summary and ledger entry of its record, or None."""
-
-    async def run(answer_ids: list[int]) -> tuple[dict[str, Any], int] | None:
-        try:
-            done = await attribution_answers.attribute_answer(
-                request, inference_id=rid, model=model, mode=mode, prompt_ids=prompt, answer_ids=answer_ids,
-                question=question, chunks=chunks,
-            )  # fmt: skip
-        except AttributionError as exc:
-            raise ApiError(400, str(exc), param="attribution") from None
-        return None if done is None else (attribution_answers.summary(*done), done[1])
-
-    return run
-
-
-def _validate(engine: Engine, prompt: list[int], params: SamplingParams) -> None:
-    """The checks `submit` makes, before a 200 streaming response has started (errors must be real 4xx)."""
-    if not prompt:
-        raise ApiError(400, "the prompt is empty", param="prompt")
-    if len(prompt) + params.max_tokens > engine.config.max_model_len:
-        raise ApiError(
-            400,
-            f"prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) exceeds the model's context of "
-            f"{engine.config.max_model_len} tokens",
-            param="max_tokens",
-        )
-
-
 async def _sse(
-    engine: Engine,
-    prompt: list[int],
-    params: SamplingParams,
-    model: str,
-    chunk: Any,
-    include_usage: bool,
-    first: dict[str, Any] | None,
-    attribute: Attribute | None = None,
+    rt: Runtime, prepared: answers.Prepared, chunk: Any, include_usage: bool, first: dict[str, Any] | None
 ) -> AsyncIterator[str]:
     if first is not None:
         yield json.dumps(first)
-    ids: list[int] = []
     try:
-        async for out in engine.stream(prompt, params, model):
-            ids.extend(out.token_ids)
-            if out.finish_reason == "error":
-                yield json.dumps(
-                    {
-                        "error": {
-                            "message": out.error or "generation failed",
-                            "type": "server_error",
-                            "param": None,
-                            "code": None,
-                        }
-                    }
-                )
-                break
-            if out.text:
-                yield json.dumps(chunk(out.text, None))
-            if out.finish_reason is not None:
-                yield json.dumps(chunk("", out.finish_reason))
-                if include_usage and out.usage is not None:
-                    final = chunk("", None)
-                    final["choices"] = []
-                    final["usage"] = _usage(out.usage.prompt_tokens, out.usage.completion_tokens)
-                    yield json.dumps(final)
-                if attribute is not None and out.finish_reason in ("stop", "length"):
-                    done = await attribute(ids)
-                    if done is not None:  # the record lands right after the answer: a last chunk carries it
-                        last = chunk("", None)
-                        last["choices"], last["attribution"] = [], done[0]
-                        yield json.dumps(last)
-    except (AdapterNotFoundError, RequestValidationError, EngineClosedError) as exc:  # unloaded in between
-        yield json.dumps({"error": {"message": str(exc), "type": "invalid_request_error", "param": None, "code": None}})
+        async for event in answers.stream(rt, prepared):
+            if isinstance(event, Delta):
+                yield json.dumps(chunk(event.text, None))
+                continue
+            yield json.dumps(chunk("", event.finish_reason))
+            if include_usage:
+                final = chunk("", None)
+                final["choices"], final["usage"] = [], _usage(event.prompt_tokens, event.completion_tokens)
+                yield json.dumps(final)
+            if event.attribution is not None:  # the record lands right after the answer: a last chunk carries it
+                last = chunk("", None)
+                last["choices"], last["attribution"] = [], event.attribution
+                yield json.dumps(last)
+    except TallyError as exc:  # the response has started: the error goes in the stream
+        yield json.dumps(http_error(exc)[1])
     yield "[DONE]"
 
 
 @router.post("/v1/load_lora_adapter", dependencies=[Depends(require("admin"))])
-async def load_lora_adapter(body: LoadAdapterRequest, request: Request) -> Response:
-    engine = _engine(request)
+async def load_lora_adapter(body: LoadAdapterRequest, rt: Runtime = Depends(app_state)) -> Response:
+    engine = answers.engine_of(rt)
     try:
         entry = await run_in_threadpool(engine.add_adapter, body.lora_name, body.lora_path, pinned=body.pinned)
-    except (AdapterValidationError, RequestValidationError) as exc:
-        raise _engine_error(exc, param="lora_path") from None
+    except TallyError as exc:
+        exc.param = exc.param or "lora_path"
+        raise
     return JSONResponse(
         {
             "message": f"Success: LoRA adapter '{body.lora_name}' added successfully.",
@@ -434,15 +304,17 @@ async def load_lora_adapter(body: LoadAdapterRequest, request: Request) -> Respo
 
 
 @router.post("/v1/unload_lora_adapter", dependencies=[Depends(require("admin"))])
-async def unload_lora_adapter(body: UnloadAdapterRequest, request: Request) -> Response:
-    engine = _engine(request)
+async def unload_lora_adapter(body: UnloadAdapterRequest, rt: Runtime = Depends(app_state)) -> Response:
     try:
-        engine.remove_adapter(body.lora_name)
-    except AdapterNotFoundError as exc:
-        raise _engine_error(exc, param="lora_name") from None
+        answers.engine_of(rt).remove_adapter(body.lora_name)
+    except TallyError as exc:
+        exc.param = "lora_name"
+        raise
     return JSONResponse({"message": f"Success: LoRA adapter '{body.lora_name}' removed successfully."})
 
 
 @router.get("/metrics")
-def metrics(request: Request) -> Response:
-    return Response(_engine(request).metrics.render(), media_type=CONTENT_TYPE)
+def metrics(rt: Runtime = Depends(app_state)) -> Response:
+    from tally.engine.metrics import CONTENT_TYPE
+
+    return Response(answers.engine_of(rt).metrics.render(), media_type=CONTENT_TYPE)

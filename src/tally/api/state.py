@@ -1,23 +1,14 @@
-"""What the running app holds, and the dependency that hands it to routes."""
+"""The dependency that hands routes the runtime the app was started with."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from fastapi import Request
 
-from tally.config import Settings
-from tally.ledger import Ledger
-from tally.store import Store
+from tally.answers import Runtime
+
+AppState = Runtime  # routes read settings, store and ledger from it
 
 
-@dataclass
-class AppState:
-    settings: Settings
-    store: Store
-    ledger: Ledger
-
-
-def app_state(request: Request) -> AppState:
-    state: AppState = request.app.state.tally
-    return state
+def app_state(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime

@@ -14,4 +14,42 @@ from tally.attribution.record import (
     Share,
 )
 
-__all__ = ["AttributionRecord", "Credits", "Evidence", "InferenceAttributed", "MethodResult", "Mode", "Share"]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tally.attribution.reputation import contributor_reputation, flagged_rows_for_owner
+    from tally.attribution.service import Answer, AttributionError, Attributor, get_record
+
+# loaded on first use: the service imports torch, which reading a record or a reputation does not need
+_WHERE = {
+    "Answer": "service",
+    "AttributionError": "service",
+    "Attributor": "service",
+    "get_record": "service",
+    "contributor_reputation": "reputation",
+    "flagged_rows_for_owner": "reputation",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"tally.attribution.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "Answer",
+    "AttributionError",
+    "AttributionRecord",
+    "Attributor",
+    "Credits",
+    "Evidence",
+    "InferenceAttributed",
+    "MethodResult",
+    "Mode",
+    "Share",
+    "contributor_reputation",
+    "flagged_rows_for_owner",
+    "get_record",
+]

@@ -27,7 +27,7 @@ from tally.attribution.sources import adapter_credits, contribution_seqs, index_
 from tally.attribution.spans import SpanIndex, load_or_build
 from tally.attribution.tables import AttributionRow, RowInfluence
 from tally.config import ATTRIBUTION_MODES, Settings
-from tally.engine import Engine
+from tally.config.errors import TallyError
 from tally.engine.files import hash_adapter
 from tally.influence import INDEX_JSON, IndexScorer, load_index
 from tally.ledger import Appended, Ledger
@@ -37,18 +37,8 @@ from tally.models import load_tokenizer
 from tally.store import Store
 
 
-class AttributionError(ValueError):
-    """An answer cannot be attributed as asked (unknown record, bad mode, ...)."""
-
-
-def served_adapter(engine: Engine, model: str) -> tuple[Path | None, str | None]:
-    """(directory, content hash) of the adapter the engine serves as `model`; (None, None) for the base model."""
-    if model == engine.model_name:
-        return None, None
-    entry = next((e for e in engine.adapters() if e.name == model), None)
-    if entry is None:
-        return None, None
-    return entry.path, entry.adapter_id or hash_adapter(entry.path)
+class AttributionError(TallyError, ValueError):
+    """An answer cannot be attributed as asked (bad mode: invalid); an unknown record is raised with kind="not_found"."""
 
 
 @dataclass
@@ -59,8 +49,8 @@ class Answer:
     model: str  # the name the client asked for
     prompt_ids: list[int]
     answer_ids: list[int]
-    adapter_dir: Path | None = None
-    adapter_hash: str | None = None
+    adapter_dir: Path | None = None  # where the engine read the weights that answered (None: the base model)
+    adapter_hash: str | None = None  # the content hash of those weights, as the engine computed it
     question: str | None = None  # with RAG: the question the sources were retrieved for
     chunks: list[Any] = field(default_factory=list)  # tally.rag.RetrievedChunk
     requested_by: str | None = None
@@ -123,6 +113,8 @@ class Attributor:
             if adapter_hash not in self._indexes:
                 directory = adapter_dir / "influence"
                 if not (directory / INDEX_JSON).is_file():
+                    return None
+                if hash_adapter(adapter_dir) != adapter_hash:  # replaced since it answered: not its index
                     return None
                 index = load_index(directory)
                 self._indexes[adapter_hash] = _Loaded(
@@ -310,5 +302,5 @@ def commit(session: Session, ledger: Ledger, attributed: Attributed, actor: str)
 def get_record(session: Session, inference_id: str) -> tuple[AttributionRecord, int]:
     row = session.get(AttributionRow, inference_id)
     if row is None:
-        raise AttributionError(f"no attribution record for inference {inference_id!r}")
+        raise AttributionError(f"no attribution record for inference {inference_id!r}", kind="not_found")
     return AttributionRecord.model_validate(row.record), row.ledger_seq

@@ -134,6 +134,26 @@ class AttributionSettings(_Section):
         return value
 
 
+class EngineSettings(_Section):
+    """Sizes the inference engine allocates at start (docs/engine.md has the memory arithmetic)."""
+
+    max_num_seqs: int = Field(16, ge=1, le=4096, description="sequences decoded together (KV cache rows)")
+    max_model_len: int = Field(1024, ge=16, le=1 << 17, description="tokens per sequence, prompt plus output")
+    max_tokens_per_step: int = Field(512, ge=1, description="token budget of one step (prefill chunks + decodes)")
+    adapter_slots: int = Field(16, ge=1, le=1024, description="adapters resident in the stacked slot tensors")
+    max_adapters_per_step: int = Field(16, ge=1, description="distinct adapters one step may mix")
+    max_rank: int = Field(64, ge=1, le=1024, description="largest LoRA rank served")
+    host_cache_bytes: int = Field(1 << 30, ge=0, description="bytes of adapter weights kept in host memory (LRU)")
+    fairness_steps: int = Field(8, ge=1, description="steps a blocked adapter waits before it goes first")
+    load_workers: int = Field(1, ge=1, le=64, description="threads reading adapters from disk")
+    threads: int = Field(0, ge=0, le=1024, description="torch threads for inference; 0: torch's default")
+
+
+class LogSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = Field("text", description="json: one JSON object per line, for machines")
+
+
 class RewardsSettings(_Section):
     policy: Path | None = Field(None, description="fee policy YAML (see docs/rewards.md); the built-in one if unset")
 
@@ -158,6 +178,8 @@ class Settings(BaseSettings):
     rag: RagSettingsSection = Field(default_factory=lambda: RagSettingsSection())
     attribution: AttributionSettings = Field(default_factory=lambda: AttributionSettings())
     rewards: RewardsSettings = Field(default_factory=lambda: RewardsSettings())
+    engine: EngineSettings = Field(default_factory=lambda: EngineSettings())
+    log: LogSettings = Field(default_factory=lambda: LogSettings())
     chain_id: int = Field(31337, ge=1, description="EVM chain id: EIP-712 signing domain and on-chain settlement")
 
     @classmethod

@@ -27,7 +27,7 @@ from tally.engine.kv_cache import KVCache
 from tally.engine.lora_layers import PROJECTIONS, LoraKernels, wrap_model
 from tally.engine.metrics import EngineMetrics
 from tally.engine.registry import read_registry, registry_path
-from tally.engine.runner import LlamaRunner
+from tally.engine.runner import LlamaRunner, head_dim
 from tally.engine.sampling import SamplingParams, make_generator, sample
 from tally.engine.scheduler import Scheduler, SchedulerConfig
 from tally.engine.sequence import Detokenizer, RequestOutput, SeqState, Sequence
@@ -50,6 +50,7 @@ class EngineConfig:
     host_cache_bytes: int = 1 << 30
     fairness_steps: int = 8
     load_workers: int = 1
+    threads: int = 0  # torch intra-op threads; 0 leaves torch's default (all cores)
     device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
 
     def scheduler(self) -> SchedulerConfig:
@@ -71,6 +72,8 @@ class GenerationResult:
     completion_tokens: int
     logits: list[torch.Tensor] | None = None
     error: str | None = None
+    adapter_id: str | None = None  # the weights that ran (None: the base model)
+    adapter_path: Path | None = None
 
 
 class Engine:
@@ -91,14 +94,13 @@ class Engine:
         self.context, self.layers = wrap_model(self.model, config.targets, config.adapter_slots, kernels)
         self.spec = BaseSpec.from_model(self.model, config.targets, config.max_rank)
         mcfg = self.model.config
-        head_dim = int(getattr(mcfg, "head_dim", None) or mcfg.hidden_size // mcfg.num_attention_heads)
         dtype = next(self.model.parameters()).dtype
         self.cache = KVCache(
             mcfg.num_hidden_layers,
             config.max_num_seqs,
             mcfg.num_key_value_heads,
             config.max_model_len,
-            head_dim,
+            head_dim(mcfg),
             dtype,
             self.device,
         )
@@ -154,6 +156,7 @@ class Engine:
             try:
                 progressed = self.step()
             except Exception as exc:  # a bug must not hang every client: fail the running requests, keep serving
+                logger.exception("engine step failed; failing %d running requests", len(self.scheduler.running))
                 for seq in list(self.scheduler.running):
                     self._finish(seq, "error", error=f"engine error: {exc!r}")
                 progressed = True
@@ -190,6 +193,30 @@ class Engine:
     def encode(self, text: str) -> list[int]:
         return [int(i) for i in self.tokenizer(text, add_special_tokens=False)["input_ids"]]
 
+    def validate(self, prompt: list[int], params: SamplingParams, model: str | None = None) -> str | None:
+        """Every check a request must pass, in one place: callers run it before they answer (a streamed response
+        must not start and then fail), `submit` runs it again as the engine's own guard. Returns the adapter name
+        (None for the base model)."""
+        if self._closed:
+            raise EngineClosedError("the engine is stopped")
+        adapter = self.check_model(model) if model is not None else None
+        if not prompt:
+            raise RequestValidationError("the prompt is empty", param="prompt")
+        if len(prompt) + params.max_tokens > self.config.max_model_len:
+            raise RequestValidationError(
+                f"prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) exceeds the model's context of "
+                f"{self.config.max_model_len} tokens",
+                param="max_tokens", prompt_tokens=len(prompt), max_tokens=params.max_tokens,
+                max_model_len=self.config.max_model_len,
+            )  # fmt: skip
+        vocab = int(self.model.config.vocab_size)
+        bad = next((t for t in prompt if t < 0 or t >= vocab), None)
+        if bad is not None:
+            raise RequestValidationError(
+                f"prompt token ids must be in [0, {vocab}); got {bad}", param="prompt", token=bad, vocab=vocab
+            )
+        return adapter
+
     def submit(
         self,
         prompt: list[int],
@@ -199,19 +226,7 @@ class Engine:
         request_id: str | None = None,
     ) -> str:
         """Queue one request; events go to `sink` (called on the engine thread). Unknown `model` raises here."""
-        if self._closed:
-            raise EngineClosedError("the engine is stopped")
-        adapter = self.check_model(model) if model is not None else None
-        if not prompt:
-            raise RequestValidationError("the prompt is empty")
-        if len(prompt) + params.max_tokens > self.config.max_model_len:
-            raise RequestValidationError(
-                f"prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) exceeds the engine's "
-                f"max_model_len of {self.config.max_model_len}"
-            )
-        vocab = int(self.model.config.vocab_size)
-        if any(t < 0 or t >= vocab for t in prompt):
-            raise RequestValidationError(f"prompt token ids must be in [0, {vocab})")
+        adapter = self.validate(prompt, params, model)
         request_id = request_id or f"req-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
         seq = Sequence(request_id, adapter, list(prompt), params, sink)
         seq.generator = make_generator(params, self.device)
@@ -292,6 +307,8 @@ class Engine:
             last.usage.completion_tokens,
             last.logits,
             last.error,
+            last.adapter_id,
+            last.adapter_path,
         )
 
     def run_until_idle(self, max_steps: int = 1_000_000) -> None:
@@ -378,17 +395,16 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
 
 
 def build_engine(settings: Any, config: EngineConfig | None = None, model: str | None = None) -> Engine:
-    """The engine for the server: the default base model from settings, adapters from the CLI's registry file.
-
-    `settings.engine` (when the settings grow that section) overrides the EngineConfig defaults.
-    """
+    """The engine for the server: the default base model from settings, adapters from the CLI's registry file,
+    sizes from the `[engine]` section of the settings."""
     from tally.models import load_model, load_tokenizer, resolve_model
 
     name = model or settings.models.default
     path = resolve_model(name, settings.models.cache_dir)
     if config is None:
-        section = getattr(settings, "engine", None)
-        config = EngineConfig(**section.model_dump()) if section is not None else EngineConfig()
+        config = EngineConfig(**settings.engine.model_dump())
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
     engine = Engine(load_model(path), load_tokenizer(path), name, config)
     for entry in read_registry(adapter_registry_path(settings)).values():
         try:

@@ -38,6 +38,11 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def head_dim(config: Any) -> int:
+    """Per-head width of a Llama-style config (explicit `head_dim`, else hidden size over heads)."""
+    return int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+
+
 class LlamaRunner:
     def __init__(self, model: Any, cache: KVCache, context: LoraContext) -> None:
         cfg = model.config
@@ -46,7 +51,7 @@ class LlamaRunner:
         self.context = context
         self.num_heads = int(cfg.num_attention_heads)
         self.kv_heads = int(cfg.num_key_value_heads)
-        self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+        self.head_dim = head_dim(cfg)
         self.rep = self.num_heads // self.kv_heads
         self.scale = self.head_dim**-0.5
         self.device = next(model.parameters()).device

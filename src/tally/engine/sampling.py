@@ -23,13 +23,13 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
-            raise RequestValidationError("max_tokens must be at least 1")
+            raise RequestValidationError("max_tokens must be at least 1", param="max_tokens")
         if not 0.0 <= self.temperature <= 2.0:
-            raise RequestValidationError("temperature must be between 0 and 2")
+            raise RequestValidationError("temperature must be between 0 and 2", param="temperature")
         if not 0.0 < self.top_p <= 1.0:
-            raise RequestValidationError("top_p must be in (0, 1]")
+            raise RequestValidationError("top_p must be in (0, 1]", param="top_p")
         if len(self.stop) > 4 or any(not s for s in self.stop):
-            raise RequestValidationError("stop takes at most 4 non-empty strings")
+            raise RequestValidationError("stop takes at most 4 non-empty strings", param="stop")
 
     @property
     def greedy(self) -> bool:

@@ -119,7 +119,7 @@ class Scheduler:
                 slot = self.store.acquire_slot(weights)
                 if slot is None:  # pragma: no cover - can_place said yes
                     continue
-                seq.slot, seq.adapter_id = slot, weights.adapter_id
+                seq.slot, seq.adapter_id, seq.adapter_path = slot, weights.adapter_id, weights.path
                 adapters.add(weights.adapter_id)
             self.waiting.remove(seq)
             seq.row = self.cache.allocate(id(seq))

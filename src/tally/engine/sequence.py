@@ -6,6 +6,7 @@ import enum
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,6 +41,10 @@ class RequestOutput:
     usage: Usage | None = None
     error: str | None = None
     logits: list[torch.Tensor] | None = None  # every step's logits, only with record_logits, on the last event
+    # what served it, on the last event: the content hash of the adapter weights that ran (None: the base model)
+    # and the directory they were read from; attribution credits these, never a later lookup by name
+    adapter_id: str | None = None
+    adapter_path: Path | None = None
 
 
 @dataclass
@@ -55,6 +60,7 @@ class Sequence:
     row: int | None = None
     slot: int = 0
     adapter_id: str | None = None
+    adapter_path: Path | None = None
     computed: int = 0  # tokens already in the KV cache
     cancelled: bool = False
     generator: torch.Generator | None = None
@@ -132,4 +138,6 @@ class Detokenizer:
             usage=Usage(len(seq.prompt), len(seq.output)),
             error=error,
             logits=seq.logits if seq.params.record_logits else None,
+            adapter_id=seq.adapter_id,
+            adapter_path=seq.adapter_path,
         )

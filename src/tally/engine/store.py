@@ -233,7 +233,9 @@ class AdapterStore:
             raise AdapterNotFoundError(
                 f"The model {name!r} does not exist: it is neither the base model nor a loaded adapter. Register "
                 f"it with `tally adapters add {name} DIR`; a server already running sees it after a restart or an "
-                "admin's POST /v1/load_lora_adapter."
+                "admin's POST /v1/load_lora_adapter.",
+                param="model",
+                model=name,
             )
         if entry.fingerprint is not None:
             try:

@@ -100,6 +100,10 @@ class JobRunner:
         self.pool.submit(self._run, job_id, principal, cfg)
         return obj
 
+    def close(self) -> None:
+        """Stop taking jobs; queued ones are dropped (their rows stay `queued`), a running one finishes."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
     def cancel(self, job_id: str) -> None:
         with self.lock:
             self.cancelled.add(job_id)

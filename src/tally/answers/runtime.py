@@ -1,0 +1,98 @@
+"""The runtime: everything a running Tally holds, built once at start and passed down.
+
+`tally serve` builds one for the app's lifetime, each CLI command that answers builds one for the command, and
+tests build one around their own engine. Library code takes what it needs from it as arguments; nothing is
+cached in modules or filled in lazily by request handlers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tally.config import Settings
+from tally.ledger import Ledger, open_ledger
+from tally.store import Store, open_store
+
+if TYPE_CHECKING:
+    from tally.attribution.service import Attributor
+    from tally.engine import Engine
+    from tally.factory.jobs import JobRunner
+    from tally.rewards import FeePolicy
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: Store
+    ledger: Ledger
+    fee_policy: FeePolicy
+    engine: Engine | None = None  # None: this process serves no inference (the inference routes answer 503)
+    attributor: Attributor | None = None  # None: attribution is off (no base model to measure with)
+    jobs: JobRunner = field(init=False, repr=False)  # fine-tuning jobs, one worker thread
+    owns_store: bool = field(default=True, repr=False)
+
+    def __post_init__(self) -> None:
+        from tally.factory.jobs import JobRunner
+
+        self.jobs = JobRunner(self.settings, self.ledger)
+
+    def start(self) -> Runtime:
+        if self.engine is not None:
+            self.engine.start()
+        return self
+
+    def close(self) -> None:
+        self.jobs.close()
+        if self.engine is not None:
+            self.engine.stop()
+        if self.owns_store:
+            self.store.dispose()
+
+
+def build_runtime(
+    settings: Settings,
+    *,
+    with_engine: bool = False,
+    engine: Engine | None = None,
+    model_dir: Path | None = None,
+    store: Store | None = None,
+) -> Runtime:
+    """Open the store and ledger, read the fee policy (a bad file stops the start, not an answer) and, with
+    `with_engine` or a given `engine`, the engine and the attributor. A base model that is not pulled leaves the
+    engine off with a warning: everything else still serves."""
+    from tally.rewards import effective_policy
+
+    fee_policy, _ = effective_policy(settings)
+    own = store is None
+    store = store or open_store(settings)
+    runtime = Runtime(settings, store, open_ledger(settings, store), fee_policy, owns_store=own)
+    if engine is None and with_engine:
+        from tally.engine import build_engine
+        from tally.models import ModelError
+
+        try:
+            engine = build_engine(settings)
+        except ModelError as exc:
+            logger.warning("inference engine not started: %s", exc)
+    if engine is not None:
+        runtime.engine = engine
+        runtime.attributor = _attributor(settings, store, engine.model_name, model_dir)
+    return runtime
+
+
+def _attributor(settings: Settings, store: Store, model_name: str, model_dir: Path | None) -> Attributor | None:
+    from tally.attribution.service import Attributor
+    from tally.models import ModelError, resolve_model
+
+    if model_dir is None:
+        try:
+            model_dir = resolve_model(model_name, settings.models.cache_dir)
+        except ModelError as exc:
+            logger.warning("attribution off: %s", exc)
+            return None
+    return Attributor(settings, store, model_dir, model_name)

@@ -1,0 +1,266 @@
+"""The one answer path: request -> alias and retrieval -> encode -> validate once -> generate -> citations ->
+attribution -> settlement -> result.
+
+`prepare` runs every check before anything is generated (a streamed answer never starts with a 200 and then fails
+on its input); `answer` (blocking) and `stream` (asyncio, text as it comes) generate; `finish` cites, attributes and
+settles. The HTTP routes, `tally ask` and tests all come through here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from tally.answers.request import AnswerRequest, AnswerResult, Delta, Generated, Prepared, RagOption
+from tally.answers.runtime import Runtime
+from tally.config import ATTRIBUTION_MODES, AttributionMode, Settings
+from tally.config.errors import TallyError
+from tally.config.logs import note
+
+if TYPE_CHECKING:
+    from tally.engine import Engine, RequestOutput, SamplingParams
+    from tally.attribution import AttributionRecord
+    from tally.rag import RetrievedChunk
+
+logger = logging.getLogger(__name__)
+CHAT_MAX_TOKENS = 512  # a chat request that names no max_tokens gets what fits, up to this
+COMPLETION_MAX_TOKENS = 16  # OpenAI's default for completions
+
+
+class AnswerError(TallyError):
+    """An answer that cannot be given as asked; the kind says why."""
+
+
+def precheck(settings: Settings, request: AnswerRequest) -> None:
+    """The checks that need no model: a CLI runs them before it spends seconds loading the base model."""
+    from tally.engine import adapter_registry_path
+    from tally.engine.registry import read_registry
+
+    if request.attribution is not None and request.attribution not in ATTRIBUTION_MODES:
+        raise AnswerError(
+            f"attribution mode {request.attribution!r} is not one of {', '.join(ATTRIBUTION_MODES)}",
+            param="attribution",
+        )
+    model = request.model
+    aliases = settings.rag.aliases
+    if model in aliases:
+        model = aliases[model].model
+    if model != settings.models.default and model not in read_registry(adapter_registry_path(settings)):
+        raise AnswerError(
+            f"no model named {model!r}: it is neither the base model ({settings.models.default}) nor a registered "
+            "adapter; see `tally adapters list`, add one with `tally adapters add NAME PATH`",
+            kind="not_found", param="model", model=model,
+        )  # fmt: skip
+
+
+def engine_of(runtime: Runtime) -> Engine:
+    if runtime.engine is None:
+        raise AnswerError(
+            "The inference engine is not running here: pull the base model (`tally models pull`) and start the "
+            "server with `tally serve`.",
+            kind="unavailable",
+        )
+    return runtime.engine
+
+
+def resolve_mode(runtime: Runtime, model: str, requested: str | None) -> AttributionMode:
+    """The request's mode, else the model's default; asking for one where attribution is not running fails."""
+    if runtime.attributor is None:
+        if requested not in (None, "off"):
+            raise AnswerError(
+                "attribution is not running here: it needs the base model (`tally models pull`, then `tally serve`)",
+                kind="unavailable", param="attribution",
+            )  # fmt: skip
+        return "off"
+    return runtime.attributor.mode_for(model, requested)
+
+
+def prepare(runtime: Runtime, request: AnswerRequest) -> Prepared:
+    """Resolve the alias, check the model and options, retrieve (a ledger event), encode and validate once."""
+    from tally.engine import SamplingParams
+
+    engine = engine_of(runtime)
+    if (request.messages is None) == (request.prompt is None):
+        raise AnswerError("an answer needs either messages (chat) or a prompt (completion), not both")
+    model, rag = request.model, request.rag
+    alias = runtime.settings.rag.aliases.get(model)
+    if alias is not None:
+        model = alias.model
+        rag = rag or RagOption(datanets=alias.datanets, top_k=alias.top_k)
+    if rag is not None and request.stream:
+        raise AnswerError("stream is not supported together with rag; ask without stream", param="stream")
+    if rag is not None and request.messages is None:
+        raise AnswerError("retrieval needs a chat request (messages)", param="rag")
+    engine.check_model(model)
+    mode = resolve_mode(runtime, model, request.attribution)
+    chunks: list[RetrievedChunk] = []
+    question: str | None = None
+    messages = request.messages
+    if rag is not None and messages is not None:
+        question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        chunks, messages = _retrieve(runtime, request, rag, question)
+    prompt = _encode(engine, messages, request.prompt)
+    sampling = request.sampling
+    default = (
+        COMPLETION_MAX_TOKENS
+        if request.messages is None
+        else max(1, min(CHAT_MAX_TOKENS, engine.config.max_model_len - len(prompt)))
+    )
+    params = SamplingParams(
+        max_tokens=sampling.max_tokens or default, temperature=sampling.temperature, top_p=sampling.top_p,
+        seed=sampling.seed, stop=sampling.stop,
+    )  # fmt: skip
+    engine.validate(prompt, params, model)
+    inference_id = request.id or f"ans-{uuid.uuid4().hex}"
+    note(model=model, inference=inference_id, attribution=mode, rag=rag is not None)
+    return Prepared(request, inference_id, model, prompt, params.max_tokens, mode, chunks, question)
+
+
+def _retrieve(
+    runtime: Runtime, request: AnswerRequest, rag: RagOption, question: str
+) -> tuple[list[RetrievedChunk], list[dict[str, str]]]:
+    from tally.rag import RagSettings, build_rag_messages, retrieve
+
+    if request.requester is None:
+        raise AnswerError(
+            "retrieval needs to know who asks (only datanets the caller may use for rag are searched): send an API "
+            "key, or act as an account (`--as NAME`)",
+            kind="unauthenticated",
+        )
+    if not question.strip():
+        raise AnswerError("a rag request needs a user message to retrieve for", param="messages")
+    settings = RagSettings.from_settings(runtime.settings)
+    with runtime.store.transaction() as s:
+        chunks = retrieve(
+            s, runtime.ledger, request.requester, rag.datanets, question, rag.top_k or settings.default_top_k,
+            rag.mode, settings=settings, refresh=True,
+        )  # fmt: skip
+    return chunks, build_rag_messages(question, chunks)
+
+
+def _encode(engine: Engine, messages: list[dict[str, str]] | None, prompt: str | list[int] | None) -> list[int]:
+    if messages is not None:
+        try:
+            return engine.encode_chat(messages)
+        except Exception as exc:  # a template that rejects the roles (no system role, ...)
+            raise AnswerError(f"the chat template rejected the messages: {exc}", param="messages") from None
+    if isinstance(prompt, str):
+        return engine.encode(prompt)
+    return list(prompt or [])
+
+
+def params_of(prepared: Prepared) -> SamplingParams:
+    from tally.engine import SamplingParams
+
+    s = prepared.request.sampling
+    return SamplingParams(
+        max_tokens=prepared.max_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed, stop=s.stop
+    )
+
+
+class _Collector:
+    """Folds the engine's events into one `Generated` (the same for the blocking and the streaming path)."""
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.ids: list[int] = []
+        self.last: RequestOutput | None = None
+
+    def add(self, out: RequestOutput) -> None:
+        self.text.append(out.text)
+        self.ids.extend(out.token_ids)
+        self.last = out
+
+    def generated(self) -> Generated:
+        last = self.last
+        if last is None or last.usage is None:
+            raise AnswerError("generation ended without a result", kind="internal")
+        if last.finish_reason == "error":
+            raise AnswerError(last.error or "generation failed", kind="internal")
+        return Generated(
+            "".join(self.text), self.ids, last.finish_reason or "stop", last.usage.prompt_tokens,
+            last.usage.completion_tokens, last.adapter_id, last.adapter_path,
+        )  # fmt: skip
+
+
+def generate(runtime: Runtime, prepared: Prepared) -> Generated:
+    """Blocking generation (the engine thread runs it; the caller waits)."""
+    collector = _Collector()
+    for out in engine_of(runtime).stream_sync(prepared.prompt_ids, params_of(prepared), prepared.model):
+        collector.add(out)
+    return collector.generated()
+
+
+def finish(runtime: Runtime, prepared: Prepared, generated: Generated) -> AnswerResult:
+    """Citations, then attribution and its fee settled in one transaction; the typed result."""
+    text, citations = generated.text, list[dict[str, Any]]()
+    if prepared.question is not None:
+        from tally.rag import postprocess_citations
+
+        text, citations = postprocess_citations(generated.text, prepared.chunks)
+    retrieved = len(prepared.chunks) if prepared.question is not None else None
+    result = AnswerResult(
+        id=prepared.id, model=prepared.model, text=text, finish_reason=generated.finish_reason,
+        prompt_tokens=generated.prompt_tokens, completion_tokens=generated.completion_tokens,
+        token_ids=generated.token_ids, adapter_id=generated.adapter_id, retrieved=retrieved, citations=citations,
+    )  # fmt: skip
+    note(prompt_tokens=generated.prompt_tokens, completion_tokens=generated.completion_tokens)
+    delivered = generated.finish_reason in ("stop", "length") and generated.token_ids
+    if prepared.mode != "off" and runtime.attributor is not None and delivered:
+        result.record, result.receipt = _attribute(runtime, prepared, generated)
+    return result
+
+
+def _attribute(runtime: Runtime, prepared: Prepared, generated: Generated) -> tuple[AttributionRecord, int]:
+    from tally.attribution.service import Answer
+    from tally.rewards.settle import settle_answer
+
+    assert runtime.attributor is not None
+    requester = prepared.request.requester
+    answer = Answer(
+        inference_id=prepared.id, model=prepared.model, prompt_ids=prepared.prompt_ids,
+        answer_ids=generated.token_ids, adapter_dir=generated.adapter_path, adapter_hash=generated.adapter_id,
+        question=prepared.question, chunks=prepared.chunks,
+        requested_by=requester.address if requester is not None else None,
+    )  # fmt: skip
+    start = time.perf_counter()
+    attributed = runtime.attributor.attribute(answer, prepared.mode)
+    actor = answer.requested_by or "engine"
+    seq = settle_answer(runtime.ledger, attributed, runtime.fee_policy, actor=actor)
+    note(attribution_ms=round((time.perf_counter() - start) * 1000, 1), receipt=seq)
+    return attributed.record, seq
+
+
+def answer(runtime: Runtime, request: AnswerRequest) -> AnswerResult:
+    """The whole path, blocking: for the CLI, scripts and tests."""
+    prepared = prepare(runtime, request)
+    return finish(runtime, prepared, generate(runtime, prepared))
+
+
+async def stream(runtime: Runtime, prepared: Prepared) -> AsyncIterator[Delta | AnswerResult]:
+    """Text as it is generated (`Delta`), then the `AnswerResult` (citations, attribution, receipt). Leaving early
+    (a client gone) cancels the generation; nothing is attributed or settled for an answer not delivered."""
+    collector = _Collector()
+    async for out in engine_of(runtime).stream(prepared.prompt_ids, params_of(prepared), prepared.model):
+        collector.add(out)
+        if out.finish_reason == "error":
+            break
+        if out.text:
+            yield Delta(out.text)
+    generated = collector.generated()
+    yield await asyncio.to_thread(finish, runtime, prepared, generated)
+
+
+async def answer_async(runtime: Runtime, request: AnswerRequest) -> AnswerResult:
+    """The whole path on an asyncio loop: retrieval and attribution run in worker threads."""
+    prepared = await asyncio.to_thread(prepare, runtime, request)
+    result: AnswerResult | None = None
+    async for event in stream(runtime, prepared):
+        if isinstance(event, AnswerResult):
+            result = event
+    assert result is not None
+    return result
