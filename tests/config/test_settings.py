@@ -56,3 +56,24 @@ def test_attribution_settings_name_only_known_methods(tmp_path, monkeypatch) -> 
     with pytest.raises(ValidationError, match="unknown attribution method bm25"):
         AttributionSettings(null_gated=["bm25"])
     assert AttributionSettings(weights={"gradient": 2.0}).weights == {"gradient": 2.0}
+
+
+def test_engine_section_sizes_the_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tally.engine import EngineConfig
+
+    monkeypatch.chdir(tmp_path)
+    for var in ("TALLY_CONFIG", "TALLY_ENGINE__THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "tally.toml").write_text("[engine]\nmax_num_seqs = 32\nmax_model_len = 2048\nthreads = 2\n")
+    s = load_settings()
+    config = EngineConfig(**s.engine.model_dump())
+    assert (config.max_num_seqs, config.max_model_len, config.threads) == (32, 2048, 2)
+    assert config.adapter_slots == EngineConfig().adapter_slots  # unset fields keep the engine's defaults
+    monkeypatch.setenv("TALLY_ENGINE__THREADS", "1")
+    assert load_settings().engine.threads == 1
+    (tmp_path / "tally.toml").write_text("[engine]\nmax_num_seqs = 0\n")
+    with pytest.raises(ValidationError, match="engine.max_num_seqs"):
+        load_settings()
+    (tmp_path / "tally.toml").write_text("[engine]\nmax_seqs = 8\n")
+    with pytest.raises(ValidationError, match="engine.max_seqs"):
+        load_settings()

@@ -18,7 +18,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tally.attribution.reputation import contributor_reputation, flagged_rows_for_owner
+    from tally.attribution.reputation import FlaggedRow, contributor_reputation, flagged_rows_for_owner
     from tally.attribution.service import Answer, AttributionError, Attributor, get_record
 
 # loaded on first use: the service imports torch, which reading a record or a reputation does not need
@@ -27,6 +27,7 @@ _WHERE = {
     "AttributionError": "service",
     "Attributor": "service",
     "get_record": "service",
+    "FlaggedRow": "reputation",
     "contributor_reputation": "reputation",
     "flagged_rows_for_owner": "reputation",
 }
@@ -45,6 +46,7 @@ __all__ = [
     "Attributor",
     "Credits",
     "Evidence",
+    "FlaggedRow",
     "InferenceAttributed",
     "MethodResult",
     "Mode",

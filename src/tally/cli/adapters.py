@@ -9,9 +9,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tally.cli.common import console, fail, load_cli_settings
+from tally.cli.common import cli_errors, console, load_cli_settings
 from tally.engine import registry
-from tally.engine.errors import EngineError
 
 app = typer.Typer(help="Register LoRA adapters (PEFT directories) for the server.", no_args_is_help=True)
 
@@ -27,10 +26,8 @@ def add(
     pinned: bool = typer.Option(False, "--pinned", help="keep it in the host cache once loaded"),
 ) -> None:
     """Register (or re-point) an adapter; a running server picks it up on restart or via /v1/load_lora_adapter."""
-    try:
+    with cli_errors():
         entry = registry.add(_path(), name, path, pinned=pinned)
-    except EngineError as exc:
-        raise fail(str(exc)) from None
     console.print(f"registered [bold]{escape(entry.name)}[/] -> {escape(entry.path)} (id {entry.adapter_id[:16]})")
 
 
@@ -55,8 +52,6 @@ def list_(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> N
 @app.command("remove")
 def remove(name: str = typer.Argument(...)) -> None:
     """Forget an adapter (its files are left alone)."""
-    try:
+    with cli_errors():
         entry = registry.remove(_path(), name)
-    except EngineError as exc:
-        raise fail(str(exc)) from None
     console.print(f"removed {escape(entry.name)}")

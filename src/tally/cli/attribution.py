@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
-from tally.attribution.reputation import FlaggedRow
 from tally.cli.common import acting_principal, cli_errors, console, fail, load_cli_settings, opened_ledger
+
+if TYPE_CHECKING:
+    from tally.attribution import FlaggedRow
 
 app = typer.Typer(help="Attribution records, contributor reputation, flagged rows.", no_args_is_help=True)
 AS = typer.Option(None, "--as", envvar="TALLY_AS", help="account that acts (name or address)")
@@ -17,7 +20,7 @@ AS = typer.Option(None, "--as", envvar="TALLY_AS", help="account that acts (name
 @app.command("show")
 def show_cmd(inference_id: str, receipt: bool = typer.Option(False, help="also print the ledger receipt")) -> None:
     """The full attribution record of one answer (JSON), optionally with its ledger receipt."""
-    from tally.attribution.service import AttributionError, get_record
+    from tally.attribution import AttributionError, get_record
     from tally.ledger import build_receipt
 
     with opened_ledger(load_cli_settings()) as (store, ledger), store.read() as s:
@@ -36,7 +39,7 @@ def reputation_cmd(
     address: str, min_answers: int = typer.Option(5, help="answers before a row can be flagged")
 ) -> None:
     """A contributor's accepted and rejected rows, the mean signed influence of their rows, and flagged rows."""
-    from tally.attribution.reputation import contributor_reputation
+    from tally.attribution import contributor_reputation
 
     with opened_ledger(load_cli_settings()) as (store, _), store.read() as s:
         rep = contributor_reputation(s, address, min_answers)
@@ -52,7 +55,7 @@ def flagged_cmd(
     datanet: str, min_answers: int = typer.Option(5, help="answers before a row can be flagged"), as_: str = AS
 ) -> None:
     """For a datanet's owner: rows that keep pulling answers the wrong way (negative mean influence)."""
-    from tally.attribution.reputation import flagged_rows_for_owner
+    from tally.attribution import flagged_rows_for_owner
 
     with opened_ledger(load_cli_settings()) as (store, _), cli_errors(), store.read() as s:
         rows = flagged_rows_for_owner(s, acting_principal(s, as_), datanet, min_answers)

@@ -22,6 +22,12 @@ from tally.ledger import (
 app = typer.Typer(help="Inspect, prove and verify the tamper-evident ledger.", no_args_is_help=True)
 
 
+def _know_every_event_type() -> None:
+    from tally.answers import load_event_types
+
+    load_event_types()
+
+
 @app.command()
 def head() -> None:
     """Show the log's size, root and newest signed checkpoint (signing one if the log has grown)."""
@@ -88,6 +94,7 @@ def prove(
 @app.command()
 def verify() -> None:
     """Recompute every leaf and node, check every checkpoint; exit 1 naming the first bad index."""
+    _know_every_event_type()
     with (
         opened_ledger() as (_, ledger),
         Progress(
@@ -118,6 +125,7 @@ def verify_receipt_cmd(
     key: str = typer.Option(None, help="the log's verifier key (NAME+KEYID+BASE64) to trust instead of the receipt's"),
 ) -> None:
     """Check a receipt offline: no database, no network."""
+    _know_every_event_type()
     try:
         receipt = json.loads(file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from tally.cli import adapters, ask, attribution, datanets, factory, identity, ledger, models, rewards
-from tally.cli.common import console, load_cli_settings
+from tally.cli.common import console, fail, load_cli_settings
 
 app = typer.Typer(help="Tally: attribution-native AI.", no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(ledger.app, name="ledger")
@@ -43,17 +43,29 @@ def db_upgrade() -> None:
 def serve(
     host: str = typer.Option(None, help="bind address (default: settings server.host)"),
     port: int = typer.Option(None, help="port (default: settings server.port)"),
+    log_format: str = typer.Option(None, help="text | json (default: settings log.format)"),
+    log_level: str = typer.Option(None, help="DEBUG | INFO | WARNING | ERROR (default: settings log.level)"),
 ) -> None:
     """Start the API server."""
     import uvicorn
 
     from tally.api import create_app
+    from tally.config.logs import configure_logging
 
     settings = load_cli_settings()
+    fmt, level = log_format or settings.log.format, (log_level or settings.log.level).upper()
+    if fmt not in ("text", "json"):
+        raise fail(f"--log-format {fmt!r} is not one of text, json")
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise fail(f"--log-level {level!r} is not one of DEBUG, INFO, WARNING, ERROR")
+    configure_logging(level, fmt)  # type: ignore[arg-type]
     bind_host = host or settings.server.host
     bind_port = port or settings.server.port
     console.print(f"Tally starting on http://{bind_host}:{bind_port} (data in {settings.data_dir})")
-    uvicorn.run(create_app(settings, with_engine=True), host=bind_host, port=bind_port, log_level="info")
+    # uvicorn's own access log would repeat the request line without the request id: Tally writes that line
+    uvicorn.run(
+        create_app(settings, with_engine=True), host=bind_host, port=bind_port, log_level="info", access_log=False
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,163 @@
+"""The one answer path: three doors give one answer, validation comes before generation, and attribution credits
+the weights that actually answered."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from tests.api.test_openai_routes import make_runtime
+from tests.cli.test_datanet_cli import run
+from tests.datanets.conftest import World, world  # noqa: F401 - fixture
+from tests.engine.conftest import TinySetup, make_engine, tiny  # noqa: F401 - fixture
+from tests.factory.conftest import make_config, people, tiny_model  # noqa: F401 - fixtures
+
+from tally import answers
+from tally.answers import AnswerRequest, Sampling, build_runtime
+from tally.api import create_app
+from tally.config import Settings
+from tally.config.errors import TallyError
+from tally.engine import adapter_registry_path
+from tally.engine import registry as adapter_registry
+from tally.engine.files import hash_adapter
+from tally.factory import service
+from tally.identity import create_api_key, resolve_account
+
+QUESTION = "Where was Ilsa Varn born?"
+
+
+def _accruals(w: World, inference: str) -> list[dict[str, Any]]:
+    """The fee lines the ledger holds for one answer, without the inference id."""
+    entries = [json.loads(e) for e in w.ledger.entries(0, w.ledger.size())]
+    [accrued] = [e for e in entries if e["type"] == "rewards.accrued" and e["payload"]["inference"] == inference]
+    return sorted(accrued["payload"]["lines"], key=lambda line: (line["role"], line["account"]))
+
+
+@pytest.fixture
+def served(people: World, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:  # noqa: F811
+    """`people-lora` trained on the people datanet and registered; the tiny model is the base model everywhere."""
+    trained = service.train(people.settings, people.ledger, people.dev, make_config(tiny_model, tmp_path / "lora"))
+    assert trained.finished
+    # a random tiny model's answers beat no null: count every method on min_z alone, so shares are not empty
+    monkeypatch.setenv("TALLY_MODELS__DEFAULT", str(tiny_model))
+    monkeypatch.setenv("TALLY_ATTRIBUTION__NULL_GATED", "[]")
+    monkeypatch.setenv("TALLY_ATTRIBUTION__MIN_Z", "0")
+    settings = people.settings.model_copy(
+        update={
+            "models": people.settings.models.model_copy(update={"default": str(tiny_model)}),
+            "attribution": people.settings.attribution.model_copy(update={"null_gated": [], "min_z": 0.0}),
+        }
+    )
+    adapter_registry.add(adapter_registry_path(settings), "people-lora", trained.out_dir)
+    return settings
+
+
+def test_three_doors_give_one_answer_one_attribution_one_settlement(served: Settings, people: World) -> None:  # noqa: F811
+    request = AnswerRequest(
+        model="people-lora", messages=[{"role": "user", "content": QUESTION}],
+        sampling=Sampling(max_tokens=8, temperature=0), attribution="fast", requester=people.consumer,
+    )  # fmt: skip
+    runtime = build_runtime(served, with_engine=True, store=people.ledger.store).start()
+    try:
+        direct = answers.answer(runtime, request)
+    finally:
+        runtime.close()
+
+    with people.tx() as s:
+        _, token = create_api_key(s, people.ledger, resolve_account(s, people.consumer.address))
+    body = {"model": "people-lora", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 8,
+            "temperature": 0, "attribution": "fast"}  # fmt: skip
+    app = create_app(runtime=build_runtime(served, with_engine=True, store=people.ledger.store))
+    with TestClient(app) as client:
+        http = client.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {token}"})
+    assert http.status_code == 200, http.text
+    http_body = http.json()
+
+    out = run("ask", QUESTION, "--model", "people-lora", "--max-tokens", "8", "--attribution", "fast",
+              "--as", people.consumer.name)  # fmt: skip
+    cli_id = next(w for w in out.split() if w.startswith("ask-"))
+
+    assert direct.record is not None and direct.record.shares, "the fixture's adapter must credit someone"
+    assert http_body["choices"][0]["message"]["content"] == direct.text
+    assert out.startswith(direct.text.strip())
+    records = {}
+    with people.ledger.store.read() as s:
+        from tally.attribution import get_record
+
+        for inference in (direct.id, http_body["id"], cli_id):
+            records[inference] = get_record(s, inference)[0]
+    shares = [records[i].share_map() for i in records]
+    assert shares[0] == shares[1] == shares[2] == direct.record.share_map()
+    assert {records[i].adapter_hash for i in records} == {direct.adapter_id}
+    fees = [_accruals(people, i) for i in records]
+    assert fees[0] == fees[1] == fees[2] and fees[0]
+    assert {records[i].requested_by for i in records} == {people.consumer.address}
+
+
+@pytest.fixture
+def tiny_runtime(tiny: TinySetup, settings: Settings) -> Iterator[answers.Runtime]:  # noqa: F811
+    runtime = make_runtime(make_engine(tiny), settings).start()
+    yield runtime
+    runtime.close()
+
+
+def test_every_check_runs_before_generation(tiny_runtime: answers.Runtime) -> None:
+    vocab = int(tiny_runtime.engine.model.config.vocab_size)  # type: ignore[union-attr]
+    bad = [
+        (AnswerRequest(model="nope", prompt="x"), "not_found", "model"),
+        (AnswerRequest(model="tiny-base", prompt=[1, vocab]), "invalid", "prompt"),
+        (AnswerRequest(model="tiny-base", prompt=""), "invalid", "prompt"),
+        (AnswerRequest(model="tiny-base", prompt="x", sampling=Sampling(max_tokens=10_000)), "invalid", "max_tokens"),
+        (AnswerRequest(model="tiny-base", prompt="x", attribution="full"), "unavailable", "attribution"),
+        (AnswerRequest(model="tiny-base", prompt="x", messages=[{"role": "user", "content": "x"}]), "invalid", None),
+    ]
+    for request, kind, param in bad:
+        with pytest.raises(TallyError) as caught:
+            answers.prepare(tiny_runtime, request)
+        assert (caught.value.kind, caught.value.param) == (kind, param), request
+
+
+def test_a_stream_with_a_bad_token_is_refused_before_it_starts(tiny_runtime: answers.Runtime) -> None:
+    app = create_app(runtime=tiny_runtime)
+    with TestClient(app) as client:
+        r = client.post("/v1/completions", json={"model": "tiny-base", "prompt": [1, 10**9], "stream": True})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+
+
+def test_attribution_names_the_weights_that_answered(
+    tiny: TinySetup,  # noqa: F811
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    """The adapter's files are replaced between generation and attribution, then used for the next answer: each
+    record names the weights that produced its answer, never what a later lookup by name finds."""
+    live = tmp_path / "live"
+    shutil.copytree(tiny.adapters["ad1-r8"], live)
+    first_hash = hash_adapter(live)
+    engine = make_engine(tiny)
+    engine.add_adapter("swapped", live)
+    runtime = make_runtime(engine, settings).start()
+    from tally.attribution import Attributor
+
+    runtime.attributor = Attributor(settings, runtime.store, tiny.model_dir, "tiny-base")
+    try:
+        request = AnswerRequest(model="swapped", prompt="hello there", sampling=Sampling(max_tokens=4, temperature=0))
+        prepared = answers.prepare(runtime, request)
+        generated = answers.generate(runtime, prepared)
+        for name in ("adapter_config.json", "adapter_model.safetensors"):  # replaced in place, as a redeploy does
+            shutil.copy(tiny.adapters["ad2-r16"] / name, live / name)
+        second_hash = hash_adapter(live)
+        assert second_hash != first_hash
+        first = answers.finish(runtime, prepared, generated)
+        second = answers.answer(runtime, AnswerRequest(model="swapped", prompt="hello there",
+                                                        sampling=Sampling(max_tokens=4, temperature=0)))  # fmt: skip
+    finally:
+        runtime.close()
+    assert first.record is not None and second.record is not None
+    assert (first.adapter_id, first.record.adapter_hash) == (first_hash, first_hash)
+    assert (second.adapter_id, second.record.adapter_hash) == (second_hash, second_hash)
