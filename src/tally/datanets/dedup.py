@@ -15,9 +15,12 @@ import hashlib
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-from datasketch import LeanMinHash, MinHash, MinHashLSH
+
+if TYPE_CHECKING:
+    from datasketch import LeanMinHash
 
 SIGNATURE_VERSION = "tally-minhash-v1 (NFKC, lowercase, word shingles, blake2b-64, datasketch affine64)"
 _SCHEME = "affine64"
@@ -87,6 +90,8 @@ def _word_hashes(words: list[str]) -> np.ndarray:
 @lru_cache(maxsize=16)
 def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """datasketch's permutation parameters (a, b) for these settings; drawing them costs more than signing a row."""
+    from datasketch import MinHash  # datasketch pulls in scipy: imported where used, so the CLI starts fast
+
     a, b = MinHash(num_perm=num_perm, seed=seed, scheme=_SCHEME).permutations
     return a, b
 
@@ -137,6 +142,8 @@ class NearDupIndex:
     """
 
     def __init__(self, settings: DedupSettings = DedupSettings()) -> None:
+        from datasketch import MinHashLSH
+
         self.settings = settings
         self._lsh = MinHashLSH(threshold=settings.threshold, num_perm=settings.num_perm, hashfunc=_band_key)
         self._signatures: dict[str, bytes] = {}
@@ -176,6 +183,8 @@ class NearDupIndex:
 
     def _minhash(self, signature: bytes) -> LeanMinHash:
         """The signature as the sketch MinHashLSH takes (a LeanMinHash: no permutations to build)."""
+        from datasketch import LeanMinHash
+
         if len(signature) != 8 * self.settings.num_perm:
             raise ValueError(
                 f"a signature of {len(signature)} bytes does not fit num_perm={self.settings.num_perm} "

@@ -10,6 +10,7 @@ from tally.identity.accounts import (
     load_local_key,
     resolve_account,
 )
+from tally.identity.addresses import NOT_AN_ADDRESS, checksum_address
 from tally.identity.keys import (
     ApiKey,
     AuthError,
@@ -28,6 +29,7 @@ from tally.identity.signing import (
 )
 
 __all__ = [
+    "NOT_AN_ADDRESS",
     "ROLES",
     "Account",
     "AccountError",
@@ -36,6 +38,7 @@ __all__ = [
     "Principal",
     "SignatureError",
     "authenticate",
+    "checksum_address",
     "consume_nonce",
     "contribution_typed_data",
     "create_account",

@@ -7,11 +7,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from eth_account import Account as EthAccount
-from eth_utils import is_address, to_checksum_address
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from tally.identity.addresses import NOT_AN_ADDRESS, checksum_address
 from tally.identity.events import AccountCreated
 from tally.identity.tables import AccountRow
 from tally.ledger import Ledger
@@ -62,11 +61,14 @@ def create_account(
     role_list = check_roles(roles)
     private_key = None
     if address is None:
+        from eth_account import Account as EthAccount  # slow to import; only account creation needs it
+
         new = EthAccount.create()
         address, private_key = new.address, new.key.hex()
-    elif not is_address(address):
-        raise AccountError(f"{address!r} is not an Ethereum address (0x followed by 40 hex digits)")
-    address = to_checksum_address(address)
+    checked = checksum_address(address)
+    if checked is None:
+        raise AccountError(f"{address!r} {NOT_AN_ADDRESS}")
+    address = checked
     if session.get(AccountRow, address) is not None:
         raise AccountError(f"account {address} is already registered")
     if session.execute(select(AccountRow).where(AccountRow.name == name)).scalar() is not None:
@@ -88,7 +90,10 @@ def _write_key(path: Path, private_key: str) -> None:
 
 
 def load_local_key(keys_dir: Path, address: str) -> str:
-    path = keys_dir / f"{to_checksum_address(address)}.key"
+    checked = checksum_address(address)
+    if checked is None:
+        raise AccountError(f"{address!r} {NOT_AN_ADDRESS}")
+    path = keys_dir / f"{checked}.key"
     if not path.exists():
         raise AccountError(
             f"no local private key for {address} in {keys_dir} (accounts registered by address sign elsewhere)"
@@ -99,9 +104,10 @@ def load_local_key(keys_dir: Path, address: str) -> str:
 
 
 def get_account(session: Session, address: str) -> Account | None:
-    if not is_address(address):
+    checked = checksum_address(address)
+    if checked is None:
         return None
-    row = session.get(AccountRow, to_checksum_address(address))
+    row = session.get(AccountRow, checked)
     return _account(row) if row else None
 
 

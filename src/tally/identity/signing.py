@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from eth_account import Account as EthAccount
-from eth_account.messages import encode_typed_data
-from eth_utils import to_checksum_address
 from sqlalchemy.orm import Session
 
+from tally.identity.addresses import NOT_AN_ADDRESS, checksum_address
 from tally.identity.tables import UsedNonce
 
 DOMAIN_NAME = "Tally"
@@ -47,11 +45,17 @@ def contribution_typed_data(datanet: str, content_root: str, license: str, nonce
 
 
 def sign_contribution(private_key: str, **fields: Any) -> str:
+    from eth_account import Account as EthAccount  # slow to import: paid only by commands that sign or verify
+    from eth_account.messages import encode_typed_data
+
     signed = EthAccount.sign_message(encode_typed_data(full_message=contribution_typed_data(**fields)), private_key)
     return "0x" + signed.signature.hex().removeprefix("0x")
 
 
 def recover_contribution_signer(signature: str, **fields: Any) -> str:
+    from eth_account import Account as EthAccount
+    from eth_account.messages import encode_typed_data
+
     try:
         raw = bytes.fromhex(signature.removeprefix("0x"))
     except ValueError as exc:
@@ -68,7 +72,10 @@ def recover_contribution_signer(signature: str, **fields: Any) -> str:
 
 def consume_nonce(session: Session, address: str, nonce: int) -> None:
     """Record a signer's nonce as used, inside the caller's transaction; a second use is refused."""
-    key = (to_checksum_address(address), str(nonce))
+    signer = checksum_address(address)
+    if signer is None:
+        raise SignatureError(f"signer {address!r} {NOT_AN_ADDRESS}")
+    key = (signer, str(nonce))
     if session.get(UsedNonce, key) is not None:
         raise SignatureError(f"nonce {nonce} of {key[0]} was already used (replayed signature)")
     session.add(UsedNonce(address=key[0], nonce=key[1]))

@@ -1,29 +1,69 @@
 """Rewards: a fee policy prices each attributed answer and splits its fee between the data contributors (by
 attribution share), the adapter developer, the platform and a reserve; accruals are ledger events; an epoch
 closes the unpaid amounts into a payout Merkle tree that contributors claim against on chain. See docs/rewards.md.
+
+Names are loaded on first use, so `tally.rewards.errors` (which the CLI maps to messages) imports neither
+eth-utils nor eth-abi. `statement` is imported at once: as a lazy name it would be shadowed by its own module.
 """
 
-from tally.rewards.accrual import Accrual, AccruedLine, RewardsAccrued, accrue
-from tally.rewards.epochs import (
-    Epoch,
-    EpochClosed,
-    PayoutProof,
-    close_epoch,
-    get_epoch,
-    list_epochs,
-    payout_proof,
-)
-from tally.rewards.errors import (
-    DuplicateAccrualError,
-    NothingToPayError,
-    PolicyError,
-    RewardsError,
-    RewardsNotFoundError,
-)
-from tally.rewards.merkle import leaf_hash, payout_tree, verify_payout
-from tally.rewards.policy import DEFAULT_POLICY, FeePolicy, effective_policy, load_policy, parse_policy
-from tally.rewards.split import Line, compute_fee, largest_remainder, split_fee
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from tally.rewards.statement import Balance, Statement, StatementItem, balances, statement
+
+if TYPE_CHECKING:
+    from tally.rewards.accrual import Accrual, AccruedLine, RewardsAccrued, accrue
+    from tally.rewards.epochs import Epoch, EpochClosed, PayoutProof, close_epoch, get_epoch, list_epochs, payout_proof
+    from tally.rewards.errors import (
+        DuplicateAccrualError,
+        NothingToPayError,
+        PolicyError,
+        RewardsError,
+        RewardsNotFoundError,
+    )
+    from tally.rewards.merkle import leaf_hash, payout_tree, verify_payout
+    from tally.rewards.policy import DEFAULT_POLICY, FeePolicy, effective_policy, load_policy, parse_policy
+    from tally.rewards.split import Line, compute_fee, largest_remainder, split_fee
+
+_WHERE = {
+    "Accrual": "accrual",
+    "AccruedLine": "accrual",
+    "DEFAULT_POLICY": "policy",
+    "DuplicateAccrualError": "errors",
+    "Epoch": "epochs",
+    "EpochClosed": "epochs",
+    "FeePolicy": "policy",
+    "Line": "split",
+    "NothingToPayError": "errors",
+    "PayoutProof": "epochs",
+    "PolicyError": "errors",
+    "RewardsAccrued": "accrual",
+    "RewardsError": "errors",
+    "RewardsNotFoundError": "errors",
+    "accrue": "accrual",
+    "close_epoch": "epochs",
+    "compute_fee": "split",
+    "effective_policy": "policy",
+    "get_epoch": "epochs",
+    "largest_remainder": "split",
+    "leaf_hash": "merkle",
+    "list_epochs": "epochs",
+    "load_policy": "policy",
+    "parse_policy": "policy",
+    "payout_proof": "epochs",
+    "payout_tree": "merkle",
+    "split_fee": "split",
+    "verify_payout": "merkle",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"tally.rewards.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_POLICY",

@@ -11,11 +11,11 @@ import hashlib
 from pathlib import Path
 from typing import Annotated
 
-from eth_utils import is_address, to_checksum_address
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from tally.config import Settings
 from tally.config.yaml_errors import read_yaml, validate
+from tally.identity.addresses import NOT_AN_ADDRESS, checksum_address
 from tally.ledger.canonical import canonical_json
 from tally.rewards.errors import PolicyError
 
@@ -23,9 +23,10 @@ SPLIT_TOLERANCE = 1e-9
 
 
 def _address(value: str) -> str:
-    if not is_address(value):
-        raise ValueError(f"{value!r} is not an Ethereum address (0x followed by 40 hex digits)")
-    return str(to_checksum_address(value))
+    address = checksum_address(value)
+    if address is None:
+        raise ValueError(f"{value!r} {NOT_AN_ADDRESS}")  # a ValueError, so pydantic reports the field
+    return address
 
 
 Address = Annotated[str, AfterValidator(_address)]

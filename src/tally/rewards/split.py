@@ -12,9 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
-from eth_utils import is_address, to_checksum_address
-
 from tally.attribution import AttributionRecord
+from tally.identity.addresses import NOT_AN_ADDRESS, checksum_address
 from tally.rewards.errors import RewardsError
 from tally.rewards.policy import FeePolicy
 
@@ -59,9 +58,10 @@ def compute_fee(policy: FeePolicy, prompt_tokens: int, completion_tokens: int) -
 
 
 def _account(value: str, inference: str, what: str) -> str:
-    if not is_address(value):
-        raise RewardsError(f"inference {inference}: {what} {value!r} is not an Ethereum address")
-    return str(to_checksum_address(value))
+    address = checksum_address(value)
+    if address is None:
+        raise RewardsError(f"inference {inference}: {what} {value!r} {NOT_AN_ADDRESS}")
+    return address
 
 
 def _data_shares(record: AttributionRecord) -> dict[str, float]:

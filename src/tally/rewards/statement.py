@@ -8,18 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from eth_utils import is_address, to_checksum_address
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from tally.identity.addresses import NOT_AN_ADDRESS, checksum_address
 from tally.rewards.errors import RewardsError
 from tally.rewards.tables import AccrualLineRow, AccrualRow, BalanceRow
 
 
 def checksum(address: str) -> str:
-    if not is_address(address):
-        raise RewardsError(f"{address!r} is not an Ethereum address (0x followed by 40 hex digits)")
-    return str(to_checksum_address(address))
+    checked = checksum_address(address)
+    if checked is None:
+        raise RewardsError(f"{address!r} {NOT_AN_ADDRESS}")
+    return checked
 
 
 @dataclass(frozen=True)
