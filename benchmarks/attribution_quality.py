@@ -371,8 +371,9 @@ def train(world: World, root: Path, name: str, datanets: list[str], epochs: int,
     start = time.monotonic()
     result = factory.train(world.settings, world.ledger, world.dev, cfg, listeners=[progress])
     seconds = time.monotonic() - start
-    log(f"trained {name} in {seconds:.0f} s ({result.manifest['data']['train_rows']} rows)")
-    return Adapter(name, result.out_dir, str(result.adapter_hash), seconds, result.manifest)
+    assert result.manifest is not None  # trained to the end
+    log(f"trained {name} in {seconds:.0f} s ({result.manifest.data.train_rows} rows)")
+    return Adapter(name, result.out_dir, str(result.adapter_hash), seconds, result.manifest.model_dump(mode="json"))
 
 
 def load_adapter_index(world: World, adapter: Adapter) -> None:

@@ -173,20 +173,22 @@ def main() -> None:
         eval_s = time.monotonic() - t1
         attribution = attribution_check(trained.out_dir, cfg, args.model, settings, people, teacher)
         base, tuned = results[0].metrics, results[1].metrics
+        assert trained.manifest is not None  # trained to the end
+        manifest = trained.manifest.model_dump(mode="json")
         report = {
             "benchmark": "factory.train", "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform()},
-            "model": args.model, "people": args.people, "train_rows": trained.manifest["data"]["train_rows"],
+            "model": args.model, "people": args.people, "train_rows": manifest["data"]["train_rows"],
             "eval_questions": results[0].examples, "config": cfg.model_dump(mode="json")["train"],
-            "train_seconds_total": round(train_s, 1), "metrics_train": trained.manifest["metrics"],
-            "influence": trained.manifest["influence"], "eval_seconds": round(eval_s, 1),
+            "train_seconds_total": round(train_s, 1), "metrics_train": manifest["metrics"],
+            "influence": manifest["influence"], "eval_seconds": round(eval_s, 1),
             "base": base, "adapter": tuned, "samples": results[1].samples[:6], "attribution": attribution,
         }  # fmt: skip
         print(json.dumps(report, indent=1))
         print(
             f"factory.train: exact match on {results[0].examples} paraphrased questions {base['exact_match']:.2f} "
             f"(base) -> {tuned['exact_match']:.2f} (adapter, {args.epochs} epochs, {report['train_rows']} rows, "
-            f"{train_s:.0f} s incl. index {trained.manifest['influence'].get('final_pass_seconds', 0):.0f} s); "
+            f"{train_s:.0f} s incl. index {manifest['influence'].get('final_pass_seconds', 0):.0f} s); "
             f"token F1 {base['token_f1']:.2f} -> {tuned['token_f1']:.2f}; index picks the right contributor "
             f"{attribution['right_contributor_final']:.2f} of the time (final-adapter gradients)"
         )

@@ -122,22 +122,23 @@ def test_credits_name_developer_base_model_evaluators_and_pipeline_author(people
     import json
 
     from tally.attribution.sources import adapter_credits
-    from tally.factory.tables import EvalRow
+    from tally.factory.evaluation import EvalResult, record_results, refresh_adapter_files
 
     manifest_path = trained.out_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["pipeline"] = {"name": "people", "step": "train", "author": people.owner.address}
     manifest_path.write_text(json.dumps(manifest))
-    with people.tx() as s:
-        s.add(
-            EvalRow(
-                model="people-lora", adapter_id=trained.adapter_hash, datanet="people", snapshot="x", examples=8,
-                metrics={}, created_by=people.dev.address, created_at="now", ledger_seq=0,
-            )
-        )  # fmt: skip
     with people.ledger.store.read() as s:
+        assert adapter_credits(s, trained.out_dir, trained.adapter_hash, "tiny").evaluators == []  # not evaluated yet
+    record_results(
+        people.ledger, people.dev, [EvalResult("people-lora", trained.adapter_hash, "people", "x", 8, {}, [])]
+    )
+    with people.ledger.store.read() as s:
+        refresh_adapter_files(s, trained.out_dir)
         credits = adapter_credits(s, trained.out_dir, trained.adapter_hash, "tiny")
         assert adapter_credits(s, None, None, "tiny").developer is None
+        # evaluations of other weights (the directory retrained in place) credit no one
+        assert adapter_credits(s, trained.out_dir, "0" * 64, "tiny").evaluators == []
     assert credits.developer == people.dev.address and credits.pipeline_author == people.owner.address
     assert set(credits.evaluators) == {people.alice.address, people.bob.address}  # the eval datanet's contributors
     assert credits.base_model == manifest["base_model"]["name"] and credits.base_model_hash

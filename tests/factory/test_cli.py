@@ -46,6 +46,8 @@ def test_train_eval_leaderboard_publish(people: World, tiny_model: Path, tmp_pat
     assert "people-c" in out and "exact" in out
     card = (tmp_path / "out" / "README.md").read_text()
     assert "## Evaluation" in card and "exact_match" in card  # the card lists recorded evaluations
+    listed = json.loads((tmp_path / "out" / "evaluations.json").read_text())  # and so does the file attribution reads
+    assert [e["datanet"] for e in listed["evaluations"]] == ["people"]
     board = run("leaderboard", "people", "--metric", "loss", "--as", "dev")
     assert "people-cli" in board and str(tiny_model)[:20] in board
     assert "published people-live" in run("publish", "people-cli", "--name", "people-live", "--as", "dev")

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from tests.datanets.conftest import World
 from tests.factory.conftest import make_config
 
+from tally.engine.manifest import manifest_text, read_adapter_manifest
 from tally.factory import service
 from tally.factory.checkpoint import latest_checkpoint
 from tally.factory.provenance import stabilise_adapter_config
@@ -34,6 +35,8 @@ def test_train_writes_adapter_card_manifest_index_and_ledger_entry(people: World
     card = (out / "README.md").read_text()
     assert "library_name: peft" in card and "tally:people@" in card and people.alice.address in card
     manifest = json.loads((out / "manifest.json").read_text())
+    assert read_adapter_manifest(out) == result.manifest  # the typed manifest is what the file holds
+    assert manifest_text(result.manifest) == (out / "manifest.json").read_text()
     assert manifest["data"]["contributors"] == {people.alice.address: 4, people.bob.address: 4}
     assert manifest["data"]["train_rows"] == 6 and manifest["data"]["eval_rows"] == 2
     train_events = [e for e in events if e["type"] == "train"]
@@ -79,9 +82,11 @@ def test_early_stopping_keeps_the_best_weights(people: World, tiny_model: Path, 
         eval={"every_steps": 1, "early_stopping_patience": 2}, influence={"enabled": False},
     )  # fmt: skip
     result = service.train(people.settings, people.ledger, people.dev, cfg)
-    metrics = result.manifest["metrics"]
-    assert metrics["stopped_early"] and metrics["steps"] < 90
-    assert abs(metrics["eval_loss"] - metrics["best_eval_loss"]) < 1e-5
+    metrics = result.manifest.metrics
+    assert metrics.stopped_early and metrics.steps < 90
+    assert abs(metrics.eval_loss - metrics.best_eval_loss) < 1e-5
+    assert result.manifest.influence is None  # no index: written as {} as before
+    assert json.loads((result.out_dir / "manifest.json").read_text())["influence"] == {}
 
 
 def test_adapter_config_is_stable_across_target_orders(tmp_path: Path) -> None:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tally.attribution.record import Credits
 from tally.attribution.shares import Source
 from tally.datanets.tables import ContributionRow, DataRow
+from tally.engine.manifest import read_adapter_manifest, read_evaluations
 
 
 def contribution_seqs(session: Session, contributions: set[str]) -> dict[str, int]:
@@ -44,34 +43,27 @@ def withdrawn_rows(session: Session, datanets: set[str]) -> set[tuple[str, str]]
 
 
 def adapter_credits(session: Session, adapter_dir: Path | None, adapter_hash: str | None, base_model: str) -> Credits:
-    """The adapter's developer and base model from its manifest; evaluators from evaluations recorded for it."""
-    manifest: dict[str, Any] = {}
-    if adapter_dir is not None and (adapter_dir / "manifest.json").is_file():
-        manifest = json.loads((adapter_dir / "manifest.json").read_text())
+    """The adapter's developer, base model and pipeline author from its manifest; evaluators are the contributors of
+    the datanets its exact weights were evaluated on, which the factory lists beside the manifest (evaluations.json)
+    so that this package reads a file of the adapter rather than the factory's tables."""
+    manifest = read_adapter_manifest(adapter_dir) if adapter_dir is not None else None
+    evaluations = read_evaluations(adapter_dir, adapter_hash) if adapter_dir is not None and adapter_hash else []
     evaluators: list[str] = []
-    if adapter_hash:
-        try:  # evaluations are the factory's table; read by name so this package does not import the factory
-            eval_datanets = [
-                r[0] for r in session.execute(
-                    text("SELECT DISTINCT datanet FROM factory_evals WHERE adapter_id = :h"), {"h": adapter_hash}
-                )
-            ]  # fmt: skip
-        except OperationalError:
-            eval_datanets = []
-        if eval_datanets:
-            q = (
-                select(ContributionRow.contributor)
-                .where(ContributionRow.datanet.in_(eval_datanets))
-                .distinct()
-                .order_by(ContributionRow.contributor)
-                .limit(50)
-            )
-            evaluators = list(session.scalars(q))
-    base = manifest.get("base_model", {})
+    if evaluations:
+        q = (
+            select(ContributionRow.contributor)
+            .where(ContributionRow.datanet.in_(sorted({e.datanet for e in evaluations})))
+            .distinct()
+            .order_by(ContributionRow.contributor)
+            .limit(50)
+        )
+        evaluators = list(session.scalars(q))
+    if manifest is None:
+        return Credits(base_model=base_model, evaluators=evaluators)
     return Credits(
-        developer=manifest.get("trained_by"),
-        base_model=base.get("name", base_model),
-        base_model_hash=base.get("hash"),
+        developer=manifest.trained_by,
+        base_model=manifest.base_model.name,
+        base_model_hash=manifest.base_model.hash,
         evaluators=evaluators,
-        pipeline_author=manifest.get("pipeline", {}).get("author"),
+        pipeline_author=manifest.pipeline.author if manifest.pipeline else None,
     )

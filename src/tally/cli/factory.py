@@ -78,9 +78,12 @@ def train_cmd(
         with Progress(*columns, console=console, transient=False) as progress:
             result = service.train(settings, ledger, who, cfg, resume=resume, listeners=[_bar(progress)])
     m = result.manifest
-    console.print(f"adapter {m['adapter']['name']} -> {result.out_dir}")
+    if m is None:  # only a run told to stop early ends without one, and this command never tells it to
+        console.print(f"training stopped before its end; `tally train --resume` continues from {result.out_dir}")
+        raise typer.Exit(1)
+    console.print(f"adapter {m.adapter.name} -> {result.out_dir}")
     console.print(f"adapter hash {result.adapter_hash}; ledger entry {result.ledger_seq}")
-    console.print_json(json.dumps(m["metrics"]))
+    console.print_json(json.dumps(m.metrics.model_dump()))
 
 
 def eval_cmd(

@@ -7,7 +7,7 @@ the leaderboard of a datanet ranks the latest result of each model on that datan
 
 from __future__ import annotations
 
-import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,18 +16,22 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tally.config import Settings
+from tally.engine.files import hash_adapter
+from tally.engine.manifest import AdapterEvaluations, Evaluation, read_adapter_manifest, write_evaluations
 from tally.engine.registry import read_registry, registry_path
 from tally.factory.config import SourceCfg
 from tally.factory.data import load_examples
 from tally.factory.errors import FactoryError
 from tally.factory.events import ModelEvaluated
 from tally.factory.metrics import evaluate_model
-from tally.factory.provenance import CARD_NAME, MANIFEST_NAME, adapter_hash, model_card
+from tally.factory.provenance import CARD_NAME, model_card
 from tally.factory.tables import AdapterRow, EvalRow
 from tally.identity import Principal
 from tally.ledger import Ledger
 from tally.ledger.events import now_ts
 from tally.models import load_model, load_tokenizer, resolve_model
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -94,30 +98,40 @@ def evaluate(
             metrics, samples = evaluate_model(
                 model, tok, convs, max_new_tokens=max_new_tokens, batch_size=batch_size
             )  # fmt: skip
-            results.append(EvalResult(name, adapter_hash(adir) if adir else None, snap.datanet, snap.id, len(convs),
+            results.append(EvalResult(name, hash_adapter(adir) if adir else None, snap.datanet, snap.id, len(convs),
                                       metrics, samples))  # fmt: skip
     record_results(ledger, principal, results)
     with ledger.store.read() as s:
         for _, adir in dirs:
-            refresh_card(s, adir)
+            refresh_adapter_files(s, adir)
     return results
 
 
-def refresh_card(session: Session, adapter_dir: Path) -> None:
-    """Rewrite a factory-trained adapter's model card with every recorded evaluation of its exact weights.
+def adapter_evaluations(session: Session, adapter_hash: str) -> list[Evaluation]:
+    """Every recorded evaluation of the weights `adapter_hash`, oldest first."""
+    rows = session.execute(select(EvalRow).where(EvalRow.adapter_id == adapter_hash).order_by(EvalRow.id)).scalars()
+    return [
+        Evaluation(datanet=r.datanet, snapshot=r.snapshot, examples=r.examples, metrics=r.metrics,
+                   ledger_seq=r.ledger_seq)
+        for r in rows
+    ]  # fmt: skip
 
-    Only README.md changes: the manifest (whose hash is in the ledger) and the weights stay as trained.
+
+def refresh_adapter_files(session: Session, adapter_dir: Path) -> None:
+    """List every recorded evaluation of the directory's weights in its evaluations.json (attribution credits the
+    evaluated datanets' contributors from it) and, for a factory-trained adapter, in its model card.
+
+    The manifest (whose hash is in the ledger) and the weights stay as trained.
     """
-    manifest_path = adapter_dir / MANIFEST_NAME
-    if not manifest_path.is_file():
-        return  # an adapter trained elsewhere: its card is not ours to rewrite
-    manifest = json.loads(manifest_path.read_text())
-    rows = session.execute(
-        select(EvalRow).where(EvalRow.adapter_id == manifest["adapter"]["hash"]).order_by(EvalRow.id)
-    ).scalars()
-    evals = [{"datanet": r.datanet, "snapshot": r.snapshot, "examples": r.examples, "metrics": r.metrics,
-              "ledger_seq": r.ledger_seq} for r in rows]  # fmt: skip
-    (adapter_dir / CARD_NAME).write_text(model_card(manifest, evals), encoding="utf-8")
+    adapter_hash = hash_adapter(adapter_dir)
+    evals = adapter_evaluations(session, adapter_hash)
+    try:
+        write_evaluations(adapter_dir, AdapterEvaluations(adapter_hash=adapter_hash, evaluations=evals))
+    except OSError as exc:  # the results are recorded (table and ledger); only the credit beside the weights is lost
+        log.warning("could not list the evaluations in %s (%s): its evaluators are not credited", adapter_dir, exc)
+    manifest = read_adapter_manifest(adapter_dir)
+    if manifest is not None:  # an adapter trained elsewhere: its card is not ours to rewrite
+        (adapter_dir / CARD_NAME).write_text(model_card(manifest, evals), encoding="utf-8")
 
 
 def record_results(ledger: Ledger, principal: Principal, results: list[EvalResult]) -> None:

@@ -127,7 +127,8 @@ class JobRunner:
 
         try:
             result = train(self.settings, self.ledger, principal, cfg, listeners=[check_cancel])
-            status, error, metrics = "succeeded", None, result.manifest.get("metrics")
+            status, error = "succeeded", None
+            metrics = result.manifest.metrics.model_dump() if result.manifest else None
             adapter = result.adapter_hash
         except JobCancelled:
             status, error, metrics, adapter = "cancelled", None, None, None

@@ -1,9 +1,10 @@
 """What a trained adapter carries about its origin: hashes, a manifest, a model card, the registry entry.
 
-The manifest binds the adapter's bytes to the base model's bytes, the exact snapshot roots, the config and the
-results; its hash goes into the `factory.adapter_trained` ledger entry, so anyone holding the directory can
-check it against the public log. The model card is the Hugging Face kind (`library_name: peft`, `base_model`,
-`datasets`, `license`) with contributors and their row counts.
+The manifest (typed in `tally.engine.manifest`, which attribution reads too) binds the adapter's bytes to the base
+model's bytes, the exact snapshot roots, the config and the results; its hash goes into the
+`factory.adapter_trained` ledger entry, so anyone holding the directory can check it against the public log. The
+model card is the Hugging Face kind (`library_name: peft`, `base_model`, `datasets`, `license`) with contributors
+and their row counts.
 """
 
 from __future__ import annotations
@@ -15,19 +16,13 @@ from typing import Any
 
 import yaml
 
+from tally.engine.manifest import MANIFEST_NAME, AdapterManifest, Evaluation, manifest_text
 from tally.engine.registry import add as registry_add
 from tally.engine.registry import registry_path
+from tally.models.manifest import MANIFEST_NAME as MODEL_MANIFEST_NAME
+from tally.models.manifest import sha256_file
 
-MANIFEST_NAME = "manifest.json"
 CARD_NAME = "README.md"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def stabilise_adapter_config(directory: Path) -> None:
@@ -40,19 +35,9 @@ def stabilise_adapter_config(directory: Path) -> None:
         path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
 
 
-def adapter_hash(directory: Path) -> str:
-    """Same definition as the engine's adapter id: SHA-256 over the length-prefixed config, then the weights."""
-    h = hashlib.sha256()
-    cfg = (directory / "adapter_config.json").read_bytes()
-    h.update(len(cfg).to_bytes(8, "little"))
-    h.update(cfg)
-    h.update((directory / "adapter_model.safetensors").read_bytes())
-    return h.hexdigest()
-
-
 def base_model_hash(model_dir: Path) -> str:
     """SHA-256 of the sorted (path, sha256) list of the model's files: from its pull manifest when it has one."""
-    manifest = model_dir / "tally-model.json"
+    manifest = model_dir / MODEL_MANIFEST_NAME
     if manifest.is_file():
         files = {f["path"]: f["sha256"] for f in json.loads(manifest.read_text()).get("files", [])}
     else:
@@ -71,9 +56,9 @@ def directory_hash(directory: Path) -> str | None:
     return hashlib.sha256(json.dumps(files).encode()).hexdigest()
 
 
-def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> str:
+def write_manifest(out_dir: Path, manifest: AdapterManifest) -> str:
     """Write manifest.json (canonical: sorted keys) and return its SHA-256."""
-    text = json.dumps(manifest, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+    text = manifest_text(manifest)
     (out_dir / MANIFEST_NAME).write_text(text, encoding="utf-8")
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -85,45 +70,43 @@ def _hf_license(licenses: list[str]) -> str:
     return "other"
 
 
-def model_card(manifest: dict[str, Any], evals: list[dict[str, Any]] | None = None) -> str:
-    """A Hugging Face model card with YAML front matter, built from the manifest and recorded evaluations.
-
-    `evals`: {datanet, snapshot, examples, metrics, ledger_seq}; each is also a `factory.evaluated` entry.
-    """
+def model_card(manifest: AdapterManifest, evals: list[Evaluation] | None = None) -> str:
+    """A Hugging Face model card with YAML front matter, built from the manifest and recorded evaluations (each
+    also a `factory.evaluated` entry)."""
     evals = evals or []
-    snaps = manifest["data"]["snapshots"]
-    licenses = [s["license"] for s in snaps]
+    snaps = manifest.data.snapshots
+    licenses = [s.license for s in snaps]
     front = {
         "library_name": "peft",
-        "base_model": manifest["base_model"]["name"],
+        "base_model": manifest.base_model.name,
         "license": _hf_license(licenses),
-        "datasets": [f"tally:{s['datanet']}@{s['snapshot']}" for s in snaps],
+        "datasets": [f"tally:{s.datanet}@{s.snapshot}" for s in snaps],
         "tags": ["lora", "tally", "peft"],
         "model-index": [
             {
-                "name": manifest["adapter"]["name"],
+                "name": manifest.adapter.name,
                 "results": [
                     {
                         "task": {"type": "text-generation"},
-                        "dataset": {"name": e["datanet"], "type": f"tally:{e['datanet']}@{e['snapshot']}"},
-                        "metrics": [{"type": k, "value": round(float(v), 6)} for k, v in sorted(e["metrics"].items())],
+                        "dataset": {"name": e.datanet, "type": f"tally:{e.datanet}@{e.snapshot}"},
+                        "metrics": [{"type": k, "value": round(float(v), 6)} for k, v in sorted(e.metrics.items())],
                     }
                     for e in evals
                 ],
             }
         ],
     }
-    contributors = sorted(manifest["data"]["contributors"].items(), key=lambda kv: (-kv[1], kv[0]))
-    hp = manifest["config"]
+    contributors = sorted(manifest.data.contributors.items(), key=lambda kv: (-kv[1], kv[0]))
+    hp = manifest.config
     rows = "\n".join(f"| `{a}` | {n} |" for a, n in contributors)
-    snap_rows = "\n".join(
-        f"| {s['datanet']} | `{s['snapshot']}` | v{s['version']} | {s['rows']} | {s['license']} |" for s in snaps
+    snap_rows = "\n".join(f"| {s.datanet} | `{s.snapshot}` | v{s.version} | {s.rows} | {s.license} |" for s in snaps)
+    metrics = "\n".join(
+        f"| {k} | {v:.4g} |" for k, v in sorted(manifest.metrics.model_dump().items()) if isinstance(v, float)
     )
-    metrics = "\n".join(f"| {k} | {v:.4g} |" for k, v in sorted(manifest["metrics"].items()) if isinstance(v, float))
     eval_rows = "\n".join(
-        f"| {e['datanet']}@{e['snapshot'][:12]} | {e['examples']} | "
-        + " | ".join(f"{e['metrics'].get(k, float('nan')):.4g}" for k in ("exact_match", "token_f1", "loss"))
-        + f" | {e['ledger_seq']} |"
+        f"| {e.datanet}@{e.snapshot[:12]} | {e.examples} | "
+        + " | ".join(f"{e.metrics.get(k, float('nan')):.4g}" for k in ("exact_match", "token_f1", "loss"))
+        + f" | {e.ledger_seq} |"
         for e in evals
     )
     evaluation = (
@@ -132,13 +115,14 @@ def model_card(manifest: dict[str, Any], evals: list[dict[str, Any]] | None = No
         if evals
         else ""
     )  # fmt: skip
+    index_hash = manifest.influence.hash if manifest.influence else None
     return f"""---
 {yaml.safe_dump(front, sort_keys=False).strip()}
 ---
 
-# {manifest["adapter"]["name"]}
+# {manifest.adapter.name}
 
-A LoRA adapter for `{manifest["base_model"]["name"]}` trained by Tally's factory on datanet snapshots. Every
+A LoRA adapter for `{manifest.base_model.name}` trained by Tally's factory on datanet snapshots. Every
 number below is in `manifest.json`, whose SHA-256 is recorded in the Tally ledger (`factory.adapter_trained`).
 
 ## Training data
@@ -147,7 +131,7 @@ number below is in `manifest.json`, whose SHA-256 is recorded in the Tally ledge
 |---|---|---|---|---|
 {snap_rows}
 
-Rows: {manifest["data"]["train_rows"]} trained on, {manifest["data"]["eval_rows"]} held out for eval loss.
+Rows: {manifest.data.train_rows} trained on, {manifest.data.eval_rows} held out for eval loss.
 
 ## Contributors
 
@@ -172,10 +156,10 @@ Rows: {manifest["data"]["train_rows"]} trained on, {manifest["data"]["eval_rows"
 {evaluation}
 ## Hashes
 
-- adapter: `{manifest["adapter"]["hash"]}`
-- base model: `{manifest["base_model"]["hash"]}`
-- config: `{manifest["config_hash"]}`
-- training-data index: `{manifest.get("influence", {}).get("hash")}`
+- adapter: `{manifest.adapter.hash}`
+- base model: `{manifest.base_model.hash}`
+- config: `{manifest.config_hash}`
+- training-data index: `{index_hash}`
 """
 
 

@@ -9,13 +9,24 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from tally.config import Settings
+from tally.engine.files import hash_adapter
+from tally.engine.manifest import (
+    AdapterManifest,
+    AdapterRef,
+    BaseModelRef,
+    InfluenceSummary,
+    PipelineRef,
+    SnapshotUse,
+    TrainingData,
+    TrainMetrics,
+)
 from tally.factory.config import TrainConfig
 from tally.factory.data import load_examples, split
 from tally.factory.encode import encode, pad_id
@@ -23,7 +34,6 @@ from tally.factory.events import AdapterPublished, AdapterTrained
 from tally.factory.index_build import build_index
 from tally.factory.provenance import (
     CARD_NAME,
-    adapter_hash,
     base_model_hash,
     model_card,
     publish,
@@ -44,7 +54,7 @@ class TrainResult:
     finished: bool
     out_dir: Path
     adapter_hash: str | None = None
-    manifest: dict[str, Any] = field(default_factory=dict)
+    manifest: AdapterManifest | None = None  # None until training finished
     ledger_seq: int | None = None
 
 
@@ -80,7 +90,7 @@ def train(
     pipeline: dict[str, str] | None = None,
 ) -> TrainResult:
     """Fine-tune per `cfg`; `stop_after` ends early without outputs (an interruption, for tests). `pipeline`
-    ({name, run, author}) goes into the manifest when a pipeline step trains, so attribution can credit its author."""
+    ({name, step, author}) goes into the manifest when a pipeline step trains, so attribution can credit its author."""
     with ledger.store.read() as s:
         data = load_examples(s, principal, cfg.data.datanets, commercial=cfg.data.commercial)
     train_ex, eval_ex = split(data.examples, cfg.data.eval_fraction, cfg.train.seed)
@@ -100,81 +110,76 @@ def train(
 
     model.save_pretrained(str(out))
     stabilise_adapter_config(out)
-    influence: dict[str, Any] = {}
+    influence = None
     if cfg.influence.enabled:
 
         def progress(done: int, total: int) -> None:
             log.emit({"type": "index", "done": done, "total": total})
 
-        influence = build_index(
+        influence = InfluenceSummary.model_validate(build_index(
             out, model, train_ex, enc, loop.projector, result.influence, result.influence_lr,
             cfg.train.batch_size, pad, progress,
-        )  # fmt: skip
+        ))  # fmt: skip
     plot_loss(out / LOG_NAME, out / "loss_curve.png")
     used = Counter(e.contributor for e in data.examples)
     rows_per_snapshot = Counter(e.snapshot for e in data.examples)
-    metrics = {
-        "train_loss": result.train_loss, "eval_loss": result.eval_loss, "best_eval_loss": result.best_eval_loss,
-        "steps": result.steps, "tokens": result.tokens, "train_seconds": round(result.seconds, 3),
-        "stopped_early": result.stopped_early,
-    }  # fmt: skip
-    manifest = {
-        "format": "tally.factory.manifest/1",
-        "adapter": {"name": cfg.output.name, "hash": adapter_hash(out), "peft": "LORA"},
-        "base_model": {"name": cfg.model.name, "hash": base_model_hash(model_dir)},
-        "data": {
-            "snapshots": [
-                {
-                    "datanet": s.datanet,
-                    "snapshot": s.id,
-                    "version": s.version,
-                    "rows": rows_per_snapshot[s.id],
-                    "license": s.license,
-                }
+    metrics = TrainMetrics(
+        train_loss=result.train_loss, eval_loss=result.eval_loss, best_eval_loss=result.best_eval_loss,
+        steps=result.steps, tokens=result.tokens, train_seconds=round(result.seconds, 3),
+        stopped_early=result.stopped_early,
+    )  # fmt: skip
+    manifest = AdapterManifest(
+        adapter=AdapterRef(name=cfg.output.name, hash=hash_adapter(out), peft="LORA"),
+        base_model=BaseModelRef(name=cfg.model.name, hash=base_model_hash(model_dir)),
+        data=TrainingData(
+            snapshots=[
+                SnapshotUse(
+                    datanet=s.datanet, snapshot=s.id, version=s.version, rows=rows_per_snapshot[s.id], license=s.license
+                )
                 for s in data.snapshots
             ],
-            "contributors": dict(sorted(used.items())),
-            "train_rows": len(train_ex),
-            "eval_rows": len(eval_ex),
-        },
-        "config": cfg.model_dump(mode="json"),
-        "config_hash": cfg.digest(),
-        "metrics": metrics,
-        "influence": influence,
-        "trained_by": principal.address,
-        **({"pipeline": pipeline} if pipeline else {}),
-    }
+            contributors=dict(sorted(used.items())),
+            train_rows=len(train_ex),
+            eval_rows=len(eval_ex),
+        ),
+        config=cfg.model_dump(mode="json"),
+        config_hash=cfg.digest(),
+        metrics=metrics,
+        influence=influence,
+        trained_by=principal.address,
+        pipeline=PipelineRef.model_validate(pipeline) if pipeline else None,
+    )
     manifest_hash = write_manifest(out, manifest)
     (out / CARD_NAME).write_text(model_card(manifest), encoding="utf-8")
     return record(settings, ledger, principal, out, manifest, manifest_hash, publish_now=cfg.output.publish)
 
 
 def record(
-    settings: Settings, ledger: Ledger, principal: Principal, out: Path, manifest: dict[str, Any], manifest_hash: str,
-    *, publish_now: bool,
+    settings: Settings, ledger: Ledger, principal: Principal, out: Path, manifest: AdapterManifest,
+    manifest_hash: str, *, publish_now: bool,
 ) -> TrainResult:  # fmt: skip
     """The ledger entry and table row for a trained adapter, in one transaction; then publish if asked."""
-    adapter = manifest["adapter"]
-    snaps = [{k: v[k] for k in ("datanet", "snapshot", "rows", "license")} for v in manifest["data"]["snapshots"]]
+    adapter = manifest.adapter
+    snaps = [s.model_dump(include={"datanet", "snapshot", "rows", "license"}) for s in manifest.data.snapshots]
     event = AdapterTrained(
-        adapter=adapter["name"], adapter_hash=adapter["hash"], base_model=manifest["base_model"]["name"],
-        base_model_hash=manifest["base_model"]["hash"],
+        adapter=adapter.name, adapter_hash=adapter.hash, base_model=manifest.base_model.name,
+        base_model_hash=manifest.base_model.hash,
         snapshots=snaps,
-        config_hash=manifest["config_hash"], manifest_hash=manifest_hash,
-        index_hash=manifest["influence"].get("hash"), metrics=manifest["metrics"],
+        config_hash=manifest.config_hash, manifest_hash=manifest_hash,
+        index_hash=manifest.influence.hash if manifest.influence else None, metrics=manifest.metrics.model_dump(),
     )  # fmt: skip
     with ledger.store.transaction() as s:
         appended = ledger.append(s, event, actor=principal.address)
         s.merge(
             AdapterRow(
-                id=adapter["hash"], name=adapter["name"], path=str(out.resolve()),
-                base_model=manifest["base_model"]["name"], manifest=manifest, published=0,
+                id=adapter.hash, name=adapter.name, path=str(out.resolve()),
+                base_model=manifest.base_model.name, manifest=manifest.model_dump(mode="json"), published=0,
                 created_by=principal.address, created_at=now_ts(), ledger_seq=appended.seq,
             )
         )  # fmt: skip
-    result = TrainResult(True, out, adapter["hash"], manifest, appended.seq)
+    result = TrainResult(True, out, adapter.hash, manifest, appended.seq)
     if publish_now:
-        publish_adapter(settings, ledger, principal, adapter["name"], out)
+        publish_adapter(settings, ledger, principal, adapter.name, out)
     return result
 
 

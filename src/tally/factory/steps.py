@@ -59,7 +59,8 @@ def _train(ctx: Context, name: str, step: StepSpec, input_hash: str, needs: dict
     result = service.train(ctx.settings, ctx.ledger, ctx.principal, cfg, resume=True, pipeline=pipeline)
     return {"adapter": cfg.output.name, "adapter_hash": result.adapter_hash, "path": str(result.out_dir),
             "base_model": cfg.model.name,
-            "metrics": result.manifest["metrics"], "ledger_seq": result.ledger_seq}  # fmt: skip
+            "metrics": result.manifest.metrics.model_dump() if result.manifest else None,
+            "ledger_seq": result.ledger_seq}  # fmt: skip
 
 
 def _eval(ctx: Context, step: StepSpec, needs: dict[str, dict[str, Any]]) -> dict:
