@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from tally.factory.checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from tally.factory.checkpoint import TrainState, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from tally.factory.config import TrainConfig
 from tally.factory.encode import Encoded, collate, token_losses
 from tally.factory.errors import FactoryError
@@ -96,19 +96,17 @@ class Loop:
         )
         self.projector = Projector.for_model(model, cfg.influence.dims, cfg.influence.seed)
         self.capture_epochs = cfg.influence.enabled and cfg.influence.per_epoch
-        self.state: dict[str, Any] = {"best_eval": None, "bad_evals": 0, "stopped_early": False, "tokens": 0}
-        self.extra: dict[str, torch.Tensor] = {}  # best/<param>, infl/epoch_N: carried through checkpoints
+        self.state = TrainState()
 
     def resume(self) -> int:
         """Restore the latest checkpoint, if any; returns the step to continue from."""
         ckpt = latest_checkpoint(self.out)
         if ckpt is None:
             return 0
-        state, self.extra = load_checkpoint(ckpt, self.model, self.opt)
-        self.log.truncate(state.pop("log_lines"))
-        self.state = state
-        self.log.emit({"type": "resumed", "step": state["step"], "checkpoint": ckpt.name})
-        return int(state["step"])
+        self.state = load_checkpoint(ckpt, self.model, self.opt)
+        self.log.truncate(self.state.log_lines)
+        self.log.emit({"type": "resumed", "step": self.state.step, "checkpoint": ckpt.name})
+        return self.state.step
 
     def _eval(self, step: int) -> bool:
         """Eval loss, best-model tracking and early stopping; True when training should stop."""
@@ -116,16 +114,16 @@ class Loop:
         if loss is None:
             return False
         self.log.emit({"type": "eval", "step": step, "eval_loss": loss})
-        best = self.state["best_eval"]
+        best = self.state.best_eval
         if best is None or loss < best - self.cfg.eval.min_delta:
-            self.state.update(best_eval=loss, bad_evals=0)
+            self.state.best_eval, self.state.bad_evals = loss, 0
             for n, p in self.model.named_parameters():
                 if p.requires_grad:
-                    self.extra[f"best/{n}"] = p.detach().clone()
+                    self.state.best_weights[n] = p.detach().clone()
             return False
-        self.state["bad_evals"] += 1
+        self.state.bad_evals += 1
         patience = self.cfg.eval.early_stopping_patience
-        return patience is not None and self.state["bad_evals"] >= patience
+        return patience is not None and self.state.bad_evals >= patience
 
     def _step(self, step: int, capture: GradCapture) -> tuple[float, int]:
         epoch, k = divmod(step, self.steps_per_epoch)
@@ -135,9 +133,9 @@ class Loop:
         chunks = [idx[i : i + bs] for i in range(0, len(idx), bs)]
         targets = sum(self.train[i].target_tokens for i in idx)
         loss_total, tokens = 0.0, 0
-        key = f"infl/epoch_{epoch + 1}"
-        if self.capture_epochs and key not in self.extra:
-            self.extra[key] = torch.zeros(len(self.train), self.projector.dims, dtype=torch.float16)
+        grads = self.state.epoch_grads
+        if self.capture_epochs and epoch + 1 not in grads:
+            grads[epoch + 1] = torch.zeros(len(self.train), self.projector.dims, dtype=torch.float16)
         for chunk in chunks:
             batch = collate([self.train[i] for i in chunk], self.pad)
             if self.capture_epochs:
@@ -147,7 +145,7 @@ class Loop:
             loss = sums.sum() / max(1, targets)
             loss.backward()
             if self.capture_epochs:
-                self.extra[key][chunk] = capture.result().to(torch.float16)
+                grads[epoch + 1][chunk] = capture.result().to(torch.float16)
             loss_total += float(loss.detach())
             tokens += int(batch["attention_mask"].sum())
         if self.cfg.train.max_grad_norm:
@@ -172,26 +170,27 @@ class Loop:
         start, start_step, last_loss = time.monotonic(), step, None
         self.model.train()
         with GradCapture(self.model, self.projector) as capture:
-            while step < self.total and not self.state["stopped_early"]:
+            while step < self.total and not self.state.stopped_early:
                 loss, tokens = self._step(step, capture)
                 step += 1
-                self.state["tokens"] += tokens
+                self.state.step = step
+                self.state.tokens += tokens
                 last_loss = loss
                 elapsed = time.monotonic() - start
                 rate = (step - start_step) / elapsed if elapsed else 0.0
                 self.log.emit({
                     "type": "train", "step": step, "total_steps": self.total, "epoch": step / self.steps_per_epoch,
-                    "loss": loss, "lr": lr_at(self.cfg, step - 1, self.total), "tokens": self.state["tokens"],
-                    "tokens_per_s": self.state["tokens"] / elapsed if elapsed else 0.0, "elapsed_s": elapsed,
+                    "loss": loss, "lr": lr_at(self.cfg, step - 1, self.total), "tokens": self.state.tokens,
+                    "tokens_per_s": self.state.tokens / elapsed if elapsed else 0.0, "elapsed_s": elapsed,
                     "eta_s": (self.total - step) / rate if rate else None,
                 })  # fmt: skip
                 epoch_end = step % self.steps_per_epoch == 0 or step == self.total
                 if ((every and step % every == 0) or (not every and epoch_end)) and self._eval(step):
-                    self.state["stopped_early"] = True
-                    self.log.emit({"type": "early_stop", "step": step, "best_eval_loss": self.state["best_eval"]})
-                if epoch_end or (save and step % save == 0) or self.state["stopped_early"]:
-                    state = {**self.state, "log_lines": self.log.lines()}
-                    path = save_checkpoint(self.out, step, self.model, self.opt, self.extra, state)
+                    self.state.stopped_early = True
+                    self.log.emit({"type": "early_stop", "step": step, "best_eval_loss": self.state.best_eval})
+                if epoch_end or (save and step % save == 0) or self.state.stopped_early:
+                    self.state.log_lines = self.log.lines()
+                    path = save_checkpoint(self.out, self.model, self.opt, self.state)
                     prune_checkpoints(self.out, self.cfg.train.keep_checkpoints)
                     self.log.emit({"type": "checkpoint", "step": step, "path": path.name})
                 if stop_after is not None and step >= stop_after:
@@ -199,17 +198,17 @@ class Loop:
         return self._finish(step, last_loss, time.monotonic() - start)
 
     def _finish(self, step: int, last_loss: float | None, seconds: float) -> LoopResult:
-        if self.state["stopped_early"] and any(k.startswith("best/") for k in self.extra):
+        if self.state.stopped_early and self.state.best_weights:
             params = dict(self.model.named_parameters())
             with torch.no_grad():
-                for key, value in self.extra.items():
-                    if key.startswith("best/"):
-                        params[key[5:]].copy_(value)
-        infl = {k[5:]: v for k, v in self.extra.items() if k.startswith("infl/")}
-        lrs = {name: lr_at(self.cfg, min(int(name.split("_")[1]) * self.steps_per_epoch, self.total) - 1, self.total)
-               for name in infl}  # fmt: skip
+                for name, value in self.state.best_weights.items():
+                    params[name].copy_(value)
+        # an epoch's gradients are taken at the learning rate of its last step (TracIn weighs them by it)
+        epochs = sorted(self.state.epoch_grads)  # in epoch order, however many came from a checkpoint
+        infl = {f"epoch_{e}": self.state.epoch_grads[e] for e in epochs}
+        lrs = {f"epoch_{e}": lr_at(self.cfg, min(e * self.steps_per_epoch, self.total) - 1, self.total) for e in epochs}
         final_eval = eval_loss(self.model, self.evals, self.cfg.train.batch_size, self.pad)
         return LoopResult(
-            step, self.state["tokens"], last_loss, final_eval, self.state["best_eval"], self.state["stopped_early"],
+            step, self.state.tokens, last_loss, final_eval, self.state.best_eval, self.state.stopped_early,
             seconds, infl, lrs,
         )  # fmt: skip
