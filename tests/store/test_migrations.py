@@ -14,7 +14,7 @@ import tally.identity
 import tally.rewards.tables  # noqa: F401 - the imports register every package's tables
 from tally.config import Settings
 from tally.store import Base, open_store
-from tally.store.migrate import current_revision, head_revision, upgrade
+from tally.store.migrate import current_revision, head_from_files, head_revision, upgrade
 
 
 def test_migrations_match_the_models(settings: Settings) -> None:
@@ -25,6 +25,10 @@ def test_migrations_match_the_models(settings: Settings) -> None:
     assert diff == []
     upgrade(store)  # a second upgrade is a no-op
     store.dispose()
+
+
+def test_the_start_up_check_reads_the_same_head_as_alembic() -> None:
+    assert head_from_files() == head_revision() is not None
 
 
 def test_sqlite_is_in_wal_mode_with_the_configured_durability(settings: Settings) -> None:

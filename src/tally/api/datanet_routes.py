@@ -167,7 +167,7 @@ def export_data(
     with state.store.read() as s:
         service.get_datanet(s, who, slug)
         snap = snapshots.get_snapshot(s, who, slug, snapshot)
-        lines = [json.dumps(c, ensure_ascii=False) + "\n" for _, _, c in snapshots.snapshot_rows(s, snap)]
+        lines = [json.dumps(r.content, ensure_ascii=False) + "\n" for r in snapshots.snapshot_rows(s, snap)]
     return StreamingResponse(iter(lines), media_type="application/jsonl")
 
 

@@ -10,6 +10,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
@@ -119,10 +120,19 @@ def diff_snapshots(session: Session, principal: Principal, slug: str, old: str, 
     return {"from": a.id, "to": b.id, "added": sorted(hb - ha), "removed": sorted(ha - hb), "unchanged": len(ha & hb)}
 
 
-def snapshot_rows(session: Session, snap: Snapshot) -> list[tuple[str, str, dict]]:
-    """(row hash, contributor, content) of every row in a snapshot, in canonical order."""
+class SnapshotEntry(NamedTuple):
+    """One row of a snapshot and where it came from."""
+
+    row_hash: str
+    contribution: str
+    contributor: str
+    content: dict[str, Any]
+
+
+def snapshot_rows(session: Session, snap: Snapshot) -> list[SnapshotEntry]:
+    """Every row of a snapshot with its contribution and contributor, in canonical (row hash) order."""
     rows = session.execute(
-        select(DataRow.row_hash, ContributionRow.contributor, DataRow.content)
+        select(DataRow.row_hash, DataRow.contribution, ContributionRow.contributor, DataRow.content)
         .join(
             SnapshotMember, (SnapshotMember.row_hash == DataRow.row_hash) & (SnapshotMember.datanet == DataRow.datanet)
         )
@@ -130,7 +140,7 @@ def snapshot_rows(session: Session, snap: Snapshot) -> list[tuple[str, str, dict
         .where(SnapshotMember.snapshot == snap.id, SnapshotMember.datanet == snap.datanet)
         .order_by(DataRow.row_hash)
     )
-    return [(h, c, json.loads(content)) for h, c, content in rows]
+    return [SnapshotEntry(h, c, who, json.loads(content)) for h, c, who, content in rows]
 
 
 def export_snapshot(session: Session, principal: Principal, slug: str, snapshot: str, out_dir: Path) -> Path:
@@ -139,8 +149,8 @@ def export_snapshot(session: Session, principal: Principal, slug: str, snapshot:
     snap = get_snapshot(session, principal, slug, snapshot)
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "data.jsonl", "w", encoding="utf-8") as f:
-        for _, _, content in snapshot_rows(session, snap):
-            f.write(json.dumps(content, ensure_ascii=False) + "\n")
+        for entry in snapshot_rows(session, snap):
+            f.write(json.dumps(entry.content, ensure_ascii=False) + "\n")
     (out_dir / "README.md").write_text(dataset_card(dn, snap), encoding="utf-8")
     return out_dir
 

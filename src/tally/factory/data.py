@@ -10,13 +10,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tally.datanets.errors import DatanetError, ForbiddenError, NotFoundError
 from tally.datanets.service import check_use, get_datanet
 from tally.datanets.snapshots import Snapshot, get_snapshot, snapshot_rows
-from tally.datanets.tables import DataRow
 from tally.factory.config import SourceCfg
 from tally.factory.errors import DataRefusedError, FactoryError
 from tally.identity import Principal
@@ -100,13 +98,10 @@ def load_examples(
     """Every permitted row of the requested snapshots, in canonical (datanet, row hash) order."""
     data = TrainingData([], [])
     for kind, snap in resolve_sources(session, principal, sources, use, commercial=commercial):
-        contributions = dict(
-            session.execute(select(DataRow.row_hash, DataRow.contribution).where(DataRow.datanet == snap.datanet)).all()
-        )
-        for row_hash, contributor, content in snapshot_rows(session, snap):
-            messages, all_tokens = to_messages(kind, content)
+        for row in snapshot_rows(session, snap):
+            messages, all_tokens = to_messages(kind, row.content)
             data.examples.append(
-                Example(row_hash, snap.datanet, snap.id, contributor, contributions[row_hash], messages, all_tokens)
+                Example(row.row_hash, snap.datanet, snap.id, row.contributor, row.contribution, messages, all_tokens)
             )
         data.snapshots.append(snap)
         data.licenses[snap.datanet] = snap.license

@@ -88,3 +88,13 @@ def token_losses(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tens
     rows = keep.nonzero()[:, 0]
     sums = torch.zeros(targets.shape[0], dtype=loss.dtype).index_add(0, rows, loss)
     return sums, keep.sum(dim=1)
+
+
+def mean_token_loss(model: Any, items: list[Encoded], pad: int, batch_size: int) -> float:
+    """Next-token loss averaged over every target token of `items` (not per row), without gradients."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(items), batch_size):
+            sums, counts = token_losses(model, collate(items[i : i + batch_size], pad))
+            total, count = total + float(sums.sum()), count + int(counts.sum())
+    return total / max(1, count)

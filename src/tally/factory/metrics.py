@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from tally.factory.encode import Encoded, collate, encode, pad_id, prompt_ids, token_losses
+from tally.factory.encode import Encoded, collate, encode, mean_token_loss, pad_id, prompt_ids, token_losses
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
@@ -42,12 +42,7 @@ def is_classification(answers: list[str]) -> bool:
 
 
 def loss_and_ppl(model: Any, items: list[Encoded], pad: int, batch_size: int) -> tuple[float, float]:
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(items), batch_size):
-            sums, counts = token_losses(model, collate(items[i : i + batch_size], pad))
-            total, count = total + float(sums.sum()), count + int(counts.sum())
-    loss = total / max(1, count)
+    loss = mean_token_loss(model, items, pad, batch_size)
     return loss, math.exp(min(loss, 50.0))
 
 

@@ -18,7 +18,7 @@ import torch
 
 from tally.factory.checkpoint import TrainState, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from tally.factory.config import TrainConfig
-from tally.factory.encode import Encoded, collate, token_losses
+from tally.factory.encode import Encoded, collate, mean_token_loss, token_losses
 from tally.factory.errors import FactoryError
 from tally.factory.trainlog import TrainLog
 from tally.influence import GradCapture, Projector
@@ -59,13 +59,9 @@ def eval_loss(model: Any, items: list[Encoded], batch_size: int, pad: int) -> fl
         return None
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(items), batch_size):
-            sums, counts = token_losses(model, collate(items[i : i + batch_size], pad))
-            total, count = total + float(sums.sum()), count + int(counts.sum())
+    loss = mean_token_loss(model, items, pad, batch_size)
     model.train(was_training)
-    return total / max(1, count)
+    return loss
 
 
 class Loop:

@@ -1,4 +1,4 @@
-"""Which indexes exist for a datanet, which rows a snapshot holds, and who may use them for RAG.
+"""Which indexes exist for a datanet and who may use them for RAG.
 
 Why permissions live next to the catalogue: every path that reads rows or indexes for retrieval goes through
 `authorise`, which hides a private datanet the caller may not read (404, as everywhere else) and then asks
@@ -7,7 +7,6 @@ Why permissions live next to the catalogue: every path that reads rows or indexe
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,8 +16,7 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from tally.datanets.service import Datanet, check_use, get_datanet
-from tally.datanets.snapshots import Snapshot
-from tally.datanets.tables import ContributionRow, DataRow, SnapshotMember
+from tally.datanets.tables import DataRow
 from tally.identity import Principal
 from tally.rag.chunks import CHUNKER_VERSION
 from tally.rag.index import read_meta
@@ -28,20 +26,6 @@ def authorise(session: Session, principal: Principal, slug: str) -> Datanet:
     """The datanet if the caller may retrieve from it; NotFoundError or ForbiddenError otherwise."""
     get_datanet(session, principal, slug)  # a private datanet the caller cannot read stays undisclosed
     return check_use(session, principal, slug, "rag")
-
-
-def snapshot_rows(session: Session, snap: Snapshot) -> list[tuple[str, str, str, dict[str, Any]]]:
-    """(row hash, contribution id, contributor, content) of every row in the snapshot, by row hash."""
-    rows = session.execute(
-        select(DataRow.row_hash, DataRow.contribution, ContributionRow.contributor, DataRow.content)
-        .join(
-            SnapshotMember, (SnapshotMember.row_hash == DataRow.row_hash) & (SnapshotMember.datanet == DataRow.datanet)
-        )
-        .join(ContributionRow, ContributionRow.id == DataRow.contribution)
-        .where(SnapshotMember.snapshot == snap.id, SnapshotMember.datanet == snap.datanet)
-        .order_by(DataRow.row_hash)
-    )
-    return [(h, c, who, json.loads(content)) for h, c, who, content in rows]
 
 
 def accepted(session: Session, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:

@@ -17,7 +17,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from tally.datanets.errors import DatanetError, NotFoundError
-from tally.datanets.snapshots import get_snapshot
+from tally.datanets.snapshots import get_snapshot, snapshot_rows
 from tally.identity import Principal
 from tally.ledger import Ledger
 from tally.ledger.events import now_ts
@@ -86,7 +86,7 @@ def build_index(
     known = catalog.indexes(settings.index_dir, slug, embedder.name)
     if any(f == folder for _, f, _ in known):
         return BuildReport(slug, snap.id, snap.version, snap.row_count, 0, 0, False, [])
-    rows = catalog.snapshot_rows(session, snap)
+    rows = snapshot_rows(session, snap)
     previous: dict[str, np.ndarray] = {}
     for _, old_folder, _ in known[:1]:
         old = load_index(old_folder)
