@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+from tests.engine.conftest import assert_close
 
 from tally.engine import Engine, EngineConfig, SamplingParams
 from tally.engine.sequence import RequestOutput
@@ -92,5 +93,5 @@ def test_mixed_adapters_match_peft_on_the_real_model(real_path: Path, tmp_path: 
         with torch.no_grad():
             ref = model(input_ids=torch.tensor([prompt + tokens[:-1]])).logits[0, len(prompt) - 1 :]
             greedy = model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=5, do_sample=False)
-        assert (logits - ref).abs().max().item() <= 1e-4, name
+        assert_close(logits, ref, str(name))
         assert greedy[0, len(prompt) :].tolist() == tokens, name

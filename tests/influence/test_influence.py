@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.conftest import assert_close
 from torch import nn
 
 from tally.influence import GradCapture, Projector, example_gradients, load_index, save_index, scores
@@ -63,7 +64,7 @@ def test_batched_capture_equals_one_at_a_time_gradients() -> None:
         expected = torch.zeros(1, 64)
         for name, mod in modules.items():
             projector.add(name, mod.weight.grad.unsqueeze(0), expected)
-        assert torch.allclose(batched[i], expected[0], atol=1e-5)
+        assert_close(batched[i], expected[0], f"example {i}")
 
 
 def test_index_round_trip_and_self_match(tmp_path: Path) -> None:
@@ -90,4 +91,4 @@ def test_example_gradients_and_a_projector_rebuilt_from_its_description() -> Non
     with GradCapture(model, projector) as capture:
         capture.begin(6)
         _per_example_loss(model, x).sum().backward()
-        assert torch.allclose(grads, capture.result(), atol=1e-5)
+        assert_close(grads, capture.result(), "captured")
