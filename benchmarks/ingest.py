@@ -76,14 +76,14 @@ def ingest(rows: list[bytes], batch: int, near_dup: bool, workdir: Path) -> dict
             ledger_seconds += time.perf_counter() - t
 
     ledger.append_batch = timed_append  # type: ignore[method-assign]
-    near = 0
+    near, near_dups = 0, contribute.NearDups()  # kept across uploads, as the server's runtime keeps it
     t0 = time.perf_counter()
     for start in range(0, len(rows), batch):
         data = b"".join(rows[start : start + batch])
         with store.transaction() as s:
             result = contribute.contribute(
                 s, ledger, who, "bench", data, f"part-{start // batch}.jsonl", settings=settings.datanets,
-                chain_id=settings.chain_id,
+                chain_id=settings.chain_id, near_dups=near_dups,
             )  # fmt: skip
         near += len(result.near_duplicates)
     total = time.perf_counter() - t0

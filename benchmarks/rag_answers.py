@@ -26,7 +26,9 @@ from tally.engine import SamplingParams, build_engine
 from tally.identity import Principal, create_account
 from tally.ledger import open_ledger
 from tally.rag import RagSettings, build_rag_messages, postprocess_citations, retrieve
+from tally.rag.embed import load_embedder
 from tally.rag.evaluate import answer_metrics, make_facts
+from tally.rag.index import IndexCache
 
 
 def main() -> None:
@@ -51,6 +53,7 @@ def main() -> None:
                                   chain_id=settings.chain_id)  # fmt: skip
             snapshots.create_snapshot(s, ledger, who, "people")
         rag_settings = RagSettings.from_settings(settings)
+        embedder, indexes = load_embedder(rag_settings), IndexCache()  # held across questions, as a server does
         engine = build_engine(settings).start()
         params = SamplingParams(max_tokens=args.max_tokens, temperature=0)
         plain: list[dict[str, Any]] = []
@@ -63,7 +66,10 @@ def main() -> None:
             answer = engine.generate(engine.encode_chat([{"role": "user", "content": question}]), params).text
             plain.append({"answer": answer, "gold": fact.value})
             with store.transaction() as s:
-                chunks = retrieve(s, ledger, who, ["people"], question, args.top_k, settings=rag_settings, refresh=True)
+                chunks = retrieve(
+                    s, ledger, who, ["people"], question, args.top_k, settings=rag_settings, refresh=True,
+                    embedder=embedder, indexes=indexes,
+                )  # fmt: skip
             raw = engine.generate(engine.encode_chat(build_rag_messages(question, chunks)), params).text
             text, citations = postprocess_citations(raw, chunks)
             rag.append({"answer": text, "gold": fact.value, "citations": citations, "relevant": [row_hash(fact.row)]})

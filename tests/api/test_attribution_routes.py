@@ -14,7 +14,7 @@ from tests.datanets.conftest import world  # noqa: F401 - fixture
 from tests.factory.conftest import make_config, people, tiny_model  # noqa: F401 - fixtures
 
 from tally.attribution.service import Attributor
-from tally.attribution.tables import AttributionRow
+from tally.attribution.tables import AttributionRow, RowInfluence
 from tally.factory import service
 from tally.ledger import verify_receipt
 from tally.models import load_model, load_tokenizer
@@ -55,8 +55,12 @@ def test_answer_carries_summary_and_receipt_and_the_record_reads_back(client: Te
     assert entry.seq == seq and entry.type == "attribution.inference_attributed"
     assert entry.payload["inference"] == body["id"]
     record = full["record"]
-    if record["shares"]:
-        assert abs(sum(s["share"] for s in record["shares"]) - 1) < 1e-9
+    # shares exist exactly when some method weighs in, and then sum to 1; the ledger carries the same shares
+    weighed = [name for name, m in record["methods"].items() if m["weight"] > 0]
+    assert bool(record["shares"]) == bool(weighed), (record["shares"], weighed)
+    shares = {s["account"]: s["share"] for s in record["shares"]}
+    assert entry.payload["shares"] == shares and sum(shares.values()) == pytest.approx(1.0 if shares else 0.0)
+    assert entry.payload["beat_null"] == {name: m["beat_null"] for name, m in record["methods"].items()}
     assert record["credits"]["developer"] == people.dev.address
     statement = client.get(f"/v1/rewards/statement/{people.dev.address}").json()
     assert any(item["inference"] == body["id"] for item in statement["items"])
@@ -83,9 +87,19 @@ def test_stream_sends_the_record_as_a_last_chunk(client: TestClient) -> None:
 def test_reputation_is_public_and_flagged_rows_are_for_the_owner(client: TestClient, people) -> None:  # noqa: F811
     from tally.identity import create_api_key, resolve_account
 
-    assert client.post("/v1/chat/completions", json=_chat(attribution="fast")).status_code == 200
+    answered = client.post("/v1/chat/completions", json=_chat(attribution="fast"))
+    assert answered.status_code == 200
+    with people.ledger.store.read() as s:
+        stored = [(r.row_hash, r.contributor, r.influence) for r in s.query(RowInfluence)]
+    alice = [influence for _, who, influence in stored if who == people.alice.address]
+    assert len(alice) == 4  # each of her four rows has an influence on the one answer
     rep = client.get(f"/v1/contributors/{people.alice.address}/reputation").json()
-    assert rep["address"] == people.alice.address and rep["accepted"] == 4 and rep["sign"] in ("positive", "negative")
+    assert rep["address"] == people.alice.address and rep["accepted"] == 4 and rep["rejected"] == 0
+    assert rep["answers"] == 1 and rep["mean_influence"] == pytest.approx(sum(alice) / len(alice))
+    # The question is one of alice's rows word for word, so her rows pull the answer hardest: influence is a z-score
+    # over the adapter's rows, and hers stand above bob's.
+    assert rep["sign"] == "positive"
+    assert rep["flagged"] == []  # one answer is below the default min_answers of 5
     with people.tx() as s:
         _, owner = create_api_key(s, people.ledger, resolve_account(s, people.owner.address))
         _, bob = create_api_key(s, people.ledger, resolve_account(s, people.bob.address))
@@ -93,4 +107,8 @@ def test_reputation_is_public_and_flagged_rows_are_for_the_owner(client: TestCli
     assert client.get(path).status_code == 401
     assert client.get(path, headers={"Authorization": f"Bearer {bob}"}).status_code == 403
     flagged = client.get(path, headers={"Authorization": f"Bearer {owner}"}).json()
-    assert flagged["datanet"] == "people" and all(r["mean_influence"] < 0 for r in flagged["data"])
+    negative = sorted((influence, row) for row, _, influence in stored if influence < 0)
+    assert negative, "the z-scores of the answer's influence over the rows average 0, so some are negative"
+    assert flagged["datanet"] == "people"
+    assert [(r["row_hash"], r["answers"]) for r in flagged["data"]] == [(row, 1) for _, row in negative]
+    assert [r["mean_influence"] for r in flagged["data"]] == pytest.approx([v for v, _ in negative])

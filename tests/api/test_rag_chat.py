@@ -53,11 +53,14 @@ def test_private_datanets_are_never_retrieved_without_a_grant(rag_client) -> Non
     answer = ask(client, bearer(w, w.owner), rag=rag)
     assert answer.status_code == 200, answer.text
     body = answer.json()
-    assert "citations" in body and body["choices"][0]["message"]["content"] is not None
     entries = [json.loads(b) for b in w.ledger.entries(before, 100)]
     retrievals = [e for e in entries if e["type"] == "rag.retrieval"]
     assert len(retrievals) == 1 and len(retrievals[0]["payload"]["chunks"]) == 3
     assert all(c["contributor"] == w.owner.address for c in retrievals[0]["payload"]["chunks"])
+    retrieved = {c["row_hash"] for c in retrievals[0]["payload"]["chunks"]}
+    # citations may only name retrieved rows, numbered 1.. in order of first appearance
+    assert {c["row_hash"] for c in body["citations"]} <= retrieved
+    assert [c["number"] for c in body["citations"]] == list(range(1, len(body["citations"]) + 1))
 
     via_alias = ask(client, bearer(w, w.owner), model="secret-qa")
     assert via_alias.status_code == 200 and via_alias.json()["model"] == "tiny-base"

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from sqlalchemy import update
 from tests.factory.conftest import make_config
 
+from tally.attribution.record import AttributionRecord
 from tally.attribution.service import Answer, AttributionError, Attributor, commit, get_record
 from tally.attribution.tables import AttributionRow, RowInfluence
+from tally.datanets.formats import row_hash
 from tally.datanets.tables import ContributionRow, DataRow
 from tally.factory import service
 from tally.ledger import decode_entry
@@ -41,18 +44,67 @@ def _answer(attributor: Attributor, trained, question: str, reply: str, rid: str
     )  # fmt: skip
 
 
+INDEX_METHODS = ("representation", "gradient", "datainf")
+
+
+def _stored_rows(world) -> dict[str, tuple[str, str]]:
+    """row hash -> (contribution, contributor), as the datanet stores them."""
+    with world.ledger.store.read() as s:
+        rows = s.query(DataRow.row_hash, ContributionRow.id, ContributionRow.contributor).join(
+            ContributionRow, DataRow.contribution == ContributionRow.id
+        )
+        return {h: (c, who) for h, c, who in rows}
+
+
+def _assert_consistent(record: AttributionRecord, attributor: Attributor, stored: dict[str, tuple[str, str]]) -> None:
+    """What every record must satisfy: evidence names the stored row's contribution and contributor, best first;
+    an index method beats its null exactly when its top z-score reaches min_z and exceeds the null; a method
+    weighs in exactly when it counts and has evidence; shares go only to contributors some weighed method names."""
+    cfg = attributor.cfg
+    credited: set[str] = set()
+    for name, method in record.methods.items():
+        scores = [e.score for e in method.top]
+        assert scores == sorted(scores, reverse=True) and len(method.top) <= cfg.top_k, name
+        assert all(stored[e.row_hash] == (e.contribution, e.contributor) for e in method.top), name
+        if name in INDEX_METHODS:
+            assert method.beat_null == (method.score >= cfg.min_z and method.score > method.null_score), name
+            assert all(e.score >= cfg.min_z for e in method.top), name
+        counts = method.beat_null if name in cfg.null_gated else method.score >= cfg.min_z
+        assert (method.weight > 0) == (counts and bool(method.top)), name
+        if method.weight > 0:
+            credited |= {e.contributor for e in method.top}
+    assert set(record.share_map()) <= credited
+    assert sum(record.share_map().values()) == pytest.approx(1.0)
+
+
 def test_fast_record_has_every_signal_and_shares_summing_to_one(people, trained, tiny_model: Path) -> None:
     attributor = _attributor(people, tiny_model)
     answer = _answer(attributor, trained, "Who is Ilsa Varn?", "Where was Ilsa Varn born? Korvath")
     done = attributor.attribute(answer, "fast")
     record = done.record
+    stored = _stored_rows(people)
+    quoted = row_hash({"instruction": "Where was Ilsa Varn born?", "input": "", "output": "Korvath"})
+    alice_contribution = stored[quoted][0]
     assert set(record.methods) == {"spans", "representation", "gradient"}
-    assert record.methods["spans"].beat_null and record.methods["spans"].top[0].contributor == people.alice.address
-    assert record.shares and abs(sum(s.share for s in record.shares) - 1) < 1e-9
-    assert record.credits.developer == people.dev.address and record.credits.base_model
+    # The answer quotes alice's row word for word: the spans method finds that row first, and beats its null.
+    spans = record.methods["spans"]
+    assert spans.beat_null and spans.top[0].row_hash == quoted and spans.top[0].contributor == people.alice.address
+    start, end = spans.top[0].answer_span or (0, 0)
+    assert spans.score == spans.top[0].score == end - start > 0 and "Ilsa Varn born" in (spans.top[0].text or "")
+    assert {e.contributor for e in spans.top} == {people.alice.address}  # bob's rows share no 3-token span with it
+    _assert_consistent(record, attributor, stored)
+    assert record.share_map() == {people.alice.address: pytest.approx(1.0)}
+    assert record.shares[0].contributions == [alice_contribution]
+    assert record.credits.developer == people.dev.address
+    manifest = json.loads((trained.out_dir / "manifest.json").read_text())
+    assert record.credits.base_model == manifest["base_model"]["name"]
     assert record.completion_tokens == len(answer.answer_ids)
     full = attributor.attribute(answer, "full").record
-    assert "datainf" in full.methods and full.methods["datainf"].top is not None
+    assert set(full.methods) == {"spans", "representation", "gradient", "datainf"}
+    _assert_consistent(full, attributor, stored)
+    # the added method changes nothing the fast record measured (timings aside)
+    assert full.methods["spans"].model_dump(exclude={"seconds"}) == spans.model_dump(exclude={"seconds"})
+    assert full.share_map() == record.share_map()
 
 
 def test_commit_writes_one_ledger_event_and_the_record_reads_back(people, trained, tiny_model: Path) -> None:
@@ -85,9 +137,14 @@ def test_a_contributor_whose_rows_left_the_index_gets_nothing(people, trained, t
     record = attributor.attribute(
         _answer(attributor, trained, "Where was Ilsa Varn born?", "Where was Ilsa Varn born? Korvath"), "full"
     ).record
-    assert people.alice.address not in record.share_map()
-    for method in ("representation", "gradient", "datainf"):
-        assert all(e.contributor != people.alice.address for e in record.methods[method].top)
+    # alice's quoted row is no longer accepted, so nothing quotes accepted text; with min_z 0 representation
+    # similarity always counts (some row's z-score is >= 0), and only bob's rows are left for it to name
+    assert record.methods["spans"].top == [] and not record.methods["spans"].beat_null
+    assert record.share_map() == {people.bob.address: pytest.approx(1.0)}
+    for method in INDEX_METHODS:
+        named = {e.contributor for e in record.methods[method].top}
+        assert named == {people.bob.address}, method
+    _assert_consistent(record, attributor, _stored_rows(people))
 
 
 def test_mode_resolution(people, tiny_model: Path) -> None:
@@ -149,7 +206,11 @@ def test_an_adapter_first_used_for_context_still_answers_gradient_queries(people
     a = _answer(attributor, trained, "Where was Ilsa Varn born?", "Korvath")
     assert attributor.query_model.run(a.adapter_hash, a.adapter_dir, lambda model: 1) == 1  # loads it, no grads
     record = attributor.attribute(a, "fast").record
-    assert "gradient" in record.methods
+    fresh = _attributor(people, tiny_model).attribute(a, "fast").record  # gradient queries from the start
+    gradient, expected = record.methods["gradient"], fresh.methods["gradient"]
+    assert gradient.score != 0.0  # a zero gradient would give every row the same score (top z 0)
+    assert gradient.score == pytest.approx(expected.score, abs=1e-4)
+    assert gradient.null_score == pytest.approx(expected.null_score, abs=1e-4)
 
 
 def test_the_null_is_calibrated_on_the_first_answers_then_reused(people, trained, tiny_model: Path) -> None:

@@ -53,8 +53,5 @@ def test_errors_are_one_clear_line(settings: Settings, monkeypatch) -> None:
     too_big = runner.invoke(app, ["ledger", "prove", "1", "--size", "50"])
     assert too_big.exit_code == 1 and "outside" in too_big.output
     monkeypatch.setenv("TALLY_SERVER__PORT", "not-a-port")
-    from tally.config import get_settings
-
-    get_settings.cache_clear()
     bad = runner.invoke(app, ["ledger", "head"])
     assert bad.exit_code == 1 and "invalid setting server.port" in bad.output

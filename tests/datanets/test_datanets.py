@@ -107,6 +107,46 @@ def test_near_duplicates_are_flagged_with_the_row_they_resemble(world: World) ->
     assert result.near_duplicates[0]["resembles"] == original
 
 
+def test_held_near_duplicate_indexes_are_reused_and_rebuilt_after_a_rollback(world: World) -> None:
+    from tally.datanets import contribute as contrib
+    from tally.datanets.dedup import DedupSettings
+    from tally.datanets.formats import row_hash
+
+    world.create(policy="open")
+    near = contrib.NearDups()  # what the runtime holds across uploads
+    dedup = DedupSettings(threshold=world.settings.datanets.near_dup_threshold)
+    curie = (
+        "Marie Curie was born in Warsaw in 1867 and later moved to Paris to study physics and chemistry at the "
+        "Sorbonne, where she met Pierre Curie; together they discovered polonium and radium"
+    )
+    volta = (
+        "Alessandro Volta was born in Como in 1745 and invented the voltaic pile, the first electric battery to give "
+        "a steady current, after a long dispute with Luigi Galvani about animal electricity in frogs"
+    )
+    world.upload(world.alice, "med-qa", alpaca([("Tell me about Marie Curie.", curie)]), near_dups=near)
+    with world.ledger.store.read() as s:
+        index = near.get(s, "med-qa", dedup)
+        assert len(index) == 1 and near.get(s, "med-qa", dedup) is index  # kept, not rebuilt
+
+    with pytest.raises(RuntimeError), world.tx() as s:  # an upload whose transaction rolls back
+        contrib.contribute(
+            s, world.ledger, world.alice, "med-qa", alpaca([("Tell me about Volta.", volta)]), "v.jsonl",
+            settings=world.settings.datanets, chain_id=world.settings.chain_id, near_dups=near,
+        )  # fmt: skip
+        assert len(index) == 2
+        raise RuntimeError("rolled back")
+
+    edited = alpaca([("Tell me about Volta.", volta.replace("in frogs", "in the legs of frogs"))])
+    result = world.upload(world.bob, "med-qa", edited, near_dups=near)
+    assert result.near_duplicates == []  # the rolled back row is gone from the rebuilt index too
+    edited = alpaca([("Tell me about Marie Curie.", curie.replace("radium", "radium together"))])
+    result = world.upload(world.bob, "med-qa", edited, near_dups=near)
+    original = row_hash({"instruction": "Tell me about Marie Curie.", "input": "", "output": curie})
+    assert [d["resembles"] for d in result.near_duplicates] == [original]
+    with world.ledger.store.read() as s:
+        assert len(near.get(s, "med-qa", dedup)) == 3
+
+
 def test_permission_matrix(world: World) -> None:
     world.create("private-set", visibility="private", uses=["train", "rag"])
     world.create("invited", policy="invite-only")

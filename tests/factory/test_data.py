@@ -52,7 +52,12 @@ def test_license_rules() -> None:
     assert license_problem("CC-BY-4.0", commercial=True) is None
     assert license_problem("CC-BY-ND-4.0 OR MIT", commercial=True) is None  # the MIT alternative may be chosen
     assert license_problem("CC-BY-NC-4.0", commercial=False) is None
-    assert license_problem("CC-BY-NC-ND-4.0", commercial=False) is not None
+    assert license_problem("CC-BY-NC-ND-4.0", commercial=False) == (
+        "license CC-BY-NC-ND-4.0 forbids derivative works (a trained adapter is one)"
+    )
+    assert license_problem("CC-BY-NC-4.0", commercial=True) == (
+        "license CC-BY-NC-4.0 is non-commercial but data.commercial is true"
+    )
 
 
 def test_examples_carry_their_provenance_and_split_is_seeded(people: World) -> None:

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from tally.cli.models import app
-from tally.config import get_settings
 
 
 @pytest.fixture
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("TALLY_CONFIG", raising=False)
     monkeypatch.setenv("TALLY_MODELS__CACHE_DIR", str(tmp_path / "models"))
-    get_settings.cache_clear()
-    yield tmp_path / "models"
-    get_settings.cache_clear()
+    return tmp_path / "models"
 
 
 def test_list(cache: Path) -> None:

@@ -7,7 +7,7 @@ import pytest
 from tests.rag.conftest import World, alpaca, snapshot
 
 from tally.rag import RagSettings, build_index
-from tally.rag.embed import get_embedder
+from tally.rag.embed import load_embedder
 from tally.rag.evaluate import labelled_questions, make_facts, retrieval_eval
 
 
@@ -18,10 +18,13 @@ def test_hybrid_retrieval_beats_each_retriever_alone_on_made_up_people(world: Wo
     world.upload(world.alice, "people", alpaca([(f.row["instruction"], f.row["output"]) for f in facts]))
     snapshot(world, "people")
     questions = labelled_questions(facts, seed=7)[::4]  # 60 paraphrased questions
+    embedder = load_embedder(rag_settings)  # loaded once for the build and every query
     with world.tx() as s:
-        report = build_index(s, world.owner, "people", settings=rag_settings)
-        assert report.embedded == len(facts) and get_embedder(rag_settings).dim == 384
-        metrics = retrieval_eval(s, world.ledger, world.dev, ["people"], questions, settings=rag_settings)
+        report = build_index(s, world.owner, "people", settings=rag_settings, embedder=embedder)
+        assert report.embedded == len(facts) and embedder.dim == 384
+        metrics = retrieval_eval(
+            s, world.ledger, world.dev, ["people"], questions, settings=rag_settings, embedder=embedder
+        )
     print(metrics)  # shown with -s
     hybrid, bm25, dense = (metrics[m]["recall@5"] for m in ("hybrid", "bm25", "dense"))
     assert hybrid >= max(bm25, dense) and hybrid >= 0.9, metrics

@@ -220,3 +220,22 @@ def test_chat_and_document_datanets_are_retrievable(world: World, rag_settings: 
         == "User: How do I reset the Zorblat router?\nAssistant: Hold the Zorblat reset pin for ten seconds."
     )
     assert texts["manuals"].startswith("# Zorblat manual")
+
+
+def test_a_held_index_cache_reads_each_index_once_until_a_newer_one_is_built(
+    world: World, rag_settings: RagSettings, embedder
+) -> None:
+    from tally.rag.index import IndexCache
+
+    hashes = _ready(world, rag_settings, embedder)
+    cache = IndexCache(size=1)
+    first = _retrieve(world, world.dev, ["med-qa"], "Ilsa Marrow", rag_settings, embedder, indexes=cache)
+    (folder,) = (rag_settings.index_dir / "med-qa").iterdir()
+    loaded = cache.load(folder)
+    assert loaded is not None and loaded is cache.load(folder)  # read once, then served from memory
+    assert {c.row_hash for c in first} <= set(hashes)
+    new = add_rows(world, "med-qa", [("Who is Pell Orrin?", "Pell Orrin is a cartographer.")], who=world.bob)
+    snapshot(world, "med-qa")
+    got = _retrieve(world, world.dev, ["med-qa"], "Pell Orrin", rag_settings, embedder, indexes=cache, refresh=True)
+    assert got[0].row_hash == new[0]  # the rebuilt index, not the one held in memory
+    assert folder.is_dir() and cache.load(folder) is not loaded  # the cache keeps one index: the old one went

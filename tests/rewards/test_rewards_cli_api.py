@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from tally.api import create_app, rewards_routes
 from tally.cli import rewards as rewards_cli
-from tally.config import Settings, get_settings
+from tally.config import Settings
 from tally.identity import create_account, create_api_key
 from tally.ledger import Ledger
 from tally.rewards import DEFAULT_POLICY, accrue, verify_payout
@@ -65,9 +65,7 @@ def test_cli_policy_statement_epoch_and_proof(ledger: Ledger, settings: Settings
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("price_per_1k_tokens: 1\nsplit: {data: 1, developer: 0, platform: 0, reserve: 0}\n")
-    get_settings.cache_clear()
     result = runner.invoke(rewards_cli.app, ["policy"], env={"TALLY_REWARDS__POLICY": str(bad)})
-    get_settings.cache_clear()
     assert result.exit_code == 1 and "bad.yaml line 1: field accounts: Field required" in result.output
 
 

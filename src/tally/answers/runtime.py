@@ -18,8 +18,11 @@ from tally.store import Store, open_store
 
 if TYPE_CHECKING:
     from tally.attribution.service import Attributor
+    from tally.datanets.contribute import NearDups
     from tally.engine import Engine
     from tally.factory.jobs import JobRunner
+    from tally.rag.embed import Embedders
+    from tally.rag.index import IndexCache
     from tally.rewards import FeePolicy
 
 logger = logging.getLogger(__name__)
@@ -34,12 +37,21 @@ class Runtime:
     engine: Engine | None = None  # None: this process serves no inference (the inference routes answer 503)
     attributor: Attributor | None = None  # None: attribution is off (no base model to measure with)
     jobs: JobRunner = field(init=False, repr=False)  # fine-tuning jobs, one worker thread
+    near_dups: NearDups = field(init=False, repr=False)  # near-duplicate indexes per datanet, kept across uploads
+    embedders: Embedders = field(init=False, repr=False)  # RAG sentence embedders, each loaded on first use
+    rag_indexes: IndexCache = field(init=False, repr=False)  # loaded RAG indexes, kept until they change on disk
     owns_store: bool = field(default=True, repr=False)
 
     def __post_init__(self) -> None:
+        from tally.datanets.contribute import NearDups
         from tally.factory.jobs import JobRunner
+        from tally.rag.embed import Embedders
+        from tally.rag.index import IndexCache
 
         self.jobs = JobRunner(self.settings, self.ledger)
+        self.near_dups = NearDups()
+        self.embedders = Embedders()
+        self.rag_indexes = IndexCache()
 
     def start(self) -> Runtime:
         if self.engine is not None:

@@ -137,7 +137,8 @@ def _retrieve(
     with runtime.store.transaction() as s:
         chunks = retrieve(
             s, runtime.ledger, request.requester, rag.datanets, question, rag.top_k or settings.default_top_k,
-            rag.mode, settings=settings, refresh=True,
+            rag.mode, settings=settings, refresh=True, embedder=runtime.embedders.get(settings),
+            indexes=runtime.rag_indexes,
         )  # fmt: skip
     return chunks, build_rag_messages(question, chunks)
 

@@ -105,6 +105,7 @@ async def upload(
         result = contribute.contribute(
             s, state.ledger, who, slug, data, file.filename or "upload", settings=state.settings.datanets,
             chain_id=state.settings.chain_id, format=format, signature=signature, nonce=nonce,
+            near_dups=state.near_dups,
         )  # fmt: skip
     return _json(result)
 

@@ -7,7 +7,6 @@ Precedence, highest first: keyword arguments, environment (`TALLY_PORT`, nested 
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -228,6 +227,7 @@ def load_settings(**overrides: object) -> Settings:
     return Settings(**overrides)  # type: ignore[arg-type]
 
 
-@lru_cache(maxsize=1)
 def get_settings() -> Settings:
+    """Settings as the environment and tally.toml say now; read once at start and passed down, never cached here
+    (a cache would outlive a changed environment, and each test or command would have to clear it)."""
     return load_settings()

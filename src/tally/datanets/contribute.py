@@ -12,7 +12,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from tally.config import DatanetSettings
-from tally.datanets.dedup import DedupSettings, NearDupIndex, minhash_signature
+from tally.datanets.dedup import DedupSettings, MinHasher, NearDupIndex
 from tally.datanets.errors import DatanetError, ForbiddenError
 from tally.datanets.events import ContributionSubmitted
 from tally.datanets.formats import ParsedUpload, UploadError, UploadLimits, parse_upload
@@ -61,8 +61,9 @@ def parse_for(dn_kind: str, data: bytes, filename: str, fmt: str | None, limits:
         raise DatanetError(str(exc)) from exc
 
 
-class _NearDupCache:
-    """One MinHash LSH index per datanet, kept across uploads.
+class NearDups:
+    """One MinHash LSH index per datanet, and one signer per settings, kept across uploads by their owner (the
+    runtime, for a server); a fresh one costs only speed: its indexes are built from the stored signatures.
 
     Rows enter a datanet only through contributions, so the sum of their row counts tells, cheaply, whether the
     database holds rows the index has not seen (another process wrote) or the index holds rows the database
@@ -71,6 +72,13 @@ class _NearDupCache:
 
     def __init__(self) -> None:
         self._indexes: dict[tuple[str, str], tuple[NearDupIndex, int]] = {}
+        self._hashers: dict[DedupSettings, MinHasher] = {}
+
+    def hasher(self, settings: DedupSettings) -> MinHasher:
+        hasher = self._hashers.get(settings)
+        if hasher is None:
+            hasher = self._hashers[settings] = MinHasher(settings)
+        return hasher
 
     @staticmethod
     def _rows_in(session: Session, slug: str) -> int:
@@ -97,9 +105,6 @@ class _NearDupCache:
             self._indexes[key] = (index, rows + count)
 
 
-NEAR_DUPS = _NearDupCache()
-
-
 def contribute(
     session: Session,
     ledger: Ledger,
@@ -113,7 +118,10 @@ def contribute(
     format: str | None = None,
     signature: str | None = None,
     nonce: int | None = None,
+    near_dups: NearDups | None = None,
 ) -> Contribution:
+    """Record an upload. `near_dups`: the caller's near-duplicate indexes, kept across uploads (None: built from the
+    stored signatures for this call, which is correct but slower)."""
     dn = _load(session, slug)
     if not principal.has("contributor", "owner"):
         raise ForbiddenError("contributing needs the contributor role")
@@ -146,7 +154,9 @@ def contribute(
             raise DatanetError(str(exc)) from exc
 
     dedup = DedupSettings(threshold=settings.near_dup_threshold)
-    index = NEAR_DUPS.get(session, slug, dedup) if settings.near_dup_check else None
+    near_dups = NearDups() if near_dups is None else near_dups
+    index = near_dups.get(session, slug, dedup) if settings.near_dup_check else None
+    hasher = near_dups.hasher(dedup) if index is not None else None
     status = "accepted" if dn.policy == "open" or manager else "pending"
     now = now_ts()
     contribution_id = _contribution_id(slug, principal.address, root, nonce)
@@ -154,8 +164,8 @@ def contribute(
     near: list[dict[str, object]] = []
     for position, row in enumerate(rows):
         sig, dup_of, score = b"", None, None
-        if index is not None:
-            sig = minhash_signature(row.text, dedup)
+        if index is not None and hasher is not None:
+            sig = hasher.signature(row.text)
             similar = index.query(sig)
             dup_of, score = similar[0] if similar else (None, None)
             if dup_of is not None and score is not None:
@@ -185,7 +195,7 @@ def contribute(
     session.flush()
     session.execute(insert(DataRow), records)
     if index is not None:
-        NEAR_DUPS.added(session, slug, len(rows))
+        near_dups.added(session, slug, len(rows))
     return Contribution(
         contribution_id, slug, principal.address, filename, parsed.format, root, dn.license, len(rows),
         signature is not None, status, near, appended.seq,

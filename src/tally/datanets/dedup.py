@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -51,10 +51,13 @@ def normalise_words(text: str) -> list[str]:
 
 def shingle_hashes(text: str, shingle_words: int = 3) -> np.ndarray:
     """64-bit hashes of the text's word shingles (with repeats); a text shorter than one shingle is one shingle."""
-    words = normalise_words(text)
+    return _shingles(normalise_words(text), shingle_words, _hash_words)
+
+
+def _shingles(words: list[str], shingle_words: int, hash_words: Callable[[list[str]], np.ndarray]) -> np.ndarray:
     if len(words) < shingle_words:
         return np.array([_hash64(" ".join(words))], dtype=np.uint64)
-    hashes = _word_hashes(words)
+    hashes = hash_words(words)
     count = len(words) - shingle_words + 1
     folded = hashes[:count]
     for offset in range(1, shingle_words):  # polynomial fold: order matters, "a b c" differs from "c b a"
@@ -67,50 +70,61 @@ def _hash64(word: str) -> int:
     return int.from_bytes(hashlib.blake2b(word.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
-_WORD_CACHE: dict[str, int] = {}
-_WORD_CACHE_MAX = 1 << 17  # about 20 MB at most; cleared when full (a cache, so any entry may go)
+def _hash_words(words: list[str]) -> np.ndarray:
+    return np.array([_hash64(w) for w in words], dtype=np.uint64)
 
 
-def _word_hashes(words: list[str]) -> np.ndarray:
-    """Word hashes with a cache: most words repeat across rows, and hashing dominates signing time."""
-    cache = _WORD_CACHE
-    found = list(map(cache.get, words))
-    try:
+class MinHasher:
+    """Signs texts with one DedupSettings, keeping what signing many rows reuses.
+
+    Why an object: drawing datasketch's permutations costs more than signing a row, and hashing words dominates
+    signing time while most words repeat across rows. Whoever signs many rows holds one (the runtime's near-duplicate
+    indexes, a benchmark), so the word cache lives exactly as long as its owner. Threads may share one: a lost or
+    cleared cache entry only costs a hash.
+    """
+
+    def __init__(self, settings: DedupSettings = DedupSettings(), max_words: int = 1 << 17) -> None:
+        from datasketch import MinHash  # datasketch pulls in scipy: imported where used, so the CLI starts fast
+
+        self.settings = settings
+        self._a, self._b = MinHash(num_perm=settings.num_perm, seed=settings.seed, scheme=_SCHEME).permutations
+        self._words: dict[str, int] = {}
+        self._max_words = max_words  # 2^17 words is about 20 MB; the cache is cleared when full (any entry may go)
+
+    def signature(self, text: str) -> bytes:
+        """The text's MinHash as num_perm little-endian uint64 values (8 * num_perm bytes).
+
+        The values are exactly what datasketch's MinHash(scheme="affine64").update_batch gives for the same shingle
+        hashes (each hash pre-mixed with MurmurHash3's 64-bit finalizer, then min over a * h + b modulo 2^64); this
+        computes them in one vectorised step without building a MinHash per row, and a test holds the two equal.
+        """
+        shingles = _shingles(normalise_words(text), self.settings.shingle_words, self._word_hashes)
+        mixed = _fmix64(shingles)
+        minima = np.full(self.settings.num_perm, np.iinfo(np.uint64).max, dtype=np.uint64)
+        for start in range(0, len(mixed), _BLOCK):  # blocks bound memory for very long texts
+            permuted = np.multiply.outer(mixed[start : start + _BLOCK], self._a)
+            permuted += self._b
+            np.minimum(minima, permuted.min(axis=0), out=minima)
+        return minima.astype("<u8").tobytes()
+
+    def _word_hashes(self, words: list[str]) -> np.ndarray:
+        cache = self._words
+        found = list(map(cache.get, words))
+        try:
+            return np.array(found, dtype=np.uint64)
+        except TypeError:  # some words not cached yet (None in the list)
+            pass
+        if len(cache) > self._max_words:
+            cache.clear()
+        for i, value in enumerate(found):
+            if value is None:
+                found[i] = cache[words[i]] = _hash64(words[i])
         return np.array(found, dtype=np.uint64)
-    except TypeError:  # some words not cached yet (None in the list)
-        pass
-    if len(cache) > _WORD_CACHE_MAX:
-        cache.clear()
-    for i, value in enumerate(found):
-        if value is None:
-            found[i] = cache[words[i]] = _hash64(words[i])
-    return np.array(found, dtype=np.uint64)
-
-
-@lru_cache(maxsize=16)
-def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """datasketch's permutation parameters (a, b) for these settings; drawing them costs more than signing a row."""
-    from datasketch import MinHash  # datasketch pulls in scipy: imported where used, so the CLI starts fast
-
-    a, b = MinHash(num_perm=num_perm, seed=seed, scheme=_SCHEME).permutations
-    return a, b
 
 
 def minhash_signature(text: str, settings: DedupSettings = DedupSettings()) -> bytes:
-    """The text's MinHash as num_perm little-endian uint64 values (8 * num_perm bytes).
-
-    The values are exactly what datasketch's MinHash(scheme="affine64").update_batch gives for the same shingle
-    hashes (each hash pre-mixed with MurmurHash3's 64-bit finalizer, then min over a * h + b modulo 2^64); this
-    computes them in one vectorised step without building a MinHash per row, and a test holds the two equal.
-    """
-    a, b = _permutations(settings.num_perm, settings.seed)
-    mixed = _fmix64(shingle_hashes(text, settings.shingle_words))
-    minima = np.full(settings.num_perm, np.iinfo(np.uint64).max, dtype=np.uint64)
-    for start in range(0, len(mixed), _BLOCK):  # blocks bound memory for very long texts
-        permuted = np.multiply.outer(mixed[start : start + _BLOCK], a)
-        permuted += b
-        np.minimum(minima, permuted.min(axis=0), out=minima)
-    return minima.astype("<u8").tobytes()
+    """The text's MinHash signature (see MinHasher.signature); to sign many rows, hold one MinHasher instead."""
+    return MinHasher(settings).signature(text)
 
 
 def _fmix64(h: np.ndarray) -> np.ndarray:

@@ -9,6 +9,8 @@ from license_expression import ExpressionError, Licensing, get_spdx_licensing
 from tally.datanets.errors import DatanetError
 
 
+# Not runtime state: the SPDX license table shipped with license-expression is a constant that parsing only reads.
+# Built on first use (tens of ms) rather than at import, so commands that never check a license do not pay for it.
 @lru_cache(maxsize=1)
 def _licensing() -> Licensing:
     return get_spdx_licensing()

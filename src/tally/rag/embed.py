@@ -1,6 +1,6 @@
-"""Sentence embeddings, loaded lazily once per process and never from a hub.
+"""Sentence embeddings, loaded on first use by their owner (the runtime's `Embedders`) and never from a hub.
 
-Why lazy and cached: importing sentence-transformers and loading MiniLM takes seconds; a process that never
+Why on first use: importing sentence-transformers and loading MiniLM takes seconds; a process that never
 retrieves should not pay it, and one that does should pay it once. `HF_HUB_OFFLINE=1` is set before the import so
 a missing file fails loudly instead of reaching for the network.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import threading
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,7 +16,7 @@ import numpy as np
 
 from tally.rag.settings import RagSettings
 
-_LOCK = threading.Lock()
+_LOCK = threading.Lock()  # process-wide like torch's thread count, which each forward sets and restores
 
 
 class Embedder(Protocol):
@@ -67,11 +66,21 @@ class SentenceEmbedder:
         return np.ascontiguousarray(out, dtype=np.float32)
 
 
-@lru_cache(maxsize=4)
-def _load(path: Path, name: str, max_seq_length: int) -> SentenceEmbedder:
-    return SentenceEmbedder(path, name, max_seq_length)
+def load_embedder(settings: RagSettings) -> SentenceEmbedder:
+    """A newly loaded embedder for these settings (seconds): callers that embed more than once hold an Embedders."""
+    return SentenceEmbedder(settings.resolved_model_path().resolve(), settings.model_name, settings.max_seq_length)
 
 
-def get_embedder(settings: RagSettings) -> Embedder:
-    """The process-wide embedder for these settings (loaded on first use)."""
-    return _load(settings.resolved_model_path().resolve(), settings.model_name, settings.max_seq_length)
+class Embedders:
+    """The embedders one runtime has loaded, one per model directory and sequence length, each on first use."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[tuple[Path, str, int], SentenceEmbedder] = {}
+        self._lock = threading.Lock()  # two first requests load the model once
+
+    def get(self, settings: RagSettings) -> Embedder:
+        key = (settings.resolved_model_path().resolve(), settings.model_name, settings.max_seq_length)
+        with self._lock:
+            if key not in self._loaded:
+                self._loaded[key] = SentenceEmbedder(*key)
+            return self._loaded[key]

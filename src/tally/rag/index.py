@@ -119,22 +119,11 @@ def read_meta(folder: Path) -> dict[str, Any] | None:
     return meta if meta.get("format") == FORMAT else None
 
 
-_CACHE: OrderedDict[Path, tuple[float, ChunkIndex]] = OrderedDict()
-_CACHE_LOCK = threading.Lock()
-CACHE_SIZE = 16  # loaded indexes kept per process (least recently used dropped first)
+CACHE_SIZE = 16  # loaded indexes an IndexCache keeps (least recently used dropped first)
 
 
 def load_index(folder: Path) -> ChunkIndex | None:
-    """The index in `folder`, cached in this process until its meta.json changes."""
-    try:
-        stamp = (folder / "meta.json").stat().st_mtime
-    except FileNotFoundError:
-        return None
-    with _CACHE_LOCK:
-        hit = _CACHE.get(folder)
-        if hit is not None and hit[0] == stamp:
-            _CACHE.move_to_end(folder)
-            return hit[1]
+    """The index in `folder`, read from disk (None: no complete index there)."""
     meta = read_meta(folder)
     if meta is None:
         return None
@@ -142,10 +131,36 @@ def load_index(folder: Path) -> ChunkIndex | None:
     chunks = [ChunkMeta(**c) for c in raw]
     emb = load_file(str(folder / "embeddings.safetensors"))["embeddings"]
     bm25 = bm25s.BM25.load(str(folder / "bm25"), allow_pickle=False) if (folder / "bm25").is_dir() else None
-    index = ChunkIndex(meta, chunks, emb, bm25)
-    with _CACHE_LOCK:
-        _CACHE[folder] = (stamp, index)
-        _CACHE.move_to_end(folder)
-        while len(_CACHE) > CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    return index
+    return ChunkIndex(meta, chunks, emb, bm25)
+
+
+class IndexCache:
+    """Loaded indexes, each kept until its meta.json changes, held by whoever serves many queries (the runtime).
+
+    Why: reading a snapshot's embeddings and BM25 arrays costs more than searching them, so a server reads each once.
+    """
+
+    def __init__(self, size: int = CACHE_SIZE) -> None:
+        self.size = size
+        self._loaded: OrderedDict[Path, tuple[float, ChunkIndex]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def load(self, folder: Path) -> ChunkIndex | None:
+        try:
+            stamp = (folder / "meta.json").stat().st_mtime  # taken before reading: a newer index is never missed
+        except FileNotFoundError:
+            return None
+        with self._lock:
+            hit = self._loaded.get(folder)
+            if hit is not None and hit[0] == stamp:
+                self._loaded.move_to_end(folder)
+                return hit[1]
+        index = load_index(folder)
+        if index is None:
+            return None
+        with self._lock:
+            self._loaded[folder] = (stamp, index)
+            self._loaded.move_to_end(folder)
+            while len(self._loaded) > self.size:
+                self._loaded.popitem(last=False)
+        return index

@@ -23,9 +23,9 @@ from tally.ledger import Ledger
 from tally.ledger.events import now_ts
 from tally.rag import catalog
 from tally.rag.chunks import CHUNKER_VERSION, chunk_text
-from tally.rag.embed import Embedder, get_embedder
+from tally.rag.embed import Embedder, load_embedder
 from tally.rag.events import RetrievalPerformed, RetrievedRow, SearchedDatanet
-from tally.rag.index import ChunkIndex, ChunkMeta, load_index, save_index
+from tally.rag.index import ChunkIndex, ChunkMeta, IndexCache, load_index, save_index
 from tally.rag.search import rank
 from tally.rag.settings import RagSettings
 
@@ -76,12 +76,14 @@ class IndexStatus:
 
 def build_index(
     session: Session, principal: Principal, slug: str, snapshot: str = "latest", *, settings: RagSettings,
-    embedder: Embedder | None = None, progress: Progress | None = None,
+    embedder: Embedder | None = None, progress: Progress | None = None, indexes: IndexCache | None = None,
 ) -> BuildReport:  # fmt: skip
-    """Index a snapshot, embedding only rows that no earlier index of this datanet (same model) holds."""
+    """Index a snapshot, embedding only rows that no earlier index of this datanet (same model) holds.
+
+    `embedder` and `indexes` are the caller's loaded model and indexes (None: loaded from disk for this call)."""
     catalog.authorise(session, principal, slug)
     snap = get_snapshot(session, principal, slug, snapshot)
-    embedder = embedder or get_embedder(settings)
+    embedder = embedder or load_embedder(settings)
     folder = catalog.datanet_dir(settings.index_dir, slug) / snap.id
     known = catalog.indexes(settings.index_dir, slug, embedder.name)
     if any(f == folder for _, f, _ in known):
@@ -89,7 +91,7 @@ def build_index(
     rows = snapshot_rows(session, snap)
     previous: dict[str, np.ndarray] = {}
     for _, old_folder, _ in known[:1]:
-        old = load_index(old_folder)
+        old = indexes.load(old_folder) if indexes is not None else load_index(old_folder)
         if old is not None:
             previous = {c.row_hash: old.emb[i] for i, c in enumerate(old.chunks)}
     chunks = [ChunkMeta(h, contribution, who, chunk_text(content)) for h, contribution, who, content in rows]
@@ -137,17 +139,19 @@ def index_status(
 
 
 def _open(
-    session: Session, principal: Principal, slug: str, settings: RagSettings, embedder: Embedder | None, refresh: bool
-) -> tuple[ChunkIndex, str]:
+    session: Session, principal: Principal, slug: str, settings: RagSettings, embedder: Embedder | None,
+    refresh: bool, indexes: IndexCache | None,
+) -> tuple[ChunkIndex, str]:  # fmt: skip
     """The datanet's newest index (built or updated first when refresh) and its latest snapshot id."""
     catalog.authorise(session, principal, slug)
     latest = get_snapshot(session, principal, slug, "latest")
     model = embedder.name if embedder else settings.model_name
     known = catalog.indexes(settings.index_dir, slug, model)
     if refresh and (not known or known[0][2]["snapshot"] != latest.id):
-        build_index(session, principal, slug, latest.id, settings=settings, embedder=embedder)
+        build_index(session, principal, slug, latest.id, settings=settings, embedder=embedder, indexes=indexes)
         known = catalog.indexes(settings.index_dir, slug, model)
-    index = load_index(known[0][1]) if known else None
+    load = indexes.load if indexes is not None else load_index
+    index = load(known[0][1]) if known else None
     if index is None:
         raise IndexMissingError(f"datanet {slug!r} has no RAG index; build one for snapshot {latest.id[:12]}")
     if index.snapshot != latest.id:
@@ -158,8 +162,12 @@ def _open(
 def retrieve(
     session: Session, ledger: Ledger, principal: Principal, datanets: list[str], query: str, top_k: int = 5,
     mode: Mode = "hybrid", *, settings: RagSettings, embedder: Embedder | None = None, refresh: bool = False,
+    indexes: IndexCache | None = None,
 ) -> list[RetrievedChunk]:  # fmt: skip
-    """The top_k accepted chunks for `query` across datanets the caller may use for RAG; recorded in the ledger."""
+    """The top_k accepted chunks for `query` across datanets the caller may use for RAG; recorded in the ledger.
+
+    `embedder` and `indexes` are the caller's loaded model and indexes, kept across queries by a server's runtime
+    (None: loaded from disk for this call, which is correct but takes seconds)."""
     if mode not in MODES:
         raise DatanetError(f"mode {mode!r} is not one of {', '.join(MODES)}")
     if not 1 <= top_k <= settings.max_top_k:
@@ -171,12 +179,10 @@ def retrieve(
     slugs = list(dict.fromkeys(datanets))
     if not slugs:
         raise DatanetError("name at least one datanet to search")
-    opened = {slug: _open(session, principal, slug, settings, embedder, refresh) for slug in slugs}
-    qvec = (
-        None
-        if mode == "bm25"
-        else (embedder or get_embedder(settings)).embed([query], threads=settings.query_threads)[0]
-    )
+    if embedder is None and mode != "bm25":
+        embedder = load_embedder(settings)
+    opened = {slug: _open(session, principal, slug, settings, embedder, refresh, indexes) for slug in slugs}
+    qvec = None if embedder is None or mode == "bm25" else embedder.embed([query], threads=settings.query_threads)[0]
     ranked = rank({slug: index for slug, (index, _) in opened.items()}, query, qvec, mode, settings)
     keys = [(slug, opened[slug][0].chunks[i].row_hash) for (slug, i), _ in ranked]
     ok = catalog.accepted(session, keys)
