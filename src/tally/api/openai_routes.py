@@ -153,7 +153,11 @@ async def completions(
     if body.echo:
         raise ApiError(400, "echo is not supported", param="echo")
     p = body.prompt
-    prompts: list[str | list[int]] = [p] if isinstance(p, str) or not p or isinstance(p[0], int) else [str(x) for x in p]
+    prompts: list[str | list[int]]
+    if isinstance(p, str) or not p or isinstance(p[0], int):
+        prompts = [p]  # type: ignore[list-item]  # one text, or one list of token ids
+    else:
+        prompts = [str(x) for x in p]  # a batch of texts
     if body.stream and len(prompts) != 1:
         raise ApiError(400, "streaming takes one prompt", param="prompt")
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
@@ -315,6 +319,5 @@ async def unload_lora_adapter(body: UnloadAdapterRequest, rt: Runtime = Depends(
 
 @router.get("/metrics")
 def metrics(rt: Runtime = Depends(app_state)) -> Response:
-    from tally.engine.metrics import CONTENT_TYPE
-
-    return Response(answers.engine_of(rt).metrics.render(), media_type=CONTENT_TYPE)
+    metrics = answers.engine_of(rt).metrics
+    return Response(metrics.render(), media_type=metrics.content_type)
