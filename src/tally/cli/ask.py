@@ -10,7 +10,8 @@ import uuid
 import typer
 from rich.table import Table
 
-from tally.cli.common import acting_principal, cli_errors, console, load_cli_settings
+from tally.cli.common import acting_principal, cli_errors, console, fail, load_cli_settings
+from tally.config import ATTRIBUTION_MODES
 
 AS = typer.Option(None, "--as", envvar="TALLY_AS", help="account that acts (name or address); needed with --rag")
 
@@ -27,12 +28,14 @@ def ask(
     """Ask a question; prints the answer and who shaped it. With --rag, the answer cites numbered sources."""
     from tally.answers import AnswerRequest, RagOption, Sampling, answer, build_runtime, precheck
 
+    if attribution is not None and attribution not in ATTRIBUTION_MODES:  # a flag's value, named as the flag
+        raise fail(f"--attribution {attribution!r} is not one of {', '.join(ATTRIBUTION_MODES)}")
     settings = load_cli_settings()
     request = AnswerRequest(
         model=model or settings.models.default, messages=[{"role": "user", "content": question}],
         sampling=Sampling(max_tokens=max_tokens, temperature=0), attribution=attribution,  # type: ignore[arg-type]
         rag=RagOption(datanets=rag, top_k=top_k) if rag else None, id=f"ask-{uuid.uuid4().hex}",
-    )  # fmt: skip  (precheck names a bad attribution mode)
+    )  # fmt: skip
     with cli_errors():
         precheck(settings, request)  # before seconds go into loading the base model
         runtime = build_runtime(settings, with_engine=True)
