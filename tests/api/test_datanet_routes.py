@@ -94,7 +94,7 @@ def test_keys_missing_revoked_and_self_service(api) -> None:
     revoked = client.get("/v1/accounts/me", headers=auth)
     assert revoked.status_code == 401 and "revoked" in revoked.json()["error"]["message"]
     escalate = client.post("/v1/keys", json={"roles": ["admin"]}, headers=h["dev"])
-    assert escalate.status_code == 400 and "does not hold role 'admin'" in escalate.json()["error"]["message"]
+    assert escalate.status_code == 403 and "does not hold role 'admin'" in escalate.json()["error"]["message"]
     made = client.post("/v1/accounts", json={"name": "newbie", "roles": ["consumer"]}, headers=h["admin"])
     assert made.status_code == 201 and made.json()["private_key"]
     assert client.post("/v1/accounts", json={"name": "x", "roles": ["consumer"]}, headers=h["dev"]).status_code == 403

@@ -19,9 +19,10 @@ def run(*args: str) -> str:
     return result.output
 
 
-def fails(*args: str) -> str:
+def fails(*args: str, code: int = 1) -> str:
+    """The output of a command that must fail with exit `code` (its error's kind: docs/errors.md)."""
     result = runner.invoke(app, list(args))
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == code, result.output
     return result.output
 
 
@@ -38,7 +39,7 @@ def test_accounts_datanet_contribute_signed_review_snapshot_export(settings: Set
     rows.write_text("".join(json.dumps({"instruction": f"q{i}", "output": f"a{i}"}) + "\n" for i in range(5)))
     out = run("contribute", "facts", str(rows), "--sign", "--as", "olga")
     assert "5 rows (alpaca), accepted, signed" in out
-    assert "already in datanet" in fails("datanet", "contribute", "facts", str(rows), "--as", "olga")
+    assert "already in datanet" in fails("datanet", "contribute", "facts", str(rows), "--as", "olga", code=5)
 
     snap = json.loads(run("datanet", "snapshot", "facts", "--as", "olga"))
     assert snap["row_count"] == 5 and snap["version"] == 1
@@ -49,7 +50,7 @@ def test_accounts_datanet_contribute_signed_review_snapshot_export(settings: Set
     diff = json.loads(run("datanet", "diff", "facts", "v1", "--as", "olga"))
     assert len(diff["added"]) == 1 and diff["unchanged"] == 5
 
-    assert "no datanet named 'facts'" in fails("datanet", "show", "facts", "--as", "dev")
+    assert "no datanet named 'facts'" in fails("datanet", "show", "facts", "--as", "dev", code=4)
     run("datanet", "request-access", "facts", "--use", "train", "--purpose", "tuning", "--as", "dev")
     assert "pending" in run("datanet", "requests", "facts", "--as", "olga")
     assert "granted" in run("datanet", "grant", "facts", "1", "--as", "olga")
@@ -79,8 +80,8 @@ def test_ask_with_rag_refuses_a_datanet_the_account_may_not_use(settings: Settin
     run("datanet", "create", "hidden", "--kind", "instruction", "--license", "MIT", "--use", "rag",
         "--visibility", "private", "--as", "olga")  # fmt: skip
     run("datanet", "create", "no-rag", "--kind", "instruction", "--license", "MIT", "--use", "train", "--as", "olga")
-    assert "no datanet named 'hidden'" in fails("ask", "hi", "--rag", "hidden", "--as", "carl")
-    assert "does not permit use 'rag'" in fails("ask", "hi", "--rag", "no-rag", "--as", "carl")
+    assert "no datanet named 'hidden'" in fails("ask", "hi", "--rag", "hidden", "--as", "carl", code=4)
+    assert "does not permit use 'rag'" in fails("ask", "hi", "--rag", "no-rag", "--as", "carl", code=3)
 
 
 def test_ask_refuses_an_unknown_attribution_mode_before_answering(settings: Settings) -> None:
@@ -88,4 +89,4 @@ def test_ask_refuses_an_unknown_attribution_mode_before_answering(settings: Sett
 
 
 def test_ask_names_an_unknown_model_before_loading_anything(settings: Settings) -> None:
-    assert "no model named 'my-adapter'" in fails("ask", "hi", "--model", "my-adapter")
+    assert "no model named 'my-adapter'" in fails("ask", "hi", "--model", "my-adapter", code=4)

@@ -32,7 +32,7 @@ def test_add_list_remove(settings: Settings, tiny: TinySetup, tmp_path: Path) ->
     assert bad.exit_code == 1 and "adapter 'broken'" in bad.output and "adapter_config.json" in bad.output
     assert runner.invoke(cli, ["adapters", "remove", "support-bot"]).exit_code == 0
     missing = runner.invoke(cli, ["adapters", "remove", "support-bot"])
-    assert missing.exit_code == 1 and "not registered" in missing.output
+    assert missing.exit_code == 4 and "not registered" in missing.output  # not_found
     assert read_registry(registry_path(settings.data_dir)) == {}
 
 

@@ -100,8 +100,9 @@ def test_append_rolls_back_with_the_callers_transaction(ledger: Ledger) -> None:
 
 def test_batch_limit_is_a_setting(ledger: Ledger) -> None:
     ledger.max_batch = 5
-    with pytest.raises(LedgerLimitError, match="max_batch=5"), ledger.store.transaction() as s:
+    with pytest.raises(LedgerLimitError, match="max_batch=5") as info, ledger.store.transaction() as s:
         ledger.append_batch(s, [(Note(text="x"), "a")] * 6)
+    assert info.value.kind == "limit" and info.value.values == {"limit": 5, "size": 6}
 
 
 def test_concurrent_appends_from_threads_lose_nothing(ledger: Ledger) -> None:
@@ -123,10 +124,13 @@ def test_concurrent_appends_from_threads_lose_nothing(ledger: Ledger) -> None:
 
 def test_out_of_range_requests_are_clear_errors(ledger: Ledger) -> None:
     size = ledger.size()
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ValueError, match="outside") as info:
         ledger.root(size + 1)
-    with pytest.raises(ValueError, match="not below"):
+    assert isinstance(info.value, merkle.ProofError) and info.value.reason == "size_out_of_range"
+    with pytest.raises(ValueError, match="not below") as info:
         ledger.inclusion_proof(size, size)
+    assert isinstance(info.value, merkle.ProofError) and info.value.reason == "index_out_of_range"
+    assert info.value.values == {"index": size, "size": size}
     with pytest.raises(KeyError, match="no ledger entry"):
         ledger.entry(size + 5)
 

@@ -96,29 +96,41 @@ def _leaves(n: int) -> list[bytes]:
     return [merkle.leaf_hash(i.to_bytes(4, "big")) for i in range(n)]
 
 
-def _list_mutations(proof: list[bytes]) -> list[list[bytes]]:
-    """Every single-bit flip, each element removed, an element inserted or appended, truncation."""
-    out: list[list[bytes]] = []
+def _list_mutations(proof: list[bytes]) -> list[tuple[str, list[bytes]]]:
+    """Every single-bit flip (the proof keeps its size: the root must differ), each element removed, an element
+    inserted or appended, truncation (the size is wrong), each with the reason a verifier must give."""
+    out: list[tuple[str, list[bytes]]] = []
     for i, p in enumerate(proof):
         for bit in range(256):
             flipped = bytearray(p)
             flipped[bit // 8] ^= 1 << (bit % 8)
-            out.append([*proof[:i], bytes(flipped), *proof[i + 1 :]])
-        out.append(proof[:i] + proof[i + 1 :])
+            out.append(("root_mismatch", [*proof[:i], bytes(flipped), *proof[i + 1 :]]))
+        out.append(("wrong_proof_size", proof[:i] + proof[i + 1 :]))
     extra = hashlib.sha256(b"extra").digest()
     for i in range(len(proof) + 1):
-        out.append([*proof[:i], extra, *proof[i:]])
+        out.append(("wrong_proof_size", [*proof[:i], extra, *proof[i:]]))
     for cut in range(len(proof)):
-        out.append(proof[:cut])
+        out.append(("wrong_proof_size", proof[:cut]))
     return out
 
 
-def _fails(check) -> bool:
-    try:
+def _failure(check) -> merkle.ProofError:
+    with pytest.raises(merkle.ProofError) as info:
         check()
-    except merkle.ProofError:
-        return True
-    return False
+    return info.value
+
+
+def _inclusion_reason(index: int, size: int, proof_size: int) -> str:
+    """The first check a proof of `proof_size` hashes for (index, size) fails; the ranges give the true size."""
+    if not 0 <= index < size:
+        return "index_out_of_range"
+    return "wrong_proof_size" if len(merkle.inclusion_ranges(index, size)) != proof_size else "root_mismatch"
+
+
+def _consistency_reason(old: int, new: int, proof_size: int) -> str:
+    if not 0 < old <= new:
+        return "size_out_of_range"
+    return "wrong_proof_size" if len(merkle.consistency_ranges(old, new)) != proof_size else "root_mismatch"
 
 
 @settings(max_examples=60, deadline=None)
@@ -127,19 +139,36 @@ def test_inclusion_proofs_verify_and_every_mutation_fails(case: tuple[int, int])
     size, index = case
     leaves = _leaves(size)
     root = merkle.root_of(leaves)
+    leaf = leaves[index]
     proof = prove_inclusion(leaves, index, size)
-    merkle.verify_inclusion(index, size, leaves[index], proof, root)
+    merkle.verify_inclusion(index, size, leaf, proof, root)
 
     for bad_index in {index - 1, index + 1, index ^ 2} - {index}:
-        leaf = leaves[index]
-        assert _fails(lambda i=bad_index, lf=leaf: merkle.verify_inclusion(i, size, lf, proof, root))
+        err = _failure(lambda i=bad_index: merkle.verify_inclusion(i, size, leaf, proof, root))
+        assert err.reason == _inclusion_reason(bad_index, size, len(proof))
+        if err.reason != "root_mismatch":
+            assert err.values["index"] == bad_index
     for bad_size in {size * 2, size // 2} - {size}:
-        assert _fails(lambda s=bad_size: merkle.verify_inclusion(index, s, leaves[index], proof, root))
-    for bad in _list_mutations(proof):
-        assert _fails(lambda p=bad: merkle.verify_inclusion(index, size, leaves[index], p, root))
+        err = _failure(lambda s=bad_size: merkle.verify_inclusion(index, s, leaf, proof, root))
+        assert err.reason == _inclusion_reason(index, bad_size, len(proof))
+        if err.reason == "wrong_proof_size":
+            assert (err.values["got"], err.values["expected"]) == (
+                len(proof),
+                len(merkle.inclusion_ranges(index, bad_size)),
+            )
+    for reason, bad in _list_mutations(proof):
+        err = _failure(lambda p=bad: merkle.verify_inclusion(index, size, leaf, p, root))
+        assert err.reason == reason
+        if reason == "wrong_proof_size":
+            assert (err.values["got"], err.values["expected"]) == (len(bad), len(proof))
+        else:
+            assert err.values["expected"] == merkle.b64(root) != err.values["computed"]
     wrong_root = merkle.root_of(leaves[:-1]) if size > 1 else hashlib.sha256(b"x").digest()
-    assert _fails(lambda: merkle.verify_inclusion(index, size, leaves[index], proof, wrong_root))
-    assert _fails(lambda: merkle.verify_inclusion(index, size, merkle.leaf_hash(b"other"), proof, root))
+    err = _failure(lambda: merkle.verify_inclusion(index, size, leaf, proof, wrong_root))
+    assert err.reason == "root_mismatch"
+    assert (err.values["expected"], err.values["computed"]) == (merkle.b64(wrong_root), merkle.b64(root))
+    err = _failure(lambda: merkle.verify_inclusion(index, size, merkle.leaf_hash(b"other"), proof, root))
+    assert err.reason == "root_mismatch" and err.values["expected"] == merkle.b64(root)
 
 
 @settings(max_examples=60, deadline=None)
@@ -152,12 +181,92 @@ def test_consistency_proofs_verify_and_every_mutation_fails(case: tuple[int, int
     merkle.verify_consistency(old, new, old_root, new_root, proof)
 
     for bad_old in {old - 1, old + 1, old ^ 2} - {old}:
-        assert _fails(lambda o=bad_old: merkle.verify_consistency(o, new, old_root, new_root, proof))
+        err = _failure(lambda o=bad_old: merkle.verify_consistency(o, new, old_root, new_root, proof))
+        assert err.reason == _consistency_reason(bad_old, new, len(proof))
+        if err.reason != "root_mismatch":
+            assert (err.values["old_size"], err.values["new_size"]) == (bad_old, new)
     for bad_new in {new * 2, new // 2} - {new}:
-        assert _fails(lambda n=bad_new: merkle.verify_consistency(old, n, old_root, new_root, proof))
-    for bad in _list_mutations(proof):
-        assert _fails(lambda p=bad: merkle.verify_consistency(old, new, old_root, new_root, p))
-    assert _fails(lambda: merkle.verify_consistency(old, new, new_root, old_root, proof))
+        err = _failure(lambda n=bad_new: merkle.verify_consistency(old, n, old_root, new_root, proof))
+        assert err.reason == _consistency_reason(old, bad_new, len(proof))
+    for reason, bad in _list_mutations(proof):
+        err = _failure(lambda p=bad: merkle.verify_consistency(old, new, old_root, new_root, p))
+        assert err.reason == reason
+        if reason == "wrong_proof_size":
+            assert (err.values["got"], err.values["expected"]) == (len(bad), len(proof))
+        else:
+            assert err.values["root"] in ("old", "new") and err.values["expected"] != err.values["computed"]
+    err = _failure(lambda: merkle.verify_consistency(old, new, new_root, old_root, proof))
+    assert err.reason == "root_mismatch"
+    # a power-of-two old tree is its own seed, so only the new root can show the swap
+    expected = {"old": merkle.b64(new_root), "new": merkle.b64(old_root)}
+    assert err.values["expected"] == expected[err.values["root"]]
+
+
+def test_a_short_proof_says_what_was_expected() -> None:
+    """As in transparency-dev/merkle: the sizes and indexes involved are in the message and in `values`."""
+    leaves = _leaves(8)
+    proof = prove_inclusion(leaves, 5, 8)
+    err = _failure(lambda: merkle.verify_inclusion(5, 8, leaves[5], proof[:2], merkle.root_of(leaves)))
+    assert str(err) == "inclusion proof for index 5 in tree size 8 has 2 hashes, expected 3"
+    assert err.reason == "wrong_proof_size" and err.values == {"index": 5, "size": 8, "got": 2, "expected": 3}
+    assert err.kind == "invalid" and isinstance(err, ValueError)
+    err = _failure(
+        lambda: merkle.verify_inclusion(5, 8, leaves[5], [proof[0][:31], *proof[1:]], merkle.root_of(leaves))
+    )
+    assert err.reason == "wrong_hash_size" and err.values == {"position": 0, "got": 31, "expected": 32}
+    err = _failure(lambda: merkle.verify_consistency(4, 4, leaves[0], leaves[1], []))
+    assert err.reason == "root_mismatch"
+    err = _failure(lambda: merkle.verify_consistency(4, 4, leaves[0], leaves[0], [leaves[1]]))
+    assert err.reason == "wrong_proof_size" and (err.values["got"], err.values["expected"]) == (1, 0)
+
+
+@pytest.mark.parametrize("n", [-1, 0, 1])
+def test_split_point_is_defined_only_for_sizes_above_one(n: int) -> None:
+    err = _failure(lambda: merkle.split_point(n))
+    assert err.reason == "size_out_of_range" and err.values == {"size": n} and isinstance(err, ValueError)
+
+
+@given(st.integers(2, 10**6))
+def test_split_point_is_the_largest_power_of_two_below_n(n: int) -> None:
+    k = merkle.split_point(n)
+    assert k & (k - 1) == 0 and k < n <= 2 * k
+
+
+def test_public_functions_refuse_sizes_and_indexes_outside_their_domain() -> None:
+    h = merkle.leaf_hash(b"x")
+    cases = {
+        "index_out_of_range": [
+            lambda: merkle.inclusion_ranges(5, 5),
+            lambda: merkle.inclusion_ranges(-1, 5),
+            lambda: merkle.inclusion_proof_size(0, 0),
+            lambda: merkle.verify_inclusion(3, 3, h, [], h),
+        ],
+        "size_out_of_range": [
+            lambda: merkle.perfect_pieces(-1, 3),
+            lambda: merkle.perfect_pieces(4, 2),
+            lambda: merkle.fold_pieces([]),
+            lambda: merkle.extend([], -1, [h]),
+            lambda: merkle.consistency_ranges(0, 5),
+            lambda: merkle.consistency_ranges(6, 5),
+            lambda: merkle.consistency_proof_size(-2, 5),
+            lambda: merkle.verify_consistency(0, 5, h, h, []),
+        ],
+        "wrong_stack_size": [lambda: merkle.extend([], 3, [h])],
+        "wrong_hash_size": [lambda: merkle.verify_inclusion(0, 1, h[:31], [], h)],
+    }
+    for reason, checks in cases.items():
+        for check in checks:
+            assert _failure(check).reason == reason
+    assert _failure(lambda: merkle.inclusion_ranges(5, 5)).values == {"index": 5, "size": 5}
+    assert merkle.perfect_pieces(3, 3) == [] and merkle.consistency_proof_size(5, 5) == 0
+
+
+def test_proof_sizes_match_the_ranges() -> None:
+    for n in range(1, 130):
+        for i in range(n):
+            assert merkle.inclusion_proof_size(i, n) == len(merkle.inclusion_ranges(i, n))
+        for m in range(1, n + 1):
+            assert merkle.consistency_proof_size(m, n) == len(merkle.consistency_ranges(m, n))
 
 
 @settings(max_examples=40, deadline=None)

@@ -42,33 +42,38 @@ def _flip_b64(value: str) -> str:
 
 
 @pytest.mark.parametrize(
-    "mutate",
+    ("mutate", "reason", "values"),
     [
-        lambda r: r.update(entry=r["entry"].replace("note-4", "note-X")),
-        lambda r: r.update(index=r["index"] + 1),
-        lambda r: r.update(tree_size=r["tree_size"] + 1),
-        lambda r: r["inclusion_proof"].__setitem__(0, _flip_b64(r["inclusion_proof"][0])),
-        lambda r: r["inclusion_proof"].pop(),
-        lambda r: r.update(checkpoint=r["checkpoint"].replace("\n13\n", "\n14\n")),
-        lambda r: r.update(origin="someone.else/log"),
-        lambda r: r.pop("checkpoint"),
-        lambda r: r.update(format="other"),
+        (lambda r: r.update(entry=r["entry"].replace("note-4", "note-X")), "root_mismatch", {}),
+        (lambda r: r.update(index=r["index"] + 1), "root_mismatch", {}),  # 5 and 6 have proofs of one size in 13
+        (lambda r: r.update(tree_size=r["tree_size"] + 1), "size_mismatch", {"tree_size": 14, "checkpoint_size": 13}),
+        (lambda r: r["inclusion_proof"].__setitem__(0, _flip_b64(r["inclusion_proof"][0])), "root_mismatch", {}),
+        (lambda r: r["inclusion_proof"].pop(), "wrong_proof_size", {"index": 5, "size": 13, "got": 3, "expected": 4}),
+        (lambda r: r.update(checkpoint=r["checkpoint"].replace("\n13\n", "\n14\n")), "bad_checkpoint", {}),
+        (lambda r: r.update(origin="someone.else/log"), "bad_checkpoint", {}),
+        (lambda r: r.pop("checkpoint"), "missing_field", {"field": "checkpoint"}),
+        (lambda r: r.update(format="other"), "bad_format", {"got": "other"}),
     ],
     ids=["entry", "index", "size", "proof-bit", "proof-short", "checkpoint", "origin", "missing", "format"],
 )
-def test_any_change_to_a_receipt_fails(receipt: dict, mutate) -> None:
+def test_any_change_to_a_receipt_fails(receipt: dict, mutate, reason: str, values: dict) -> None:
     bad = copy.deepcopy(receipt)
     mutate(bad)
-    with pytest.raises(ReceiptError):
+    with pytest.raises(ReceiptError) as info:
         verify_receipt(bad)
+    assert info.value.reason == reason
+    assert values.items() <= info.value.values.items()
+    if reason == "root_mismatch":  # the proof led elsewhere: both roots are named
+        assert info.value.values["expected"] != info.value.values["computed"]
 
 
 def test_a_receipt_from_another_key_is_refused_when_a_key_is_trusted(receipt: dict, tmp_path: Path) -> None:
     from tally.ledger.notes import load_or_create_signer
 
     stranger = load_or_create_signer(tmp_path / "other.key", receipt["origin"]).verifier.encode()
-    with pytest.raises(ReceiptError):
+    with pytest.raises(ReceiptError) as info:
         verify_receipt(receipt, trusted_key=stranger)
+    assert info.value.reason == "untrusted_key" and info.value.values["trusted"] == stranger
 
 
 def test_cli_verifies_a_receipt_without_a_database(receipt: dict, tmp_path: Path, monkeypatch) -> None:

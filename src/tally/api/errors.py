@@ -1,16 +1,23 @@
-"""Errors in the OpenAI shape: {"error": {"message", "type", "param", "code"}}."""
+"""Errors in the OpenAI shape: {"error": {"message", "type", "param", "code"}}.
+
+Every package error is a `TallyError`; its kind becomes the status and the OpenAI error type here, once (the table
+is in docs/errors.md). `param` names the request field at fault; `code` is the error's stable reason code where it
+has one (ledger proofs and receipts), else null. `ApiError` is for faults that exist only in HTTP (a missing header,
+an unknown route action).
+"""
 
 from __future__ import annotations
+
+import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from tally.config.errors import TallyError
-from tally.datanets.errors import DatanetError, ForbiddenError, NotFoundError
-from tally.identity import AccountError, AuthError
-from tally.rewards.errors import NothingToPayError, PolicyError, RewardsError, RewardsNotFoundError
+from tally.config.errors import ErrorKind, TallyError
+
+log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -23,50 +30,45 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | N
 
 
 # kind -> (HTTP status, OpenAI error type): the one mapping of the taxonomy to HTTP
-KIND_HTTP: dict[str, tuple[int, str]] = {
+KIND_HTTP: dict[ErrorKind, tuple[int, str]] = {
     "invalid": (400, "invalid_request_error"),
     "unauthenticated": (401, "authentication_error"),
     "forbidden": (403, "permission_error"),
     "not_found": (404, "not_found_error"),
-    "conflict": (409, "invalid_request_error"),
-    "limit": (429, "rate_limit_error"),
+    "conflict": (409, "invalid_request_error"),  # OpenAI has no conflict type; clients branch on the status
+    "limit": (429, "rate_limit_error"),  # a quota over a time window (values carry `window`)
     "unavailable": (503, "server_error"),
     "internal": (500, "server_error"),
 }
+# A limit without a time window is a size or count: waiting does not help, a smaller request does.
+SIZE_LIMIT_HTTP: tuple[int, str] = (413, "invalid_request_error")
+
+
+def http_status(exc: TallyError) -> tuple[int, str]:
+    """The HTTP status and OpenAI error type of a package's error."""
+    if exc.kind == "limit" and "window" not in exc.values:
+        return SIZE_LIMIT_HTTP
+    return KIND_HTTP[exc.kind]
 
 
 def http_error(exc: TallyError) -> tuple[int, dict[str, object]]:
     """The status and OpenAI error body of a package's error (also sent as an SSE event once a stream started)."""
-    status, type_ = KIND_HTTP[exc.kind]
-    return status, error_body(exc.message, type_, exc.param)
+    status, type_ = http_status(exc)
+    reason = getattr(exc, "reason", None)
+    return status, error_body(exc.message, type_, exc.param, reason if isinstance(reason, str) else None)
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(TallyError)
-    async def _tally_error(_: Request, exc: TallyError) -> JSONResponse:
+    async def _tally_error(request: Request, exc: TallyError) -> JSONResponse:
         status, body = http_error(exc)
+        if status >= 500:  # the server's fault: the operator needs the traceback, the caller gets the message
+            log.error("%s %s: %s error: %s", request.method, request.url.path, exc.kind, exc.message, exc_info=exc)
         return JSONResponse(body, status_code=status)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(error_body(exc.message, exc.type, exc.param), status_code=exc.status)
-
-    def _raise_as(status: int, type_: str):
-        async def handler(_: Request, exc: Exception) -> JSONResponse:
-            return JSONResponse(error_body(str(exc), type_), status_code=status)
-
-        return handler
-
-    # Service errors carry messages written for the user; the status says whose fault it is.
-    app.add_exception_handler(DatanetError, _raise_as(400, "invalid_request_error"))
-    app.add_exception_handler(AccountError, _raise_as(400, "invalid_request_error"))
-    app.add_exception_handler(NotFoundError, _raise_as(404, "not_found_error"))
-    app.add_exception_handler(ForbiddenError, _raise_as(403, "permission_error"))
-    app.add_exception_handler(AuthError, _raise_as(401, "authentication_error"))
-    app.add_exception_handler(RewardsError, _raise_as(400, "invalid_request_error"))
-    app.add_exception_handler(RewardsNotFoundError, _raise_as(404, "not_found_error"))
-    app.add_exception_handler(NothingToPayError, _raise_as(409, "invalid_request_error"))
-    app.add_exception_handler(PolicyError, _raise_as(500, "server_error"))  # the server's fee policy file is bad
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -38,7 +38,7 @@ from tally.store import Store
 
 
 class AttributionError(TallyError, ValueError):
-    """An answer cannot be attributed as asked (bad mode: invalid); an unknown record is raised with kind="not_found"."""
+    """An answer cannot be attributed as asked (bad mode); an unknown record is raised with kind="not_found"."""
 
 
 @dataclass

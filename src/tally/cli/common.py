@@ -10,8 +10,10 @@ from contextlib import contextmanager
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from tally.config import Settings, get_settings
+from tally.config.errors import ErrorKind, TallyError
 from tally.identity import Principal
 from tally.ledger import Ledger, open_ledger
 from tally.store import Store, open_store
@@ -57,21 +59,27 @@ def opened_ledger(settings: Settings | None = None) -> Iterator[tuple[Store, Led
         store.dispose()
 
 
-def user_errors() -> tuple[type[Exception], ...]:
-    """Errors whose message is written for the user: shown as one line, exit 1."""
-    from tally.datanets.errors import DatanetError, ForbiddenError, NotFoundError
-    from tally.identity import AccountError, AuthError, SignatureError
-    from tally.rewards.errors import RewardsError
-
-    return (DatanetError, ForbiddenError, NotFoundError, AccountError, AuthError, SignatureError, RewardsError)
+# kind -> exit code: the one mapping of the taxonomy to the CLI (docs/errors.md). Typer already exits 2 on a usage
+# error, so no kind uses 2; invalid keeps 1, the code every error had before kinds; internal is sysexits' EX_SOFTWARE.
+EXIT_CODES: dict[ErrorKind, int] = {
+    "invalid": 1,
+    "unauthenticated": 3,
+    "forbidden": 3,
+    "not_found": 4,
+    "conflict": 5,
+    "limit": 6,
+    "unavailable": 7,
+    "internal": 70,
+}
 
 
 @contextmanager
 def cli_errors() -> Iterator[None]:
+    """A package's error becomes its message on stderr (one line, no traceback) and the exit code of its kind."""
     try:
         yield
-    except user_errors() as exc:
-        raise fail(str(exc)) from None
+    except TallyError as exc:
+        raise fail(escape(exc.message), EXIT_CODES[exc.kind]) from None
 
 
 def acting_principal(session: object, name: str | None) -> Principal:

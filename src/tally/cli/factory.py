@@ -11,8 +11,6 @@ Mount in tally.cli.main:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,24 +18,12 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from tally.cli.common import acting_principal, cli_errors, console, fail, load_cli_settings, opened_ledger
+from tally.cli.common import acting_principal, cli_errors, console, load_cli_settings, opened_ledger
 
 AS = typer.Option(None, "--as", envvar="TALLY_AS", help="account that acts (name or address)")
 pipeline_app = typer.Typer(
     help="Pipelines: snapshot -> train -> eval -> gate -> publish -> deploy.", no_args_is_help=True
 )
-
-
-@contextmanager
-def factory_errors() -> Iterator[None]:
-    from tally.factory.errors import FactoryError
-    from tally.models import ModelError
-
-    with cli_errors():
-        try:
-            yield
-        except (FactoryError, ModelError) as exc:
-            raise fail(str(exc)) from None
 
 
 def _bar(progress: Progress) -> Any:
@@ -69,7 +55,7 @@ def train_cmd(
     from tally.factory.config import load_config
 
     settings = load_cli_settings()
-    with factory_errors(), opened_ledger(settings) as (store, ledger):
+    with cli_errors(), opened_ledger(settings) as (store, ledger):
         cfg = load_config(config)
         with store.read() as s:
             who = acting_principal(s, as_)
@@ -100,7 +86,7 @@ def eval_cmd(
 
     settings = load_cli_settings()
     sources = [SourceCfg(datanet=d.partition("@")[0], snapshot=d.partition("@")[2] or "latest") for d in data]
-    with factory_errors(), opened_ledger(settings) as (store, ledger):
+    with cli_errors(), opened_ledger(settings) as (store, ledger):
         with store.read() as s:
             who = acting_principal(s, as_)
         results = evaluate(settings, ledger, who, sources, base_model=model, adapters=adapter, include_base=base,
@@ -121,7 +107,7 @@ def leaderboard_cmd(
     from tally.datanets.service import get_datanet
     from tally.factory.evaluation import leaderboard
 
-    with factory_errors(), opened_ledger() as (store, _), store.read() as s:
+    with cli_errors(), opened_ledger() as (store, _), store.read() as s:
         get_datanet(s, acting_principal(s, as_), datanet)
         board = leaderboard(s, datanet, metric)
     table = Table("rank", "model", metric, "rows", "snapshot", "evaluated")
@@ -141,7 +127,7 @@ def publish_cmd(
     from tally.factory.service import publish_adapter
 
     settings = load_cli_settings()
-    with factory_errors(), opened_ledger(settings) as (store, ledger):
+    with cli_errors(), opened_ledger(settings) as (store, ledger):
         with store.read() as s:
             who = acting_principal(s, as_)
             directory = find_adapter(settings, s, adapter)
@@ -161,7 +147,7 @@ def pipeline_run(pipeline: Path, as_: str = AS) -> None:
     from tally.factory.pipeline_spec import load_pipeline
 
     settings = load_cli_settings()
-    with factory_errors(), opened_ledger(settings) as (store, ledger):
+    with cli_errors(), opened_ledger(settings) as (store, ledger):
         spec, base = load_pipeline(pipeline)
         with store.read() as s:
             who = acting_principal(s, as_)
@@ -182,7 +168,7 @@ def pipeline_watch(
     from tally.factory.pipeline_spec import load_pipeline
 
     settings = load_cli_settings()
-    with factory_errors(), opened_ledger(settings) as (store, ledger):
+    with cli_errors(), opened_ledger(settings) as (store, ledger):
         spec, base = load_pipeline(pipeline)
         with store.read() as s:
             who = acting_principal(s, as_)
@@ -195,7 +181,7 @@ def pipeline_status_cmd(pipeline: str = typer.Argument(None), limit: int = typer
     """The latest runs and the status of each of their steps."""
     from tally.factory.pipeline import pipeline_status
 
-    with factory_errors(), opened_ledger() as (_, ledger):
+    with cli_errors(), opened_ledger() as (_, ledger):
         runs = pipeline_status(ledger, pipeline, limit)
     for run in runs:
         console.print(f"{run['run']} {run['pipeline']} {run['status']} ({run['trigger']}, {run['created_at']})")

@@ -42,15 +42,17 @@ def request_access(
 ) -> AccessRequest:
     dn = _load(session, slug)
     if dn.visibility != "private":
-        raise DatanetError(f"datanet {slug!r} is public: no access request is needed")
+        raise DatanetError(f"datanet {slug!r} is public: no access request is needed", kind="conflict")
     if not purpose.strip():
-        raise DatanetError("say what the data is for (purpose)")
+        raise DatanetError("say what the data is for (purpose)", param="purpose")
     wanted = check_uses(uses)
     if not wanted:
-        raise DatanetError("name at least one use: train, rag, eval or commercial")
+        raise DatanetError("name at least one use: train, rag, eval or commercial", param="uses")
     beyond = [u for u in wanted if u not in dn.uses]
     if beyond:
-        raise DatanetError(f"datanet {slug!r} does not permit {beyond[0]!r} under its license; permitted: {dn.uses}")
+        raise DatanetError(
+            f"datanet {slug!r} does not permit {beyond[0]!r} under its license; permitted: {dn.uses}", param="uses"
+        )
     row = AccessRequestRow(
         datanet=slug, requester=principal.address, uses=wanted, purpose=purpose.strip(), status="pending",
         created_at=now_ts(),
@@ -70,9 +72,9 @@ def decide_access(
     if row is None or row.datanet != slug:
         raise NotFoundError(f"no access request {request_id} on datanet {slug!r}")
     if row.status != "pending":
-        raise DatanetError(f"access request {request_id} was already {row.status}")
+        raise DatanetError(f"access request {request_id} was already {row.status}", kind="conflict", status=row.status)
     if not grant and not reason.strip():
-        raise DatanetError("a denial needs a reason")
+        raise DatanetError("a denial needs a reason", param="reason")
     row.status, row.reason, row.decided_by, row.decided_at = (
         "granted" if grant else "denied", reason.strip(), principal.address, now_ts(),
     )  # fmt: skip

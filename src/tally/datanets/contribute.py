@@ -57,8 +57,8 @@ def upload_limits(dn: DatanetRow | Datanet, settings: DatanetSettings) -> Upload
 def parse_for(dn_kind: str, data: bytes, filename: str, fmt: str | None, limits: UploadLimits) -> ParsedUpload:
     try:
         return parse_upload(data, filename, kind=dn_kind, format=fmt, limits=limits)  # type: ignore[arg-type]
-    except UploadError as exc:
-        raise DatanetError(str(exc)) from exc
+    except UploadError as exc:  # keeps the upload's kind (a limit stays a limit) and where it failed
+        raise DatanetError(str(exc), kind=exc.kind, param=exc.param, **exc.values) from exc
 
 
 class NearDups:
@@ -139,7 +139,8 @@ def contribute(
     root = content_root([r.row_hash for r in rows])
     if signature is not None or nonce is not None:
         if signature is None or nonce is None:
-            raise DatanetError("a signed contribution needs both signature and nonce")
+            missing = "signature" if signature is None else "nonce"
+            raise DatanetError("a signed contribution needs both signature and nonce", param=missing)
         try:
             signer = recover_contribution_signer(
                 signature, datanet=slug, content_root=root, license=dn.license, nonce=nonce, chain_id=chain_id
@@ -150,8 +151,8 @@ def contribute(
                     "(or over different content, license, datanet, nonce or chain)"
                 )
             consume_nonce(session, principal.address, nonce)
-        except SignatureError as exc:
-            raise DatanetError(str(exc)) from exc
+        except SignatureError as exc:  # a replayed nonce stays a conflict
+            raise DatanetError(str(exc), kind=exc.kind, param=exc.param or "signature", **exc.values) from exc
 
     dedup = DedupSettings(threshold=settings.near_dup_threshold)
     near_dups = NearDups() if near_dups is None else near_dups
@@ -227,7 +228,9 @@ def _refuse_existing(session: Session, slug: str, filename: str, rows: list) -> 
             where = f"line {row.line}" if row.line else f"chunk {row.content.get('chunk')}"
             raise DatanetError(
                 f"{filename} {where}: this row is already in datanet {slug!r} "
-                f"(contribution {found[1][:12]}); exact duplicates are refused"
+                f"(contribution {found[1][:12]}); exact duplicates are refused",
+                kind="conflict",
+                contribution=found[1],
             )
 
 
@@ -246,7 +249,12 @@ def _check_daily_limit(session: Session, slug: str, address: str, adding: int, l
     if done + adding > limit:
         raise DatanetError(
             f"this upload of {adding} rows would bring you to {done + adding} rows today in {slug!r}; "
-            f"the datanet allows {limit} rows per contributor per day (max_rows_per_day)"
+            f"the datanet allows {limit} rows per contributor per day (max_rows_per_day)",
+            kind="limit",
+            limit=limit,
+            window="day",  # a quota over time: HTTP 429, not 413
+            used=done,
+            adding=adding,
         )
 
 

@@ -134,7 +134,7 @@ def parse_upload(
             size, limit = f"{len(data)} bytes", f"{limits.max_bytes} bytes"
         raise UploadError(
             name, f"{size} is over the upload limit of {limit} (the datanet's max_upload_bytes)", f"at most {limit}",
-            show_expected=False,
+            show_expected=False, kind="limit", limit=limits.max_bytes, size=len(data),
         )  # fmt: skip
     fmt = format if format is not None else _format_by_extension(name)
     if fmt is not None and fmt not in FORMAT_KIND:
@@ -204,7 +204,7 @@ def _json_rows(records: Iterator[tuple[int, dict[str, Any]]], name: str, fmt: st
         if len(rows) == limits.max_rows:
             raise UploadError(
                 name, f"more rows than the limit of {limits.max_rows} (datanet limit max_rows)",
-                f"at most {limits.max_rows} rows per upload", line=line,
+                f"at most {limits.max_rows} rows per upload", line=line, kind="limit", limit=limits.max_rows,
             )  # fmt: skip
         at.raise_too_long()
         digest = row_hash(content)
@@ -225,6 +225,7 @@ def _document_rows(text: str, name: str, fmt: Format, limits: UploadLimits) -> l
         raise UploadError(
             name, f"{len(chunks)} chunks is more than the limit of {limits.max_rows} rows (datanet limit max_rows)",
             f"at most {limits.max_rows} chunks: split the document or raise chunk_chars",
+            kind="limit", limit=limits.max_rows, size=len(chunks),
         )  # fmt: skip
     rows = []
     for index, piece in enumerate(chunks):

@@ -19,15 +19,16 @@ def _licensing() -> Licensing:
 def normalize_license(expression: str) -> str:
     """The canonical form of an SPDX expression, e.g. "mit or apache-2.0" -> "MIT OR Apache-2.0"."""
     if not expression.strip():
-        raise DatanetError("license is empty; give an SPDX expression such as CC-BY-4.0")
+        raise DatanetError("license is empty; give an SPDX expression such as CC-BY-4.0", param="license")
     info = _licensing().validate(expression.strip())
     if info.errors or not info.normalized_expression:
         problems = "; ".join(info.errors) or "empty expression"
         raise DatanetError(
             f"license {expression!r} is not a valid SPDX expression ({problems}); "
-            "use SPDX ids such as CC-BY-4.0, MIT, Apache-2.0, combined with AND / OR / WITH"
+            "use SPDX ids such as CC-BY-4.0, MIT, Apache-2.0, combined with AND / OR / WITH",
+            param="license",
         )
     try:
         return str(_licensing().parse(info.normalized_expression))
     except ExpressionError as exc:
-        raise DatanetError(f"license {expression!r}: {exc}") from exc
+        raise DatanetError(f"license {expression!r}: {exc}", param="license") from exc

@@ -38,8 +38,8 @@ class At:
         self.file, self.line, self.max_chars = file, line, max_chars
         self.too_long: tuple[str, int] | None = None
 
-    def fail(self, field: str, problem: str, expected: str) -> NoReturn:
-        raise UploadError(self.file, problem, expected, line=self.line, field=field)
+    def fail(self, field: str, problem: str, expected: str, **extra: Any) -> NoReturn:
+        raise UploadError(self.file, problem, expected, line=self.line, field=field, **extra)
 
     def raise_too_long(self) -> None:
         if self.too_long is not None:
@@ -47,7 +47,7 @@ class At:
             limit = self.max_chars
             self.fail(
                 field, f"{n} characters is over the limit of {limit} (datanet limit max_field_chars)",
-                f"at most {limit} characters per field",
+                f"at most {limit} characters per field", kind="limit", limit=limit, size=n,
             )  # fmt: skip
 
     def string(self, value: Any, field: str, *, empty_ok: bool = False) -> str:

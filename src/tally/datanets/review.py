@@ -30,9 +30,9 @@ def review(
     """Set the status of a contribution's rows, or of the listed rows; returns how many changed."""
     manage(session, principal, slug, "review contributions")
     if decision not in DECISIONS:
-        raise DatanetError(f"decision {decision!r} must be accept or reject")
+        raise DatanetError(f"decision {decision!r} must be accept or reject", param="decision")
     if decision == "reject" and not reason.strip():
-        raise DatanetError("a rejection needs a reason, so the contributor learns why")
+        raise DatanetError("a rejection needs a reason, so the contributor learns why", param="reason")
     if (contribution is None) == (not rows):
         raise DatanetError("name either a contribution or a list of rows")
     query = select(DataRow).where(DataRow.datanet == slug)
@@ -42,8 +42,9 @@ def review(
             select(ContributionRow.id).where(ContributionRow.datanet == slug, by_prefix)
         ).scalars().all()  # fmt: skip
         if len(matches) != 1:
-            what = "no" if not matches else "more than one"
-            raise NotFoundError(f"{what} contribution {contribution!r} in datanet {slug!r}")
+            # none is not found; more than one is an ambiguous prefix: invalid
+            what, error = ("no", NotFoundError) if not matches else ("more than one", DatanetError)
+            raise error(f"{what} contribution {contribution!r} in datanet {slug!r}", param="contribution")
         contribution = matches[0]
         query = query.where(DataRow.contribution == contribution)
     else:
@@ -52,7 +53,7 @@ def review(
     if rows:
         missing = set(rows) - {r.row_hash for r in found}
         if missing:
-            raise NotFoundError(f"no row {sorted(missing)[0]} in datanet {slug!r}")
+            raise NotFoundError(f"no row {sorted(missing)[0]} in datanet {slug!r}", param="rows")
     status, now = DECISIONS[decision], now_ts()
     changed = [r for r in found if r.status != status]
     for r in changed:

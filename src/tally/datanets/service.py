@@ -59,7 +59,7 @@ class Datanet:
 
 def _choice(field: str, value: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
-        raise DatanetError(f"{field} {value!r} is not one of {', '.join(allowed)}")
+        raise DatanetError(f"{field} {value!r} is not one of {', '.join(allowed)}", param=field)
     return value
 
 
@@ -88,9 +88,11 @@ def create_datanet(
     if not principal.has("owner"):
         raise ForbiddenError("creating a datanet needs the owner role")
     if not _SLUG.match(slug):
-        raise DatanetError(f"name {slug!r} must be a slug: 1-64 of a-z, 0-9 and '-', not starting or ending with '-'")
+        raise DatanetError(
+            f"name {slug!r} must be a slug: 1-64 of a-z, 0-9 and '-', not starting or ending with '-'", param="name"
+        )
     if session.get(DatanetRow, slug) is not None:
-        raise DatanetError(f"a datanet named {slug!r} already exists")
+        raise DatanetError(f"a datanet named {slug!r} already exists", kind="conflict", param="name")
     if max_upload_bytes < 1 or max_rows_per_day < 1:
         raise DatanetError("limits must be positive")
     row = DatanetRow(
@@ -191,7 +193,7 @@ def invite_member(session: Session, ledger: Ledger, principal: Principal, slug: 
     manage(session, principal, slug, "invite members")
     account = get_account(session, address)
     if account is None:
-        raise DatanetError(f"no account at {address!r}")
+        raise DatanetError(f"no account at {address!r}", kind="not_found", param="address")
     if session.get(MemberRow, (slug, account.address)) is None:
         session.add(MemberRow(datanet=slug, address=account.address, added_at=now_ts()))
         session.flush()

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from tally.datanets.errors import NotFoundError
+from tally.datanets.errors import DatanetError, NotFoundError
 from tally.datanets.events import SnapshotCreated
 from tally.datanets.service import Datanet, get_datanet, manage
 from tally.datanets.tables import ContributionRow, DataRow, SnapshotMember, SnapshotRow
@@ -93,8 +93,9 @@ def get_snapshot(session: Session, principal: Principal, slug: str, snapshot: st
         query = query.where(SnapshotRow.id.startswith(snapshot.lower()))
     found = session.execute(query.limit(2)).scalars().all()
     if len(found) != 1:
-        what = "no" if not found else "more than one"
-        raise NotFoundError(f"{what} snapshot {snapshot!r} of datanet {slug!r}")
+        # none is not found; more than one is an ambiguous prefix: invalid
+        what, error = ("no", NotFoundError) if not found else ("more than one", DatanetError)
+        raise error(f"{what} snapshot {snapshot!r} of datanet {slug!r}")
     return Snapshot.of(found[0])
 
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from tally.config.errors import ErrorKind, TallyError
 
-class UploadError(ValueError):
+
+class UploadError(TallyError, ValueError):
     """Why an upload was refused: where (file, line, field), what is wrong, and what was expected.
 
-    str(exc) is one message naming all of them; the attributes let an API return them as separate fields.
+    str(exc) is one message naming all of them; the attributes (also in `values`) let an API return them as separate
+    fields. A file over a configured size or count limit is raised with kind="limit" and the `limit` in `values`.
     """
 
     def __init__(
@@ -24,14 +27,20 @@ class UploadError(ValueError):
         line: int | None = None,
         field: str | None = None,
         show_expected: bool = True,
+        kind: ErrorKind | None = None,
+        **values: Any,
     ) -> None:
         self.file, self.problem, self.expected, self.line, self.field = file, problem, expected, line, field
         self.show_expected = show_expected  # False where the problem already says what was expected
         where = file + (f" line {line}" if line is not None else "") + (f", field '{field}'" if field else "")
-        super().__init__(f"{where}: {problem}" + (f"; expected {expected}" if show_expected else ""))
+        message = f"{where}: {problem}" + (f"; expected {expected}" if show_expected else "")
+        fields: dict[str, Any] = {"file": file, "line": line, "field": field, "problem": problem, "expected": expected}
+        super().__init__(message, kind=kind, **fields, **values)
+        self.extra = values
 
     def __reduce__(self) -> tuple[Any, ...]:  # survives pickling (process pools) despite keyword-only arguments
-        return (_rebuild_error, (self.file, self.problem, self.expected, self.line, self.field, self.show_expected))
+        fields = (self.file, self.problem, self.expected, self.line, self.field, self.show_expected)
+        return (_rebuild_error, (*fields, self.kind, self.extra))
 
     def to_dict(self) -> dict[str, Any]:
         """The error as JSON-ready fields, for API responses."""
@@ -40,8 +49,8 @@ class UploadError(ValueError):
 
 
 def _rebuild_error(*args: Any) -> UploadError:
-    file, problem, expected, line, field, show = args
-    return UploadError(file, problem, expected, line=line, field=field, show_expected=show)
+    file, problem, expected, line, field, show, kind, extra = args
+    return UploadError(file, problem, expected, line=line, field=field, show_expected=show, kind=kind, **extra)
 
 
 def json_type(value: Any) -> str:

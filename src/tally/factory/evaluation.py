@@ -58,7 +58,9 @@ def find_adapter(settings: Settings, session: Session, name_or_path: str) -> Pat
     entry = read_registry(registry_path(settings.data_dir)).get(name_or_path)
     if entry is not None:
         return Path(entry.path)
-    raise FactoryError(f"no adapter named {name_or_path!r} (not trained here, not in adapters.json, not a directory)")
+    raise FactoryError(
+        f"no adapter named {name_or_path!r} (not trained here, not in adapters.json, not a directory)", kind="not_found"
+    )
 
 
 def evaluate(

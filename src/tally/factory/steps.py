@@ -23,7 +23,10 @@ _OPS = {
 
 
 class GateFailed(FactoryError):
-    """A metric missed its threshold: the step fails and nothing downstream (publish, deploy) runs."""
+    """A metric missed its threshold: the step fails and nothing downstream (publish, deploy) runs. A conflict: the
+    request was well formed, but the adapter's measured state does not allow going on."""
+
+    kind = "conflict"
 
 
 def current_snapshot(ctx: Context, step: StepSpec) -> str:
@@ -94,14 +97,15 @@ def _gate(ctx: Context, step: StepSpec, needs: dict[str, dict[str, Any]]) -> dic
     metrics: dict[str, float] = {}
     for out in _of_kind(ctx, needs, "eval"):
         metrics.update(out["metrics"])
-    missed = []
+    missed, values = [], {}
     for metric, cond in step.require.items():
         op, threshold = parse_condition(cond)
         value = metrics.get(metric)
         if value is None or not _OPS[op](value, threshold):
             missed.append(f"{metric} {value if value is None else round(value, 4)} is not {op} {threshold}")
+            values[metric] = {"value": value, "required": cond}
     if missed:
-        raise GateFailed("gate failed: " + "; ".join(missed))
+        raise GateFailed("gate failed: " + "; ".join(missed), missed=values)
     return {"passed": True, "metrics": {k: metrics[k] for k in step.require}}
 
 
@@ -131,7 +135,12 @@ def _deploy(ctx: Context, step: StepSpec, needs: dict[str, dict[str, Any]]) -> d
         headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=60,
     )  # fmt: skip
     if response.status_code >= 400:
-        raise FactoryError(f"deploy to {step.url} failed: {response.status_code} {response.text[:200]}")
+        raise FactoryError(
+            f"deploy to {step.url} failed: {response.status_code} {response.text[:200]}",
+            kind="unavailable",  # the target server refused or failed; nothing in the pipeline is wrong
+            url=step.url,
+            response_status=response.status_code,
+        )
     return {**entry, "deployed_to": step.url}
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from tally.config.errors import TallyError
 from tally.identity.addresses import NOT_AN_ADDRESS, checksum_address
 from tally.identity.events import AccountCreated
 from tally.identity.tables import AccountRow
@@ -20,8 +21,9 @@ ROLES = ("admin", "owner", "contributor", "developer", "consumer")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 
-class AccountError(ValueError):
-    """An account request is invalid (bad name, unknown role, duplicate, unknown account)."""
+class AccountError(TallyError, ValueError):
+    """An account request is invalid (bad name, unknown role); raise sites pass `kind=` for a duplicate (conflict)
+    or an unknown account (not_found)."""
 
 
 @dataclass(frozen=True)
@@ -39,9 +41,9 @@ def _account(row: AccountRow) -> Account:
 def check_roles(roles: list[str] | tuple[str, ...] | frozenset[str]) -> list[str]:
     unknown = sorted(set(roles) - set(ROLES))
     if unknown:
-        raise AccountError(f"unknown role {unknown[0]!r}; roles are {', '.join(ROLES)}")
+        raise AccountError(f"unknown role {unknown[0]!r}; roles are {', '.join(ROLES)}", param="roles", role=unknown[0])
     if not roles:
-        raise AccountError(f"give at least one role ({', '.join(ROLES)})")
+        raise AccountError(f"give at least one role ({', '.join(ROLES)})", param="roles")
     return sorted(set(roles))
 
 
@@ -57,7 +59,9 @@ def create_account(
     """Register an account. Without `address` a new key pair is made and, if `keys_dir` is given, the private key
     is written there (mode 0600). Returns the account and the new private key (hex) or None."""
     if not _NAME.match(name):
-        raise AccountError(f"account name {name!r} must be 1-64 of a-z, 0-9, '_', '.', '-', starting alphanumeric")
+        raise AccountError(
+            f"account name {name!r} must be 1-64 of a-z, 0-9, '_', '.', '-', starting alphanumeric", param="name"
+        )
     role_list = check_roles(roles)
     private_key = None
     if address is None:
@@ -67,12 +71,12 @@ def create_account(
         address, private_key = new.address, new.key.hex()
     checked = checksum_address(address)
     if checked is None:
-        raise AccountError(f"{address!r} {NOT_AN_ADDRESS}")
+        raise AccountError(f"{address!r} {NOT_AN_ADDRESS}", param="address")
     address = checked
     if session.get(AccountRow, address) is not None:
-        raise AccountError(f"account {address} is already registered")
+        raise AccountError(f"account {address} is already registered", kind="conflict", param="address")
     if session.execute(select(AccountRow).where(AccountRow.name == name)).scalar() is not None:
-        raise AccountError(f"an account named {name!r} already exists")
+        raise AccountError(f"an account named {name!r} already exists", kind="conflict", param="name")
     row = AccountRow(address=address, name=name, roles=",".join(role_list), created_at=now_ts())
     session.add(row)
     session.flush()
@@ -96,7 +100,8 @@ def load_local_key(keys_dir: Path, address: str) -> str:
     path = keys_dir / f"{checked}.key"
     if not path.exists():
         raise AccountError(
-            f"no local private key for {address} in {keys_dir} (accounts registered by address sign elsewhere)"
+            f"no local private key for {address} in {keys_dir} (accounts registered by address sign elsewhere)",
+            kind="not_found",
         )
     if path.stat().st_mode & 0o077:
         raise AccountError(f"{path} is readable by others; run `chmod 600 {path}`")
@@ -118,7 +123,7 @@ def resolve_account(session: Session, name_or_address: str) -> Account:
         row = session.execute(select(AccountRow).where(AccountRow.name == name_or_address)).scalar()
         account = _account(row) if row else None
     if account is None:
-        raise AccountError(f"no account named or at {name_or_address!r} (see `tally accounts list`)")
+        raise AccountError(f"no account named or at {name_or_address!r} (see `tally accounts list`)", kind="not_found")
     return account
 
 

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from tally.config.errors import TallyError
 from tally.identity.accounts import Account, AccountError, check_roles, get_account
 from tally.identity.events import ApiKeyCreated, ApiKeyRevoked
 from tally.identity.tables import ApiKeyRow
@@ -23,8 +24,10 @@ from tally.ledger.events import now_ts
 PREFIX = "tly"
 
 
-class AuthError(PermissionError):
+class AuthError(TallyError, PermissionError):
     """Authentication failed; the message says why without revealing whether a key exists."""
+
+    kind = "unauthenticated"
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,12 @@ def create_api_key(
     key_roles = check_roles(roles) if roles else sorted(account.roles)
     extra = set(key_roles) - set(account.roles)
     if extra:
-        raise AccountError(f"account {account.name} does not hold role {sorted(extra)[0]!r}")
+        raise AccountError(
+            f"account {account.name} does not hold role {sorted(extra)[0]!r}",
+            kind="forbidden",
+            param="roles",
+            role=sorted(extra)[0],
+        )
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     expires = (datetime.now(UTC) + expires_in).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if expires_in else None
@@ -108,7 +116,7 @@ def create_api_key(
 def revoke_api_key(session: Session, ledger: Ledger, key_id: str, *, by: Principal) -> ApiKey:
     row = session.get(ApiKeyRow, key_id)
     if row is None or (row.account != by.address and "admin" not in by.roles):
-        raise AccountError(f"no API key {key_id!r} that you may revoke")
+        raise AccountError(f"no API key {key_id!r} that you may revoke", kind="not_found")
     if row.revoked_at is None:
         row.revoked_at = now_ts()
         ledger.append(session, ApiKeyRevoked(key_id=key_id, account=row.account), actor=by.address)

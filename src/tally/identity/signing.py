@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from tally.config.errors import TallyError
 from tally.identity.addresses import NOT_AN_ADDRESS, checksum_address
 from tally.identity.tables import UsedNonce
 
@@ -14,8 +15,8 @@ DOMAIN_VERSION = "1"
 MAX_UINT256 = 2**256 - 1
 
 
-class SignatureError(ValueError):
-    """A signature is malformed, was made by someone else, or was already used."""
+class SignatureError(TallyError, ValueError):
+    """A signature is malformed or was made by someone else (invalid), or was already used (conflict)."""
 
 
 def contribution_typed_data(datanet: str, content_root: str, license: str, nonce: int, chain_id: int) -> dict[str, Any]:
@@ -77,6 +78,8 @@ def consume_nonce(session: Session, address: str, nonce: int) -> None:
         raise SignatureError(f"signer {address!r} {NOT_AN_ADDRESS}")
     key = (signer, str(nonce))
     if session.get(UsedNonce, key) is not None:
-        raise SignatureError(f"nonce {nonce} of {key[0]} was already used (replayed signature)")
+        raise SignatureError(
+            f"nonce {nonce} of {key[0]} was already used (replayed signature)", kind="conflict", param="nonce"
+        )
     session.add(UsedNonce(address=key[0], nonce=key[1]))
     session.flush()

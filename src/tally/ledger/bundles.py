@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from tally.config.errors import TallyError
+
 HASH_SIZE = 32
 LENGTH_BYTES = 4
 
 
-class BundleError(ValueError):
-    """A stored bundle does not hold the entries its row says it holds."""
+class BundleError(TallyError, ValueError):
+    """A stored bundle does not hold the entries its row says it holds: the stored log is at fault."""
+
+    kind = "internal"
 
 
 def frame(entry: bytes) -> bytes:
@@ -31,20 +35,26 @@ def unpack(blob: bytes, count: int) -> list[bytes]:
     for i in range(count):
         end = at + LENGTH_BYTES
         if end > len(blob):
-            raise BundleError(f"bundle ends before entry {i} of {count}")
+            raise BundleError(f"bundle ends before entry {i} of {count}", entry=i, count=count, size=len(blob))
         n = int.from_bytes(blob[at:end], "big")
         if end + n > len(blob):
-            raise BundleError(f"entry {i} of the bundle runs past its end")
+            raise BundleError(f"entry {i} of the bundle runs past its end", entry=i, length=n, size=len(blob))
         out.append(blob[end : end + n])
         at = end + n
     if at != len(blob):
-        raise BundleError(f"bundle holds {len(blob) - at} bytes after its {count} entries")
+        raise BundleError(
+            f"bundle holds {len(blob) - at} bytes after its {count} entries", extra=len(blob) - at, count=count
+        )
     return out
 
 
 def split_hashes(blob: bytes, count: int) -> list[bytes]:
     if len(blob) != HASH_SIZE * count:
-        raise BundleError(f"bundle holds {len(blob)} bytes of leaf hashes for {count} entries")
+        raise BundleError(
+            f"bundle holds {len(blob)} bytes of leaf hashes for {count} entries",
+            size=len(blob),
+            expected=HASH_SIZE * count,
+        )
     return [blob[i : i + HASH_SIZE] for i in range(0, len(blob), HASH_SIZE)]
 
 

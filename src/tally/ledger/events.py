@@ -16,12 +16,13 @@ from typing import Any, ClassVar, NamedTuple, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from tally.config.errors import TallyError
 from tally.ledger.canonical import MAX_SAFE_INT, canonical_json, canonical_json_checked
 
 _REGISTRY: dict[tuple[str, int], type[Event]] = {}
 
 
-class LedgerFormatError(ValueError):
+class LedgerFormatError(TallyError, ValueError):
     """Stored or supplied entry bytes are not a valid ledger entry."""
 
 

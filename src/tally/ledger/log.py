@@ -21,6 +21,7 @@ from sqlalchemy import bindparam, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from tally.config.errors import TallyError
 from tally.ledger import bundles, merkle
 from tally.ledger.events import Event, LogCreated, encode_entries, now_ts
 from tally.ledger.notes import Checkpoint, Signer
@@ -28,12 +29,16 @@ from tally.ledger.tables import DEFAULT_TILE_HEIGHT, LedgerCheckpoint, LedgerSta
 from tally.store import Store
 
 
-class LedgerError(RuntimeError):
-    """The stored log is inconsistent with itself."""
+class LedgerError(TallyError, RuntimeError):
+    """The stored log is inconsistent with itself: the server's own data is at fault."""
+
+    kind = "internal"
 
 
-class LedgerLimitError(ValueError):
-    """A request exceeds a configured ledger limit."""
+class LedgerLimitError(TallyError, ValueError):
+    """A request exceeds a configured ledger limit (`limit` and the requested `size` are in `values`)."""
+
+    kind = "limit"
 
 
 class Appended(NamedTuple):
@@ -112,7 +117,13 @@ def read_leaf_hashes(conn: Reader, start: int, end: int, tile_height: int) -> li
         raise _MissingPiece((start, end))
     joined = b"".join(parts)
     if len(joined) != bundles.HASH_SIZE * (at - first):
-        raise LedgerError(f"the bundles holding entries [{first}, {at}) have leaf hashes of the wrong length")
+        raise LedgerError(
+            f"the bundles holding entries [{first}, {at}) have leaf hashes of the wrong length",
+            start=first,
+            end=at,
+            got=len(joined),
+            expected=bundles.HASH_SIZE * (at - first),
+        )
     size = bundles.HASH_SIZE
     return [joined[i : i + size] for i in range((start - first) * size, (end - first) * size, size)]
 
@@ -144,7 +155,10 @@ def _frontier(size: int, blob: bytes) -> list[bytes]:
     """The stored frontier of a tree of `size` leaves, as a stack of hashes (largest piece first)."""
     if len(blob) != bundles.HASH_SIZE * size.bit_count():
         raise LedgerError(
-            f"the stored frontier holds {len(blob)} bytes; a tree of {size} needs {size.bit_count()} hashes"
+            f"the stored frontier holds {len(blob)} bytes; a tree of {size} needs {size.bit_count()} hashes",
+            size=size,
+            got=len(blob),
+            expected=bundles.HASH_SIZE * size.bit_count(),
         )
     return bundles.split_hashes(blob, size.bit_count())
 
@@ -199,7 +213,11 @@ class Ledger:
         if not items:
             return AppendedBatch(0, [])
         if len(items) > self.max_batch:
-            raise LedgerLimitError(f"batch of {len(items)} entries exceeds ledger.max_batch={self.max_batch}")
+            raise LedgerLimitError(
+                f"batch of {len(items)} entries exceeds ledger.max_batch={self.max_batch}",
+                limit=self.max_batch,
+                size=len(items),
+            )
         count = len(items)
         # Plain DBAPI statements: the ORM's per-statement bookkeeping is a large part of a single append.
         conn = session.connection()
@@ -249,9 +267,13 @@ class Ledger:
         except _MissingPiece as exc:
             current = self._size(conn)
             if size > current:
-                raise ValueError(f"tree size {size} is outside 0..{current}") from None
+                raise merkle.ProofError(
+                    f"tree size {size} is outside 0..{current}", reason="size_out_of_range", size=size, current=current
+                ) from None
             start, end = exc.args[0]
-            raise LedgerError(f"stored tree is missing the hash of leaves [{start}, {end})") from None
+            raise LedgerError(
+                f"stored tree is missing the hash of leaves [{start}, {end})", start=start, end=end
+            ) from None
 
     def root(self, size: int | None = None, session: Session | None = None) -> bytes:
         with self._reader(session) as conn:
@@ -259,7 +281,7 @@ class Ledger:
                 size, frontier = conn.execute(select(LedgerState.size, LedgerState.frontier)).one()
                 return merkle.fold_pieces(_frontier(size, bytes(frontier))) if size else merkle.EMPTY_ROOT
             if size < 0:
-                raise ValueError(f"tree size {size} is negative")
+                raise merkle.ProofError(f"tree size {size} is negative", reason="size_out_of_range", size=size)
             return self._resolve(conn, size, [(0, size)])[0] if size else merkle.EMPTY_ROOT
 
     def entry(self, seq: int, session: Session | None = None) -> bytes:
@@ -291,7 +313,9 @@ class Ledger:
         with self._reader(session) as conn:
             size = self._size(conn) if size is None else size
             if not 0 <= index < size:
-                raise ValueError(f"index {index} is not below tree size {size}")
+                raise merkle.ProofError(
+                    f"index {index} is not below tree size {size}", reason="index_out_of_range", index=index, size=size
+                )
             return self._resolve(conn, size, merkle.inclusion_ranges(index, size))
 
     def consistency_proof(
@@ -300,7 +324,12 @@ class Ledger:
         with self._reader(session) as conn:
             new_size = self._size(conn) if new_size is None else new_size
             if not 0 < old_size <= new_size:
-                raise ValueError(f"no consistency proof from size {old_size} to size {new_size}")
+                raise merkle.ProofError(
+                    f"no consistency proof from size {old_size} to size {new_size}",
+                    reason="size_out_of_range",
+                    old_size=old_size,
+                    new_size=new_size,
+                )
             return self._resolve(conn, new_size, merkle.consistency_ranges(old_size, new_size))
 
     # ---- checkpoints ---------------------------------------------------------------------------------------

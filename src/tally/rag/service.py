@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 
 class IndexMissingError(NotFoundError):
-    """The datanet has a snapshot but no RAG index yet (build one, or retrieve with refresh=True)."""
+    """The datanet has a snapshot but no RAG index yet (build one, or retrieve with refresh=True); kind not_found."""
 
 
 @dataclass(frozen=True)
@@ -169,16 +169,22 @@ def retrieve(
     `embedder` and `indexes` are the caller's loaded model and indexes, kept across queries by a server's runtime
     (None: loaded from disk for this call, which is correct but takes seconds)."""
     if mode not in MODES:
-        raise DatanetError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+        raise DatanetError(f"mode {mode!r} is not one of {', '.join(MODES)}", param="mode")
     if not 1 <= top_k <= settings.max_top_k:
-        raise DatanetError(f"top_k must be between 1 and {settings.max_top_k}, got {top_k}")
+        raise DatanetError(f"top_k must be between 1 and {settings.max_top_k}, got {top_k}", param="top_k")
     if not query.strip():
-        raise DatanetError("query is empty")
+        raise DatanetError("query is empty", param="query")
     if len(query) > settings.max_query_chars:
-        raise DatanetError(f"query has {len(query)} characters; the limit is {settings.max_query_chars}")
+        raise DatanetError(
+            f"query has {len(query)} characters; the limit is {settings.max_query_chars}",
+            kind="limit",
+            param="query",
+            limit=settings.max_query_chars,
+            size=len(query),
+        )
     slugs = list(dict.fromkeys(datanets))
     if not slugs:
-        raise DatanetError("name at least one datanet to search")
+        raise DatanetError("name at least one datanet to search", param="datanets")
     if embedder is None and mode != "bm25":
         embedder = load_embedder(settings)
     opened = {slug: _open(session, principal, slug, settings, embedder, refresh, indexes) for slug in slugs}
