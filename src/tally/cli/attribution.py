@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from tally.cli.common import acting_principal, cli_errors, console, fail, load_cli_settings, opened_ledger
+from tally.cli.common import acting_principal, cli_errors, console, load_cli_settings, opened_ledger
 
 if TYPE_CHECKING:
     from tally.attribution import FlaggedRow
@@ -20,14 +20,11 @@ AS = typer.Option(None, "--as", envvar="TALLY_AS", help="account that acts (name
 @app.command("show")
 def show_cmd(inference_id: str, receipt: bool = typer.Option(False, help="also print the ledger receipt")) -> None:
     """The full attribution record of one answer (JSON), optionally with its ledger receipt."""
-    from tally.attribution import AttributionError, get_record
+    from tally.attribution import get_record
     from tally.ledger import build_receipt
 
-    with opened_ledger(load_cli_settings()) as (store, ledger), store.read() as s:
-        try:
-            record, seq = get_record(s, inference_id)
-        except AttributionError as exc:
-            raise fail(str(exc)) from None
+    with opened_ledger(load_cli_settings()) as (store, ledger), cli_errors(), store.read() as s:
+        record, seq = get_record(s, inference_id)
     out: dict[str, object] = {"record": record.model_dump(mode="json"), "ledger_entry": seq}
     if receipt:
         out["receipt"] = build_receipt(ledger, seq)

