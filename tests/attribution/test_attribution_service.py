@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import update
+from tests.conftest import assert_close
 from tests.factory.conftest import make_config
 
 from tally.attribution.record import AttributionRecord
@@ -169,8 +170,8 @@ def test_the_mixed_batch_gives_each_adapter_its_own_gradient(people, trained, ti
     real, null = attributor.query_model.signals_pair(*args)
     alone, null_alone = attributor.query_model.signals(*args), attributor.query_model.signals(*args, null=True)
     for batched, single in ((real, alone), (null, null_alone)):
-        assert torch.allclose(batched.gradient, single.gradient, rtol=1e-3, atol=1e-5)
-        assert torch.allclose(batched.hidden, single.hidden, atol=1e-4)
+        assert_close(batched.gradient, single.gradient, "gradient")
+        assert_close(batched.hidden, single.hidden, "hidden")
         assert abs(batched.logprob - single.logprob) < 1e-3
     assert not torch.allclose(real.gradient, null.gradient)
 

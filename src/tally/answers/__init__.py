@@ -4,6 +4,7 @@ runtime = build_runtime(settings, with_engine=True).start()
 result = answer(runtime, AnswerRequest(model="my-adapter", messages=[{"role": "user", "content": "Hi"}]))
 """
 
+from tally.answers.events import load_event_types
 from tally.answers.request import AnswerRequest, AnswerResult, Delta, Generated, Prepared, RagOption, Sampling
 from tally.answers.runtime import Runtime, build_runtime
 from tally.answers.service import (
@@ -35,6 +36,7 @@ __all__ = [
     "engine_of",
     "finish",
     "generate",
+    "load_event_types",
     "precheck",
     "prepare",
     "resolve_mode",

@@ -19,8 +19,7 @@ from tally.api.auth import principal, require
 from tally.api.errors import ApiError
 from tally.api.state import AppState, app_state
 from tally.factory.evaluation import leaderboard
-from tally.factory.jobs import TERMINAL, JobRunner, config_from_request, job_events, job_object
-from tally.factory.tables import JobRow
+from tally.factory.jobs import TERMINAL, JobRow, JobRunner, config_from_request, job_events, job_object
 from tally.identity import Principal
 
 router = APIRouter(tags=["fine-tuning"])

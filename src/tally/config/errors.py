@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-ErrorKind = Literal["invalid", "unauthenticated", "forbidden", "not_found", "conflict", "limit", "unavailable", "internal"]
+ErrorKind = Literal[
+    "invalid", "unauthenticated", "forbidden", "not_found", "conflict", "limit", "unavailable", "internal"
+]
 ERROR_KINDS: tuple[ErrorKind, ...] = (
     "invalid",  # the input is wrong: fix the request, file or flag
     "unauthenticated",  # no key, or a key that is unknown, expired or revoked
