@@ -19,8 +19,9 @@ ALLOWED = {
     "attribution": {"influence", "engine", "rag", "datanets", "ledger"},
     "rewards": {"ledger", "attribution"},
     "chain": {"ledger", "rewards"},
-    "answers": {"config", "store", "ledger", "identity", "datanets", "models", "engine", "influence", "factory", "rag",
-                "attribution", "rewards", "chain"},
+    "answers": set(
+        "config store ledger identity datanets models engine influence factory rag attribution rewards chain".split()
+    ),
     "studio": {"answers"},
 }
 SRC = Path(__file__).resolve().parents[1] / "src" / "tally"

@@ -22,8 +22,8 @@ from tally.config.errors import TallyError
 from tally.config.logs import note
 
 if TYPE_CHECKING:
-    from tally.engine import Engine, RequestOutput, SamplingParams
     from tally.attribution import AttributionRecord
+    from tally.engine import Engine, RequestOutput, SamplingParams
     from tally.rag import RetrievedChunk
 
 logger = logging.getLogger(__name__)

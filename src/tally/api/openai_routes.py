@@ -153,11 +153,8 @@ async def completions(
     if body.echo:
         raise ApiError(400, "echo is not supported", param="echo")
     p = body.prompt
-    prompts: list[str | list[int]]
-    if isinstance(p, str) or not p or isinstance(p[0], int):
-        prompts = [p]  # type: ignore[list-item]  # one text, or one list of token ids
-    else:
-        prompts = [str(x) for x in p]  # a batch of texts
+    one = isinstance(p, str) or not p or isinstance(p[0], int)  # one text, or one list of token ids
+    prompts: list[str | list[int]] = [p] if one else [str(x) for x in p]  # type: ignore[list-item]
     if body.stream and len(prompts) != 1:
         raise ApiError(400, "streaming takes one prompt", param="prompt")
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())

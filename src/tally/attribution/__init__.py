@@ -4,6 +4,9 @@ Signals: verbatim spans (suffix array), RAG context (leave-one-out), representat
 influence (normalised cosine, DataInf) against the adapter's training-data index. See docs/attribution.md.
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from tally.attribution.record import (
     AttributionRecord,
     Credits,
@@ -13,9 +16,6 @@ from tally.attribution.record import (
     Mode,
     Share,
 )
-
-import importlib
-from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tally.attribution.reputation import FlaggedRow, contributor_reputation, flagged_rows_for_owner

@@ -12,6 +12,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 class EngineMetrics:
     content_type = CONTENT_TYPE  # of `render()`
+
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.running = Gauge("tally_engine_requests_running", "Running requests per adapter", ["adapter"], registry=r)
