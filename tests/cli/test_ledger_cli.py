@@ -48,8 +48,8 @@ def test_head_show_prove_verify(settings: Settings, tmp_path: Path) -> None:
 
 def test_errors_are_one_clear_line(settings: Settings, monkeypatch) -> None:
     seed(settings, 2)
-    missing = runner.invoke(app, ["ledger", "show", "99"])
-    assert missing.exit_code == 1 and "no ledger entry 99" in missing.output
+    missing = runner.invoke(app, ["ledger", "show", "99"])  # not found: exit 4 (docs/errors.md)
+    assert missing.exit_code == 4 and "no ledger entry 99" in missing.output
     too_big = runner.invoke(app, ["ledger", "prove", "1", "--size", "50"])
     assert too_big.exit_code == 1 and "outside" in too_big.output
     monkeypatch.setenv("TALLY_SERVER__PORT", "not-a-port")

@@ -35,10 +35,7 @@ def checkpoint(state: AppState = Depends(app_state)) -> dict[str, Any]:
 
 @router.get("/entries/{seq}")
 def entry(seq: int, state: AppState = Depends(app_state)) -> dict[str, Any]:
-    try:
-        body = state.ledger.entry(seq)
-    except KeyError as exc:
-        raise ApiError(404, exc.args[0], type_="not_found_error", param="seq") from None
+    body = state.ledger.entry(seq)  # a missing entry is a 404 naming `seq`
     return {
         "seq": seq,
         "leaf_hash": merkle.b64(merkle.leaf_hash(body)),

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from tally.cli.common import console, fail, opened_ledger
+from tally.cli.common import cli_errors, console, fail, opened_ledger
 from tally.ledger import (
     ReceiptError,
     VerificationError,
@@ -49,11 +49,8 @@ def head() -> None:
 @app.command()
 def show(seq: int = typer.Argument(..., help="sequence number of the entry")) -> None:
     """Print one entry."""
-    with opened_ledger() as (_, ledger):
-        try:
-            body = ledger.entry(seq)
-        except KeyError as exc:
-            raise fail(exc.args[0]) from None
+    with opened_ledger() as (_, ledger), cli_errors():
+        body = ledger.entry(seq)
         console.print_json(decode_entry(body).model_dump_json())
 
 
@@ -65,29 +62,26 @@ def prove(
     receipt: Path = typer.Option(None, help="write the entry's self-contained receipt to this file"),
 ) -> None:
     """Print an inclusion proof (or a consistency proof with --consistency), or write a receipt."""
-    with opened_ledger() as (_, ledger):
-        try:
-            if consistency is not None:
-                new = size if size is not None else ledger.size()
-                proof = ledger.consistency_proof(consistency, new)
-                out = {"first": consistency, "second": new, "consistency_proof": [merkle.b64(h) for h in proof]}
-            elif index is None:
-                raise fail("give an INDEX, or --consistency OLD_SIZE")
-            elif receipt is not None:
-                receipt.write_text(json.dumps(build_receipt(ledger, index), indent=2) + "\n", encoding="utf-8")
-                console.print(f"wrote the receipt of entry {index} to {receipt}")
-                return
-            else:
-                target = size if size is not None else ledger.checkpoint().size
-                proof = ledger.inclusion_proof(index, target)
-                out = {
-                    "index": index,
-                    "tree_size": target,
-                    "root": merkle.b64(ledger.root(target)),
-                    "inclusion_proof": [merkle.b64(h) for h in proof],
-                }
-        except (KeyError, ValueError) as exc:
-            raise fail(str(exc.args[0] if isinstance(exc, KeyError) else exc)) from None
+    with opened_ledger() as (_, ledger), cli_errors():
+        if consistency is not None:
+            new = size if size is not None else ledger.size()
+            proof = ledger.consistency_proof(consistency, new)
+            out = {"first": consistency, "second": new, "consistency_proof": [merkle.b64(h) for h in proof]}
+        elif index is None:
+            raise fail("give an INDEX, or --consistency OLD_SIZE")
+        elif receipt is not None:
+            receipt.write_text(json.dumps(build_receipt(ledger, index), indent=2) + "\n", encoding="utf-8")
+            console.print(f"wrote the receipt of entry {index} to {receipt}")
+            return
+        else:
+            target = size if size is not None else ledger.checkpoint().size
+            proof = ledger.inclusion_proof(index, target)
+            out = {
+                "index": index,
+                "tree_size": target,
+                "root": merkle.b64(ledger.root(target)),
+                "inclusion_proof": [merkle.b64(h) for h in proof],
+            }
         console.print_json(json.dumps(out))
 
 

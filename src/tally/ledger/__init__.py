@@ -1,7 +1,7 @@
 """The ledger: an RFC 9162 Merkle log of typed events with signed checkpoints and offline-checkable receipts."""
 
 from tally.ledger.events import Entry, Event, LedgerFormatError, LogCreated, decode_entry
-from tally.ledger.log import Appended, Ledger, LedgerError, LedgerLimitError, SignedCheckpoint
+from tally.ledger.log import Appended, EntryNotFoundError, Ledger, LedgerError, LedgerLimitError, SignedCheckpoint
 from tally.ledger.merkle import ProofError
 from tally.ledger.notes import Checkpoint, NoteError, Signer, Verifier
 from tally.ledger.receipts import ReceiptError, build_receipt, verify_receipt
@@ -12,6 +12,7 @@ __all__ = [
     "Appended",
     "Checkpoint",
     "Entry",
+    "EntryNotFoundError",
     "Event",
     "Ledger",
     "LedgerError",

@@ -41,6 +41,15 @@ class LedgerLimitError(TallyError, ValueError):
     kind = "limit"
 
 
+class EntryNotFoundError(TallyError, KeyError):
+    """No entry at that sequence number (a KeyError too, for callers that look entries up like a mapping)."""
+
+    kind = "not_found"
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.message
+
+
 class Appended(NamedTuple):
     seq: int
     leaf_hash: bytes
@@ -290,7 +299,10 @@ class Ledger:
             row = conn.execute(_BUNDLE_OF, {"seq": seq, "tile_start": tile_start}).first()
             if row is None or not row[0] <= seq < row[0] + row[1]:
                 size = self._size(conn)
-                raise KeyError(f"no ledger entry {seq} (the log has {size} {'entry' if size == 1 else 'entries'})")
+                raise EntryNotFoundError(
+                    f"no ledger entry {seq} (the log has {size} {'entry' if size == 1 else 'entries'})",
+                    param="seq", seq=seq, size=size,
+                )  # fmt: skip
             return bundles.unpack(bytes(row[2]), row[1])[seq - row[0]]
 
     def entries(self, start: int, limit: int, session: Session | None = None) -> list[bytes]:
