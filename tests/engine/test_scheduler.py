@@ -141,8 +141,13 @@ def test_streaming_events_add_up(tiny: TinySetup) -> None:
 
 def test_request_validation(tiny: TinySetup) -> None:
     engine = make_engine(tiny, max_model_len=32)
-    with pytest.raises(RequestValidationError, match="exceeds the engine's max_model_len of 32"):
+    with pytest.raises(RequestValidationError, match="exceeds the model's context of 32 tokens") as too_long:
         engine.submit([5] * 30, SamplingParams(max_tokens=8), lambda _: None)
+    assert too_long.value.param == "max_tokens" and too_long.value.values["prompt_tokens"] == 30
+    vocab = int(engine.model.config.vocab_size)
+    with pytest.raises(RequestValidationError, match=f"got {vocab}") as bad_token:
+        engine.submit([5, vocab], SamplingParams(max_tokens=2), lambda _: None)
+    assert bad_token.value.param == "prompt"
     with pytest.raises(RequestValidationError, match="empty"):
         engine.submit([], SamplingParams(), lambda _: None)
     with pytest.raises(RequestValidationError, match="top_p"):
