@@ -61,21 +61,38 @@ _DECODER = json.JSONDecoder()
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _MAX_DEPTH = 64  # normalised rows nest 4 deep; the limit keeps the C decoder far from the C stack's end
 _TOO_DEEP = f"nested deeper than {_MAX_DEPTH} levels"
-_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')  # a whole string (skipped), or a bracket
+_TOKENS = re.compile(r'["\[\]{}]')  # a string's opening quote, or a bracket
+_BRACKET = re.compile(r"[\[\]{}]")
+_STRING_BODY = re.compile(r'[^"\\]*+(?:\\.[^"\\]*+)*+')  # possessive: one pass, never backtracks
 
 
 def _too_deep(text: str) -> int | None:
-    """Where nesting first goes past _MAX_DEPTH, if it does. Checked before decoding: deep input can crash CPython."""
+    """Where nesting first goes past _MAX_DEPTH, if it does. Checked before decoding: deep input can crash CPython.
+
+    One left-to-right pass, so hostile lines cost linear time. Brackets inside a string (escapes honoured) do not
+    count. A quote whose string never closes (the text ends, or a backslash ends a line first) opens no string:
+    its brackets count, and so do those after any quote inside it, since such a quote cannot close either.
+    """
     if text.count("[") + text.count("{") <= _MAX_DEPTH:
         return None
-    depth = 0
-    for token in _TOKENS.finditer(text):
-        bracket = token.group()
-        if bracket in ("[", "{"):
+    depth, pos = 0, 0
+    while (token := _TOKENS.search(text, pos)) is not None:
+        char, pos = token.group(), token.end()
+        if char == '"':
+            body_end = _STRING_BODY.match(text, pos).end()  # type: ignore[union-attr]  # matches the empty string
+            if text.startswith('"', body_end):
+                pos = body_end + 1
+                continue
+            for bracket in _BRACKET.finditer(text, pos, body_end):
+                depth += 1 if bracket.group() in "[{" else -1
+                if depth > _MAX_DEPTH:
+                    return bracket.start()
+            pos = body_end
+        elif char in "[{":
             depth += 1
             if depth > _MAX_DEPTH:
                 return token.start()
-        elif bracket in ("]", "}"):
+        else:
             depth -= 1
     return None
 
