@@ -46,6 +46,24 @@ class AdapterEntry:
     adapter_id: str | None = None
     fingerprint: Fingerprint | None = None
     error: str | None = None  # the last load failure, reported to the requests that wait for it
+    error_stat: Fingerprint | None = None  # the files' fingerprint when that load failed: unchanged files fail again
+
+
+def _stat(path: Path) -> Fingerprint | None:
+    try:
+        return Fingerprint.of(path)
+    except OSError:
+        return None
+
+
+def _as_validation_error(name: str, exc: Exception) -> AdapterNotFoundError | AdapterValidationError:
+    """Any failure while reading or checking an adapter's files belongs to that adapter alone: a malformed file
+    must fail the requests for it with a clear error, never the engine loop that serves everyone else."""
+    if isinstance(exc, AdapterNotFoundError | AdapterValidationError):
+        return exc
+    return AdapterValidationError(
+        f"adapter {name!r}: its files cannot be read or are malformed ({type(exc).__name__}: {exc})", adapter=name
+    )
 
 
 class HostCache:
@@ -183,12 +201,15 @@ class AdapterStore:
     def register(self, name: str, path: Path | str, *, pinned: bool = False, load_now: bool = False) -> AdapterEntry:
         """Register (or re-point) `name`. `load_now` reads and validates the weights before returning."""
         path = Path(path).expanduser().resolve()
-        check_directory(name, path)
-        read_config(name, path)
         entry = AdapterEntry(name, path, pinned)
-        # the id (content hash) is known from registration on, so a later cold load only reads the weights
-        entry.fingerprint = Fingerprint.of(path)
-        entry.adapter_id = hash_adapter(path)
+        try:
+            check_directory(name, path)
+            read_config(name, path)
+            # the id (content hash) is known from registration on, so a later cold load only reads the weights
+            entry.fingerprint = Fingerprint.of(path)
+            entry.adapter_id = hash_adapter(path)
+        except Exception as exc:
+            raise _as_validation_error(name, exc) from exc
         if load_now:
             weights = self._read(entry)
             entry.adapter_id, entry.fingerprint = weights.adapter_id, weights.fingerprint
@@ -251,16 +272,24 @@ class AdapterStore:
     def _read(self, entry: AdapterEntry) -> AdapterWeights:
         start = time.perf_counter()
         known = (entry.adapter_id, entry.fingerprint) if entry.adapter_id and entry.fingerprint else None
-        weights = load_adapter(entry.name, entry.path, self.spec, device="cpu", known=known)
+        try:
+            weights = load_adapter(entry.name, entry.path, self.spec, device="cpu", known=known)
+        except Exception as exc:
+            raise _as_validation_error(entry.name, exc) from exc
         self.metrics.load_seconds.observe(time.perf_counter() - start)
         return weights
 
     def host_weights(self, name: str) -> AdapterWeights | None:
         """The weights if host-resident (a hit), else start loading them in the background (a miss) and return None.
 
-        Raises AdapterValidationError if the last background load failed.
+        Raises AdapterValidationError if the last background load failed; while the files stay as they were, later
+        requests get the same error at once instead of reading the broken files again.
         """
         entry = self.resolve(name)
+        if entry.error is not None:
+            if _stat(entry.path) == entry.error_stat:
+                raise AdapterValidationError(entry.error, adapter=name)
+            entry.error, entry.error_stat = None, None  # the files changed: try them again
         if entry.adapter_id is not None:
             weights = self.host.get(entry.adapter_id)
             if weights is not None:
@@ -271,7 +300,10 @@ class AdapterStore:
                 del self._pending[name]
                 exc = fut.exception()
                 if exc is not None:
-                    raise exc
+                    error = _as_validation_error(name, exc if isinstance(exc, Exception) else RuntimeError(exc))
+                    if self._entries.get(name) is entry:
+                        entry.error, entry.error_stat = str(error), _stat(entry.path)
+                    raise error
                 weights = fut.result()
                 if self._entries.get(name) is entry:
                     entry.adapter_id, entry.fingerprint = weights.adapter_id, weights.fingerprint
