@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tally.answers.ratelimit import RateLimiter
 from tally.config import Settings
 from tally.ledger import Ledger, open_ledger
 from tally.store import Store, open_store
@@ -40,6 +41,7 @@ class Runtime:
     near_dups: NearDups = field(init=False, repr=False)  # near-duplicate indexes per datanet, kept across uploads
     embedders: Embedders = field(init=False, repr=False)  # RAG sentence embedders, each loaded on first use
     rag_indexes: IndexCache = field(init=False, repr=False)  # loaded RAG indexes, kept until they change on disk
+    rate_limiter: RateLimiter = field(init=False, repr=False)  # per-caller token buckets (server.rate_limit_*)
     owns_store: bool = field(default=True, repr=False)
 
     def __post_init__(self) -> None:
@@ -52,6 +54,8 @@ class Runtime:
         self.near_dups = NearDups()
         self.embedders = Embedders()
         self.rag_indexes = IndexCache()
+        server = self.settings.server
+        self.rate_limiter = RateLimiter(server.rate_limit_per_minute, server.rate_limit_burst)
 
     def start(self) -> Runtime:
         if self.engine is not None:

@@ -23,6 +23,7 @@ from tally.api import (
     openai_routes,
     rewards_routes,
 )
+from tally.api.limits import LimitsMiddleware
 from tally.api.logging import RequestLogMiddleware
 from tally.config import Settings, load_settings
 
@@ -45,6 +46,7 @@ def create_app(
 
     app = FastAPI(title="Tally", version=tally.__version__, lifespan=lifespan)
     errors.install(app)
+    app.add_middleware(LimitsMiddleware)  # inside the request log, so refusals are logged too
     app.add_middleware(RequestLogMiddleware)
 
     @app.get("/health")

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from tally.api.auth import principal, require
 from tally.api.errors import ApiError
+from tally.api.limits import INT64_MAX, upload_ceiling
 from tally.api.state import AppState, app_state
 from tally.datanets import access, contribute, review, service, snapshots
 from tally.identity import Principal
@@ -28,8 +29,8 @@ class DatanetIn(BaseModel):
     tags: list[str] = []
     visibility: str = "public"
     policy: str = "owner-reviewed"
-    max_upload_bytes: int | None = None
-    max_rows_per_day: int | None = None
+    max_upload_bytes: int | None = Field(None, ge=1, description="at most the server's upload cap (docs/security.md)")
+    max_rows_per_day: int | None = Field(None, ge=1, le=INT64_MAX)
 
 
 class ReviewIn(BaseModel):
@@ -59,6 +60,9 @@ def _json(obj: Any) -> Any:
 @router.post("", status_code=201)
 def create(body: DatanetIn, who: Principal = Depends(require("owner")), state: AppState = Depends(app_state)) -> Any:
     limits = state.settings.datanets
+    ceiling = upload_ceiling(state.settings)
+    if body.max_upload_bytes is not None and body.max_upload_bytes > ceiling:
+        raise ApiError(400, f"max_upload_bytes: at most {ceiling}, the server's upload cap", param="max_upload_bytes")
     with state.store.transaction() as s:
         dn = service.create_datanet(
             s, state.ledger, who, body.name, kind=body.kind, license=body.license, uses=body.uses,

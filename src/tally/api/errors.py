@@ -9,6 +9,7 @@ an unknown route action).
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -58,13 +59,19 @@ def http_error(exc: TallyError) -> tuple[int, dict[str, object]]:
     return status, error_body(exc.message, type_, exc.param, reason if isinstance(reason, str) else None)
 
 
+def retry_after(exc: TallyError) -> dict[str, str] | None:
+    """`Retry-After` (whole seconds) for an error that says when to come back (a rate limit, a full queue)."""
+    wait = exc.values.get("retry_after")
+    return {"Retry-After": str(max(1, math.ceil(wait)))} if isinstance(wait, int | float) else None
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(TallyError)
     async def _tally_error(request: Request, exc: TallyError) -> JSONResponse:
         status, body = http_error(exc)
         if status >= 500:  # the server's fault: the operator needs the traceback, the caller gets the message
             log.error("%s %s: %s error: %s", request.method, request.url.path, exc.kind, exc.message, exc_info=exc)
-        return JSONResponse(body, status_code=status)
+        return JSONResponse(body, status_code=status, headers=retry_after(exc))
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -76,6 +83,15 @@ def install(app: FastAPI) -> None:
         where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
         return JSONResponse(
             error_body(f"{where}: {first.get('msg')}", "invalid_request_error", where or None), status_code=400
+        )
+
+    @app.exception_handler(OverflowError)
+    async def _overflow(request: Request, exc: OverflowError) -> JSONResponse:
+        # A number too large for the database or a tensor; the request models bound the ones they name, this
+        # catches the rest (a path id, a query offset) so that no number is ever a 500.
+        log.info("%s %s: number out of range: %s", request.method, request.url.path, exc)
+        return JSONResponse(
+            error_body(f"a number in the request is out of range ({exc})", "invalid_request_error"), 400
         )
 
     @app.exception_handler(HTTPException)

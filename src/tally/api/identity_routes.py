@@ -10,7 +10,16 @@ from pydantic import BaseModel, Field
 
 from tally.api.auth import principal, require
 from tally.api.state import AppState, app_state
-from tally.identity import Account, ApiKey, Principal, create_account, create_api_key, list_api_keys, revoke_api_key
+from tally.identity import (
+    MAX_KEY_DAYS,
+    Account,
+    ApiKey,
+    Principal,
+    create_account,
+    create_api_key,
+    list_api_keys,
+    revoke_api_key,
+)
 from tally.identity import get_account as find_account
 
 router = APIRouter(prefix="/v1", tags=["identity"])
@@ -24,7 +33,7 @@ class AccountIn(BaseModel):
 
 class KeyIn(BaseModel):
     roles: list[str] | None = None
-    expires_in_days: float | None = Field(None, gt=0)
+    expires_in_days: float | None = Field(None, gt=0, le=MAX_KEY_DAYS)
     label: str = ""
 
 

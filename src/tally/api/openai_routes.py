@@ -32,6 +32,7 @@ from tally.config.errors import TallyError
 from tally.identity import Principal
 
 router = APIRouter(tags=["openai"])
+INT32_MAX = 2**31 - 1  # token counts past this are nonsense and would overflow tensor indices
 
 
 class _Body(BaseModel):
@@ -44,14 +45,14 @@ class StreamOptions(_Body):
 
 class _Sampling(_Body):
     model: str
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=INT32_MAX)  # the engine's context bounds it (a 400 past it)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     n: int = Field(1, ge=1, le=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # a 64-bit seed, as OpenAI's
     attribution: AttributionMode | None = None
 
     def sampling(self, max_tokens: int | None = None) -> Sampling:
@@ -72,7 +73,7 @@ class ChatMessage(_Body):
 
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
     logprobs: bool | None = None
     rag: RagOption | None = None
 
@@ -155,6 +156,12 @@ async def completions(
     p = body.prompt
     one = isinstance(p, str) or not p or isinstance(p[0], int)  # one text, or one list of token ids
     prompts: list[str | list[int]] = [p] if one else [str(x) for x in p]  # type: ignore[list-item]
+    most = rt.settings.server.max_prompts_per_request
+    if len(prompts) > most:
+        raise TallyError(
+            f"{len(prompts)} prompts in one request; at most {most} (server.max_prompts_per_request)",
+            kind="limit", param="prompt", prompts=len(prompts), max_prompts=most,
+        )  # fmt: skip
     if body.stream and len(prompts) != 1:
         raise ApiError(400, "streaming takes one prompt", param="prompt")
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())

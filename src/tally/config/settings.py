@@ -40,7 +40,14 @@ class _Section(BaseModel):
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    max_request_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="largest accepted request body")
+    max_request_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="largest request body (uploads: see docs/security.md), else 413"
+    )
+    rate_limit_per_minute: int = Field(
+        600, ge=0, description="requests per minute per API key (per client IP without one), else 429; 0: off"
+    )
+    rate_limit_burst: int = Field(60, ge=1, description="requests a caller may send at once above the steady rate")
+    max_prompts_per_request: int = Field(32, ge=1, description="prompts one /v1/completions request may batch")
 
 
 class LedgerSettings(_Section):
@@ -146,6 +153,7 @@ class EngineSettings(_Section):
     fairness_steps: int = Field(8, ge=1, description="steps a blocked adapter waits before it goes first")
     load_workers: int = Field(1, ge=1, le=64, description="threads reading adapters from disk")
     threads: int = Field(0, ge=0, le=1024, description="torch threads for inference; 0: torch's default")
+    max_waiting: int = Field(256, ge=1, description="requests queued for a KV cache row; more answer 503")
 
 
 class LogSettings(_Section):

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from tally.engine.errors import (
         AdapterNotFoundError,
         AdapterValidationError,
+        EngineBusyError,
         EngineClosedError,
         EngineError,
         RequestValidationError,
@@ -29,6 +30,7 @@ _WHERE = {
     "build_engine": "engine",
     "AdapterNotFoundError": "errors",
     "AdapterValidationError": "errors",
+    "EngineBusyError": "errors",
     "EngineClosedError": "errors",
     "EngineError": "errors",
     "RequestValidationError": "errors",
@@ -48,6 +50,7 @@ __all__ = [
     "AdapterNotFoundError",
     "AdapterValidationError",
     "Engine",
+    "EngineBusyError",
     "EngineClosedError",
     "EngineConfig",
     "EngineError",

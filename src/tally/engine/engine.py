@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from tally.engine.adapters import BaseSpec
-from tally.engine.errors import AdapterNotFoundError, EngineClosedError, RequestValidationError
+from tally.engine.errors import AdapterNotFoundError, EngineBusyError, EngineClosedError, RequestValidationError
 from tally.engine.kv_cache import KVCache
 from tally.engine.lora_layers import PROJECTIONS, LoraKernels, wrap_model
 from tally.engine.metrics import EngineMetrics
@@ -51,6 +51,7 @@ class EngineConfig:
     fairness_steps: int = 8
     load_workers: int = 1
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default (all cores)
+    max_waiting: int = 256  # requests queued for a KV cache row; more are refused (EngineBusyError), never queued
     device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
 
     def scheduler(self) -> SchedulerConfig:
@@ -193,12 +194,22 @@ class Engine:
     def encode(self, text: str) -> list[int]:
         return [int(i) for i in self.tokenizer(text, add_special_tokens=False)["input_ids"]]
 
+    def waiting(self) -> int:
+        """Requests accepted but not yet running (the inbox and the scheduler's queue)."""
+        return len(self._inbox) + len(self.scheduler.waiting)
+
     def validate(self, prompt: list[int], params: SamplingParams, model: str | None = None) -> str | None:
         """Every check a request must pass, in one place: callers run it before they answer (a streamed response
         must not start and then fail), `submit` runs it again as the engine's own guard. Returns the adapter name
         (None for the base model)."""
         if self._closed:
             raise EngineClosedError("the engine is stopped")
+        waiting = self.waiting()
+        if waiting >= self.config.max_waiting:
+            raise EngineBusyError(
+                f"the engine is busy: {waiting} requests are waiting (max_waiting {self.config.max_waiting}); "
+                "retry shortly", waiting=waiting, max_waiting=self.config.max_waiting, retry_after=1,
+            )  # fmt: skip
         adapter = self.check_model(model) if model is not None else None
         if not prompt:
             raise RequestValidationError("the prompt is empty", param="prompt")

@@ -27,3 +27,9 @@ class EngineClosedError(EngineError):
     """The engine was stopped; no new requests are taken."""
 
     kind = "unavailable"
+
+
+class EngineBusyError(EngineError):
+    """The waiting queue is full (`max_waiting`): refused at once, so a client retries instead of hanging."""
+
+    kind = "unavailable"

@@ -12,6 +12,7 @@ from tally.identity.accounts import (
 )
 from tally.identity.addresses import NOT_AN_ADDRESS, checksum_address
 from tally.identity.keys import (
+    MAX_KEY_DAYS,
     ApiKey,
     AuthError,
     Principal,
@@ -29,6 +30,7 @@ from tally.identity.signing import (
 )
 
 __all__ = [
+    "MAX_KEY_DAYS",
     "NOT_AN_ADDRESS",
     "ROLES",
     "Account",

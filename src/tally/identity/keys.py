@@ -22,6 +22,7 @@ from tally.ledger import Ledger
 from tally.ledger.events import now_ts
 
 PREFIX = "tly"
+MAX_KEY_DAYS = 3650  # a key's longest lifetime; past it, rotate (a far-off date would also overflow the clock)
 
 
 class AuthError(TallyError, PermissionError):
@@ -93,6 +94,11 @@ def create_api_key(
             param="roles",
             role=sorted(extra)[0],
         )
+    if expires_in is not None and not timedelta(0) < expires_in <= timedelta(days=MAX_KEY_DAYS):
+        raise AccountError(
+            f"a key expires after more than 0 and at most {MAX_KEY_DAYS} days",
+            param="expires_in_days", max_days=MAX_KEY_DAYS,
+        )  # fmt: skip
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     expires = (datetime.now(UTC) + expires_in).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if expires_in else None
