@@ -41,8 +41,17 @@ def _chat(**extra: Any) -> dict[str, Any]:
     return {"model": "people-lora", "messages": messages, "max_tokens": 8, "temperature": 0, **extra}
 
 
+def _key(people, who) -> dict[str, str]:  # noqa: F811
+    from tally.identity import create_api_key, resolve_account
+
+    with people.tx() as s:
+        _, token = create_api_key(s, people.ledger, resolve_account(s, who.address))
+    return {"Authorization": f"Bearer {token}"}
+
+
 def test_answer_carries_summary_and_receipt_and_the_record_reads_back(client: TestClient, people) -> None:  # noqa: F811
-    r = client.post("/v1/chat/completions", json=_chat(attribution="full"))
+    consumer = _key(people, people.consumer)
+    r = client.post("/v1/chat/completions", json=_chat(attribution="full"), headers=consumer)
     assert r.status_code == 200, r.text
     body = r.json()
     summary = body["attribution"]
@@ -50,7 +59,7 @@ def test_answer_carries_summary_and_receipt_and_the_record_reads_back(client: Te
     assert set(summary["methods"]) == {"spans", "representation", "gradient", "datainf"}
     seq = int(r.headers["X-Tally-Receipt"])
     assert summary["receipt"] == seq
-    full = client.get(f"/v1/attributions/{body['id']}").json()
+    full = client.get(f"/v1/attributions/{body['id']}", headers=consumer).json()
     entry = verify_receipt(full["receipt"])
     assert entry.seq == seq and entry.type == "attribution.inference_attributed"
     assert entry.payload["inference"] == body["id"]
@@ -64,7 +73,34 @@ def test_answer_carries_summary_and_receipt_and_the_record_reads_back(client: Te
     assert record["credits"]["developer"] == people.dev.address
     statement = client.get(f"/v1/rewards/statement/{people.dev.address}").json()
     assert any(item["inference"] == body["id"] for item in statement["items"])
-    assert client.get("/v1/attributions/chatcmpl-nope").status_code == 404
+    assert client.get("/v1/attributions/chatcmpl-nope", headers=consumer).status_code == 404
+    # the requester, the adapter's developer and admins read the record; anyone else gets the same 404 as for none
+    assert client.get(f"/v1/attributions/{body['id']}", headers=_key(people, people.dev)).status_code == 200
+    assert client.get(f"/v1/attributions/{body['id']}", headers=_key(people, people.admin)).status_code == 200
+    stranger = client.get(f"/v1/attributions/{body['id']}", headers=_key(people, people.bob))
+    assert stranger.status_code == 404
+    assert stranger.json()["error"]["message"] == f"no attribution record for inference {body['id']!r}"
+    assert client.get(f"/v1/attributions/{body['id']}").status_code == 401
+
+
+def test_anonymous_answers_are_recorded_but_accrue_nothing(client: TestClient, people) -> None:  # noqa: F811
+    """The reward-minting loop: an owner looping anonymous requests over their own data earns nothing."""
+    from tally.rewards.tables import AccrualRow
+
+    ids = []
+    for _ in range(3):
+        r = client.post("/v1/chat/completions", json=_chat(attribution="fast"))
+        assert r.status_code == 200 and r.json()["attribution"]["id"] == r.json()["id"]
+        ids.append(r.json()["id"])
+    with people.ledger.store.read() as s:
+        assert {row.id for row in s.query(AttributionRow)} == set(ids)  # each answer still has its record
+        assert s.query(AccrualRow).count() == 0
+    for who in (people.alice, people.bob, people.dev, people.owner):
+        statement = client.get(f"/v1/rewards/statement/{who.address}").json()
+        assert statement["items"] == [] and int(statement["accrued"]) == 0
+    paid = client.post("/v1/chat/completions", json=_chat(attribution="fast"), headers=_key(people, people.consumer))
+    statement = client.get(f"/v1/rewards/statement/{people.dev.address}").json()
+    assert [item["inference"] for item in statement["items"]] == [paid.json()["id"]]
 
 
 def test_off_writes_no_record_and_bad_mode_is_a_400(client: TestClient, people) -> None:  # noqa: F811
@@ -75,13 +111,14 @@ def test_off_writes_no_record_and_bad_mode_is_a_400(client: TestClient, people) 
         assert s.query(AttributionRow).count() == 0
 
 
-def test_stream_sends_the_record_as_a_last_chunk(client: TestClient) -> None:
-    with client.stream("POST", "/v1/chat/completions", json=_chat(stream=True)) as r:
+def test_stream_sends_the_record_as_a_last_chunk(client: TestClient, people) -> None:  # noqa: F811
+    consumer = _key(people, people.consumer)
+    with client.stream("POST", "/v1/chat/completions", json=_chat(stream=True), headers=consumer) as r:
         lines = [line[len("data: ") :] for line in r.iter_lines() if line.startswith("data: ")]
     assert lines[-1] == "[DONE]"
     last = json.loads(lines[-2])
     assert last["choices"] == [] and last["attribution"]["mode"] == "fast"
-    assert client.get(f"/v1/attributions/{last['id']}").status_code == 200
+    assert client.get(f"/v1/attributions/{last['id']}", headers=consumer).status_code == 200
 
 
 def test_reputation_is_public_and_flagged_rows_are_for_the_owner(client: TestClient, people) -> None:  # noqa: F811

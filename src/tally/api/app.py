@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 import tally
 from tally.answers import Runtime, build_runtime
@@ -21,6 +21,7 @@ from tally.api import (
     identity_routes,
     ledger_routes,
     openai_routes,
+    policy,
     rewards_routes,
 )
 from tally.api.limits import LimitsMiddleware
@@ -49,7 +50,7 @@ def create_app(
     app.add_middleware(LimitsMiddleware)  # inside the request log, so refusals are logged too
     app.add_middleware(RequestLogMiddleware)
 
-    @app.get("/health")
+    @app.get("/health", dependencies=[Depends(policy.allow("anonymous"))])
     def health() -> dict[str, object]:
         rt: Runtime = app.state.runtime
         return {"status": "ok", "version": tally.__version__, "ledger_size": rt.ledger.size()}

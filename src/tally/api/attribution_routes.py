@@ -9,32 +9,40 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from tally.answers import Runtime
-from tally.api.auth import principal
+from tally.api import policy
 from tally.api.state import app_state
-from tally.attribution import contributor_reputation, flagged_rows_for_owner, get_record
+from tally.attribution import contributor_reputation, flagged_rows_for_owner, get_record, readable_datanets
 from tally.identity import Principal
 from tally.ledger import build_receipt
 
 router = APIRouter(tags=["attribution"])
 
 
-@router.get("/v1/attributions/{inference_id}")
+@router.get("/v1/attributions/{inference_id}", dependencies=[Depends(policy.allow("record_reader"))])
 def get_attribution(inference_id: str, state: Runtime = Depends(app_state)) -> dict[str, Any]:
+    """The record and its receipt, for the requester, the adapter's developer and admins (404 for anyone else)."""
     with state.store.read() as s:
         record, seq = get_record(s, inference_id)
     return {"record": record.model_dump(mode="json"), "receipt": build_receipt(state.ledger, seq)}
 
 
 @router.get("/v1/contributors/{address}/reputation")
-def reputation(address: str, state: Runtime = Depends(app_state)) -> dict[str, Any]:
-    """Public, as the ledger it is computed from: accepted/rejected rows, mean signed influence, flagged rows."""
+def reputation(
+    address: str, who: Principal | None = Depends(policy.allow("anonymous")), state: Runtime = Depends(app_state)
+) -> dict[str, Any]:
+    """Accepted/rejected rows, mean signed influence and flagged rows, over the datanets the caller may read
+    (public ones without a key)."""
     with state.store.read() as s:
-        return contributor_reputation(s, address).model_dump(mode="json")
+        readable = readable_datanets(s, who)
+        return contributor_reputation(s, address, datanets=readable).model_dump(mode="json")
 
 
 @router.get("/v1/datanets/{slug}/flagged-rows")
 def flagged(
-    slug: str, min_answers: int = 5, who: Principal = Depends(principal), state: Runtime = Depends(app_state)
+    slug: str,
+    min_answers: int = 5,
+    who: Principal = Depends(policy.allow("datanet_owner")),
+    state: Runtime = Depends(app_state),
 ) -> dict[str, Any]:
     """For the datanet's owner: rows whose influence over at least `min_answers` answers is negative on average."""
     with state.store.read() as s:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from tally.api.auth import principal, require
+from tally.api import policy
 from tally.api.errors import ApiError
 from tally.api.limits import INT64_MAX, upload_ceiling
 from tally.api.state import AppState, app_state
@@ -58,7 +58,9 @@ def _json(obj: Any) -> Any:
 
 
 @router.post("", status_code=201)
-def create(body: DatanetIn, who: Principal = Depends(require("owner")), state: AppState = Depends(app_state)) -> Any:
+def create(
+    body: DatanetIn, who: Principal = Depends(policy.allow("role", "owner")), state: AppState = Depends(app_state)
+) -> Any:
     limits = state.settings.datanets
     ceiling = upload_ceiling(state.settings)
     if body.max_upload_bytes is not None and body.max_upload_bytes > ceiling:
@@ -74,13 +76,13 @@ def create(body: DatanetIn, who: Principal = Depends(require("owner")), state: A
 
 
 @router.get("")
-def list_all(who: Principal = Depends(principal), state: AppState = Depends(app_state)) -> Any:
+def list_all(who: Principal = Depends(policy.allow("key")), state: AppState = Depends(app_state)) -> Any:
     with state.store.read() as s:
         return {"data": [_json(d) for d in service.list_datanets(s, who)]}
 
 
 @router.get("/{slug}")
-def show(slug: str, who: Principal = Depends(principal), state: AppState = Depends(app_state)) -> Any:
+def show(slug: str, who: Principal = Depends(policy.allow("key")), state: AppState = Depends(app_state)) -> Any:
     with state.store.read() as s:
         dn = service.get_datanet(s, who, slug)
         snaps = snapshots.list_snapshots(s, who, slug)
@@ -88,7 +90,12 @@ def show(slug: str, who: Principal = Depends(principal), state: AppState = Depen
 
 
 @router.post("/{slug}/members", status_code=201)
-def invite(slug: str, body: MemberIn, who: Principal = Depends(principal), state: AppState = Depends(app_state)) -> Any:
+def invite(
+    slug: str,
+    body: MemberIn,
+    who: Principal = Depends(policy.allow("datanet_owner")),
+    state: AppState = Depends(app_state),
+) -> Any:
     with state.store.transaction() as s:
         service.invite_member(s, state.ledger, who, slug, body.address)
     return {"datanet": slug, "member": body.address}
@@ -101,7 +108,7 @@ async def upload(
     format: str | None = Form(None),
     signature: str | None = Form(None),
     nonce: int | None = Form(None),
-    who: Principal = Depends(principal),
+    who: Principal = Depends(policy.allow("role", "contributor", "owner")),
     state: AppState = Depends(app_state),
 ) -> Any:
     data = await file.read()
@@ -120,7 +127,7 @@ def rows(
     status: str | None = Query(None, description="pending | accepted | rejected"),
     limit: int = Query(100, ge=1, le=1000),
     offset: int = Query(0, ge=0),
-    who: Principal = Depends(principal),
+    who: Principal = Depends(policy.allow("key")),
     state: AppState = Depends(app_state),
 ) -> Any:
     with state.store.read() as s:
@@ -129,7 +136,10 @@ def rows(
 
 @router.post("/{slug}/review")
 def review_rows(
-    slug: str, body: ReviewIn, who: Principal = Depends(principal), state: AppState = Depends(app_state)
+    slug: str,
+    body: ReviewIn,
+    who: Principal = Depends(policy.allow("datanet_owner")),
+    state: AppState = Depends(app_state),
 ) -> Any:
     with state.store.transaction() as s:
         changed = review.review(
@@ -140,14 +150,16 @@ def review_rows(
 
 
 @router.post("/{slug}/snapshots", status_code=201)
-def snapshot(slug: str, who: Principal = Depends(principal), state: AppState = Depends(app_state)) -> Any:
+def snapshot(
+    slug: str, who: Principal = Depends(policy.allow("datanet_owner")), state: AppState = Depends(app_state)
+) -> Any:
     with state.store.transaction() as s:
         return _json(snapshots.create_snapshot(s, state.ledger, who, slug))
 
 
 @router.get("/{slug}/snapshots/{snapshot}")
 def get_snapshot(
-    slug: str, snapshot: str, who: Principal = Depends(principal), state: AppState = Depends(app_state)
+    slug: str, snapshot: str, who: Principal = Depends(policy.allow("key")), state: AppState = Depends(app_state)
 ) -> Any:
     with state.store.read() as s:
         return _json(snapshots.get_snapshot(s, who, slug, snapshot))
@@ -158,7 +170,7 @@ def diff(
     slug: str,
     from_: str = Query(..., alias="from"),
     to: str = Query("latest"),
-    who: Principal = Depends(principal),
+    who: Principal = Depends(policy.allow("key")),
     state: AppState = Depends(app_state),
 ) -> Any:
     with state.store.read() as s:
@@ -167,7 +179,7 @@ def diff(
 
 @router.get("/{slug}/snapshots/{snapshot}/data.jsonl")
 def export_data(
-    slug: str, snapshot: str, who: Principal = Depends(principal), state: AppState = Depends(app_state)
+    slug: str, snapshot: str, who: Principal = Depends(policy.allow("key")), state: AppState = Depends(app_state)
 ) -> StreamingResponse:
     with state.store.read() as s:
         service.get_datanet(s, who, slug)
@@ -178,7 +190,7 @@ def export_data(
 
 @router.get("/{slug}/snapshots/{snapshot}/README.md")
 def export_card(
-    slug: str, snapshot: str, who: Principal = Depends(principal), state: AppState = Depends(app_state)
+    slug: str, snapshot: str, who: Principal = Depends(policy.allow("key")), state: AppState = Depends(app_state)
 ) -> Any:
     with state.store.read() as s:
         dn = service.get_datanet(s, who, slug)
@@ -188,14 +200,16 @@ def export_card(
 
 @router.post("/{slug}/access-requests", status_code=201)
 def request_access(
-    slug: str, body: AccessIn, who: Principal = Depends(principal), state: AppState = Depends(app_state)
+    slug: str, body: AccessIn, who: Principal = Depends(policy.allow("key")), state: AppState = Depends(app_state)
 ) -> Any:
     with state.store.transaction() as s:
         return _json(access.request_access(s, state.ledger, who, slug, uses=body.uses, purpose=body.purpose))
 
 
 @router.get("/{slug}/access-requests")
-def list_requests(slug: str, who: Principal = Depends(principal), state: AppState = Depends(app_state)) -> Any:
+def list_requests(
+    slug: str, who: Principal = Depends(policy.allow("key")), state: AppState = Depends(app_state)
+) -> Any:
     with state.store.read() as s:
         return {"data": [_json(r) for r in access.list_access_requests(s, who, slug)]}
 
@@ -206,7 +220,7 @@ def decide(
     request_id: int,
     decision: str,
     body: DecisionIn,
-    who: Principal = Depends(principal),
+    who: Principal = Depends(policy.allow("datanet_owner")),
     state: AppState = Depends(app_state),
 ) -> Any:
     if decision not in ("grant", "deny"):

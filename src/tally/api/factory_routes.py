@@ -15,7 +15,7 @@ from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
-from tally.api.auth import principal, require
+from tally.api import policy
 from tally.api.errors import ApiError
 from tally.api.state import AppState, app_state
 from tally.factory.evaluation import leaderboard
@@ -41,7 +41,7 @@ def _job(state: AppState, job_id: str, who: Principal) -> JobRow:
 @router.post("/v1/fine_tuning/jobs")
 def create_job(
     body: dict[str, Any] = Body(...),
-    who: Principal = Depends(require("developer", "owner")),
+    who: Principal = Depends(policy.allow("role", "developer", "owner")),
     jobs: JobRunner = Depends(runner),
     state: AppState = Depends(app_state),
 ) -> dict[str, Any]:
@@ -56,7 +56,9 @@ def create_job(
 
 @router.get("/v1/fine_tuning/jobs")
 def list_jobs(
-    limit: int = Query(20, ge=1, le=100), who: Principal = Depends(principal), state: AppState = Depends(app_state)
+    limit: int = Query(20, ge=1, le=100),
+    who: Principal = Depends(policy.allow("key")),
+    state: AppState = Depends(app_state),
 ) -> dict[str, Any]:
     with state.store.read() as s:
         query = select(JobRow).order_by(JobRow.created_at.desc()).limit(limit)
@@ -67,13 +69,15 @@ def list_jobs(
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}")
-def get_job(job_id: str, who: Principal = Depends(principal), state: AppState = Depends(app_state)) -> dict[str, Any]:
+def get_job(
+    job_id: str, who: Principal = Depends(policy.allow("key")), state: AppState = Depends(app_state)
+) -> dict[str, Any]:
     return job_object(_job(state, job_id, who))
 
 
 @router.post("/v1/fine_tuning/jobs/{job_id}/cancel")
 def cancel_job(
-    job_id: str, who: Principal = Depends(principal), jobs: JobRunner = Depends(runner),
+    job_id: str, who: Principal = Depends(policy.allow("key")), jobs: JobRunner = Depends(runner),
     state: AppState = Depends(app_state),
 ) -> dict[str, Any]:  # fmt: skip
     _job(state, job_id, who)
@@ -84,7 +88,7 @@ def cancel_job(
 @router.get("/v1/fine_tuning/jobs/{job_id}/events", response_model=None)
 def events(
     job_id: str, request: Request, stream: bool = Query(False), after: int = Query(0, ge=0),
-    who: Principal = Depends(principal), state: AppState = Depends(app_state),
+    who: Principal = Depends(policy.allow("key")), state: AppState = Depends(app_state),
 ) -> Any:  # fmt: skip
     """The job's events: a list, or with `stream=true` (or `Accept: text/event-stream`) SSE until the job ends."""
     row = _job(state, job_id, who)
@@ -110,7 +114,7 @@ def events(
 
 @router.get("/v1/leaderboards/{datanet}")
 def get_leaderboard(
-    datanet: str, metric: str = Query("exact_match"), who: Principal = Depends(principal),
+    datanet: str, metric: str = Query("exact_match"), who: Principal = Depends(policy.allow("key")),
     state: AppState = Depends(app_state),
 ) -> dict[str, Any]:  # fmt: skip
     from tally.datanets.service import get_datanet

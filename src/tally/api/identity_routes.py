@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
-from tally.api.auth import principal, require
+from tally.api import policy
 from tally.api.state import AppState, app_state
 from tally.identity import (
     MAX_KEY_DAYS,
@@ -49,7 +49,7 @@ def key_json(k: ApiKey) -> dict[str, Any]:
 
 
 @router.post("/accounts", status_code=201)
-def create(body: AccountIn, _: Principal = Depends(require("admin")), state: AppState = Depends(app_state)) -> Any:
+def create(body: AccountIn, _: Principal = Depends(policy.allow("admin")), state: AppState = Depends(app_state)) -> Any:
     """Admins register accounts. A new key pair's private key is returned once, never stored by the server."""
     with state.store.transaction() as s:
         account, private_key = create_account(s, state.ledger, body.name, body.roles, address=body.address)
@@ -57,7 +57,7 @@ def create(body: AccountIn, _: Principal = Depends(require("admin")), state: App
 
 
 @router.get("/accounts/me")
-def me(who: Principal = Depends(principal), state: AppState = Depends(app_state)) -> Any:
+def me(who: Principal = Depends(policy.allow("key")), state: AppState = Depends(app_state)) -> Any:
     with state.store.read() as s:
         account = find_account(s, who.address)
     assert account is not None
@@ -65,7 +65,7 @@ def me(who: Principal = Depends(principal), state: AppState = Depends(app_state)
 
 
 @router.post("/keys", status_code=201)
-def new_key(body: KeyIn, who: Principal = Depends(principal), state: AppState = Depends(app_state)) -> Any:
+def new_key(body: KeyIn, who: Principal = Depends(policy.allow("key")), state: AppState = Depends(app_state)) -> Any:
     """A new key for the caller's own account, with at most the caller's roles. The token is shown once."""
     roles = body.roles or sorted(who.roles)
     expires = timedelta(days=body.expires_in_days) if body.expires_in_days else None
@@ -73,17 +73,21 @@ def new_key(body: KeyIn, who: Principal = Depends(principal), state: AppState = 
         account = find_account(s, who.address)
         assert account is not None
         narrowed = Account(account.address, account.name, who.roles & account.roles, account.created_at)
-        key, token = create_api_key(s, state.ledger, narrowed, roles=roles, expires_in=expires, label=body.label)
+        caller = next((k for k in list_api_keys(s, who.address) if k.key_id == who.key_id), None)
+        key, token = create_api_key(
+            s, state.ledger, narrowed, roles=roles, expires_in=expires, label=body.label,
+            not_after=caller.expires_at if caller is not None else None,
+        )  # fmt: skip
     return {**key_json(key), "token": token}
 
 
 @router.get("/keys")
-def keys(who: Principal = Depends(principal), state: AppState = Depends(app_state)) -> Any:
+def keys(who: Principal = Depends(policy.allow("key")), state: AppState = Depends(app_state)) -> Any:
     with state.store.read() as s:
         return {"data": [key_json(k) for k in list_api_keys(s, who.address)]}
 
 
 @router.delete("/keys/{key_id}")
-def revoke(key_id: str, who: Principal = Depends(principal), state: AppState = Depends(app_state)) -> Any:
+def revoke(key_id: str, who: Principal = Depends(policy.allow("key")), state: AppState = Depends(app_state)) -> Any:
     with state.store.transaction() as s:
         return key_json(revoke_api_key(s, state.ledger, key_id, by=who))

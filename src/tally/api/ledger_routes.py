@@ -7,11 +7,14 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 
+from tally.api import policy
 from tally.api.errors import ApiError
 from tally.api.state import AppState, app_state
+from tally.identity import Principal
 from tally.ledger import build_receipt, merkle
 
-router = APIRouter(prefix="/v1/ledger", tags=["ledger"])
+# The ledger is public: anyone may read and check it.
+router = APIRouter(prefix="/v1/ledger", tags=["ledger"], dependencies=[Depends(policy.allow("anonymous"))])
 
 
 def _bad(exc: Exception, param: str) -> ApiError:
@@ -19,10 +22,16 @@ def _bad(exc: Exception, param: str) -> ApiError:
 
 
 @router.get("/checkpoint")
-def checkpoint(state: AppState = Depends(app_state)) -> dict[str, Any]:
-    """The newest signed checkpoint (a new one is signed when the log has grown)."""
+def checkpoint(
+    who: Principal | None = Depends(policy.allow("anonymous")), state: AppState = Depends(app_state)
+) -> dict[str, Any]:
+    """The newest signed checkpoint. A caller with a key gets a new one signed when the log has grown; an anonymous
+    caller gets the latest one already signed, so it cannot make the server sign and fsync at will (only the very
+    first checkpoint of a log is signed on demand, once)."""
     ledger = state.ledger
-    cp = ledger.checkpoint()
+    cp = ledger.latest_checkpoint() if who is None else None
+    if cp is None:
+        cp = ledger.checkpoint()
     return {
         "origin": ledger.origin,
         "size": cp.size,

@@ -24,7 +24,7 @@ from sse_starlette.sse import EventSourceResponse
 
 from tally import answers
 from tally.answers import AnswerRequest, AnswerResult, Delta, RagOption, Runtime, Sampling
-from tally.api.auth import optional_principal, require
+from tally.api import policy
 from tally.api.errors import ApiError, http_error
 from tally.api.state import app_state
 from tally.config import AttributionMode
@@ -104,7 +104,7 @@ def _text_content(message: ChatMessage) -> str:
     return "".join(parts)
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", dependencies=[Depends(policy.allow("inference"))])
 def list_models(rt: Runtime = Depends(app_state)) -> dict[str, Any]:
     engine = answers.engine_of(rt)
     data = [
@@ -124,7 +124,7 @@ def list_models(rt: Runtime = Depends(app_state)) -> dict[str, Any]:
                 "object": "model",
                 "created": entry.created,
                 "owned_by": "tally",
-                "root": str(entry.path),
+                "root": entry.name,  # never the server path of its directory
                 "parent": engine.model_name,
                 "adapter_id": entry.adapter_id,
             }
@@ -148,7 +148,9 @@ def _receipts(results: list[AnswerResult]) -> dict[str, str] | None:
 
 @router.post("/v1/completions", response_model=None)
 async def completions(
-    body: CompletionRequest, rt: Runtime = Depends(app_state), who: Principal | None = Depends(optional_principal)
+    body: CompletionRequest,
+    rt: Runtime = Depends(app_state),
+    who: Principal | None = Depends(policy.allow("inference")),
 ) -> JSONResponse | EventSourceResponse:
     _check_options(body)
     if body.echo:
@@ -218,7 +220,7 @@ def _include_usage(body: _Sampling) -> bool:
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(
-    body: ChatRequest, rt: Runtime = Depends(app_state), who: Principal | None = Depends(optional_principal)
+    body: ChatRequest, rt: Runtime = Depends(app_state), who: Principal | None = Depends(policy.allow("inference"))
 ) -> JSONResponse | EventSourceResponse:
     _check_options(body)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -294,7 +296,7 @@ async def _sse(
     yield "[DONE]"
 
 
-@router.post("/v1/load_lora_adapter", dependencies=[Depends(require("admin"))])
+@router.post("/v1/load_lora_adapter", dependencies=[Depends(policy.allow("admin"))])
 async def load_lora_adapter(body: LoadAdapterRequest, rt: Runtime = Depends(app_state)) -> Response:
     engine = answers.engine_of(rt)
     try:
@@ -311,7 +313,7 @@ async def load_lora_adapter(body: LoadAdapterRequest, rt: Runtime = Depends(app_
     )
 
 
-@router.post("/v1/unload_lora_adapter", dependencies=[Depends(require("admin"))])
+@router.post("/v1/unload_lora_adapter", dependencies=[Depends(policy.allow("admin"))])
 async def unload_lora_adapter(body: UnloadAdapterRequest, rt: Runtime = Depends(app_state)) -> Response:
     try:
         answers.engine_of(rt).remove_adapter(body.lora_name)
@@ -321,7 +323,7 @@ async def unload_lora_adapter(body: UnloadAdapterRequest, rt: Runtime = Depends(
     return JSONResponse({"message": f"Success: LoRA adapter '{body.lora_name}' removed successfully."})
 
 
-@router.get("/metrics")
+@router.get("/metrics", dependencies=[Depends(policy.allow("anonymous"))])
 def metrics(rt: Runtime = Depends(app_state)) -> Response:
     metrics = answers.engine_of(rt).metrics
     return Response(metrics.render(), media_type=metrics.content_type)

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from tally.api.auth import require
+from tally.api import policy
 from tally.api.state import AppState, app_state
 from tally.identity import Principal
 from tally.rewards import (
@@ -25,20 +25,20 @@ from tally.rewards import (
 router = APIRouter(prefix="/v1/rewards", tags=["rewards"])
 
 
-@router.get("/statement/{address}")
+@router.get("/statement/{address}", dependencies=[Depends(policy.allow("anonymous"))])
 def get_statement(address: str, state: AppState = Depends(app_state)) -> dict[str, Any]:
     """An account's earnings answer by answer, with accrued, paid and unpaid totals."""
     with state.store.read() as s:
         return statement(s, address).as_json()
 
 
-@router.get("/epochs")
+@router.get("/epochs", dependencies=[Depends(policy.allow("anonymous"))])
 def get_epochs(state: AppState = Depends(app_state)) -> dict[str, Any]:
     with state.store.read() as s:
         return {"object": "list", "data": [e.as_json() for e in list_epochs(s)]}
 
 
-@router.get("/epochs/{number}/proofs/{address}")
+@router.get("/epochs/{number}/proofs/{address}", dependencies=[Depends(policy.allow("anonymous"))])
 def get_proof(number: int, address: str, state: AppState = Depends(app_state)) -> dict[str, Any]:
     """What `RewardDistributor.claim` takes: index, account, amount and proof, with the epoch's root."""
     with state.store.read() as s:
@@ -46,7 +46,7 @@ def get_proof(number: int, address: str, state: AppState = Depends(app_state)) -
 
 
 @router.post("/epochs")
-def post_epoch(who: Principal = Depends(require("admin")), state: AppState = Depends(app_state)) -> dict[str, Any]:
+def post_epoch(who: Principal = Depends(policy.allow("admin")), state: AppState = Depends(app_state)) -> dict[str, Any]:
     """Close the next epoch over every unpaid amount (409 when there is nothing to pay)."""
     with state.store.transaction() as s:
         return close_epoch(s, state.ledger, actor=who.address).as_json()

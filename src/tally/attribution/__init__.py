@@ -18,7 +18,12 @@ from tally.attribution.record import (
 )
 
 if TYPE_CHECKING:
-    from tally.attribution.reputation import FlaggedRow, contributor_reputation, flagged_rows_for_owner
+    from tally.attribution.reputation import (
+        FlaggedRow,
+        contributor_reputation,
+        flagged_rows_for_owner,
+        readable_datanets,
+    )
     from tally.attribution.service import Answer, AttributionError, Attributor, get_record
 
 # loaded on first use: the service imports torch, which reading a record or a reputation does not need
@@ -30,6 +35,7 @@ _WHERE = {
     "FlaggedRow": "reputation",
     "contributor_reputation": "reputation",
     "flagged_rows_for_owner": "reputation",
+    "readable_datanets": "reputation",
 }
 
 
@@ -54,4 +60,5 @@ __all__ = [
     "contributor_reputation",
     "flagged_rows_for_owner",
     "get_record",
+    "readable_datanets",
 ]

@@ -14,12 +14,12 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, func, select, true
 from sqlalchemy.orm import Session
 
 from tally.attribution.tables import RowInfluence
-from tally.datanets.service import manage
-from tally.datanets.tables import ContributionRow, DataRow
+from tally.datanets.service import can_read, manage
+from tally.datanets.tables import ContributionRow, DatanetRow, DataRow
 from tally.identity import Principal
 from tally.identity.addresses import checksum_address
 
@@ -72,20 +72,33 @@ def flagged_rows(session: Session, datanet: str, min_answers: int = 5) -> list[F
     return _flagged(session, RowInfluence.datanet == datanet, min_answers)
 
 
-def contributor_reputation(session: Session, address: str, min_answers: int = 5) -> Reputation:
-    """Review counts over all datanets, mean signed influence of the contributor's rows, and their flagged rows."""
+def readable_datanets(session: Session, viewer: Principal | None) -> list[str]:
+    """The datanets `viewer` may read: public ones for an anonymous caller."""
+    rows = session.execute(select(DatanetRow)).scalars()
+    return [r.slug for r in rows if r.visibility == "public" or (viewer is not None and can_read(session, viewer, r))]
+
+
+def contributor_reputation(
+    session: Session, address: str, min_answers: int = 5, *, datanets: list[str] | None = None
+) -> Reputation:
+    """Review counts, mean signed influence of the contributor's rows, and their flagged rows, over `datanets`
+    (None: all, for the operator). The API passes `readable_datanets` of its caller, so a private datanet's rows
+    never show to someone who may not read it."""
     address = checksum_address(address) or address  # stored checksummed
+    readable = DataRow.datanet.in_(datanets) if datanets is not None else true()
+    influenced = RowInfluence.datanet.in_(datanets) if datanets is not None else true()
     reviewed = (
         select(DataRow.status, func.count())
         .join(ContributionRow, ContributionRow.id == DataRow.contribution)
-        .where(ContributionRow.contributor == address)
+        .where(ContributionRow.contributor == address, readable)
         .group_by(DataRow.status)
     )
     counts = {status: n for status, n in session.execute(reviewed).tuples()}
+    mine = (RowInfluence.contributor == address) & influenced
     answers, mean = session.execute(
         select(
             func.count(RowInfluence.inference.distinct()), func.coalesce(func.avg(RowInfluence.influence), 0.0)
-        ).where(RowInfluence.contributor == address)
+        ).where(mine)
     ).one()
     return Reputation(
         address=address,
@@ -94,7 +107,7 @@ def contributor_reputation(session: Session, address: str, min_answers: int = 5)
         answers=answers,
         mean_influence=float(mean),
         sign=_sign(float(mean)),
-        flagged=_flagged(session, RowInfluence.contributor == address, min_answers),
+        flagged=_flagged(session, mine, min_answers),
     )
 
 

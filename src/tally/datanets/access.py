@@ -8,8 +8,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tally.datanets.errors import DatanetError, NotFoundError
-from tally.datanets.events import AccessDenied, AccessGranted, AccessRequested
-from tally.datanets.service import _load, check_uses, manage
+from tally.datanets.events import AccessDenied, AccessGranted, AccessRequestedV2, commit_text, ledger_name
+from tally.datanets.service import _load, check_uses, is_manager, manage
 from tally.datanets.tables import AccessRequestRow
 from tally.identity import Principal
 from tally.ledger import Ledger
@@ -59,7 +59,13 @@ def request_access(
     )  # fmt: skip
     session.add(row)
     session.flush()
-    event = AccessRequested(datanet=slug, request=row.id, requester=principal.address, uses=wanted, purpose=row.purpose)
+    event = AccessRequestedV2(
+        datanet=ledger_name(ledger, slug, dn.visibility),
+        request=row.id,
+        requester=principal.address,
+        uses=wanted,
+        purpose_commitment=commit_text(ledger, "access-purpose", row.purpose),
+    )
     ledger.append(session, event, actor=principal.address)
     return AccessRequest.of(row)
 
@@ -67,7 +73,7 @@ def request_access(
 def decide_access(
     session: Session, ledger: Ledger, principal: Principal, slug: str, request_id: int, *, grant: bool, reason: str
 ) -> AccessRequest:
-    manage(session, principal, slug, "grant or deny access")
+    dn = manage(session, principal, slug, "grant or deny access")
     row = session.get(AccessRequestRow, request_id)
     if row is None or row.datanet != slug:
         raise NotFoundError(f"no access request {request_id} on datanet {slug!r}")
@@ -80,10 +86,19 @@ def decide_access(
     )  # fmt: skip
     if grant:
         event: AccessGranted | AccessDenied = AccessGranted(
-            datanet=slug, request=row.id, requester=row.requester, uses=list(row.uses), reason=row.reason or ""
+            datanet=ledger_name(ledger, slug, dn.visibility),
+            request=row.id,
+            requester=row.requester,
+            uses=list(row.uses),
+            reason=row.reason or "",
         )
     else:
-        event = AccessDenied(datanet=slug, request=row.id, requester=row.requester, reason=row.reason or "")
+        event = AccessDenied(
+            datanet=ledger_name(ledger, slug, dn.visibility),
+            request=row.id,
+            requester=row.requester,
+            reason=row.reason or "",
+        )
     ledger.append(session, event, actor=principal.address)
     return AccessRequest.of(row)
 
@@ -92,6 +107,6 @@ def list_access_requests(session: Session, principal: Principal, slug: str) -> l
     """Owners see every request on their datanet; anyone else sees their own."""
     dn = _load(session, slug)
     query = select(AccessRequestRow).where(AccessRequestRow.datanet == slug).order_by(AccessRequestRow.id)
-    if not (principal.address == dn.owner or "admin" in principal.roles):
+    if not is_manager(principal, dn):
         query = query.where(AccessRequestRow.requester == principal.address)
     return [AccessRequest.of(r) for r in session.execute(query).scalars()]

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from tally.config import DatanetSettings
 from tally.datanets.dedup import DedupSettings, MinHasher, NearDupIndex
 from tally.datanets.errors import DatanetError, ForbiddenError
-from tally.datanets.events import ContributionSubmitted
+from tally.datanets.events import ContributionSubmitted, ledger_name
 from tally.datanets.formats import ParsedUpload, UploadError, UploadLimits, parse_upload
 from tally.datanets.service import Datanet, _load, can_read, is_manager, is_member
 from tally.datanets.tables import ContributionRow, DatanetRow, DataRow
@@ -182,8 +182,9 @@ def contribute(
             }
         )  # fmt: skip
     event = ContributionSubmitted(
-        datanet=slug, contribution=contribution_id, contributor=principal.address, content_root=root,
-        rows=len(rows), license=dn.license, signed=signature is not None, near_duplicates=len(near), status=status,
+        datanet=ledger_name(ledger, slug, dn.visibility), contribution=contribution_id, contributor=principal.address,
+        content_root=root, rows=len(rows), license=dn.license, signed=signature is not None, near_duplicates=len(near),
+        status=status,
     )  # fmt: skip
     appended = ledger.append(session, event, actor=principal.address)
     session.add(

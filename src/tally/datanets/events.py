@@ -1,10 +1,32 @@
-"""Datanet ledger events: one per state change, committed with it."""
+"""Datanet ledger events: one per state change, committed with it.
+
+The ledger is public, so what is private enters it as a commitment (`commit_text`), with the text kept in the
+database for those allowed to read it: a private datanet's name (`ledger_name`) and an access request's purpose
+(`AccessRequestedV2`). Entries written before keep their fields and decode as they did.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import ClassVar
 
-from tally.ledger import Event
+from tally.ledger import Event, Ledger
+
+PRIVATE_PREFIX = "hmac-sha256:"
+
+
+def commit_text(ledger: Ledger, label: str, text: str) -> str:
+    """A keyed hash of `text`: the same text always gives the same value (so entries about one private datanet can
+    be linked), but nobody without the log's key can test a guess, as they could against a plain hash of a short
+    name. The key is derived from the log key by signing a fixed note that is never published."""
+    key = hashlib.sha256(ledger.signer.sign("tally.ledger/commitment-key/v1\n").encode()).digest()
+    return PRIVATE_PREFIX + hmac.new(key, f"{label}\n{text}".encode(), hashlib.sha256).hexdigest()
+
+
+def ledger_name(ledger: Ledger, slug: str, visibility: str) -> str:
+    """How a datanet is named in the ledger: its slug when public, a commitment to the slug when private."""
+    return slug if visibility == "public" else commit_text(ledger, "datanet", slug)
 
 
 class DatanetCreated(Event):
@@ -56,6 +78,18 @@ class AccessRequested(Event):
     requester: str
     uses: list[str]
     purpose: str
+
+
+class AccessRequestedV2(Event):
+    """An access request; its free-text purpose is in the database, the ledger holds a commitment to it."""
+
+    event_type: ClassVar[str] = "datanet.access_requested"
+    schema_version: ClassVar[int] = 2
+    datanet: str
+    request: int
+    requester: str
+    uses: list[str]
+    purpose_commitment: str
 
 
 class AccessGranted(Event):

@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tally.datanets.errors import DatanetError, NotFoundError
-from tally.datanets.events import RowsReviewed
+from tally.datanets.events import RowsReviewed, ledger_name
 from tally.datanets.service import manage
 from tally.datanets.tables import ContributionRow, DataRow
 from tally.identity import Principal
@@ -28,7 +28,7 @@ def review(
     rows: list[str] | None = None,
 ) -> int:
     """Set the status of a contribution's rows, or of the listed rows; returns how many changed."""
-    manage(session, principal, slug, "review contributions")
+    dn = manage(session, principal, slug, "review contributions")
     if decision not in DECISIONS:
         raise DatanetError(f"decision {decision!r} must be accept or reject", param="decision")
     if decision == "reject" and not reason.strip():
@@ -60,8 +60,8 @@ def review(
         r.status, r.reason, r.reviewed_by, r.reviewed_at = status, reason.strip() or None, principal.address, now
     if changed:
         event = RowsReviewed(
-            datanet=slug, contribution=contribution, decision=status, rows=sorted(r.row_hash for r in changed),
-            reason=reason.strip(),
+            datanet=ledger_name(ledger, slug, dn.visibility), contribution=contribution, decision=status,
+            rows=sorted(r.row_hash for r in changed), reason=reason.strip(),
         )  # fmt: skip
         ledger.append(session, event, actor=principal.address)
     return len(changed)

@@ -4,7 +4,7 @@ Permissions, in one place:
 - create a datanet: role owner (or admin); the creator owns it.
 - contribute: role contributor, owner or admin; invite-only and private datanets also need membership
   (or ownership); rows of open datanets are accepted at once, others wait for the owner's review.
-- review, snapshot, invite, decide access: the datanet's owner (or admin).
+- review, snapshot, invite, decide access: the datanet's owner with the owner role on the key (or admin).
 - read rows, snapshots, exports: public datanets for any key; private ones for the owner, members, admins, and
   holders of a granted access request. Using data (train, rag, eval, commercial) also needs the datanet's
   permitted uses to include that use, and for private datanets a grant covering it.
@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tally.datanets.errors import DatanetError, ForbiddenError, NotFoundError
-from tally.datanets.events import DatanetCreated, MemberInvited
+from tally.datanets.events import DatanetCreated, MemberInvited, ledger_name
 from tally.datanets.licenses import normalize_license
 from tally.datanets.tables import AccessRequestRow, ContributionRow, DatanetRow, DataRow, MemberRow
 from tally.identity import Principal, get_account
@@ -112,8 +112,8 @@ def create_datanet(
     session.add(row)
     session.flush()
     event = DatanetCreated(
-        datanet=slug, owner=principal.address, kind=row.kind, license=row.license, uses=row.uses,
-        visibility=row.visibility, policy=row.policy,
+        datanet=ledger_name(ledger, slug, row.visibility), owner=principal.address, kind=row.kind, license=row.license,
+        uses=row.uses, visibility=row.visibility, policy=row.policy,
     )  # fmt: skip
     ledger.append(session, event, actor=principal.address)
     return Datanet.of(row)
@@ -126,8 +126,15 @@ def _load(session: Session, slug: str) -> DatanetRow:
     return row
 
 
-def is_manager(principal: Principal, dn: DatanetRow | Datanet) -> bool:
+def is_owner(principal: Principal, dn: DatanetRow | Datanet) -> bool:
+    """The caller's account owns the datanet (whatever its key's roles): enough to read and use its data."""
     return principal.address == dn.owner or "admin" in principal.roles
+
+
+def is_manager(principal: Principal, dn: DatanetRow | Datanet) -> bool:
+    """The caller may manage the datanet: its account owns it and its key holds the owner role (a key narrowed to
+    `consumer` cannot review, invite or grant), or it is an admin."""
+    return (principal.address == dn.owner and "owner" in principal.roles) or "admin" in principal.roles
 
 
 def is_member(session: Session, principal: Principal, slug: str) -> bool:
@@ -146,7 +153,7 @@ def granted_uses(session: Session, principal: Principal, slug: str) -> set[str]:
 
 
 def can_read(session: Session, principal: Principal, dn: DatanetRow | Datanet) -> bool:
-    if dn.visibility == "public" or is_manager(principal, dn) or is_member(session, principal, dn.slug):
+    if dn.visibility == "public" or is_owner(principal, dn) or is_member(session, principal, dn.slug):
         return True
     return bool(granted_uses(session, principal, dn.slug))
 
@@ -182,7 +189,7 @@ def check_use(session: Session, principal: Principal, slug: str, use: str) -> Da
         raise ForbiddenError(
             f"datanet {slug!r} (license {row.license}) does not permit use {use!r}; permitted: {', '.join(row.uses)}"
         )
-    if row.visibility == "public" or is_manager(principal, row) or is_member(session, principal, slug):
+    if row.visibility == "public" or is_owner(principal, row) or is_member(session, principal, slug):
         return Datanet.of(row)
     if use not in granted_uses(session, principal, slug):
         raise ForbiddenError(f"datanet {slug!r} is private and you hold no grant for {use!r}; request access first")
@@ -190,14 +197,15 @@ def check_use(session: Session, principal: Principal, slug: str, use: str) -> Da
 
 
 def invite_member(session: Session, ledger: Ledger, principal: Principal, slug: str, address: str) -> None:
-    manage(session, principal, slug, "invite members")
+    dn = manage(session, principal, slug, "invite members")
     account = get_account(session, address)
     if account is None:
         raise DatanetError(f"no account at {address!r}", kind="not_found", param="address")
     if session.get(MemberRow, (slug, account.address)) is None:
         session.add(MemberRow(datanet=slug, address=account.address, added_at=now_ts()))
         session.flush()
-        ledger.append(session, MemberInvited(datanet=slug, member=account.address), actor=principal.address)
+        event = MemberInvited(datanet=ledger_name(ledger, slug, dn.visibility), member=account.address)
+        ledger.append(session, event, actor=principal.address)
 
 
 def list_rows(

@@ -16,7 +16,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from tally.datanets.errors import DatanetError, NotFoundError
-from tally.datanets.events import SnapshotCreated
+from tally.datanets.events import SnapshotCreated, ledger_name
 from tally.datanets.service import Datanet, get_datanet, manage
 from tally.datanets.tables import ContributionRow, DataRow, SnapshotMember, SnapshotRow
 from tally.identity import Principal
@@ -63,7 +63,13 @@ def create_snapshot(session: Session, ledger: Ledger, principal: Principal, slug
         session.execute(select(func.max(SnapshotRow.version)).where(SnapshotRow.datanet == slug)).scalar() or 0
     ) + 1
     contributors = dict(sorted(Counter(c for _, c in accepted).items()))
-    event = SnapshotCreated(datanet=slug, snapshot=root, version=version, rows=len(accepted), contributors=contributors)
+    event = SnapshotCreated(
+        datanet=ledger_name(ledger, slug, dn.visibility),
+        snapshot=root,
+        version=version,
+        rows=len(accepted),
+        contributors=contributors,
+    )
     appended = ledger.append(session, event, actor=principal.address)
     row = SnapshotRow(
         id=root, datanet=slug, version=version, row_count=len(accepted), contributors=contributors,

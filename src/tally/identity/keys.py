@@ -83,8 +83,12 @@ def create_api_key(
     roles: list[str] | None = None,
     expires_in: timedelta | None = None,
     label: str = "",
+    not_after: str | None = None,
 ) -> tuple[ApiKey, str]:
-    """A new key for `account` with at most the account's roles; returns the key and its token (shown once)."""
+    """A new key for `account` with at most the account's roles; returns the key and its token (shown once).
+
+    `not_after`: the expiry of the key that asks for this one. A key minted with an expiring key expires no later
+    (without `expires_in` it inherits that expiry), so a short-lived key cannot turn itself into a lasting one."""
     key_roles = check_roles(roles) if roles else sorted(account.roles)
     extra = set(key_roles) - set(account.roles)
     if extra:
@@ -102,6 +106,13 @@ def create_api_key(
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     expires = (datetime.now(UTC) + expires_in).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if expires_in else None
+    if not_after is not None:
+        if expires is not None and expires > not_after:
+            raise AccountError(
+                f"a key that expires at {not_after} cannot make one that expires later ({expires})",
+                kind="forbidden", param="expires_in_days", expires_at=expires, not_after=not_after,
+            )  # fmt: skip
+        expires = expires or not_after
     row = ApiKeyRow(
         key_id=key_id,
         account=account.address,
