@@ -64,6 +64,7 @@ def test_models_lists_base_and_adapters_with_parent(client: TestClient) -> None:
     adapters = {m["id"]: m for m in data[1:]}
     assert "ad0-r4" in adapters and adapters["ad0-r4"]["parent"] == "tiny-base"
     assert len(adapters["ad0-r4"]["adapter_id"]) == 64
+    assert all(m["root"] == m["id"] for m in data)  # names only: no server path
 
 
 def test_completion_and_usage(client: TestClient) -> None:
