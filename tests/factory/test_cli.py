@@ -40,7 +40,8 @@ def test_train_eval_leaderboard_publish(people: World, tiny_model: Path, tmp_pat
     path.write_text(yaml.safe_dump(config))
     out = run("train", str(path), "--as", "dev")
     assert "adapter people-cli" in out and "ledger entry" in out
-    assert "resumed at step 2" in run("train", str(path), "--resume", "--as", "dev")  # already complete: no steps
+    # a finished adapter is final: neither a resume nor a new run writes into its directory again
+    assert "never overwritten" in run("train", str(path), "--resume", "--as", "dev", code=5)
     out = run("eval", "--data", "people", "--adapter", "people-cli", "--model", str(tiny_model), "--max-new-tokens",
               "4", "--as", "dev")  # fmt: skip
     assert "people-c" in out and "exact" in out
@@ -59,7 +60,7 @@ def test_refusals_and_bad_configs_are_one_line_errors(people: World, tiny_model:
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump({"data": {"datanets": [{"datanet": "rag-only"}]}, "output": {"name": "x"},
                                     "model": {"name": str(tiny_model)}}))  # fmt: skip
-    assert "does not permit use 'train'" in run("train", str(path), "--as", "dev", code=1)
+    assert "does not permit use 'train'" in run("train", str(path), "--as", "dev", code=3)  # forbidden: exit 3 (docs/errors.md)
     path.write_text(yaml.safe_dump({"data": {"datanets": [{"datanet": "people"}]}, "output": {"name": "x"},
                                     "train": {"lr": -1}}))  # fmt: skip
     assert "train.lr" in run("train", str(path), "--as", "dev", code=1)
