@@ -60,7 +60,7 @@ def test_refusals_and_bad_configs_are_one_line_errors(people: World, tiny_model:
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump({"data": {"datanets": [{"datanet": "rag-only"}]}, "output": {"name": "x"},
                                     "model": {"name": str(tiny_model)}}))  # fmt: skip
-    assert "does not permit use 'train'" in run("train", str(path), "--as", "dev", code=3)  # forbidden: exit 3 (docs/errors.md)
+    assert "does not permit use 'train'" in run("train", str(path), "--as", "dev", code=3)  # forbidden: exit 3
     path.write_text(yaml.safe_dump({"data": {"datanets": [{"datanet": "people"}]}, "output": {"name": "x"},
                                     "train": {"lr": -1}}))  # fmt: skip
     assert "train.lr" in run("train", str(path), "--as", "dev", code=1)
