@@ -16,7 +16,8 @@ from tally.identity import create_api_key
 
 
 @pytest.fixture
-def client(people: World) -> Iterator[tuple[TestClient, dict[str, dict[str, str]]]]:
+def client(people: World, tiny_model: Path) -> Iterator[tuple[TestClient, dict[str, dict[str, str]]]]:
+    people.settings.models.default = str(tiny_model)  # the server's base model: what API jobs may start from
     headers = {}
     with people.tx() as s:
         for who in ("dev", "consumer"):
@@ -28,20 +29,21 @@ def client(people: World) -> Iterator[tuple[TestClient, dict[str, dict[str, str]
         yield c, headers
 
 
-def _config(tiny_model: Path, out: Path, datanet: str = "people") -> dict:
+def _config(tiny_model: Path, datanet: str = "people") -> dict:
+    """An API job's config: the server's base model by name, and no output.dir (the server decides)."""
     return {
         "model": {"name": str(tiny_model)},
         "method": {"rank": 2, "alpha": 4, "targets": ["q_proj", "v_proj"]},
         "data": {"datanets": [{"datanet": datanet}], "max_length": 64},
         "train": {"epochs": 2, "batch_size": 4},
         "influence": {"dims": 16},
-        "output": {"name": "people-api", "dir": str(out)},
+        "output": {"name": "people-api"},
     }
 
 
 def test_job_runs_and_streams_its_events(client, tiny_model: Path, tmp_path: Path) -> None:
     c, h = client
-    created = c.post("/v1/fine_tuning/jobs", json={"config": _config(tiny_model, tmp_path / "o")}, headers=h["dev"])
+    created = c.post("/v1/fine_tuning/jobs", json={"config": _config(tiny_model)}, headers=h["dev"])
     assert created.status_code == 200, created.text
     job = created.json()
     assert job["object"] == "fine_tuning.job" and job["status"] in ("queued", "running")
@@ -69,7 +71,7 @@ def test_job_runs_and_streams_its_events(client, tiny_model: Path, tmp_path: Pat
 def test_refused_data_is_a_403_naming_the_datanet(client, people: World, tiny_model: Path, tmp_path: Path) -> None:
     c, h = client
     people.create("rag-only", policy="open", uses=["rag"])
-    body = {"config": _config(tiny_model, tmp_path / "o", datanet="rag-only")}
+    body = {"config": _config(tiny_model, datanet="rag-only")}
     r = c.post("/v1/fine_tuning/jobs", json=body, headers=h["dev"])
     assert r.status_code == 403 and "rag-only: datanet 'rag-only'" in r.json()["error"]["message"]
     assert c.post("/v1/fine_tuning/jobs", json=body, headers=h["consumer"]).status_code == 403

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from tally.api import policy
 from tally.api.errors import ApiError
@@ -112,13 +113,17 @@ async def upload(
     state: AppState = Depends(app_state),
 ) -> Any:
     data = await file.read()
-    with state.store.transaction() as s:
-        result = contribute.contribute(
-            s, state.ledger, who, slug, data, file.filename or "upload", settings=state.settings.datanets,
-            chain_id=state.settings.chain_id, format=format, signature=signature, nonce=nonce,
-            near_dups=state.near_dups,
-        )  # fmt: skip
-    return _json(result)
+
+    def parse_and_store() -> Any:
+        with state.store.transaction() as s:
+            return contribute.contribute(
+                s, state.ledger, who, slug, data, file.filename or "upload", settings=state.settings.datanets,
+                chain_id=state.settings.chain_id, format=format, signature=signature, nonce=nonce,
+                near_dups=state.near_dups,
+            )  # fmt: skip
+
+    # parsing, validation and dedup are CPU-bound: on a worker thread one large upload cannot stall the event loop
+    return _json(await run_in_threadpool(parse_and_store))
 
 
 @router.get("/{slug}/rows")

@@ -45,12 +45,16 @@ def create_job(
     jobs: JobRunner = Depends(runner),
     state: AppState = Depends(app_state),
 ) -> dict[str, Any]:
-    """Validate the config and the data permissions now (a refusal is a 403 at once), then queue the job."""
-    from tally.factory.data import resolve_sources
+    """Validate the config, its limits and the data permissions now (a refusal is a 4xx at once), then queue the job.
 
-    cfg = config_from_request(body)  # a FactoryError is mapped by its kind (a refusal is forbidden: 403)
+    The server picks the output directory (per developer) and the job trains as `who`, whom the manifest credits."""
+    from tally.factory.data import resolve_sources
+    from tally.factory.guard import check_rows
+
+    cfg = config_from_request(body, state.settings)  # a FactoryError is mapped by its kind (a refusal: 403)
     with state.store.read() as s:
-        resolve_sources(s, who, cfg.data.datanets, commercial=cfg.data.commercial)
+        found = resolve_sources(s, who, cfg.data.datanets, commercial=cfg.data.commercial)
+    check_rows(state.settings.factory, sum(snap.row_count for _, snap in found))
     return jobs.submit(who, cfg)
 
 

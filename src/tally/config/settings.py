@@ -159,6 +159,17 @@ class EngineSettings(_Section):
     max_waiting: int = Field(256, ge=1, description="requests queued for a KV cache row; more answer 503")
 
 
+class FactoryLimits(_Section):
+    """Caps on what one fine-tuning job submitted through the API may ask for (docs/security.md); above one, the
+    job is refused with a `limit` error naming the field. The CLI, run by the operator, is not bound by them."""
+
+    max_epochs: int = Field(20, ge=1, description="train.epochs")
+    max_batch_size: int = Field(64, ge=1, description="train.batch_size, rows per forward pass")
+    max_length: int = Field(2048, ge=8, description="data.max_length, tokens per training row")
+    max_influence_dims: int = Field(8192, ge=16, description="influence.dims, the projected gradient size")
+    max_rows: int = Field(100_000, ge=1, description="training rows over all the job's snapshots")
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = Field("text", description="json: one JSON object per line, for machines")
@@ -189,6 +200,7 @@ class Settings(BaseSettings):
     attribution: AttributionSettings = Field(default_factory=lambda: AttributionSettings())
     rewards: RewardsSettings = Field(default_factory=lambda: RewardsSettings())
     engine: EngineSettings = Field(default_factory=lambda: EngineSettings())
+    factory: FactoryLimits = Field(default_factory=lambda: FactoryLimits())
     log: LogSettings = Field(default_factory=lambda: LogSettings())
     chain_id: int = Field(31337, ge=1, description="EVM chain id: EIP-712 signing domain and on-chain settlement")
 

@@ -17,6 +17,10 @@ from tally.config.yaml_errors import read_yaml, validate
 from tally.factory.errors import FactoryError
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# Schema bounds, far above any sensible run: an absurd integer is a 400 naming the field, never an overflow deep in
+# torch. What a server accepts from API users is capped much lower by the `factory` settings (FactoryLimits).
+_BIG = 1 << 30
+SEED_MAX = (1 << 32) - 1
 
 
 class _Section(BaseModel):
@@ -43,42 +47,46 @@ class SourceCfg(_Section):
 class DataCfg(_Section):
     datanets: list[SourceCfg] = Field(min_length=1)
     eval_fraction: float = Field(0.0, ge=0, lt=1, description="rows held out (by hash, seeded) for eval loss")
-    max_length: int = Field(512, ge=8)
+    max_length: int = Field(512, ge=8, le=_BIG)
     commercial: bool = Field(False, description="the adapter will be used commercially: needs the commercial use too")
 
 
 class TrainCfg(_Section):
-    epochs: int = Field(3, ge=1)
-    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
-    batch_size: int = Field(16, ge=1)
-    grad_accum: int = Field(1, ge=1)
+    epochs: int = Field(3, ge=1, le=_BIG)
+    max_steps: int | None = Field(None, ge=1, le=_BIG, description="stop after this many optimizer steps")
+    batch_size: int = Field(16, ge=1, le=_BIG)
+    grad_accum: int = Field(1, ge=1, le=_BIG)
     lr: float = Field(1e-3, gt=0)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["constant", "linear", "cosine"] = "linear"
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     max_grad_norm: float | None = Field(1.0, gt=0)
-    seed: int = 0
-    save_steps: int | None = Field(None, ge=1, description="checkpoint every N steps (and always at epoch ends)")
-    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept on disk (resume needs one)")
+    seed: int = Field(0, ge=0, le=SEED_MAX)
+    save_steps: int | None = Field(
+        None, ge=1, le=_BIG, description="checkpoint every N steps (and always at epoch ends)"
+    )
+    keep_checkpoints: int = Field(2, ge=1, le=_BIG, description="newest checkpoints kept on disk (resume needs one)")
 
 
 class EvalCfg(_Section):
-    every_steps: int | None = Field(None, ge=1, description="eval-loss interval; default: at each epoch end")
-    early_stopping_patience: int | None = Field(None, ge=1, description="evals without improvement before stopping")
+    every_steps: int | None = Field(None, ge=1, le=_BIG, description="eval-loss interval; default: at each epoch end")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, le=_BIG, description="evals without improvement before stopping"
+    )
     min_delta: float = Field(0.0, ge=0)
 
 
 class InfluenceCfg(_Section):
     enabled: bool = True
-    dims: int = Field(4096, ge=16, description="projected dimensions in all, split over the layers")
-    seed: int = 0
+    dims: int = Field(4096, ge=16, le=_BIG, description="projected dimensions in all, split over the layers")
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     per_epoch: bool = Field(True, description="also store gradients captured in each epoch (TracIn checkpoints)")
 
 
 class OutputCfg(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-    dir: Path | None = None  # default: <data_dir>/adapters/<name>
+    dir: Path | None = None  # default: <data_dir>/adapters/<developer address>/<name>; refused from the API
     publish: bool = False
 
 

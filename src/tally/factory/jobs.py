@@ -14,10 +14,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 from tally.config import Settings
 from tally.factory.config import TrainConfig, parse_config
 from tally.factory.errors import FactoryError
-from tally.factory.service import output_dir, train
+from tally.factory.guard import check_api_config, check_free, check_name
+from tally.factory.service import output_dir, staging_dir, train
 from tally.factory.tables import JobRow
 from tally.factory.trainlog import LOG_NAME, read_log
 from tally.identity import Principal
@@ -37,14 +40,24 @@ def _epoch(ts: str | None) -> int | None:
     return int(datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp())
 
 
-def config_from_request(body: dict[str, Any]) -> TrainConfig:
-    """A full `config` mapping, or OpenAI's fields: model, training_file (`datanet[@snapshot]`), hyperparameters."""
+def config_from_request(body: dict[str, Any], settings: Settings) -> TrainConfig:
+    """A full `config` mapping, or OpenAI's fields: model, training_file (`datanet[@snapshot]`), hyperparameters.
+
+    Checked as an API submission: no `output.dir`, a model the server knows, sizes within the `factory` limits."""
+    cfg = _parse_request(body, settings.models.default)
+    check_api_config(settings, cfg)
+    return cfg
+
+
+def _parse_request(body: dict[str, Any], default_model: str) -> TrainConfig:
     if "config" in body:
         return parse_config(body["config"], "config")
     if "training_file" not in body:
         raise FactoryError("give either config (a training config) or training_file (datanet or datanet@snapshot)")
     slug, _, snap = str(body["training_file"]).partition("@")
     hp = body.get("hyperparameters") or {}
+    if not isinstance(hp, dict):
+        raise FactoryError("hyperparameters must be an object", param="hyperparameters")
     train: dict[str, Any] = {"seed": body.get("seed", 0)}
     for ours, theirs in (("epochs", "n_epochs"), ("batch_size", "batch_size")):
         if isinstance(hp.get(theirs), int):
@@ -53,7 +66,7 @@ def config_from_request(body: dict[str, Any]) -> TrainConfig:
         train["lr"] = 1e-3 * hp["learning_rate_multiplier"]
     name = f"{slug}-{body.get('suffix') or uuid.uuid4().hex[:8]}"
     raw = {
-        "model": {"name": body.get("model") or "smollm2-135m-instruct"},
+        "model": {"name": body.get("model") or default_model},
         "data": {"datanets": [{"datanet": slug, "snapshot": snap or "latest"}]},
         "train": train,
         "output": {"name": name},
@@ -87,9 +100,18 @@ class JobRunner:
         self.lock = threading.Lock()
 
     def submit(self, principal: Principal, cfg: TrainConfig) -> dict[str, Any]:
+        """Queue a job, refusing at once (409) a name another developer owns or an adapter that already exists."""
         job_id = f"ftjob-{uuid.uuid4().hex[:24]}"
-        out = output_dir(self.settings, cfg)
+        out = output_dir(self.settings, cfg, principal.address)
         with self.ledger.store.transaction() as s:
+            check_name(s, principal, cfg.output.name)
+            check_free(self.settings, out, cfg.output.name)
+            active = select(JobRow.id).where(JobRow.output_dir == str(out), JobRow.status.in_(("queued", "running")))
+            if s.execute(active.limit(1)).first() is not None:
+                raise FactoryError(
+                    f"a job already trains adapter {cfg.output.name!r}; choose another output.name",
+                    kind="conflict", param="output.name", name=cfg.output.name,
+                )  # fmt: skip
             row = JobRow(
                 id=job_id, status="queued", config=cfg.model_dump(mode="json"), created_by=principal.address,
                 created_at=now_ts(), output_dir=str(out),
@@ -126,7 +148,9 @@ class JobRunner:
                 raise JobCancelled(job_id)
 
         try:
-            result = train(self.settings, self.ledger, principal, cfg, listeners=[check_cancel])
+            result = train(
+                self.settings, self.ledger, principal, cfg, listeners=[check_cancel], limits=self.settings.factory
+            )
             status, error = "succeeded", None
             metrics = result.manifest.metrics.model_dump() if result.manifest else None
             adapter = result.adapter_hash
@@ -140,7 +164,9 @@ class JobRunner:
 def job_events(row: JobRow, after: int = 0) -> list[dict[str, Any]]:
     """The job's training events after the first `after`, as OpenAI fine_tuning.job.event objects."""
     out = []
-    for i, e in enumerate(read_log(Path(row.output_dir) / LOG_NAME)[after:], start=after):
+    final = Path(row.output_dir)
+    where = final if (final / LOG_NAME).is_file() else staging_dir(final)  # still training: the staging directory
+    for i, e in enumerate(read_log(where / LOG_NAME)[after:], start=after):
         msg = f"step {e['step']}/{e['total_steps']}: loss={e['loss']:.4f}" if e["type"] == "train" else e["type"]
         out.append({"object": "fine_tuning.job.event", "id": f"{row.id}-{i}", "created_at": int(time.time()),
                     "level": "info", "message": msg, "type": "metrics" if e["type"] == "train" else "message",

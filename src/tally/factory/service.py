@@ -3,19 +3,25 @@
 Order matters for trust: permissions and licenses are checked before any model is loaded; the adapter, card,
 manifest and index are written before the ledger entry that names their hashes; the ledger entry and the
 adapter's table row commit in one transaction.
+
+Training writes into a hidden staging directory beside the adapter's (`.<name>.partial`, where a resume finds its
+checkpoints); only a finished adapter, its files synced, is renamed into place, and never over an existing one.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from sqlalchemy.orm import Session
 
 from tally.config import Settings
+from tally.config.settings import FactoryLimits
 from tally.engine.files import hash_adapter
 from tally.engine.manifest import (
     AdapterManifest,
@@ -27,10 +33,13 @@ from tally.engine.manifest import (
     TrainingData,
     TrainMetrics,
 )
+from tally.engine.registry import read_registry, registry_path
 from tally.factory.config import TrainConfig
 from tally.factory.data import load_examples, split
 from tally.factory.encode import encode, pad_id
+from tally.factory.errors import FactoryError
 from tally.factory.events import AdapterPublished, AdapterTrained
+from tally.factory.guard import check_free, check_name, check_rows
 from tally.factory.index_build import build_index
 from tally.factory.provenance import (
     CARD_NAME,
@@ -58,8 +67,41 @@ class TrainResult:
     ledger_seq: int | None = None
 
 
-def output_dir(settings: Settings, cfg: TrainConfig) -> Path:
-    return Path(cfg.output.dir) if cfg.output.dir else settings.data_dir / "adapters" / cfg.output.name
+def output_dir(settings: Settings, cfg: TrainConfig, developer: str) -> Path:
+    """`output.dir` (the CLI only), else `<data_dir>/adapters/<developer address>/<name>`: one folder per
+    developer, so no developer's output can land in another's."""
+    if cfg.output.dir:
+        return Path(cfg.output.dir)
+    return settings.data_dir / "adapters" / developer.lower() / cfg.output.name
+
+
+def staging_dir(out: Path) -> Path:
+    """Where a run writes until it finishes: beside the adapter (so the final rename stays on one filesystem) and
+    hidden (an output name starts with a letter or digit, so it can never be an adapter's own name)."""
+    return out.parent / f".{out.name}.partial"
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _move_into_place(settings: Settings, stage: Path, out: Path, name: str) -> None:
+    """Sync every file, then rename the staging directory to the adapter's; an adapter that appeared meanwhile is
+    a conflict (rename never replaces a non-empty directory)."""
+    for path in sorted(stage.rglob("*"), reverse=True):  # files before the directories that hold them
+        _fsync(path)
+    _fsync(stage)
+    check_free(settings, out, name)
+    try:
+        os.rename(stage, out)
+    except OSError:
+        check_free(settings, out, name)  # names the conflict when another run got there first
+        raise
+    _fsync(out.parent)  # the rename itself survives a crash
 
 
 def build_model(model_dir: Path, cfg: TrainConfig) -> Any:
@@ -88,14 +130,23 @@ def train(
     listeners: list[Listener] | None = None,
     stop_after: int | None = None,
     pipeline: dict[str, str] | None = None,
+    limits: FactoryLimits | None = None,
 ) -> TrainResult:
     """Fine-tune per `cfg`; `stop_after` ends early without outputs (an interruption, for tests). `pipeline`
-    ({name, step, author}) goes into the manifest when a pipeline step trains, so attribution can credit its author."""
+    ({name, step, author}) goes into the manifest when a pipeline step trains, so attribution can credit its author.
+    `limits` caps the rows (API jobs); the developer credited is always `principal`, never anything in `cfg`."""
     with ledger.store.read() as s:
+        check_name(s, principal, cfg.output.name)
         data = load_examples(s, principal, cfg.data.datanets, commercial=cfg.data.commercial)
+    if limits is not None:
+        check_rows(limits, len(data.examples))
     train_ex, eval_ex = split(data.examples, cfg.data.eval_fraction, cfg.train.seed)
     model_dir = resolve_model(cfg.model.name, settings.models.cache_dir)
-    out = output_dir(settings, cfg)
+    final = output_dir(settings, cfg, principal.address)
+    check_free(settings, final, cfg.output.name)
+    out = staging_dir(final)
+    if out.exists() and not resume:
+        shutil.rmtree(out)  # a fresh run: whatever an interrupted one left there is stale
     out.mkdir(parents=True, exist_ok=True)
     tok = load_tokenizer(model_dir)
     pad = pad_id(tok)
@@ -151,7 +202,10 @@ def train(
     )
     manifest_hash = write_manifest(out, manifest)
     (out / CARD_NAME).write_text(model_card(manifest), encoding="utf-8")
-    return record(settings, ledger, principal, out, manifest, manifest_hash, publish_now=cfg.output.publish)
+    with ledger.store.read() as s:
+        _check_identical(s, principal, manifest.adapter.hash)  # before the rename: nothing left behind on refusal
+    _move_into_place(settings, out, final, cfg.output.name)
+    return record(settings, ledger, principal, final, manifest, manifest_hash, publish_now=cfg.output.publish)
 
 
 def record(
@@ -169,6 +223,8 @@ def record(
         index_hash=manifest.influence.hash if manifest.influence else None, metrics=manifest.metrics.model_dump(),
     )  # fmt: skip
     with ledger.store.transaction() as s:
+        check_name(s, principal, adapter.name)  # again: another developer may have claimed it while this one trained
+        _check_identical(s, principal, adapter.hash)
         appended = ledger.append(s, event, actor=principal.address)
         s.merge(
             AdapterRow(
@@ -183,8 +239,40 @@ def record(
     return result
 
 
+def _check_identical(session: Session, principal: Principal, adapter_hash: str) -> None:
+    """Identical bytes have one id and one row: the developer who trained them first keeps them."""
+    same = session.get(AdapterRow, adapter_hash)
+    if same is not None and same.created_by != principal.address:
+        raise FactoryError(
+            f"an identical adapter ({same.name!r}, {adapter_hash[:12]}) was already trained by {same.created_by}; "
+            "train with another train.seed for an adapter of your own",
+            kind="conflict", param="output.name", adapter_hash=adapter_hash,
+        )  # fmt: skip
+
+
 def publish_adapter(settings: Settings, ledger: Ledger, principal: Principal, name: str, out: Path) -> dict[str, Any]:
-    """Register the adapter for serving (adapters.json) and record the publication."""
+    """Register the adapter for serving (adapters.json) and record the publication.
+
+    Only the adapter's developer (its table row says who) or an admin publishes it, and a served name is never
+    re-pointed away from another developer's adapter."""
+    adapter_id = hash_adapter(out)
+    with ledger.store.read() as s:
+        row = s.get(AdapterRow, adapter_id)
+        if row is not None and row.created_by != principal.address and not principal.has("admin"):
+            raise FactoryError(
+                f"adapter {row.name!r} was trained by {row.created_by}; only its developer or an admin publishes it",
+                kind="forbidden", adapter=row.name,
+            )  # fmt: skip
+        if not principal.has("admin"):
+            check_name(s, principal, name)
+        current = read_registry(registry_path(settings.data_dir)).get(name)
+        if current is not None and current.adapter_id != adapter_id and not principal.has("admin"):
+            owner = s.get(AdapterRow, current.adapter_id)
+            if owner is None or owner.created_by != principal.address:
+                raise FactoryError(
+                    f"the served name {name!r} points at another adapter; only its developer or an admin re-points it",
+                    kind="conflict", param="name", name=name,
+                )  # fmt: skip
     entry = publish(settings.data_dir, name, out)
     with ledger.store.transaction() as s:
         row = s.get(AdapterRow, entry["adapter_id"])
