@@ -1,8 +1,7 @@
-"""Bearer API keys: `Authorization: Bearer tly_...`. Who may call each route is declared beside it with these."""
+"""Bearer API keys: `Authorization: Bearer tly_...`, read into the caller. Who may call each route is declared
+beside it with `tally.api.policy.allow`, which decides with these."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 from fastapi import Depends, Request
 
@@ -45,18 +44,3 @@ def optional_principal(request: Request, state: Runtime = Depends(app_state)) ->
         return _authenticate(state, token)
     except ApiError:
         return None
-
-
-def require(*roles: str) -> Callable[..., Principal]:
-    """A dependency: the caller's key must hold one of `roles` (admin holds all)."""
-
-    def check(who: Principal = Depends(principal)) -> Principal:
-        if not who.has(*roles):
-            raise ApiError(
-                403,
-                f"this needs the {' or '.join(roles)} role; your key has {', '.join(sorted(who.roles))}",
-                type_="permission_error",
-            )
-        return who
-
-    return check
