@@ -69,7 +69,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(TallyError)
     async def _tally_error(request: Request, exc: TallyError) -> JSONResponse:
         status, body = http_error(exc)
-        if status >= 500:  # the server's fault: the operator needs the traceback, the caller gets the message
+        if exc.kind == "internal":  # the server's fault: the operator needs the traceback, the caller gets the message
             log.error("%s %s: %s error: %s", request.method, request.url.path, exc.kind, exc.message, exc_info=exc)
         return JSONResponse(body, status_code=status, headers=retry_after(exc))
 
