@@ -12,7 +12,9 @@ import httpx
 import pytest
 
 from tally.config import Settings
-from tally.ledger import verify_receipt
+from tally.identity import create_account, create_api_key
+from tally.ledger import open_ledger, verify_receipt
+from tally.store import open_store
 
 
 def free_port() -> int:
@@ -29,6 +31,14 @@ def test_serve_answers_health_ledger_and_chat(settings: Settings) -> None:
         resolve_model(settings.models.default, settings.models.cache_dir)
     except Exception as exc:
         pytest.skip(f"base model not pulled: {exc}")
+    # a consumer's key: attribution records are for their requester, and anonymous answers accrue nothing
+    store = open_store(settings)
+    ledger = open_ledger(settings, store)
+    with store.transaction() as s:
+        account, _ = create_account(s, ledger, "carl", ["consumer"])
+        _, token = create_api_key(s, ledger, account)
+    size = ledger.size()
+    store.dispose()
     port = free_port()
     env = {**os.environ, "TALLY_DATA_DIR": str(settings.data_dir)}
     proc = subprocess.Popen(
@@ -51,7 +61,7 @@ def test_serve_answers_health_ledger_and_chat(settings: Settings) -> None:
                 time.sleep(0.2)
         assert health.json()["status"] == "ok"
         checkpoint = httpx.get(f"{base}/v1/ledger/checkpoint").json()
-        assert checkpoint["size"] == 1
+        assert checkpoint["size"] == size
         receipt = httpx.get(f"{base}/v1/ledger/entries/0/receipt").json()
         assert verify_receipt(receipt, trusted_key=checkpoint["verifier_key"]).type == "ledger.created"
         assert httpx.get(f"{base}/v1/ledger/proofs/inclusion", params={"index": 0}).status_code == 200
@@ -62,7 +72,7 @@ def test_serve_answers_health_ledger_and_chat(settings: Settings) -> None:
         assert [m["id"] for m in models["data"]] == [settings.models.default], models
         from openai import OpenAI
 
-        client = OpenAI(base_url=f"{base}/v1", api_key="unused")
+        client = OpenAI(base_url=f"{base}/v1", api_key=token)
         chat = client.chat.completions.create(
             model=settings.models.default,
             messages=[{"role": "user", "content": "What is the capital of France?"}],
@@ -72,7 +82,8 @@ def test_serve_answers_health_ledger_and_chat(settings: Settings) -> None:
         assert "Paris" in (chat.choices[0].message.content or "")
         summary = (chat.model_extra or {})["attribution"]  # default mode: fast; no datanet holds the answer
         assert summary["id"] == chat.id and summary["contributors"] == [] and summary["methods"] == {"spans": False}
-        record = httpx.get(f"{base}{summary['url']}").json()
+        assert httpx.get(f"{base}{summary['url']}").status_code == 401
+        record = httpx.get(f"{base}{summary['url']}", headers={"Authorization": f"Bearer {token}"}).json()
         assert verify_receipt(record["receipt"], trusted_key=checkpoint["verifier_key"]).payload["inference"] == chat.id
         raw = client.chat.completions.with_raw_response.create(
             model=settings.models.default, messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
