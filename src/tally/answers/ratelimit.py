@@ -21,6 +21,8 @@ class RateLimiter:
         burst: int,
         *,
         max_callers: int = 100_000,
+        max_held: int = 1024,
+        max_hold_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.per_minute, self.burst, self.max_callers = per_minute, burst, max_callers
@@ -28,6 +30,9 @@ class RateLimiter:
         self._clock = clock
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # caller -> (tokens, at)
         self._lock = threading.Lock()  # sync routes run on worker threads; the middleware on the event loop
+        # Refused requests whose answer is held back until a token is due (the HTTP layer's tarpit), and its bounds:
+        # past `max_held` at once, refusals are answered at once.
+        self.held, self.max_held, self.max_hold_s = 0, max_held, max_hold_s
 
     @property
     def enabled(self) -> bool:

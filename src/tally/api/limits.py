@@ -15,8 +15,10 @@ Rates: one token bucket per caller (`tally.answers.ratelimit`): the SHA-256 of t
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import math
 import re
 
 from starlette.requests import Request
@@ -84,9 +86,17 @@ class LimitsMiddleware:
         if runtime is None or scope["path"] in UNLIMITED_PATHS:
             await self.app(scope, receive, send)
             return
-        wait = runtime.rate_limiter.acquire(caller(scope))
+        limiter = runtime.rate_limiter
+        wait = limiter.acquire(caller(scope))
         if wait > 0:
-            limiter = runtime.rate_limiter
+            if limiter.held < limiter.max_held:
+                # A client that ignores Retry-After gets its 429 only after that wait: each of its connections then
+                # costs the server about one request a second instead of thousands, which would starve others.
+                limiter.held += 1
+                try:
+                    await asyncio.sleep(min(math.ceil(wait), limiter.max_hold_s))
+                finally:
+                    limiter.held -= 1
             await _refuse(
                 send,
                 LimitError(
