@@ -47,17 +47,6 @@ class Rule:
     name: RuleName
     roles: tuple[str, ...] = ()
 
-    def describe(self) -> str:
-        return {
-            "anonymous": "anyone",
-            "inference": "anyone while server.anonymous_inference (answers accrue nothing), else any key",
-            "key": "any key",
-            "role": f"a key with the {' or '.join(self.roles)} role",
-            "admin": "admin",
-            "datanet_owner": "the datanet's owner (owner role on the key) or admin",
-            "record_reader": "the record's requester, the adapter's developer or admin (others: 404)",
-        }[self.name]
-
 
 class Allow:
     """The dependency a route declares; FastAPI calls it with the request before the route runs."""
