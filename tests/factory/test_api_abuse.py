@@ -67,6 +67,7 @@ def test_a_second_developer_cannot_overwrite_or_repoint_an_adapter(
     assert created.status_code == 200, created.text
     job = _wait(c, created.json(), h["dev"])
     assert job["status"] == "succeeded", job
+    assert job["output_dir"] == f"<data_dir>/adapters/{people.dev.address.lower()}/people-mine"  # no server paths
     home = people.settings.data_dir / "adapters" / people.dev.address.lower() / "people-mine"
     assert (home / "adapter_model.safetensors").is_file()
     assert not any(p.name.endswith(".partial") for p in home.parent.iterdir())  # the staging directory was renamed

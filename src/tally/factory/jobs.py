@@ -86,8 +86,15 @@ def job_object(row: JobRow) -> dict[str, Any]:
         "hyperparameters": {"n_epochs": cfg["train"]["epochs"], "batch_size": cfg["train"]["batch_size"],
                             "learning_rate": cfg["train"]["lr"]},
         "trained_tokens": (row.metrics or {}).get("tokens"), "adapter_hash": row.adapter_id,
-        "metrics": row.metrics, "output_dir": row.output_dir,
+        "metrics": row.metrics, "output_dir": _shown_dir(row),
     }  # fmt: skip
+
+
+def _shown_dir(row: JobRow) -> str:
+    """Where the adapter goes, as its developer may see it: the server's own paths stay private."""
+    if row.config["output"].get("dir"):
+        return row.output_dir
+    return f"<data_dir>/adapters/{row.created_by.lower()}/{row.config['output']['name']}"
 
 
 class JobRunner:
