@@ -74,6 +74,8 @@ def verify_receipt(receipt: dict[str, Any], trusted_key: str | None = None) -> E
             verifier = Verifier.parse(key_text)
         except NoteError as exc:
             raise ReceiptError(str(exc), reason="bad_key") from exc
+        if not isinstance(receipt["origin"], str):  # None would skip the origin check
+            raise ReceiptError("origin must be the log's origin line (a string)", reason="bad_field", field="origin")
         try:
             checkpoint = open_checkpoint(receipt["checkpoint"], verifier, origin=receipt["origin"])
         except NoteError as exc:
