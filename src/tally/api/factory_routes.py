@@ -19,7 +19,7 @@ from tally.api import policy
 from tally.api.errors import ApiError
 from tally.api.state import AppState, app_state
 from tally.factory.evaluation import leaderboard
-from tally.factory.jobs import TERMINAL, JobRow, JobRunner, config_from_request, job_events, job_object
+from tally.factory.jobs import TERMINAL, JobRow, JobRunner, admit, config_from_request, job_events, job_object
 from tally.identity import Principal
 
 router = APIRouter(tags=["fine-tuning"])
@@ -48,13 +48,9 @@ def create_job(
     """Validate the config, its limits and the data permissions now (a refusal is a 4xx at once), then queue the job.
 
     The server picks the output directory (per developer) and the job trains as `who`, whom the manifest credits."""
-    from tally.factory.data import resolve_sources
-    from tally.factory.guard import check_rows
-
     cfg = config_from_request(body, state.settings)  # a FactoryError is mapped by its kind (a refusal: 403)
     with state.store.read() as s:
-        found = resolve_sources(s, who, cfg.data.datanets, commercial=cfg.data.commercial)
-    check_rows(state.settings.factory, sum(snap.row_count for _, snap in found))
+        admit(s, state.settings, who, cfg)
     return jobs.submit(who, cfg)
 
 

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from tally.config import Settings
 from tally.factory.config import TrainConfig, parse_config
+from tally.factory.data import resolve_sources
 from tally.factory.errors import FactoryError
-from tally.factory.guard import check_api_config, check_free, check_name
+from tally.factory.guard import check_api_config, check_free, check_name, check_rows
 from tally.factory.service import output_dir, staging_dir, train
 from tally.factory.tables import JobRow
 from tally.factory.trainlog import LOG_NAME, read_log
@@ -47,6 +49,13 @@ def config_from_request(body: dict[str, Any], settings: Settings) -> TrainConfig
     cfg = _parse_request(body, settings.models.default)
     check_api_config(settings, cfg)
     return cfg
+
+
+def admit(session: Session, settings: Settings, principal: Principal, cfg: TrainConfig) -> None:
+    """The data checks made before a job is queued: permissions and licenses (403 naming each datanet), and the
+    rows the snapshots hold against `factory.max_rows` (checked again when the job loads them)."""
+    found = resolve_sources(session, principal, cfg.data.datanets, commercial=cfg.data.commercial)
+    check_rows(settings.factory, sum(snap.row_count for _, snap in found))
 
 
 def _parse_request(body: dict[str, Any], default_model: str) -> TrainConfig:
