@@ -24,6 +24,7 @@ from tally.config.logs import note
 if TYPE_CHECKING:
     from tally.attribution import AttributionRecord
     from tally.engine import Engine, RequestOutput, SamplingParams
+    from tally.identity import Principal
     from tally.rag import RetrievedChunk
 
 logger = logging.getLogger(__name__)
@@ -227,6 +228,7 @@ def _attribute(runtime: Runtime, prepared: Prepared, generated: Generated) -> tu
         answer_ids=generated.token_ids, adapter_dir=generated.adapter_path, adapter_hash=generated.adapter_id,
         question=prepared.question, chunks=prepared.chunks,
         requested_by=requester.address if requester is not None else None,
+        readable=_readable(runtime, requester),
     )  # fmt: skip
     start = time.perf_counter()
     attributed = runtime.attributor.attribute(answer, prepared.mode)
@@ -234,6 +236,16 @@ def _attribute(runtime: Runtime, prepared: Prepared, generated: Generated) -> tu
     seq = settle_answer(runtime.ledger, attributed, runtime.fee_policy, actor=actor)
     note(attribution_ms=round((time.perf_counter() - start) * 1000, 1), receipt=seq)
     return attributed.record, seq
+
+
+def _readable(runtime: Runtime, requester: Principal | None) -> frozenset[str]:
+    """The datanets whose rows may show up as this requester's evidence (anonymous: the public ones)."""
+    from tally.datanets.service import list_datanets
+    from tally.identity import Principal
+
+    who = requester or Principal(address="", name="anonymous", roles=frozenset())
+    with runtime.store.read() as s:
+        return frozenset(d.slug for d in list_datanets(s, who))
 
 
 def answer(runtime: Runtime, request: AnswerRequest) -> AnswerResult:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,9 @@ class Answer:
     question: str | None = None  # with RAG: the question the sources were retrieved for
     chunks: list[Any] = field(default_factory=list)  # tally.rag.RetrievedChunk
     requested_by: str | None = None
+    # datanets the requester may read: span evidence comes only from these, so a quote cannot reveal that a text is
+    # in a private datanet (None: every datanet, for the operator's own tools)
+    readable: frozenset[str] | None = None
 
 
 @dataclass
@@ -160,6 +163,13 @@ class Attributor:
     ) -> None:
         start = time.perf_counter()
         spans = self.span_index(session).find(answer.answer_ids, self.cfg.span_min_tokens)
+        if answer.readable is not None:
+            allowed = answer.readable
+            spans = [
+                replace(span, sources=kept, total=len(kept))
+                for span in spans
+                if (kept := tuple(k for k in span.sources if k.datanet in allowed))
+            ]
         seqs = contribution_seqs(session, {k.contribution for s in spans for k in s.sources})
         tokens: dict[str, float] = {}
         contributions: dict[str, set[str]] = {}
