@@ -117,7 +117,7 @@ def test_a_key_past_its_burst_gets_429_with_retry_after(limited: tuple[TestClien
     refused = client.get("/v1/accounts/me", headers=keys[0])
     _is_openai_error(refused, 429, "rate_limit_error")
     assert refused.headers["retry-after"] == "1"
-    assert time.monotonic() - start >= 0.9  # held until the wait it names is over: a flood costs little
+    assert time.monotonic() - start >= 0.45  # held back (half to all of the wait it names): a flood costs little
     # another key keeps its own bucket; health checks are never limited
     assert client.get("/v1/accounts/me", headers=keys[1]).status_code == 200
     assert all(client.get("/health").status_code == 200 for _ in range(10))

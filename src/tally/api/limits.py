@@ -10,7 +10,9 @@ alone, and a body sent without a length (chunked) is counted as it arrives and r
 
 Rates: one token bucket per caller (`tally.answers.ratelimit`): the SHA-256 of the bearer token when one is sent
 (no database read: a made-up token gets a bucket of its own, then fails authentication), else the client's IP.
-`/health` and `/metrics` are exempt, so probes and scrapers never see a 429.
+`/health` and `/metrics` are exempt, so probes and scrapers never see a 429. A refused caller's 429 is held back
+for part of the wait it names (docs/security.md#limits), so a client that ignores `Retry-After` cannot make the
+server answer thousands of refusals a second.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import asyncio
 import hashlib
 import json
 import math
+import random
 import re
 
 from starlette.requests import Request
@@ -91,10 +94,11 @@ class LimitsMiddleware:
         if wait > 0:
             if limiter.held < limiter.max_held:
                 # A client that ignores Retry-After gets its 429 only after that wait: each of its connections then
-                # costs the server about one request a second instead of thousands, which would starve others.
+                # costs the server about one request a second instead of thousands, which would starve others. The
+                # jitter spreads a flood's connections over the second instead of waking them all at once.
                 limiter.held += 1
                 try:
-                    await asyncio.sleep(min(math.ceil(wait), limiter.max_hold_s))
+                    await asyncio.sleep(min(math.ceil(wait), limiter.max_hold_s) * random.uniform(0.5, 1.0))
                 finally:
                     limiter.held -= 1
             await _refuse(
