@@ -30,6 +30,7 @@ __all__ = [
     "BaseSpec",
     "Fingerprint",
     "check_directory",
+    "check_safetensors",
     "hash_adapter",
     "load_adapter",
     "read_config",
@@ -122,6 +123,52 @@ def read_config(name: str, path: Path) -> dict[str, Any]:
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
+def _header_length(name: str, size: int, first8: bytes) -> int:
+    if size < 8:
+        raise AdapterValidationError(f"adapter {name!r}: {WEIGHTS_FILE} is truncated")
+    header_len = int.from_bytes(first8, "little")
+    if header_len > min(size - 8, 100_000_000):
+        raise AdapterValidationError(f"adapter {name!r}: {WEIGHTS_FILE} has a bad header length")
+    return header_len
+
+
+def _tensor_entries(name: str, raw_header: bytes, data_len: int) -> list[tuple[str, torch.dtype, list[int], int, int]]:
+    """(key, dtype, shape, begin, end) per tensor, every field and offset checked against the data region."""
+    try:
+        header = json.loads(raw_header)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AdapterValidationError(f"adapter {name!r}: {WEIGHTS_FILE} header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise AdapterValidationError(f"adapter {name!r}: {WEIGHTS_FILE} header is not a JSON object")
+    header.pop("__metadata__", None)
+    entries = []
+    for key, info in header.items():
+        try:
+            dtype_name, shape, (begin, end) = info["dtype"], [int(d) for d in info["shape"]], info["data_offsets"]
+            begin, end = int(begin), int(end)
+        except (KeyError, TypeError, ValueError):
+            raise AdapterValidationError(f"adapter {name!r}: tensor {key!r} has a malformed header entry") from None
+        dtype = _DTYPES.get(dtype_name) if isinstance(dtype_name, str) else None
+        if dtype is None:
+            raise AdapterValidationError(f"adapter {name!r}: tensor {key!r} has dtype {dtype_name}; expected float")
+        if any(d < 0 for d in shape):
+            raise AdapterValidationError(f"adapter {name!r}: tensor {key!r} has a negative dimension {shape}")
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if not (0 <= begin <= end <= data_len) or end - begin != math.prod(shape) * itemsize:
+            raise AdapterValidationError(f"adapter {name!r}: tensor {key!r} has offsets outside the file")
+        entries.append((key, dtype, shape, begin, end))
+    return entries
+
+
+def check_safetensors(name: str, file: Path) -> None:
+    """The header alone (a few KB), checked as `read_safetensors` would: a garbage, truncated or malformed file is
+    refused when a request names the adapter, before any weights are read."""
+    size = file.stat().st_size
+    with file.open("rb") as f:
+        header_len = _header_length(name, size, f.read(8))
+        _tensor_entries(name, f.read(header_len), size - 8 - header_len)
+
+
 def read_safetensors(name: str, file: Path) -> dict[str, torch.Tensor]:
     """All tensors of a safetensors file from one memory map, with a single copy of the data region.
 
@@ -132,32 +179,15 @@ def read_safetensors(name: str, file: Path) -> dict[str, torch.Tensor]:
     """
     size = file.stat().st_size
     with file.open("rb") as f:
-        if size < 8:
-            raise AdapterValidationError(f"adapter {name!r}: {WEIGHTS_FILE} is truncated")
+        header_len = _header_length(name, size, f.read(8))
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            header_len = int.from_bytes(mm[:8], "little")
-            if header_len > min(size - 8, 100_000_000):
-                raise AdapterValidationError(f"adapter {name!r}: {WEIGHTS_FILE} has a bad header length")
-            try:
-                header = json.loads(mm[8 : 8 + header_len])
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise AdapterValidationError(f"adapter {name!r}: {WEIGHTS_FILE} header is not JSON: {exc}") from None
+            entries = _tensor_entries(name, mm[8 : 8 + header_len], size - 8 - header_len)
             start = 8 + header_len
             data = torch.empty(size - start, dtype=torch.uint8)
             data.numpy()[:] = memoryview(mm)[start:]  # the one copy, straight from the page cache
-    header.pop("__metadata__", None)
     out: dict[str, torch.Tensor] = {}
-    for key, info in header.items():
-        try:
-            dtype_name, shape, (begin, end) = info["dtype"], [int(d) for d in info["shape"]], info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise AdapterValidationError(f"adapter {name!r}: tensor {key!r} has a malformed header entry") from None
-        dtype = _DTYPES.get(dtype_name)
-        if dtype is None:
-            raise AdapterValidationError(f"adapter {name!r}: tensor {key!r} has dtype {dtype_name}; expected float")
+    for key, dtype, shape, begin, end in entries:
         itemsize = torch.empty((), dtype=dtype).element_size()
-        if not (0 <= begin <= end <= data.numel()) or end - begin != math.prod(shape) * itemsize:
-            raise AdapterValidationError(f"adapter {name!r}: tensor {key!r} has offsets outside the file")
         raw = data[begin:end]
         out[key] = (raw.view(dtype) if begin % itemsize == 0 else raw.clone().view(dtype)).view(shape)
     return out

@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tally.engine.adapters import (
+    WEIGHTS_FILE,
     AdapterWeights,
     BaseSpec,
     Fingerprint,
     check_directory,
+    check_safetensors,
     hash_adapter,
     load_adapter,
     read_config,
@@ -47,6 +49,7 @@ class AdapterEntry:
     fingerprint: Fingerprint | None = None
     error: str | None = None  # the last load failure, reported to the requests that wait for it
     error_stat: Fingerprint | None = None  # the files' fingerprint when that load failed: unchanged files fail again
+    checked: bool = False  # the weights file's header was found sound (again after the files change)
 
 
 def _stat(path: Path) -> Fingerprint | None:
@@ -265,8 +268,26 @@ class AdapterStore:
                 changed = True
             if changed:  # files replaced in place: the id must be computed again
                 with self._lock:
-                    entry.adapter_id, entry.fingerprint = None, None
+                    entry.adapter_id, entry.fingerprint, entry.checked = None, None, False
+        self._check(entry)
         return entry
+
+    def _check(self, entry: AdapterEntry) -> None:
+        """Refuse, as the adapter's own error, files already known to be bad or whose header is unsound. A request
+        that names a broken adapter is then refused when it is submitted, before it reaches the engine loop."""
+        if entry.error is not None:
+            if _stat(entry.path) == entry.error_stat:
+                raise AdapterValidationError(entry.error, adapter=entry.name)
+            entry.error, entry.error_stat, entry.checked = None, None, False  # the files changed: try them again
+        if entry.checked:
+            return
+        try:
+            check_safetensors(entry.name, entry.path / WEIGHTS_FILE)
+        except Exception as exc:
+            error = _as_validation_error(entry.name, exc)
+            entry.error, entry.error_stat = str(error), _stat(entry.path)
+            raise error from exc
+        entry.checked = True
 
     # -- disk -> host ---------------------------------------------------------------------------------------------
     def _read(self, entry: AdapterEntry) -> AdapterWeights:
@@ -283,13 +304,9 @@ class AdapterStore:
         """The weights if host-resident (a hit), else start loading them in the background (a miss) and return None.
 
         Raises AdapterValidationError if the last background load failed; while the files stay as they were, later
-        requests get the same error at once instead of reading the broken files again.
+        requests get the same error at once (from `resolve`) instead of reading the broken files again.
         """
         entry = self.resolve(name)
-        if entry.error is not None:
-            if _stat(entry.path) == entry.error_stat:
-                raise AdapterValidationError(entry.error, adapter=name)
-            entry.error, entry.error_stat = None, None  # the files changed: try them again
         if entry.adapter_id is not None:
             weights = self.host.get(entry.adapter_id)
             if weights is not None:
