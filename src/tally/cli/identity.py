@@ -7,6 +7,7 @@ from rich.table import Table
 
 from tally.cli.common import acting_principal, cli_errors, console, load_cli_settings, opened_ledger
 from tally.identity import (
+    MAX_KEY_DAYS,
     ROLES,
     create_account,
     create_api_key,
@@ -49,7 +50,9 @@ def accounts_list() -> None:
 def keys_create(
     as_: str = AS,
     role: list[str] = typer.Option(None, "--role", help="narrow the key to these roles"),
-    expires_in_days: float = typer.Option(None, help="the key stops working after this many days"),
+    expires_in_days: float = typer.Option(
+        None, min=0, max=MAX_KEY_DAYS, help="the key stops working after this many days (at most 3650)"
+    ),
     label: str = typer.Option("", help="what the key is for"),
 ) -> None:
     """Create an API key. The token is printed once and stored only as a hash."""
