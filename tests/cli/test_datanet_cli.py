@@ -34,7 +34,7 @@ def test_accounts_datanet_contribute_signed_review_snapshot_export(settings: Set
     assert token.startswith("tly_")
 
     run("datanet", "create", "facts", "--kind", "instruction", "--license", "CC-BY-4.0", "--use", "train",
-        "--visibility", "private", "--as", "olga")  # fmt: skip
+        "--use", "export", "--visibility", "private", "--as", "olga")  # fmt: skip
     rows = tmp_path / "rows.jsonl"
     rows.write_text("".join(json.dumps({"instruction": f"q{i}", "output": f"a{i}"}) + "\n" for i in range(5)))
     out = run("contribute", "facts", str(rows), "--sign", "--as", "olga")
@@ -51,7 +51,7 @@ def test_accounts_datanet_contribute_signed_review_snapshot_export(settings: Set
     assert len(diff["added"]) == 1 and diff["unchanged"] == 5
 
     assert "no datanet named 'facts'" in fails("datanet", "show", "facts", "--as", "dev", code=4)
-    run("datanet", "request-access", "facts", "--use", "train", "--purpose", "tuning", "--as", "dev")
+    run("datanet", "request-access", "facts", "--use", "train", "--use", "export", "--purpose", "tuning", "--as", "dev")
     assert "pending" in run("datanet", "requests", "facts", "--as", "olga")
     assert "granted" in run("datanet", "grant", "facts", "1", "--as", "olga")
     out_dir = tmp_path / "export"

@@ -170,13 +170,16 @@ def test_permission_matrix(world: World) -> None:
 
 
 def test_access_requests_gate_private_data(world: World, tmp_path: Path) -> None:
-    world.create("private-set", visibility="private", uses=["train", "rag"], policy="open")
+    world.create("private-set", visibility="private", uses=["train", "rag", "export"], policy="open")
     world.upload(world.owner, "private-set", facts("p", 3))
     with world.tx() as s:
         snapshots.create_snapshot(s, world.ledger, world.owner, "private-set")
         with pytest.raises(DatanetError, match="does not permit 'commercial'"):
             access.request_access(s, world.ledger, world.dev, "private-set", uses=["commercial"], purpose="resale")
         req = access.request_access(s, world.ledger, world.dev, "private-set", uses=["train"], purpose="fine-tune")
+        with pytest.raises(DatanetError, match="already have a pending access request") as again:
+            access.request_access(s, world.ledger, world.dev, "private-set", uses=["rag"], purpose="again")
+        assert again.value.kind == "conflict"
         denied = access.request_access(s, world.ledger, world.consumer, "private-set", uses=["rag"], purpose="search")
     with pytest.raises(NotFoundError), world.tx() as s:
         snapshots.export_snapshot(s, world.dev, "private-set", "latest", tmp_path / "x")
@@ -191,6 +194,11 @@ def test_access_requests_gate_private_data(world: World, tmp_path: Path) -> None
             service.check_use(s, world.dev, "private-set", "rag")
         with pytest.raises(NotFoundError):
             service.get_datanet(s, world.consumer, "private-set")
+        with pytest.raises(ForbiddenError, match="does not cover 'export'"):  # a train grant is not a copy
+            snapshots.export_snapshot(s, world.dev, "private-set", "latest", tmp_path / "export")
+        copy = access.request_access(s, world.ledger, world.dev, "private-set", uses=["export"], purpose="archive")
+        access.decide_access(s, world.ledger, world.owner, "private-set", copy.id, grant=True, reason="ok")
+    with world.tx() as s:
         out = snapshots.export_snapshot(s, world.dev, "private-set", "latest", tmp_path / "export")
     assert len((out / "data.jsonl").read_text().splitlines()) == 3
     types = ledger_types(world)
@@ -325,3 +333,21 @@ def _chat_row() -> bytes:
     return json.dumps(
         {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
     ).encode()
+
+
+def test_rows_rejected_after_a_snapshot_are_never_exported_or_trained_on(world: World, tmp_path: Path) -> None:
+    from tally.factory.config import SourceCfg
+    from tally.factory.data import load_examples
+
+    world.create("later", policy="open")
+    world.upload(world.owner, "later", facts("l", 4))
+    with world.tx() as s:
+        snapshots.create_snapshot(s, world.ledger, world.owner, "later")
+        gone = sorted(s.execute(select(DataRow.row_hash).where(DataRow.datanet == "later")).scalars())[0]
+        review.review(s, world.ledger, world.owner, "later", decision="reject", reason="consent withdrawn", rows=[gone])
+    with world.tx() as s:
+        out = snapshots.export_snapshot(s, world.owner, "later", "latest", tmp_path / "later")
+        kept = load_examples(s, world.owner, [SourceCfg(datanet="later")])
+    exported = (out / "data.jsonl").read_text().splitlines()
+    assert len(exported) == 3 and len(kept.examples) == 3
+    assert gone not in {e.row_hash for e in kept.examples}

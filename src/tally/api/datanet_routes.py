@@ -187,9 +187,8 @@ def export_data(
     slug: str, snapshot: str, who: Principal = Depends(policy.allow("key")), state: AppState = Depends(app_state)
 ) -> StreamingResponse:
     with state.store.read() as s:
-        service.get_datanet(s, who, slug)
-        snap = snapshots.get_snapshot(s, who, slug, snapshot)
-        lines = [json.dumps(r.content, ensure_ascii=False) + "\n" for r in snapshots.snapshot_rows(s, snap)]
+        _, _, rows = snapshots.export_rows(s, who, slug, snapshot)
+    lines = [json.dumps(content, ensure_ascii=False) + "\n" for content in rows]
     return StreamingResponse(iter(lines), media_type="application/jsonl")
 
 

@@ -47,12 +47,24 @@ def request_access(
         raise DatanetError("say what the data is for (purpose)", param="purpose")
     wanted = check_uses(uses)
     if not wanted:
-        raise DatanetError("name at least one use: train, rag, eval or commercial", param="uses")
+        raise DatanetError("name at least one use: train, rag, eval, commercial or export", param="uses")
     beyond = [u for u in wanted if u not in dn.uses]
     if beyond:
         raise DatanetError(
             f"datanet {slug!r} does not permit {beyond[0]!r} under its license; permitted: {dn.uses}", param="uses"
         )
+    pending = session.execute(
+        select(AccessRequestRow.id).where(
+            AccessRequestRow.datanet == slug,
+            AccessRequestRow.requester == principal.address,
+            AccessRequestRow.status == "pending",
+        )
+    ).scalar()
+    if pending is not None:  # one open request per requester: the owner's queue is not for flooding
+        raise DatanetError(
+            f"you already have a pending access request #{pending} for {slug!r}; wait for the owner's decision",
+            kind="conflict", request=pending,
+        )  # fmt: skip
     row = AccessRequestRow(
         datanet=slug, requester=principal.address, uses=wanted, purpose=purpose.strip(), status="pending",
         created_at=now_ts(),

@@ -28,7 +28,7 @@ from tally.ledger import Ledger
 from tally.ledger.events import now_ts
 
 KINDS = ("instruction", "chat", "documents")
-USES = ("train", "rag", "eval", "commercial")
+USES = ("train", "rag", "eval", "commercial", "export")
 VISIBILITIES = ("public", "private")
 POLICIES = ("open", "owner-reviewed", "invite-only")
 _SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
@@ -193,6 +193,21 @@ def check_use(session: Session, principal: Principal, slug: str, use: str) -> Da
         return Datanet.of(row)
     if use not in granted_uses(session, principal, slug):
         raise ForbiddenError(f"datanet {slug!r} is private and you hold no grant for {use!r}; request access first")
+    return Datanet.of(row)
+
+
+def check_export(session: Session, principal: Principal, slug: str) -> Datanet:
+    """Raise unless the caller may take a whole copy: anyone for a public datanet; for a private one its owner,
+    members and holders of an `export` grant (a grant for train, rag or eval is not a licence to copy)."""
+    row = _load(session, slug)
+    if row.visibility == "public" or is_owner(principal, row) or is_member(session, principal, slug):
+        return Datanet.of(row)
+    if not can_read(session, principal, row):
+        raise NotFoundError(f"no datanet named {slug!r}")
+    if "export" not in granted_uses(session, principal, slug):
+        raise ForbiddenError(
+            f"datanet {slug!r} is private and your grant does not cover 'export'; request access for export"
+        )
     return Datanet.of(row)
 
 

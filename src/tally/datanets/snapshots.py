@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from tally.datanets.errors import DatanetError, NotFoundError
 from tally.datanets.events import SnapshotCreated, ledger_name
-from tally.datanets.service import Datanet, get_datanet, manage
+from tally.datanets.service import Datanet, check_export, get_datanet, manage
 from tally.datanets.tables import ContributionRow, DataRow, SnapshotMember, SnapshotRow
 from tally.identity import Principal
 from tally.ledger import Ledger, merkle
@@ -137,7 +137,9 @@ class SnapshotEntry(NamedTuple):
 
 
 def snapshot_rows(session: Session, snap: Snapshot) -> list[SnapshotEntry]:
-    """Every row of a snapshot with its contribution and contributor, in canonical (row hash) order."""
+    """The rows of a snapshot that are still accepted, with their contribution and contributor, in canonical (row
+    hash) order. A row rejected or withdrawn after the snapshot was taken is never exported, trained on or
+    retrieved again, so the rows may be fewer than the snapshot's root covers."""
     rows = session.execute(
         select(DataRow.row_hash, DataRow.contribution, ContributionRow.contributor, DataRow.content)
         .join(
@@ -145,19 +147,28 @@ def snapshot_rows(session: Session, snap: Snapshot) -> list[SnapshotEntry]:
         )
         .join(ContributionRow, ContributionRow.id == DataRow.contribution)
         .where(SnapshotMember.snapshot == snap.id, SnapshotMember.datanet == snap.datanet)
+        .where(DataRow.status == "accepted")
         .order_by(DataRow.row_hash)
     )
     return [SnapshotEntry(h, c, who, json.loads(content)) for h, c, who, content in rows]
 
 
+def export_rows(
+    session: Session, principal: Principal, slug: str, snapshot: str
+) -> tuple[Datanet, Snapshot, list[dict[str, Any]]]:
+    """(datanet, snapshot, rows) of an export the caller may take (see `check_export`)."""
+    dn = check_export(session, principal, slug)
+    snap = get_snapshot(session, principal, slug, snapshot)
+    return dn, snap, [entry.content for entry in snapshot_rows(session, snap)]
+
+
 def export_snapshot(session: Session, principal: Principal, slug: str, snapshot: str, out_dir: Path) -> Path:
     """Write `data.jsonl` and a dataset card `README.md` that Hugging Face `datasets` loads as they are."""
-    dn = get_datanet(session, principal, slug)
-    snap = get_snapshot(session, principal, slug, snapshot)
+    dn, snap, rows = export_rows(session, principal, slug, snapshot)
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "data.jsonl", "w", encoding="utf-8") as f:
-        for entry in snapshot_rows(session, snap):
-            f.write(json.dumps(entry.content, ensure_ascii=False) + "\n")
+        for content in rows:
+            f.write(json.dumps(content, ensure_ascii=False) + "\n")
     (out_dir / "README.md").write_text(dataset_card(dn, snap), encoding="utf-8")
     return out_dir
 
