@@ -161,3 +161,27 @@ def test_attribution_names_the_weights_that_answered(
     assert first.record is not None and second.record is not None
     assert (first.adapter_id, first.record.adapter_hash) == (first_hash, first_hash)
     assert (second.adapter_id, second.record.adapter_hash) == (second_hash, second_hash)
+
+
+def test_an_adapter_that_fails_to_load_is_the_requests_fault(
+    tiny_runtime: answers.Runtime,
+    tiny: TinySetup,
+    tmp_path: Path,  # noqa: F811
+) -> None:
+    """Tensors whose shapes do not fit the base model are found only when the weights are read (in the background):
+    the request gets an invalid-request error naming the adapter, not a server error."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny.adapters["ad1-r8"], broken)
+    tensors = load_file(broken / "adapter_model.safetensors")
+    name = next(k for k in sorted(tensors) if "lora_A" in k)
+    tensors[name] = torch.zeros(tensors[name].shape[0], tensors[name].shape[1] + 3)
+    save_file(tensors, broken / "adapter_model.safetensors")
+    tiny_runtime.engine.add_adapter("broken", broken, load_now=False)  # type: ignore[union-attr]
+    with pytest.raises(TallyError) as caught:
+        answers.answer(tiny_runtime, AnswerRequest(model="broken", prompt="hi", sampling=Sampling(max_tokens=2)))
+    assert caught.value.kind == "invalid" and "broken" in caught.value.message
+    ok = answers.answer(tiny_runtime, AnswerRequest(model="ad2-r16", prompt="hi", sampling=Sampling(max_tokens=2)))
+    assert ok.completion_tokens >= 1

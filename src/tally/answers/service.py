@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from tally.answers.request import AnswerRequest, AnswerResult, Delta, Generated, Prepared, RagOption
 from tally.answers.runtime import Runtime
 from tally.config import ATTRIBUTION_MODES, AttributionMode, Settings
-from tally.config.errors import TallyError
+from tally.config.errors import ERROR_KINDS, TallyError
 from tally.config.logs import note
 
 if TYPE_CHECKING:
@@ -181,8 +181,11 @@ class _Collector:
         last = self.last
         if last is None or last.usage is None:
             raise AnswerError("generation ended without a result", kind="internal")
-        if last.finish_reason == "error":
-            raise AnswerError(last.error or "generation failed", kind="internal")
+        if last.finish_reason == "error":  # a broken adapter is the request's fault; anything else the server's
+            kind = last.error_kind if last.error_kind in ERROR_KINDS else "internal"
+            raise AnswerError(
+                last.error or "generation failed", kind=kind, param="model" if kind != "internal" else None
+            )
         return Generated(
             "".join(self.text), self.ids, last.finish_reason or "stop", last.usage.prompt_tokens,
             last.usage.completion_tokens, last.adapter_id, last.adapter_path,

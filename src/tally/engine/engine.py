@@ -347,8 +347,8 @@ class Engine:
             if target is not None and target.state is not SeqState.FINISHED:
                 self._finish(target, "cancelled")
         plan, failed = self.scheduler.schedule()
-        for seq, reason in failed:
-            self._finish(seq, "error", error=reason)
+        for seq, failure in failed:  # the request's own fault (a broken or unloaded adapter), kind kept
+            self._finish(seq, "error", error=str(failure), error_kind=failure.kind)
         if plan.empty:
             return bool(failed or cancels)
         decode = [item for _, item in plan.decode]
@@ -388,10 +388,10 @@ class Engine:
         except Exception:  # a broken consumer (closed loop) must not stop the engine
             seq.cancelled = True
 
-    def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> None:
+    def _finish(self, seq: Sequence, reason: str, error: str | None = None, error_kind: str | None = None) -> None:
         seq.cancelled = reason == "cancelled"
         delta = seq.text[seq.emitted :] if reason != "error" else ""
-        self._emit(seq, Detokenizer.final(seq, delta, [], reason=reason, error=error))
+        self._emit(seq, Detokenizer.final(seq, delta, [], reason=reason, error=error, error_kind=error_kind))
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

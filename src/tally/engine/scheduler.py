@@ -17,7 +17,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 
 from tally.engine.adapters import AdapterWeights
-from tally.engine.errors import AdapterNotFoundError, AdapterValidationError
+from tally.engine.errors import AdapterNotFoundError, AdapterValidationError, EngineError
 from tally.engine.kv_cache import KVCache
 from tally.engine.metrics import EngineMetrics
 from tally.engine.runner import StepItem
@@ -63,9 +63,9 @@ class Scheduler:
     def running_adapters(self) -> set[str]:
         return {s.adapter_id for s in self.running if s.adapter_id}
 
-    def schedule(self) -> tuple[StepPlan, list[tuple[Sequence, str]]]:
-        """The next step's plan, and the sequences that failed admission (with the reason) to finish with an error."""
-        failed: list[tuple[Sequence, str]] = []
+    def schedule(self) -> tuple[StepPlan, list[tuple[Sequence, EngineError]]]:
+        """The next step's plan, and the sequences that failed admission (with the error) to finish with an error."""
+        failed: list[tuple[Sequence, EngineError]] = []
         self.store.flush_evictions()
         budget = self.config.max_tokens_per_step
         # grouped by adapter: with few adapters the decode part runs as one segment per adapter (SGMV)
@@ -89,7 +89,7 @@ class Scheduler:
         self._publish()
         return plan, failed
 
-    def _admit(self, budget: int, failed: list[tuple[Sequence, str]]) -> None:
+    def _admit(self, budget: int, failed: list[tuple[Sequence, EngineError]]) -> None:
         adapters = self.running_adapters()
         blocked_old = False  # a sequence kept out by the cap has waited long enough: nothing overtakes it
         for seq in list(self.waiting):
@@ -101,7 +101,7 @@ class Scheduler:
                     weights = self.store.host_weights(seq.adapter)
                 except (AdapterNotFoundError, AdapterValidationError) as exc:
                     self.waiting.remove(seq)
-                    failed.append((seq, str(exc)))
+                    failed.append((seq, exc))
                     continue
                 if not seq.lookup_counted:
                     seq.lookup_counted = True

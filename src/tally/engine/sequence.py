@@ -40,6 +40,7 @@ class RequestOutput:
     finish_reason: str | None = None  # "stop", "length", "cancelled", "error"
     usage: Usage | None = None
     error: str | None = None
+    error_kind: str | None = None  # with finish_reason "error": the taxonomy kind (invalid for a broken adapter)
     logits: list[torch.Tensor] | None = None  # every step's logits, only with record_logits, on the last event
     # what served it, on the last event: the content hash of the adapter weights that ran (None: the base model)
     # and the directory they were read from; attribution credits these, never a later lookup by name
@@ -127,7 +128,12 @@ class Detokenizer:
 
     @staticmethod
     def final(
-        seq: Sequence, text: str, tokens: list[int], reason: str | None = None, error: str | None = None
+        seq: Sequence,
+        text: str,
+        tokens: list[int],
+        reason: str | None = None,
+        error: str | None = None,
+        error_kind: str | None = None,
     ) -> RequestOutput:
         seq.finish_reason = reason or seq.finish_reason
         return RequestOutput(
@@ -137,6 +143,7 @@ class Detokenizer:
             finish_reason=seq.finish_reason,
             usage=Usage(len(seq.prompt), len(seq.output)),
             error=error,
+            error_kind=error_kind,
             logits=seq.logits if seq.params.record_logits else None,
             adapter_id=seq.adapter_id,
             adapter_path=seq.adapter_path,

@@ -39,7 +39,7 @@ from tally.factory.data import load_examples, split
 from tally.factory.encode import encode, pad_id
 from tally.factory.errors import FactoryError
 from tally.factory.events import AdapterPublished, AdapterTrained
-from tally.factory.guard import check_free, check_name, check_rows
+from tally.factory.guard import check_free, check_name, check_rows, shown
 from tally.factory.index_build import build_index
 from tally.factory.provenance import (
     CARD_NAME,
@@ -278,6 +278,9 @@ def publish_adapter(settings: Settings, ledger: Ledger, principal: Principal, na
         row = s.get(AdapterRow, entry["adapter_id"])
         if row is not None:
             row.published = 1
-        event = AdapterPublished(adapter=name, adapter_hash=entry["adapter_id"], path=os.fspath(out.resolve()))
+        # the public ledger names the folder relative to the data directory, never a server path
+        where = shown(settings, out)
+        where = where if where.startswith("<data_dir>/") else out.name  # a folder the operator chose elsewhere
+        event = AdapterPublished(adapter=name, adapter_hash=entry["adapter_id"], path=where)
         ledger.append(s, event, actor=principal.address)
     return entry
