@@ -57,6 +57,12 @@ def test_private_datanets_are_never_retrieved_without_a_grant(rag_client) -> Non
     retrievals = [e for e in entries if e["type"] == "rag.retrieval"]
     assert len(retrievals) == 1 and len(retrievals[0]["payload"]["chunks"]) == 3
     assert all(c["contributor"] == w.owner.address for c in retrievals[0]["payload"]["chunks"])
+    # the private datanet is named by its ledger commitment, never by its name
+    assert "secret" not in json.dumps(retrievals[0]["payload"])
+    assert {c["datanet"] for c in retrievals[0]["payload"]["chunks"]} == {
+        retrievals[0]["payload"]["datanets"][0]["datanet"]
+    }
+    assert retrievals[0]["payload"]["datanets"][0]["datanet"].startswith("hmac-sha256:")
     retrieved = {c["row_hash"] for c in retrievals[0]["payload"]["chunks"]}
     # citations may only name retrieved rows, numbered 1.. in order of first appearance
     assert {c["row_hash"] for c in body["citations"]} <= retrieved

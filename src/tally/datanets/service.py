@@ -196,6 +196,12 @@ def check_use(session: Session, principal: Principal, slug: str, use: str) -> Da
     return Datanet.of(row)
 
 
+def ledger_label(session: Session, ledger: Ledger, slug: str) -> str:
+    """How other packages name this datanet in the public ledger: its slug if public, a keyed commitment if
+    private (so a retrieval, training or evaluation entry does not reveal a private datanet's name)."""
+    return ledger_name(ledger, slug, _load(session, slug).visibility)
+
+
 def check_export(session: Session, principal: Principal, slug: str) -> Datanet:
     """Raise unless the caller may take a whole copy: anyone for a public datanet; for a private one its owner,
     members and holders of an `export` grant (a grant for train, rag or eval is not a licence to copy)."""

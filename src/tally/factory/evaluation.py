@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tally.config import Settings
+from tally.datanets.service import ledger_label
 from tally.engine.files import hash_adapter
 from tally.engine.manifest import AdapterEvaluations, Evaluation, read_adapter_manifest, write_evaluations
 from tally.engine.registry import read_registry, registry_path
@@ -140,7 +141,8 @@ def record_results(ledger: Ledger, principal: Principal, results: list[EvalResul
     with ledger.store.transaction() as s:
         for r in results:
             event = ModelEvaluated(
-                model=r.model, adapter_hash=r.adapter_hash, datanet=r.datanet, snapshot=r.snapshot,
+                model=r.model, adapter_hash=r.adapter_hash, datanet=ledger_label(s, ledger, r.datanet),
+                snapshot=r.snapshot,
                 examples=r.examples, metrics=r.metrics,
             )  # fmt: skip
             seq = ledger.append(s, event, actor=principal.address).seq

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from tally.config import Settings
 from tally.config.settings import FactoryLimits
+from tally.datanets.service import ledger_label
 from tally.engine.files import hash_adapter
 from tally.engine.manifest import (
     AdapterManifest,
@@ -215,6 +216,9 @@ def record(
     """The ledger entry and table row for a trained adapter, in one transaction; then publish if asked."""
     adapter = manifest.adapter
     snaps = [s.model_dump(include={"datanet", "snapshot", "rows", "license"}) for s in manifest.data.snapshots]
+    with ledger.store.read() as session:  # private datanets are named by their ledger commitment
+        for snap in snaps:
+            snap["datanet"] = ledger_label(session, ledger, snap["datanet"])
     event = AdapterTrained(
         adapter=adapter.name, adapter_hash=adapter.hash, base_model=manifest.base_model.name,
         base_model_hash=manifest.base_model.hash,

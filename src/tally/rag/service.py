@@ -17,6 +17,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from tally.datanets.errors import DatanetError, NotFoundError
+from tally.datanets.service import ledger_label
 from tally.datanets.snapshots import get_snapshot, snapshot_rows
 from tally.identity import Principal
 from tally.ledger import Ledger
@@ -207,12 +208,13 @@ def record(
     session: Session, ledger: Ledger, principal: Principal, query: str, mode: str, top_k: int,
     searched: dict[str, tuple[str, str]], chunks: list[RetrievedChunk],
 ) -> None:  # fmt: skip
-    """Append `rag.retrieval` in the caller's transaction."""
+    """Append `rag.retrieval` in the caller's transaction (private datanets named by their ledger commitment)."""
+    label = {slug: ledger_label(session, ledger, slug) for slug in {*searched, *(c.datanet for c in chunks)}}
     event = RetrievalPerformed(
         query_hash=hashlib.sha256(query.encode("utf-8")).hexdigest(), mode=mode, top_k=top_k,
-        datanets=[SearchedDatanet(datanet=s, snapshot=snap, latest=lt) for s, (snap, lt) in searched.items()],
+        datanets=[SearchedDatanet(datanet=label[s], snapshot=snap, latest=lt) for s, (snap, lt) in searched.items()],
         chunks=[
-            RetrievedRow(rank=c.rank, datanet=c.datanet, snapshot=c.snapshot, row_hash=c.row_hash,
+            RetrievedRow(rank=c.rank, datanet=label[c.datanet], snapshot=c.snapshot, row_hash=c.row_hash,
                          contribution=c.contribution, contributor=c.contributor, score=round(c.score, 6))
             for c in chunks
         ],
