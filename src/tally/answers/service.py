@@ -83,6 +83,7 @@ def resolve_mode(runtime: Runtime, model: str, requested: str | None) -> Attribu
 def prepare(runtime: Runtime, request: AnswerRequest) -> Prepared:
     """Resolve the alias, check the model and options, retrieve (a ledger event), encode and validate once."""
     from tally.engine import SamplingParams
+    from tally.rewards import require_credit
 
     engine = engine_of(runtime)
     if (request.messages is None) == (request.prompt is None):
@@ -98,6 +99,9 @@ def prepare(runtime: Runtime, request: AnswerRequest) -> Prepared:
         raise AnswerError("retrieval needs a chat request (messages)", param="rag")
     engine.check_model(model)
     mode = resolve_mode(runtime, model, request.attribution)
+    payer = request.requester if runtime.settings.rewards.charge_requesters else None
+    if payer is not None and rag is not None:  # retrieval writes a ledger entry: first refuse an account that is dry
+        require_credit(runtime.store, runtime.fee_policy, payer.address, 0, request.sampling.max_tokens or 1)
     chunks: list[RetrievedChunk] = []
     question: str | None = None
     messages = request.messages
@@ -116,6 +120,8 @@ def prepare(runtime: Runtime, request: AnswerRequest) -> Prepared:
         seed=sampling.seed, stop=sampling.stop,
     )  # fmt: skip
     engine.validate(prompt, params, model)
+    if payer is not None:  # the credit must cover the most this answer can cost (docs/rewards.md#credits)
+        require_credit(runtime.store, runtime.fee_policy, payer.address, len(prompt), params.max_tokens)
     inference_id = request.id or f"ans-{uuid.uuid4().hex}"
     note(model=model, inference=inference_id, attribution=mode, rag=rag is not None)
     return Prepared(request, inference_id, model, prompt, params.max_tokens, mode, chunks, question)

@@ -13,6 +13,7 @@ caller is refused (401/403) before any 400 or 503. The rules:
   account gets 403 (404 for a private datanet it may not read).
 - `record_reader`: the requester of the attribution record `{inference_id}`, the developer of the adapter that
   answered, or an admin; anyone else with a key gets 404, so a record's existence does not leak.
+- `account`: the account whose address is the route's `{address}`, or an admin; another key gets 403.
 
 `rule_of(route)` reads a route's rule back: the authorization matrix test and docs/security.md use it, and a route
 without a rule fails the suite.
@@ -35,7 +36,7 @@ from tally.api.errors import ApiError
 from tally.api.state import app_state
 from tally.identity import Principal
 
-RuleName = Literal["anonymous", "inference", "key", "role", "admin", "datanet_owner", "record_reader"]
+RuleName = Literal["anonymous", "inference", "key", "role", "admin", "datanet_owner", "record_reader", "account"]
 RULE_NAMES: tuple[str, ...] = get_args(RuleName)
 
 # Pages FastAPI adds itself (the schema and its viewers): public, they describe the API, not its data.
@@ -71,6 +72,8 @@ class Allow:
         if name == "datanet_owner":
             _owns_datanet(state, who, request.path_params["slug"])
             return who
+        if name == "account":
+            return _is_account(who, request.path_params["address"])
         _reads_record(state, who, request.path_params["inference_id"])
         return who
 
@@ -91,6 +94,19 @@ def _with_role(who: Principal, roles: tuple[str, ...]) -> Principal:
             f"this needs the {' or '.join(roles)} role; your key has {', '.join(sorted(who.roles)) or 'no role'}",
             type_="permission_error",
         )
+    return who
+
+
+def is_address_of(who: Principal, address: str) -> bool:
+    """Whether `address` (in any letter case) is the caller's own."""
+    from tally.identity.addresses import checksum_address
+
+    return checksum_address(address) == who.address
+
+
+def _is_account(who: Principal, address: str) -> Principal:
+    if "admin" not in who.roles and not is_address_of(who, address):
+        raise ApiError(403, f"only the account {address} itself or an admin may see this", type_="permission_error")
     return who
 
 

@@ -1,4 +1,4 @@
-"""`tally rewards policy|statement|balances|proof` and `tally rewards epoch close|list`.
+"""`tally rewards policy|statement|balances|proof|credit|credits` and `tally rewards epoch close|list`.
 
 Mount in tally.cli.main:
     app.add_typer(rewards.app, name="rewards")
@@ -7,11 +7,15 @@ Mount in tally.cli.main:
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from tally.cli.common import cli_errors, console, load_cli_settings, opened_ledger
+
+if TYPE_CHECKING:
+    from tally.rewards import Credit
 
 app = typer.Typer(
     help="Rewards: the fee policy, contributor statements, epochs and payout proofs.", no_args_is_help=True
@@ -67,6 +71,44 @@ def statement_cmd(address: str = ACCOUNT, as_json: bool = JSON) -> None:
         table.add_row(i.inference, i.model, i.time, i.role, share, str(i.amount), str(i.epoch or "unpaid"))
     console.print(table)
     console.print(f"accrued {st.accrued}  paid {st.paid}  unpaid {st.unpaid}", highlight=False)
+    if st.credit is not None:
+        _print_credit(st.credit)
+
+
+def _print_credit(credit: Credit) -> None:
+    table = Table(
+        "time", "kind", "amount", "balance", "inference / by", "ledger entry", title=f"credit of {credit.account}"
+    )
+    for m in credit.moves:
+        table.add_row(m.time, m.kind, str(m.amount), str(m.balance), m.inference or m.by or "-", str(m.ledger_seq))
+    console.print(table)
+    console.print(f"balance {credit.balance}  credited {credit.credited}  charged {credit.charged}", highlight=False)
+
+
+@app.command("credit")
+def credit_cmd(
+    account: str = ACCOUNT,
+    amount: int = typer.Argument(..., metavar="AMOUNT", help="base units to add (see `tally rewards policy`)"),
+) -> None:
+    """Add prepaid credit to a requester's account; its answers are charged to it."""
+    from tally.rewards import add_credit
+
+    with cli_errors(), opened_ledger() as (store, ledger), store.transaction() as s:
+        move = add_credit(s, ledger, _address(s, account), amount, by="cli")
+    console.print(f"credited {move.amount}: balance {move.balance} (ledger entry {move.ledger_seq})", highlight=False)
+
+
+@app.command("credits")
+def credits_cmd(account: str = ACCOUNT, as_json: bool = JSON) -> None:
+    """A requester's prepaid credit: balance, what was credited and charged, and every move."""
+    from tally.rewards import credit_of
+
+    with cli_errors(), opened_ledger() as (store, _), store.read() as s:
+        credit = credit_of(s, _address(s, account))
+    if as_json:
+        console.print_json(json.dumps(credit.as_json()))
+        return
+    _print_credit(credit)
 
 
 @app.command("balances")

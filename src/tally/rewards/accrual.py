@@ -78,15 +78,23 @@ def add_to_balances(session: Session, amounts: dict[str, int], *, accrued: bool)
 
 
 def accrue(
-    session: Session, ledger: Ledger, record: AttributionRecord, policy: FeePolicy, *, actor: str = "rewards"
+    session: Session,
+    ledger: Ledger,
+    record: AttributionRecord,
+    policy: FeePolicy,
+    *,
+    actor: str = "rewards",
+    fee: int | None = None,
 ) -> Accrual:
-    """Price `record`'s answer, split the fee, and write the ledger event, the lines and the balances."""
+    """Price `record`'s answer, split the fee, and write the ledger event, the lines and the balances. `fee` is
+    what the requester was charged, when that is what there is to split (see `tally.rewards.credits`)."""
     existing = session.get(AccrualRow, record.id)
     if existing is not None:
         raise DuplicateAccrualError(
             f"inference {record.id} was already accrued (ledger entry {existing.ledger_seq}); a fee is accrued once"
         )
-    fee = compute_fee(policy, record.prompt_tokens, record.completion_tokens)
+    if fee is None:
+        fee = compute_fee(policy, record.prompt_tokens, record.completion_tokens)
     lines = split_fee(fee, record, policy)
     event = RewardsAccrued(
         inference=record.id,

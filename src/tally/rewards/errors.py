@@ -33,3 +33,9 @@ class RewardsNotFoundError(RewardsError, LookupError):
     """No such epoch, or no payout for an account in it."""
 
     kind = "not_found"
+
+
+class InsufficientCreditError(RewardsError):
+    """A requester's credit does not cover the most an answer can cost (values: balance, needed, window)."""
+
+    kind = "limit"

@@ -1,20 +1,30 @@
-"""Settle one attributed answer: its record, ledger event and fee accrual commit together or not at all."""
+"""Settle one attributed answer: its record, ledger event, the requester's charge and the fee accrual commit
+together or not at all."""
 
 from __future__ import annotations
 
 from tally.attribution.service import Attributed, commit
 from tally.ledger import Ledger
 from tally.rewards.accrual import accrue
+from tally.rewards.credits import charge
 from tally.rewards.policy import FeePolicy
+from tally.rewards.split import compute_fee
 
 
 def settle_answer(ledger: Ledger, attributed: Attributed, policy: FeePolicy, *, actor: str) -> int:
-    """One transaction: the attribution record (and its event), then the fee's accrual. Returns the record's seq.
+    """One transaction: the attribution record (and its event), the requester's charge, then the fee's accrual.
+    Returns the record's seq.
 
     An anonymous answer (no requester) is recorded but accrues nothing: nobody pays its fee, so crediting one would
-    mint rewards from nothing (an owner could loop anonymous requests over their own data and earn a payout)."""
+    mint rewards from nothing (an owner could loop anonymous requests over their own data and earn a payout). A
+    requester holding credit pays the fee from it, and the accrual splits exactly what was paid. A requester never
+    credited pays nothing and the policy's fee is accrued unbacked: only possible with `rewards.charge_requesters`
+    off (a local trial), since with it on such an answer is refused before it is generated."""
+    record = attributed.record
     with ledger.store.transaction() as s:
         appended = commit(s, ledger, attributed, actor=actor)
-        if attributed.record.requested_by is not None:
-            accrue(s, ledger, attributed.record, policy, actor=actor)
+        if record.requested_by is not None:
+            fee = compute_fee(policy, record.prompt_tokens, record.completion_tokens)
+            paid = charge(s, ledger, record.id, record.requested_by, fee, actor=actor)
+            accrue(s, ledger, record, policy, actor=actor, fee=paid)
     return appended.seq

@@ -2,6 +2,7 @@
 
 Each item is one line of one accrual: the answer (inference id, model, when it was answered), the role the
 account was paid in, its attribution share (data role), the amount, and the epoch that paid it or "unpaid".
+A requester's statement also shows its prepaid credit: every credit and every answer's charge, with the balance.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from tally.identity.addresses import NOT_AN_ADDRESS, checksum_address
 from tally.rewards.errors import RewardsError
-from tally.rewards.tables import AccrualLineRow, AccrualRow, BalanceRow
+from tally.rewards.tables import AccrualLineRow, AccrualRow, BalanceRow, CreditAccountRow, CreditMoveRow
 
 
 def checksum(address: str) -> str:
@@ -56,15 +57,69 @@ class Balance:
 
 
 @dataclass(frozen=True)
-class Statement(Balance):
-    items: tuple[StatementItem, ...] = ()
+class CreditMove:
+    """One change of a prepaid balance: a `credit` (`by` who added it) or the `charge` for one answer."""
+
+    kind: str  # credit, charge
+    amount: int
+    balance: int  # after this move
+    inference: str | None
+    by: str | None
+    time: str
+    ledger_seq: int
 
     def as_json(self) -> dict[str, object]:
-        return {**super().as_json(), "items": [i.as_json() for i in self.items]}
+        return {
+            "kind": self.kind, "amount": str(self.amount), "balance": str(self.balance), "inference": self.inference,
+            "by": self.by, "time": self.time, "ledger_seq": self.ledger_seq,
+        }  # fmt: skip
 
 
-def statement(session: Session, address: str) -> Statement:
-    """Every amount `address` was credited, oldest answer first, with totals (paid = in a closed epoch)."""
+@dataclass(frozen=True)
+class Credit:
+    """An account's prepaid credit: what is left, everything credited and charged, and each move, oldest first."""
+
+    account: str
+    balance: int = 0
+    credited: int = 0
+    charged: int = 0
+    moves: tuple[CreditMove, ...] = ()
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "account": self.account, "balance": str(self.balance), "credited": str(self.credited),
+            "charged": str(self.charged), "moves": [m.as_json() for m in self.moves],
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Statement(Balance):
+    items: tuple[StatementItem, ...] = ()
+    credit: Credit | None = None  # None: the account was never credited
+
+    def as_json(self) -> dict[str, object]:
+        out = {**super().as_json(), "items": [i.as_json() for i in self.items]}
+        return {**out, "credit": self.credit.as_json() if self.credit is not None else None}
+
+
+def credit_of(session: Session, address: str) -> Credit:
+    """`address`'s prepaid credit and its moves (all zero for an account never credited)."""
+    account = checksum(address)
+    row = session.get(CreditAccountRow, account)
+    if row is None:
+        return Credit(account)
+    moves = session.execute(
+        select(CreditMoveRow).where(CreditMoveRow.account == account).order_by(CreditMoveRow.ledger_seq)
+    ).scalars()
+    return Credit(
+        account, int(row.balance), int(row.credited), int(row.charged),
+        tuple(CreditMove(m.kind, int(m.amount), int(m.balance), m.inference, m.by, m.at, m.ledger_seq) for m in moves),
+    )  # fmt: skip
+
+
+def statement(session: Session, address: str, *, with_credit: bool = True) -> Statement:
+    """Every amount `address` was credited, oldest answer first, with totals (paid = in a closed epoch); with
+    `with_credit`, also its prepaid credit (for the account itself and admins)."""
     account = checksum(address)
     rows = session.execute(
         select(AccrualLineRow, AccrualRow)
@@ -78,7 +133,8 @@ def statement(session: Session, address: str) -> Statement:
     )
     accrued = sum(i.amount for i in items)
     paid = sum(i.amount for i in items if i.epoch is not None)
-    return Statement(account, accrued, paid, items)
+    credited = with_credit and session.get(CreditAccountRow, account) is not None
+    return Statement(account, accrued, paid, items, credit_of(session, account) if credited else None)
 
 
 def balances(session: Session) -> list[Balance]:

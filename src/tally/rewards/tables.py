@@ -1,5 +1,5 @@
 """Rewards tables: one accrual per priced answer, its lines (who gets what, in which role), running balances,
-closed epochs and their payouts with proofs.
+closed epochs and their payouts with proofs; requesters' prepaid credit and its moves.
 
 Amounts are decimal strings: they are uint256 on chain and may outgrow a 64-bit column (18-decimal currencies),
 and SQLite has no exact wide integer type. All arithmetic on them happens in Python integers.
@@ -75,3 +75,30 @@ class PayoutRow(Base):
     index: Mapped[int] = mapped_column(Integer)
     amount: Mapped[str] = mapped_column(Amount)
     proof: Mapped[list[str]] = mapped_column(JSON)
+
+
+class CreditAccountRow(Base):
+    """A requester's prepaid credit: what is left, and the running totals that explain it."""
+
+    __tablename__ = "rewards_credit_accounts"
+
+    account: Mapped[str] = mapped_column(String(42), primary_key=True)
+    balance: Mapped[str] = mapped_column(Amount)
+    credited: Mapped[str] = mapped_column(Amount)
+    charged: Mapped[str] = mapped_column(Amount)
+
+
+class CreditMoveRow(Base):
+    """One change of a credit balance: a credit (`by` who added it) or the charge for one answer (`inference`)."""
+
+    __tablename__ = "rewards_credit_moves"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account: Mapped[str] = mapped_column(String(42), ForeignKey("rewards_credit_accounts.account"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # credit, charge
+    amount: Mapped[str] = mapped_column(Amount)
+    balance: Mapped[str] = mapped_column(Amount)  # after this move
+    inference: Mapped[str | None] = mapped_column(String(80), nullable=True, unique=True)
+    by: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    at: Mapped[str] = mapped_column(String(32))
+    ledger_seq: Mapped[int] = mapped_column(BigInteger)
