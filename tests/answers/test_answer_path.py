@@ -165,8 +165,8 @@ def test_attribution_names_the_weights_that_answered(
 
 def test_an_adapter_that_fails_to_load_is_the_requests_fault(
     tiny_runtime: answers.Runtime,
-    tiny: TinySetup,
-    tmp_path: Path,  # noqa: F811
+    tiny: TinySetup,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     """Tensors whose shapes do not fit the base model are found only when the weights are read (in the background):
     the request gets an invalid-request error naming the adapter, not a server error."""

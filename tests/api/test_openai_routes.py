@@ -25,7 +25,13 @@ from tally.store import Store, open_store
 
 
 def make_runtime(engine: Any, settings: Settings, store: Store | None = None, attributor: Any = None) -> Runtime:
-    """A runtime around a test's own engine (and attributor); the app starts the engine and stops it after."""
+    """A runtime around a test's own engine (and attributor); the app starts the engine and stops it after.
+
+    Anonymous inference is on here: these tests are about the OpenAI shapes and the answer path; who may call is
+    tested route by route in tests/api/test_policy_matrix.py, with the default (a key needed)."""
+    settings = settings.model_copy(
+        update={"server": settings.server.model_copy(update={"anonymous_inference": True})}
+    )
     own = store is None
     store = store or open_store(settings)
     policy = effective_policy(settings)[0]

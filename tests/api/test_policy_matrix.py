@@ -87,7 +87,7 @@ def _path(route: RouteContext, w: World) -> str:
     return str(route.path_format).format(**{name: values.get(name, "x") for name in route.param_convertors})
 
 
-def allowed(rule: policy.Rule, actor: str, anonymous_inference: bool = True) -> bool:
+def allowed(rule: policy.Rule, actor: str, anonymous_inference: bool = False) -> bool:
     if rule.name == "anonymous" or (rule.name == "inference" and anonymous_inference):
         return True
     if actor == "anonymous":
@@ -110,7 +110,7 @@ def _call(w: World, method: str, path: str, actor: str) -> int:
     return w.client.request(method, path, **kwargs).status_code  # type: ignore[arg-type]
 
 
-def _check_route(w: World, route: RouteContext, rule: policy.Rule, anonymous_inference: bool = True) -> list[str]:
+def _check_route(w: World, route: RouteContext, rule: policy.Rule, anonymous_inference: bool = False) -> list[str]:
     wrong = []
     path = _path(route, w)
     for method in sorted(set(route.methods or ()) - {"HEAD"}):
@@ -143,14 +143,15 @@ def test_the_matrix_matches_the_declared_rules(world: World) -> None:
     assert not wrong, "\n".join(wrong)
 
 
-def test_inference_needs_a_key_when_anonymous_inference_is_off(settings: Settings) -> None:
-    closed = settings.model_copy(update={"server": settings.server.model_copy(update={"anonymous_inference": False})})
+def test_inference_is_open_only_when_an_operator_opens_it(settings: Settings) -> None:
+    assert settings.server.anonymous_inference is False  # the default: a key is needed (the matrix above)
+    opened = settings.model_copy(update={"server": settings.server.model_copy(update={"anonymous_inference": True})})
     checked = 0
-    for w in _world(closed):
+    for w in _world(opened):
         for route in policy.routes_of(w.client.app):
             rule = policy.rule_of(route)
             if isinstance(route.original_route, APIRoute) and rule is not None and rule.name == "inference":
-                assert not _check_route(w, route, rule, anonymous_inference=False)
+                assert not _check_route(w, route, rule, anonymous_inference=True)
                 checked += 1
     assert checked == 3  # /v1/models, /v1/completions, /v1/chat/completions
 

@@ -68,7 +68,8 @@ def test_serve_answers_health_ledger_and_chat(settings: Settings) -> None:
         assert httpx.get(f"{base}/v1/ledger/proofs/consistency", params={"first": 1}).status_code == 200
 
         # The engine serves the real base model to the official OpenAI client.
-        models = httpx.get(f"{base}/v1/models").json()
+        assert httpx.get(f"{base}/v1/models").status_code == 401  # inference needs a key by default
+        models = httpx.get(f"{base}/v1/models", headers={"Authorization": f"Bearer {token}"}).json()
         assert [m["id"] for m in models["data"]] == [settings.models.default], models
         from openai import OpenAI
 

@@ -52,9 +52,9 @@ def credit(ledger: Ledger, account: str, amount: int) -> None:
         add_credit(s, ledger, account, amount, by="test-admin")
 
 
-def settle(ledger: Ledger, inference: str, requester: str | None = BUYER, **kw: Any) -> int:
+def settle(ledger: Ledger, inference: str, requester: str | None = BUYER, charge: bool = True, **kw: Any) -> int:
     record = make_record(inference, **kw).model_copy(update={"requested_by": requester})
-    return settle_answer(ledger, Attributed(record, []), P, actor=requester or "engine")
+    return settle_answer(ledger, Attributed(record, []), P, actor=requester or "engine", charge_requester=charge)
 
 
 def events(ledger: Ledger, kind: type) -> list[Any]:
@@ -116,7 +116,7 @@ def test_anonymous_answers_are_charged_and_accrue_nothing(ledger: Ledger) -> Non
 
 def test_a_requester_never_credited_is_not_charged(ledger: Ledger) -> None:
     """With charging off nothing asks for credit first: the policy's fee accrues, as it always did."""
-    settle(ledger, "trial", requester=ALICE)
+    settle(ledger, "trial", requester=ALICE, charge=False)
     assert events(ledger, RewardsCharged) == []
     with ledger.store.read() as s:
         assert s.get(AccrualRow, "trial").fee == "1000" and s.get(CreditAccountRow, ALICE) is None

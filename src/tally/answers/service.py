@@ -100,6 +100,13 @@ def prepare(runtime: Runtime, request: AnswerRequest) -> Prepared:
     engine.check_model(model)
     mode = resolve_mode(runtime, model, request.attribution)
     payer = request.requester if runtime.settings.rewards.charge_requesters else None
+    if payer is not None and mode == "off" and runtime.attributor is not None:
+        if request.attribution == "off":  # a paid fee is split by attribution: an unattributed answer cannot be paid
+            raise AnswerError(
+                "attribution cannot be off for a paid answer: its fee is split among contributors by attribution",
+                param="attribution",
+            )
+        mode = "fast"  # a model whose default is off is still attributed when the requester pays
     if payer is not None and rag is not None:  # retrieval writes a ledger entry: first refuse an account that is dry
         require_credit(runtime.store, runtime.fee_policy, payer.address, 0, request.sampling.max_tokens or 1)
     chunks: list[RetrievedChunk] = []
@@ -242,7 +249,8 @@ def _attribute(runtime: Runtime, prepared: Prepared, generated: Generated) -> tu
     start = time.perf_counter()
     attributed = runtime.attributor.attribute(answer, prepared.mode)
     actor = answer.requested_by or "engine"
-    seq = settle_answer(runtime.ledger, attributed, runtime.fee_policy, actor=actor)
+    charge = runtime.settings.rewards.charge_requesters
+    seq = settle_answer(runtime.ledger, attributed, runtime.fee_policy, actor=actor, charge_requester=charge)
     note(attribution_ms=round((time.perf_counter() - start) * 1000, 1), receipt=seq)
     return attributed.record, seq
 

@@ -49,7 +49,7 @@ class ServerSettings(_Section):
     rate_limit_burst: int = Field(60, ge=1, description="requests a caller may send at once above the steady rate")
     max_prompts_per_request: int = Field(32, ge=1, description="prompts one /v1/completions request may batch")
     anonymous_inference: bool = Field(
-        True, description="answer inference without an API key (such answers accrue no fees); false: 401 without one"
+        False, description="true: answer inference without an API key (such answers accrue no fees); false: 401"
     )
 
 
