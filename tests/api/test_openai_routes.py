@@ -29,9 +29,7 @@ def make_runtime(engine: Any, settings: Settings, store: Store | None = None, at
 
     Anonymous inference is on here: these tests are about the OpenAI shapes and the answer path; who may call is
     tested route by route in tests/api/test_policy_matrix.py, with the default (a key needed)."""
-    settings = settings.model_copy(
-        update={"server": settings.server.model_copy(update={"anonymous_inference": True})}
-    )
+    settings = settings.model_copy(update={"server": settings.server.model_copy(update={"anonymous_inference": True})})
     own = store is None
     store = store or open_store(settings)
     policy = effective_policy(settings)[0]
