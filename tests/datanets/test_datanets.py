@@ -72,6 +72,11 @@ def test_owner_reviewed_contribution_waits_then_review_and_snapshot(world: World
     assert again == snap  # nothing changed: the same snapshot, no new entry
     rejected = [r for r in service_rows(world, world.bob) if r["status"] == "rejected"]
     assert rejected and rejected[0]["reason"] == "off topic" and bob.id
+    # the reason is kept in the database for those who may read the rows; the public ledger holds a commitment
+    entries = [json.loads(e) for e in world.ledger.entries(0, world.ledger.size())]
+    reviews = [e for e in entries if e["type"] == "datanet.rows_reviewed"]
+    assert reviews and "off topic" not in json.dumps(reviews)
+    assert all(e["payload"]["reason_commitment"].startswith("hmac-sha256:") for e in reviews)
     with pytest.raises(DatanetError, match="needs a reason"), world.tx() as s:
         review.review(s, world.ledger, world.owner, "med-qa", decision="reject", contribution=bob.id)
 

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tally.datanets.errors import DatanetError, NotFoundError
-from tally.datanets.events import AccessDenied, AccessGranted, AccessRequestedV2, commit_text, ledger_name
+from tally.datanets.events import AccessDeniedV2, AccessGrantedV2, AccessRequestedV2, commit_text, ledger_name
 from tally.datanets.service import _load, check_uses, is_manager, manage
 from tally.datanets.tables import AccessRequestRow
 from tally.identity import Principal
@@ -96,20 +96,21 @@ def decide_access(
     row.status, row.reason, row.decided_by, row.decided_at = (
         "granted" if grant else "denied", reason.strip(), principal.address, now_ts(),
     )  # fmt: skip
+    reason_commitment = commit_text(ledger, "access-reason", row.reason or "")  # the text stays in the database
     if grant:
-        event: AccessGranted | AccessDenied = AccessGranted(
+        event: AccessGrantedV2 | AccessDeniedV2 = AccessGrantedV2(
             datanet=ledger_name(ledger, slug, dn.visibility),
             request=row.id,
             requester=row.requester,
             uses=list(row.uses),
-            reason=row.reason or "",
+            reason_commitment=reason_commitment,
         )
     else:
-        event = AccessDenied(
+        event = AccessDeniedV2(
             datanet=ledger_name(ledger, slug, dn.visibility),
             request=row.id,
             requester=row.requester,
-            reason=row.reason or "",
+            reason_commitment=reason_commitment,
         )
     ledger.append(session, event, actor=principal.address)
     return AccessRequest.of(row)

@@ -62,6 +62,18 @@ class RowsReviewed(Event):
     reason: str
 
 
+class RowsReviewedV2(Event):
+    """A review decision; its free-text reason is in the database, the ledger holds a commitment to it."""
+
+    event_type: ClassVar[str] = "datanet.rows_reviewed"
+    schema_version: ClassVar[int] = 2
+    datanet: str
+    contribution: str | None
+    decision: str  # accepted | rejected
+    rows: list[str]
+    reason_commitment: str
+
+
 class SnapshotCreated(Event):
     event_type: ClassVar[str] = "datanet.snapshot_created"
     datanet: str
@@ -107,6 +119,29 @@ class AccessDenied(Event):
     request: int
     requester: str
     reason: str
+
+
+class AccessGrantedV2(Event):
+    """A grant; the owner's free-text reason is in the database, the ledger holds a commitment to it."""
+
+    event_type: ClassVar[str] = "datanet.access_granted"
+    schema_version: ClassVar[int] = 2
+    datanet: str
+    request: int
+    requester: str
+    uses: list[str]
+    reason_commitment: str
+
+
+class AccessDeniedV2(Event):
+    """A denial; the owner's free-text reason is in the database, the ledger holds a commitment to it."""
+
+    event_type: ClassVar[str] = "datanet.access_denied"
+    schema_version: ClassVar[int] = 2
+    datanet: str
+    request: int
+    requester: str
+    reason_commitment: str
 
 
 class MemberInvited(Event):

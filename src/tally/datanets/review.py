@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tally.datanets.errors import DatanetError, NotFoundError
-from tally.datanets.events import RowsReviewed, ledger_name
+from tally.datanets.events import RowsReviewedV2, commit_text, ledger_name
 from tally.datanets.service import manage
 from tally.datanets.tables import ContributionRow, DataRow
 from tally.identity import Principal
@@ -59,9 +59,10 @@ def review(
     for r in changed:
         r.status, r.reason, r.reviewed_by, r.reviewed_at = status, reason.strip() or None, principal.address, now
     if changed:
-        event = RowsReviewed(
+        event = RowsReviewedV2(
             datanet=ledger_name(ledger, slug, dn.visibility), contribution=contribution, decision=status,
-            rows=sorted(r.row_hash for r in changed), reason=reason.strip(),
+            rows=sorted(r.row_hash for r in changed),
+            reason_commitment=commit_text(ledger, "review-reason", reason.strip()),  # the text stays in the database
         )  # fmt: skip
         ledger.append(session, event, actor=principal.address)
     return len(changed)
