@@ -4,8 +4,7 @@ Signals: verbatim spans (suffix array), RAG context (leave-one-out), representat
 influence (normalised cosine, DataInf) against the adapter's training-data index. See docs/attribution.md.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tally.attribution.record import (
     AttributionRecord,
@@ -16,6 +15,7 @@ from tally.attribution.record import (
     Mode,
     Share,
 )
+from tally.config.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from tally.attribution.reputation import (
@@ -39,10 +39,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"tally.attribution.{_WHERE[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _WHERE)
 
 
 __all__ = [

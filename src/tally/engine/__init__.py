@@ -6,8 +6,9 @@ so `tally.engine.registry` (used by the CLI) does not import torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from tally.config.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from tally.engine.engine import Engine, EngineConfig, GenerationResult, adapter_registry_path, build_engine
@@ -40,10 +41,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"tally.engine.{_WHERE[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _WHERE)
 
 
 __all__ = [

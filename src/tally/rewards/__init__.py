@@ -8,9 +8,9 @@ eth-utils nor eth-abi. `statement` is imported at once: as a lazy name it would 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from tally.config.lazy import lazy_exports
 from tally.rewards.statement import (
     Balance,
     Credit,
@@ -76,10 +76,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"tally.rewards.{_WHERE[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _WHERE)
 
 
 __all__ = [
