@@ -39,6 +39,8 @@ def root_from_inclusion_proof(index: int, size: int, leaf: bytes, proof: list) -
 
 def open_checkpoint(note: str, verifier_key: str) -> tuple:
     """Verify a C2SP signed note with an Ed25519 verifier key; return (origin, size, root)."""
+    if verifier_key.count("+") < 2:
+        raise ValueError(f"verifier key {verifier_key!r} is empty or malformed: expected NAME+KEYID+BASE64")
     name, key_id_hex, key_b64 = verifier_key.split("+", 2)
     key = base64.b64decode(key_b64)
     if len(key) != 33 or key[0] != 1:

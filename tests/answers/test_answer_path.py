@@ -185,3 +185,16 @@ def test_an_adapter_that_fails_to_load_is_the_requests_fault(
     assert caught.value.kind == "invalid" and "broken" in caught.value.message
     ok = answers.answer(tiny_runtime, AnswerRequest(model="ad2-r16", prompt="hi", sampling=Sampling(max_tokens=2)))
     assert ok.completion_tokens >= 1
+
+
+def test_an_adapter_published_after_start_is_served_without_a_restart(
+    tiny_runtime: answers.Runtime,
+    tiny: TinySetup,  # noqa: F811
+) -> None:
+    request = AnswerRequest(model="late", prompt="hi", sampling=Sampling(max_tokens=2, temperature=0))
+    with pytest.raises(TallyError) as missing:
+        answers.answer(tiny_runtime, request)
+    assert missing.value.kind == "not_found" and "GET /v1/models" in missing.value.message
+    adapter_registry.add(adapter_registry_path(tiny_runtime.settings), "late", tiny.adapters["ad3-r4"])
+    served = answers.answer(tiny_runtime, request)
+    assert served.adapter_id == hash_adapter(tiny.adapters["ad3-r4"])

@@ -68,6 +68,22 @@ def engine_of(runtime: Runtime) -> Engine:
     return runtime.engine
 
 
+def _serve_registered(runtime: Runtime, engine: Engine, model: str) -> None:
+    """Check the model; an adapter published (or `tally adapters add`ed) since the server started is picked up from
+    the registry file the factory and the CLI write, so a running server serves it without a restart."""
+    from tally.engine import AdapterNotFoundError, adapter_registry_path
+    from tally.engine.registry import read_registry
+
+    try:
+        engine.check_model(model)
+    except AdapterNotFoundError:
+        entry = read_registry(adapter_registry_path(runtime.settings)).get(model)
+        if entry is None:
+            raise
+        engine.add_adapter(entry.name, entry.path, pinned=entry.pinned, load_now=False)
+        logger.info("serving adapter %r, registered since the server started", model)
+
+
 def resolve_mode(runtime: Runtime, model: str, requested: str | None) -> AttributionMode:
     """The request's mode, else the model's default; asking for one where attribution is not running fails."""
     if runtime.attributor is None:
@@ -97,7 +113,7 @@ def prepare(runtime: Runtime, request: AnswerRequest) -> Prepared:
         raise AnswerError("stream is not supported together with rag; ask without stream", param="stream")
     if rag is not None and request.messages is None:
         raise AnswerError("retrieval needs a chat request (messages)", param="rag")
-    engine.check_model(model)
+    _serve_registered(runtime, engine, model)
     mode = resolve_mode(runtime, model, request.attribution)
     payer = request.requester if runtime.settings.rewards.charge_requesters else None
     if payer is not None and mode == "off" and runtime.attributor is not None:

@@ -255,9 +255,9 @@ class AdapterStore:
             entry = self._entries.get(name)
         if entry is None:
             raise AdapterNotFoundError(
-                f"The model {name!r} does not exist: it is neither the base model nor a loaded adapter. Register "
-                f"it with `tally adapters add {name} DIR`; a server already running sees it after a restart or an "
-                "admin's POST /v1/load_lora_adapter.",
+                f"The model {name!r} does not exist: it is neither the base model nor a served adapter (GET "
+                "/v1/models lists them). An operator adds an adapter with `tally train ... publish` or `tally "
+                f"adapters add {name} DIR`, or an admin with POST /v1/load_lora_adapter.",
                 param="model",
                 model=name,
             )
