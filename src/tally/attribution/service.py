@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tally.attribution.context import context_drops
@@ -309,8 +310,17 @@ def commit(session: Session, ledger: Ledger, attributed: Attributed, actor: str)
     return appended
 
 
-def get_record(session: Session, inference_id: str) -> tuple[AttributionRecord, int]:
+def get_record(session: Session, inference_id: str, *, prefix: bool = False) -> tuple[AttributionRecord, int]:
+    """A record by its inference id; with `prefix` (the operator's CLI), a unique prefix of it will do."""
     row = session.get(AttributionRow, inference_id)
+    if row is None and prefix and inference_id:
+        like = inference_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = session.execute(
+            select(AttributionRow).where(AttributionRow.id.like(like, escape="\\")).limit(2)
+        ).scalars().all()  # fmt: skip
+        if len(rows) > 1:
+            raise AttributionError(f"more than one attribution record starts with {inference_id!r}; give more of it")
+        row = rows[0] if rows else None
     if row is None:
         raise AttributionError(f"no attribution record for inference {inference_id!r}", kind="not_found")
     return AttributionRecord.model_validate(row.record), row.ledger_seq

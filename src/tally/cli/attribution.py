@@ -18,13 +18,16 @@ AS = typer.Option(None, "--as", envvar="TALLY_AS", help="account that acts (name
 
 
 @app.command("show")
-def show_cmd(inference_id: str, receipt: bool = typer.Option(False, help="also print the ledger receipt")) -> None:
+def show_cmd(
+    inference_id: str = typer.Argument(..., help="the attribution id `tally ask` printed (a unique prefix will do)"),
+    receipt: bool = typer.Option(False, help="also print the ledger receipt"),
+) -> None:
     """The full attribution record of one answer (JSON), optionally with its ledger receipt."""
     from tally.attribution import get_record
     from tally.ledger import build_receipt
 
     with opened_ledger(load_cli_settings()) as (store, ledger), cli_errors(), store.read() as s:
-        record, seq = get_record(s, inference_id)
+        record, seq = get_record(s, inference_id, prefix=True)
     out: dict[str, object] = {"record": record.model_dump(mode="json"), "ledger_entry": seq}
     if receipt:
         out["receipt"] = build_receipt(ledger, seq)
