@@ -198,3 +198,38 @@ def test_an_adapter_published_after_start_is_served_without_a_restart(
     adapter_registry.add(adapter_registry_path(tiny_runtime.settings), "late", tiny.adapters["ad3-r4"])
     served = answers.answer(tiny_runtime, request)
     assert served.adapter_id == hash_adapter(tiny.adapters["ad3-r4"])
+
+
+def test_an_unloaded_adapter_stays_unloaded_and_errors_name_no_server_path(
+    tiny_runtime: answers.Runtime,
+    tiny: TinySetup,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    engine = tiny_runtime.engine
+    assert engine is not None
+    adapter_registry.add(adapter_registry_path(tiny_runtime.settings), "ad1-r8", tiny.adapters["ad1-r8"])
+    engine.remove_adapter("ad1-r8")  # what POST /v1/unload_lora_adapter does
+    request = AnswerRequest(model="ad1-r8", prompt="hi", sampling=Sampling(max_tokens=2))
+    with pytest.raises(TallyError) as gone:
+        answers.answer(tiny_runtime, request)
+    assert gone.value.kind == "not_found"  # not picked up again from the registry file
+    engine.add_adapter("ad1-r8", tiny.adapters["ad1-r8"])
+    assert answers.answer(tiny_runtime, request).completion_tokens >= 1
+    missing = tmp_path / "vanished"
+    shutil.copytree(tiny.adapters["ad2-r16"], missing)
+    adapter_registry.add(adapter_registry_path(tiny_runtime.settings), "vanished", missing)
+    shutil.rmtree(missing)
+    with pytest.raises(TallyError) as broken:
+        answers.answer(tiny_runtime, AnswerRequest(model="vanished", prompt="hi", sampling=Sampling(max_tokens=2)))
+    assert broken.value.kind == "unavailable" and str(tmp_path) not in broken.value.message
+
+
+def test_a_paid_answer_needs_attribution_running(tiny_runtime: answers.Runtime) -> None:
+    from tally.identity import Principal
+
+    rewards = tiny_runtime.settings.rewards.model_copy(update={"charge_requesters": True})
+    tiny_runtime.settings = tiny_runtime.settings.model_copy(update={"rewards": rewards})
+    payer = Principal(address="0x" + "ab" * 20, name="payer", roles=frozenset({"consumer"}))
+    with pytest.raises(TallyError) as caught:
+        answers.prepare(tiny_runtime, AnswerRequest(model="tiny-base", prompt="hi", requester=payer))
+    assert caught.value.kind == "unavailable" and "attribution" in caught.value.message

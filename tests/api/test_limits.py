@@ -130,6 +130,17 @@ def test_anonymous_callers_are_limited_by_address(limited: tuple[TestClient, lis
     assert client.get("/v1/accounts/me", headers=keys[0]).status_code == 200
 
 
+def test_made_up_keys_take_from_the_address_bucket(limited: tuple[TestClient, list[dict[str, str]]]) -> None:
+    """A fresh random token per request buys no fresh bucket: one that does not authenticate counts against the
+    caller's address, as an anonymous request does."""
+    client, _ = limited
+    statuses = [
+        client.get("/v1/ledger/checkpoint", headers={"Authorization": f"Bearer made-up-{i}"}).status_code
+        for i in range(4)
+    ]
+    assert statuses[3] == 429 and 429 not in statuses[:3]
+
+
 def test_the_bucket_refills_at_the_rate_and_the_table_is_bounded() -> None:
     now = [0.0]
     limiter = RateLimiter(60, 2, max_callers=3, clock=lambda: now[0])

@@ -103,3 +103,17 @@ def test_nonces_are_single_use(ledger: Ledger) -> None:
         consume_nonce(s, "0x" + "11" * 20, 5)
     with pytest.raises(SignatureError, match="already used"), ledger.store.transaction() as s:
         consume_nonce(s, "0x" + "11" * 20, 5)
+
+
+def test_an_account_holds_a_bounded_number_of_live_keys(ledger: Ledger) -> None:
+    """Rate limits are per key: minting keys must not multiply them."""
+    from tally.identity.keys import MAX_LIVE_KEYS
+
+    with ledger.store.transaction() as s:
+        account, _ = create_account(s, ledger, "minter", ["consumer"])
+        keys = [create_api_key(s, ledger, account)[0] for _ in range(MAX_LIVE_KEYS)]
+        with pytest.raises(AccountError, match="revoke one first") as full:
+            create_api_key(s, ledger, account)
+        assert full.value.kind == "limit"
+        revoke_api_key(s, ledger, keys[0].key_id, by=Principal.of(account))
+        create_api_key(s, ledger, account)  # a revoked key frees its place

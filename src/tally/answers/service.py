@@ -78,9 +78,16 @@ def _serve_registered(runtime: Runtime, engine: Engine, model: str) -> None:
         engine.check_model(model)
     except AdapterNotFoundError:
         entry = read_registry(adapter_registry_path(runtime.settings)).get(model)
-        if entry is None:
+        if entry is None or engine.was_unloaded(model):  # an admin's unload holds until an admin loads it again
             raise
-        engine.add_adapter(entry.name, entry.path, pinned=entry.pinned, load_now=False)
+        try:
+            engine.add_adapter(entry.name, entry.path, pinned=entry.pinned, load_now=False)
+        except TallyError as exc:  # its message names the server's folder: logged here, not sent to the caller
+            logger.warning("registered adapter %r cannot be served: %s", model, exc)
+            raise AnswerError(
+                f"adapter {model!r} is registered but cannot be served; the server log says why",
+                kind="unavailable", param="model",
+            ) from None  # fmt: skip
         logger.info("serving adapter %r, registered since the server started", model)
 
 
@@ -116,7 +123,11 @@ def prepare(runtime: Runtime, request: AnswerRequest) -> Prepared:
     _serve_registered(runtime, engine, model)
     mode = resolve_mode(runtime, model, request.attribution)
     payer = request.requester if runtime.settings.rewards.charge_requesters else None
-    if payer is not None and mode == "off" and runtime.attributor is not None:
+    if payer is not None and runtime.attributor is None:  # nothing would settle the fee: no free paid answers
+        raise AnswerError(
+            "paid answers need attribution, which is not running here (the base model is missing)", kind="unavailable"
+        )
+    if payer is not None and mode == "off":
         if request.attribution == "off":  # a paid fee is split by attribution: an unattributed answer cannot be paid
             raise AnswerError(
                 "attribution cannot be off for a paid answer: its fee is split among contributors by attribution",

@@ -43,4 +43,22 @@ def optional_principal(request: Request, state: Runtime = Depends(app_state)) ->
     try:
         return _authenticate(state, token)
     except ApiError:
+        _anonymous_bucket(request, state)
         return None
+
+
+def _anonymous_bucket(request: Request, state: Runtime) -> None:
+    """A key that does not authenticate buys no rate bucket of its own (the limiter buckets by the key's hash before
+    it is checked): the request also takes from its address's bucket, as an anonymous one does."""
+    from tally.config.errors import TallyError
+
+    if getattr(request.state, "anonymous_bucket", False):  # once per request, however many dependencies ask
+        return
+    request.state.anonymous_bucket = True
+    address = request.client.host if request.client else "unknown"
+    wait = state.rate_limiter.acquire(f"ip:{address}")
+    if wait > 0:
+        raise TallyError(
+            f"rate limit: {state.rate_limiter.per_minute} requests per minute for anonymous callers; retry in "
+            f"{wait:.1f} s", kind="limit", window="minute", retry_after=wait,
+        )  # fmt: skip

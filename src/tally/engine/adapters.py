@@ -98,8 +98,10 @@ def read_config(name: str, path: Path) -> dict[str, Any]:
     """The adapter config, with every setting the engine cannot serve exactly refused by name."""
     try:
         cfg = json.loads((path / CONFIG_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise AdapterValidationError(f"adapter {name!r}: cannot read {CONFIG_FILE}: {exc}") from None
+    except OSError as exc:  # its strerror only: the text of an OSError names the server's path
+        raise AdapterValidationError(f"adapter {name!r}: cannot read {CONFIG_FILE}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise AdapterValidationError(f"adapter {name!r}: {CONFIG_FILE} is not valid JSON: {exc}") from None
     if not isinstance(cfg, dict):
         raise AdapterValidationError(f"adapter {name!r}: {CONFIG_FILE} is not a JSON object")
     if cfg.get("peft_type", "LORA") != "LORA":

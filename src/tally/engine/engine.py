@@ -119,6 +119,7 @@ class Engine:
         self._inbox: list[Sequence] = []
         self._by_id: dict[str, Sequence] = {}
         self._cancel: set[str] = set()
+        self._unloaded: set[str] = set()  # names an admin unloaded (see `was_unloaded`)
         self._wake = threading.Condition()
         self.store.on_loaded = self._notify
         self._thread: threading.Thread | None = None
@@ -159,7 +160,7 @@ class Engine:
             except Exception as exc:  # a bug must not hang every client: fail the running requests, keep serving
                 logger.exception("engine step failed; failing %d running requests", len(self.scheduler.running))
                 for seq in list(self.scheduler.running):
-                    self._finish(seq, "error", error=f"engine error: {exc!r}")
+                    self._finish(seq, "error", error=f"engine error ({type(exc).__name__}); the server log has it")
                 progressed = True
             if not progressed:
                 with self._wake:  # only sequences waiting for an adapter load: sleep until it lands
@@ -169,10 +170,18 @@ class Engine:
     def add_adapter(self, name: str, path: Path | str, *, pinned: bool = False, load_now: bool = True) -> AdapterEntry:
         if name == self.model_name:
             raise RequestValidationError(f"adapter name {name!r} is the base model's name")
-        return self.store.register(name, path, pinned=pinned, load_now=load_now)
+        entry = self.store.register(name, path, pinned=pinned, load_now=load_now)
+        self._unloaded.discard(name)
+        return entry
 
     def remove_adapter(self, name: str) -> AdapterEntry:
-        return self.store.unregister(name)
+        entry = self.store.unregister(name)
+        self._unloaded.add(name)
+        return entry
+
+    def was_unloaded(self, name: str) -> bool:
+        """Unloaded by an admin since start: not picked up again from the registry file until loaded again."""
+        return name in self._unloaded
 
     def adapters(self) -> list[AdapterEntry]:
         return self.store.entries()

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -35,6 +36,8 @@ from tally.engine.adapters import (
 from tally.engine.errors import AdapterNotFoundError, AdapterValidationError
 from tally.engine.lora_layers import MultiLoraLinear
 from tally.engine.metrics import EngineMetrics
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -64,9 +67,18 @@ def _as_validation_error(name: str, exc: Exception) -> AdapterNotFoundError | Ad
     must fail the requests for it with a clear error, never the engine loop that serves everyone else."""
     if isinstance(exc, AdapterNotFoundError | AdapterValidationError):
         return exc
+    logger.warning("adapter %r cannot be loaded", name, exc_info=exc)  # the operator sees the path, callers do not
     return AdapterValidationError(
-        f"adapter {name!r}: its files cannot be read or are malformed ({type(exc).__name__}: {exc})", adapter=name
+        f"adapter {name!r}: its files cannot be read or are malformed ({_brief(exc)})", adapter=name
     )
+
+
+def _brief(exc: Exception) -> str:
+    """What went wrong, without the server paths an OSError's text carries."""
+    if isinstance(exc, OSError):
+        where = f" ({Path(exc.filename).name})" if exc.filename else ""
+        return f"{type(exc).__name__}: {exc.strerror or 'cannot read'}{where}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 class HostCache:

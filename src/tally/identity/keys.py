@@ -11,7 +11,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tally.config.errors import TallyError
@@ -23,6 +23,7 @@ from tally.ledger.events import now_ts
 
 PREFIX = "tly"
 MAX_KEY_DAYS = 3650  # a key's longest lifetime; past it, rotate (a far-off date would also overflow the clock)
+MAX_LIVE_KEYS = 20  # per account: rate limits are per key, so minting keys must not multiply them
 
 
 class AuthError(TallyError, PermissionError):
@@ -102,6 +103,21 @@ def create_api_key(
         raise AccountError(
             f"a key expires after more than 0 and at most {MAX_KEY_DAYS} days",
             param="expires_in_days", max_days=MAX_KEY_DAYS,
+        )  # fmt: skip
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    live = session.execute(
+        select(func.count())
+        .select_from(ApiKeyRow)
+        .where(
+            ApiKeyRow.account == account.address,
+            ApiKeyRow.revoked_at.is_(None),
+            (ApiKeyRow.expires_at.is_(None)) | (ApiKeyRow.expires_at > now),
+        )
+    ).scalar_one()
+    if live >= MAX_LIVE_KEYS:
+        raise AccountError(
+            f"account {account.name} already holds {live} live keys (at most {MAX_LIVE_KEYS}); revoke one first",
+            kind="limit", limit=MAX_LIVE_KEYS, size=live,
         )  # fmt: skip
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
