@@ -141,6 +141,23 @@ def test_held_near_duplicate_indexes_are_reused_and_rebuilt_after_a_rollback(wor
         assert len(index) == 2
         raise RuntimeError("rolled back")
 
+    # an upload that fails inside `contribute`, after its rows entered the index: the index is dropped at once
+    original_append = world.ledger.append
+
+    def failing_append(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("the ledger append failed")
+
+    world.ledger.append = failing_append  # type: ignore[method-assign]
+    try:
+        with pytest.raises(RuntimeError, match="append failed"), world.tx() as s:
+            contrib.contribute(
+                s, world.ledger, world.alice, "med-qa", alpaca([("Volta again?", volta + " again")]), "w.jsonl",
+                settings=world.settings.datanets, chain_id=world.settings.chain_id, near_dups=near,
+            )  # fmt: skip
+    finally:
+        world.ledger.append = original_append  # type: ignore[method-assign]
+    assert near._indexes == {}  # rebuilt from the stored signatures on the next upload
+
     edited = alpaca([("Tell me about Volta.", volta.replace("in frogs", "in the legs of frogs"))])
     result = world.upload(world.bob, "med-qa", edited, near_dups=near)
     assert result.near_duplicates == []  # the rolled back row is gone from the rebuilt index too

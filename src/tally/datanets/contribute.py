@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -73,6 +76,27 @@ class NearDups:
     def __init__(self) -> None:
         self._indexes: dict[tuple[str, str], tuple[NearDupIndex, int]] = {}
         self._hashers: dict[DedupSettings, MinHasher] = {}
+        self._lock = threading.Lock()
+        self._datanet_locks: dict[tuple[str, str], threading.Lock] = {}
+
+    @contextmanager
+    def lease(
+        self, session: Session, slug: str, settings: DedupSettings, *, enabled: bool
+    ) -> Iterator[NearDupIndex | None]:
+        """The datanet's index for one upload, held by it alone (uploads run on worker threads); an upload that fails
+        after adding rows to the index drops it, so it is rebuilt from the stored signatures."""
+        if not enabled:
+            yield None
+            return
+        key = (str(session.get_bind().engine.url), slug)
+        with self._lock:
+            lock = self._datanet_locks.setdefault(key, threading.Lock())
+        with lock:
+            try:
+                yield self.get(session, slug, settings)
+            except BaseException:
+                self._indexes.pop(key, None)
+                raise
 
     def hasher(self, settings: DedupSettings) -> MinHasher:
         hasher = self._hashers.get(settings)
@@ -156,48 +180,50 @@ def contribute(
 
     dedup = DedupSettings(threshold=settings.near_dup_threshold)
     near_dups = NearDups() if near_dups is None else near_dups
-    index = near_dups.get(session, slug, dedup) if settings.near_dup_check else None
-    hasher = near_dups.hasher(dedup) if index is not None else None
-    status = "accepted" if dn.policy == "open" or manager else "pending"
-    now = now_ts()
-    contribution_id = _contribution_id(slug, principal.address, root, nonce)
-    records: list[dict[str, object]] = []
-    near: list[dict[str, object]] = []
-    for position, row in enumerate(rows):
-        sig, dup_of, score = b"", None, None
-        if index is not None and hasher is not None:
-            sig = hasher.signature(row.text)
-            similar = index.query(sig)
-            dup_of, score = similar[0] if similar else (None, None)
-            if dup_of is not None and score is not None:
-                near.append({"row": row.row_hash, "line": row.line, "resembles": dup_of, "similarity": round(score, 3)})
-            index.add(row.row_hash, sig)
-        records.append(
-            {
-                "datanet": slug, "row_hash": row.row_hash, "contribution": contribution_id, "position": position,
-                "line": row.line, "content": canonical_json(row.content).decode(), "minhash": sig,
-                "near_dup_of": dup_of, "near_dup_score": score, "status": status,
-                "reviewed_by": principal.address if status == "accepted" else None,
-                "reviewed_at": now if status == "accepted" else None, "created_at": now,
-            }
+    with near_dups.lease(session, slug, dedup, enabled=settings.near_dup_check) as index:
+        hasher = near_dups.hasher(dedup) if index is not None else None
+        status = "accepted" if dn.policy == "open" or manager else "pending"
+        now = now_ts()
+        contribution_id = _contribution_id(slug, principal.address, root, nonce)
+        records: list[dict[str, object]] = []
+        near: list[dict[str, object]] = []
+        for position, row in enumerate(rows):
+            sig, dup_of, score = b"", None, None
+            if index is not None and hasher is not None:
+                sig = hasher.signature(row.text)
+                similar = index.query(sig)
+                dup_of, score = similar[0] if similar else (None, None)
+                if dup_of is not None and score is not None:
+                    near.append(
+                        {"row": row.row_hash, "line": row.line, "resembles": dup_of, "similarity": round(score, 3)}
+                    )
+                index.add(row.row_hash, sig)
+            records.append(
+                {
+                    "datanet": slug, "row_hash": row.row_hash, "contribution": contribution_id, "position": position,
+                    "line": row.line, "content": canonical_json(row.content).decode(), "minhash": sig,
+                    "near_dup_of": dup_of, "near_dup_score": score, "status": status,
+                    "reviewed_by": principal.address if status == "accepted" else None,
+                    "reviewed_at": now if status == "accepted" else None, "created_at": now,
+                }
+            )  # fmt: skip
+        event = ContributionSubmitted(
+            datanet=ledger_name(ledger, slug, dn.visibility), contribution=contribution_id,
+            contributor=principal.address, content_root=root, rows=len(rows), license=dn.license,
+            signed=signature is not None, near_duplicates=len(near), status=status,
         )  # fmt: skip
-    event = ContributionSubmitted(
-        datanet=ledger_name(ledger, slug, dn.visibility), contribution=contribution_id, contributor=principal.address,
-        content_root=root, rows=len(rows), license=dn.license, signed=signature is not None, near_duplicates=len(near),
-        status=status,
-    )  # fmt: skip
-    appended = ledger.append(session, event, actor=principal.address)
-    session.add(
-        ContributionRow(
-            id=contribution_id, datanet=slug, contributor=principal.address, filename=filename,
-            format=parsed.format, content_root=root, license=dn.license, row_count=len(rows), signature=signature,
-            nonce=None if nonce is None else str(nonce), created_at=now, ledger_seq=appended.seq,
-        )
-    )  # fmt: skip
-    session.flush()
-    session.execute(insert(DataRow), records)
-    if index is not None:
-        near_dups.added(session, slug, len(rows))
+        appended = ledger.append(session, event, actor=principal.address)
+        session.add(
+            ContributionRow(
+                id=contribution_id, datanet=slug, contributor=principal.address, filename=filename,
+                format=parsed.format, content_root=root, license=dn.license, row_count=len(rows), signature=signature,
+                nonce=None if nonce is None else str(nonce), created_at=now, ledger_seq=appended.seq,
+            )
+        )  # fmt: skip
+        session.flush()
+        session.execute(insert(DataRow), records)
+        if index is not None:
+            near_dups.added(session, slug, len(rows))
     return Contribution(
         contribution_id, slug, principal.address, filename, parsed.format, root, dn.license, len(rows),
         signature is not None, status, near, appended.seq,
