@@ -247,6 +247,65 @@ def test_credit_then_answer_lowers_the_balance_by_the_accrued_fee(charging: answ
         assert s.get(AccrualRow, anon.id) is None and credit_of(s, buyer.address).balance == 10_000 - fee
 
 
+def test_answers_in_progress_hold_their_credit(charging: answers.Runtime) -> None:
+    """Credit for one answer admits one: a second answer asked while the first is being generated is refused, and
+    the hold is released once the first is settled (or fails)."""
+    buyer = _buyer(charging)
+    engine = charging.engine
+    assert engine is not None
+    request = AnswerRequest(
+        model="tiny-base", prompt="hello there", sampling=Sampling(max_tokens=4, temperature=0), requester=buyer,
+        attribution="fast",
+    )  # fmt: skip
+    needed = max_cost(P, len(engine.encode("hello there")), 4)
+    credit(charging.ledger, buyer.address, needed + needed // 2)  # enough for one, not two
+    first = answers.prepare(charging, request)
+    assert first.credit_hold is not None
+    with pytest.raises(InsufficientCreditError) as second:
+        answers.prepare(charging, request)
+    assert second.value.values["balance"] == needed // 2  # what is left once the first answer's hold is counted
+    answers.finish(charging, first, answers.generate(charging, first))
+    charging.credit_holds.release(first.credit_hold)
+    assert charging.credit_holds.admit(buyer.address, 0, 0)[1] == 0  # nothing held any more
+
+
+async def _read_two_deltas(runtime: answers.Runtime, prepared: answers.Prepared) -> str:
+    text = ""
+    events = answers.stream(runtime, prepared)
+    async for event in events:
+        assert isinstance(event, answers.Delta)
+        text += event.text
+        if len(text) > 1:
+            break
+    await events.aclose()  # the client left
+    return text
+
+
+def test_a_paid_stream_left_early_is_charged_for_what_was_received(charging: answers.Runtime) -> None:
+    import asyncio
+    import time
+
+    buyer = _buyer(charging)
+    credit(charging.ledger, buyer.address, 1_000_000)
+    request = AnswerRequest(
+        model="tiny-base", prompt="hello there", sampling=Sampling(max_tokens=40, temperature=0), requester=buyer,
+        attribution="fast", stream=True,
+    )  # fmt: skip
+    prepared = answers.prepare(charging, request)
+    asyncio.run(_read_two_deltas(charging, prepared))
+    deadline = time.monotonic() + 30
+    fee = None
+    while fee is None and time.monotonic() < deadline:  # settled on a worker thread once the stream is torn down
+        with charging.store.read() as s:
+            row = s.get(AccrualRow, prepared.id)
+            fee = None if row is None else int(row.fee)
+        time.sleep(0.05)
+    assert fee is not None and 0 < fee < max_cost(P, len(prepared.prompt_ids), 40)
+    with charging.store.read() as s:
+        assert credit_of(s, buyer.address).charged == fee
+    assert charging.credit_holds.admit(buyer.address, 0, 0)[1] == 0  # the hold is released
+
+
 # --- the doors ---
 
 

@@ -64,6 +64,7 @@ class Prepared:
     mode: AttributionMode
     chunks: list[RetrievedChunk] = field(default_factory=list)
     question: str | None = None  # with retrieval: the question the sources were retrieved for
+    credit_hold: int | None = None  # the requester's credit set aside for this answer (released once settled)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from tally.rag.embed import Embedders
     from tally.rag.index import IndexCache
     from tally.rewards import FeePolicy
+    from tally.rewards.credits import CreditHolds
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class Runtime:
     embedders: Embedders = field(init=False, repr=False)  # RAG sentence embedders, each loaded on first use
     rag_indexes: IndexCache = field(init=False, repr=False)  # loaded RAG indexes, kept until they change on disk
     rate_limiter: RateLimiter = field(init=False, repr=False)  # per-caller token buckets (server.rate_limit_*)
+    credit_holds: CreditHolds = field(init=False, repr=False)  # credit set aside for paid answers in progress
     owns_store: bool = field(default=True, repr=False)
 
     def __post_init__(self) -> None:
@@ -49,6 +51,7 @@ class Runtime:
         from tally.factory.jobs import JobRunner
         from tally.rag.embed import Embedders
         from tally.rag.index import IndexCache
+        from tally.rewards.credits import CreditHolds
 
         self.jobs = JobRunner(self.settings, self.ledger)
         self.near_dups = NearDups()
@@ -56,6 +59,7 @@ class Runtime:
         self.rag_indexes = IndexCache()
         server = self.settings.server
         self.rate_limiter = RateLimiter(server.rate_limit_per_minute, server.rate_limit_burst)
+        self.credit_holds = CreditHolds()
 
     def start(self) -> Runtime:
         if self.engine is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -154,11 +155,14 @@ def prepare(runtime: Runtime, request: AnswerRequest) -> Prepared:
         seed=sampling.seed, stop=sampling.stop,
     )  # fmt: skip
     engine.validate(prompt, params, model)
-    if payer is not None:  # the credit must cover the most this answer can cost (docs/rewards.md#credits)
-        require_credit(runtime.store, runtime.fee_policy, payer.address, len(prompt), params.max_tokens)
+    hold = None
+    if payer is not None:  # the credit, less what answers in progress hold, must cover the most this one can cost
+        hold = require_credit(
+            runtime.store, runtime.fee_policy, payer.address, len(prompt), params.max_tokens, runtime.credit_holds
+        )
     inference_id = request.id or f"ans-{uuid.uuid4().hex}"
     note(model=model, inference=inference_id, attribution=mode, rag=rag is not None)
-    return Prepared(request, inference_id, model, prompt, params.max_tokens, mode, chunks, question)
+    return Prepared(request, inference_id, model, prompt, params.max_tokens, mode, chunks, question, hold)
 
 
 def _retrieve(
@@ -254,7 +258,9 @@ def finish(runtime: Runtime, prepared: Prepared, generated: Generated) -> Answer
         token_ids=generated.token_ids, adapter_id=generated.adapter_id, retrieved=retrieved, citations=citations,
     )  # fmt: skip
     note(prompt_tokens=generated.prompt_tokens, completion_tokens=generated.completion_tokens)
-    delivered = generated.finish_reason in ("stop", "length") and generated.token_ids
+    # a paid answer the client stopped reading is settled for what it received; a free one only when delivered whole
+    paid = prepared.credit_hold is not None
+    delivered = (generated.finish_reason in ("stop", "length") or paid) and generated.token_ids
     if prepared.mode != "off" and runtime.attributor is not None and delivered:
         result.record, result.receipt = _attribute(runtime, prepared, generated)
     return result
@@ -295,21 +301,50 @@ def _readable(runtime: Runtime, requester: Principal | None) -> frozenset[str]:
 def answer(runtime: Runtime, request: AnswerRequest) -> AnswerResult:
     """The whole path, blocking: for the CLI, scripts and tests."""
     prepared = prepare(runtime, request)
-    return finish(runtime, prepared, generate(runtime, prepared))
+    try:
+        return finish(runtime, prepared, generate(runtime, prepared))
+    finally:
+        runtime.credit_holds.release(prepared.credit_hold)
 
 
 async def stream(runtime: Runtime, prepared: Prepared) -> AsyncIterator[Delta | AnswerResult]:
     """Text as it is generated (`Delta`), then the `AnswerResult` (citations, attribution, receipt). Leaving early
-    (a client gone) cancels the generation; nothing is attributed or settled for an answer not delivered."""
+    (a client gone) cancels the generation: a free answer not delivered whole is not attributed; a paid one is
+    settled for the tokens the client received (in a worker thread, since the stream is being torn down)."""
     collector = _Collector()
-    async for out in engine_of(runtime).stream(prepared.prompt_ids, params_of(prepared), prepared.model):
-        collector.add(out)
-        if out.finish_reason == "error":
-            break
-        if out.text:
-            yield Delta(out.text)
-    generated = collector.generated()
-    yield await asyncio.to_thread(finish, runtime, prepared, generated)
+    done = False
+    try:
+        async for out in engine_of(runtime).stream(prepared.prompt_ids, params_of(prepared), prepared.model):
+            collector.add(out)
+            if out.finish_reason == "error":
+                break
+            if out.text:
+                yield Delta(out.text)
+        generated = collector.generated()
+        done = True
+        yield await asyncio.to_thread(finish, runtime, prepared, generated)
+    finally:
+        if not done and prepared.credit_hold is not None and collector.ids:
+            threading.Thread(target=_settle_abandoned, args=(runtime, prepared, collector), daemon=True).start()
+        else:
+            runtime.credit_holds.release(prepared.credit_hold)
+
+
+def _settle_abandoned(runtime: Runtime, prepared: Prepared, collector: _Collector) -> None:
+    """Charge a paid answer for what its client received before it left; the hold is released either way."""
+    try:
+        usage = collector.last.usage if collector.last is not None else None
+        generated = Generated(
+            "".join(collector.text), collector.ids, "cancelled", len(prepared.prompt_ids),
+            usage.completion_tokens if usage is not None else len(collector.ids),
+            collector.last.adapter_id if collector.last else None,
+            collector.last.adapter_path if collector.last else None,
+        )  # fmt: skip
+        finish(runtime, prepared, generated)
+    except Exception:  # nobody is left to tell: the operator is
+        logger.exception("settling abandoned paid answer %s failed", prepared.id)
+    finally:
+        runtime.credit_holds.release(prepared.credit_hold)
 
 
 async def answer_async(runtime: Runtime, request: AnswerRequest) -> AnswerResult:

@@ -42,7 +42,7 @@ class RequestOutput:
     error: str | None = None
     error_kind: str | None = None  # with finish_reason "error": the taxonomy kind (invalid for a broken adapter)
     logits: list[torch.Tensor] | None = None  # every step's logits, only with record_logits, on the last event
-    # what served it, on the last event: the content hash of the adapter weights that ran (None: the base model)
+    # what served it, on every event: the content hash of the adapter weights that ran (None: the base model)
     # and the directory they were read from; attribution credits these, never a later lookup by name
     adapter_id: str | None = None
     adapter_path: Path | None = None
@@ -124,7 +124,7 @@ class Detokenizer:
         if finish is not None:
             seq.finish_reason = finish
             return self.final(seq, delta, [token])
-        return RequestOutput(seq.request_id, delta, [token])
+        return RequestOutput(seq.request_id, delta, [token], adapter_id=seq.adapter_id, adapter_path=seq.adapter_path)
 
     @staticmethod
     def final(

@@ -9,6 +9,9 @@ what is left when concurrent answers spent the credit first (admission checks ea
 
 from __future__ import annotations
 
+import itertools
+import threading
+import time
 from typing import ClassVar
 
 from sqlalchemy.orm import Session
@@ -100,12 +103,52 @@ def max_cost(policy: FeePolicy, prompt_tokens: int, max_tokens: int) -> int:
     return compute_fee(policy, prompt_tokens, max_tokens)
 
 
-def require_credit(store: Store, policy: FeePolicy, account: str, prompt_tokens: int, max_tokens: int) -> None:
-    """Refuse (kind `limit`) an answer whose most possible cost is more than `account`'s balance."""
+class CreditHolds:
+    """Credit set aside for answers being generated, per account, so answers running at once cannot together spend
+    more than the balance: admission counts what is held, and an answer releases its hold once it is settled or
+    has failed. One process's view (held by its runtime); holds older than `max_age_s` lapse, so a lost release
+    cannot lock an account's credit for good."""
+
+    def __init__(self, max_age_s: float = 900.0) -> None:
+        self._held: dict[int, tuple[str, int, float]] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self.max_age_s = max_age_s
+
+    def admit(self, account: str, needed: int, balance: int) -> tuple[int | None, int]:
+        """(a hold for `needed`, or None when the balance less what is held cannot cover it; what is held)."""
+        now = time.monotonic()
+        with self._lock:  # check and take together: two answers cannot both pass on the same credit
+            for hold, (_, _, at) in list(self._held.items()):
+                if now - at > self.max_age_s:
+                    del self._held[hold]
+            held = sum(amount for who, amount, _ in self._held.values() if who == account)
+            if balance - held < needed:
+                return None, held
+            hold = next(self._ids)
+            self._held[hold] = (account, needed, now)
+            return hold, held
+
+    def release(self, hold: int | None) -> None:
+        if hold is not None:
+            with self._lock:
+                self._held.pop(hold, None)
+
+
+def require_credit(
+    store: Store, policy: FeePolicy, account: str, prompt_tokens: int, max_tokens: int, holds: CreditHolds | None = None
+) -> int | None:
+    """Refuse (kind `limit`) an answer whose most possible cost is more than `account`'s balance less what answers
+    already running hold; with `holds`, set that cost aside and return the hold to release once settled."""
     needed = max_cost(policy, prompt_tokens, max_tokens)
     with store.read() as s:
         row = s.get(CreditAccountRow, account)
         balance = int(row.balance) if row is not None else 0
+    if holds is not None:
+        hold, held = holds.admit(account, needed, balance)
+        if hold is not None:
+            return hold
+        balance -= held
     if balance < needed:
         raise InsufficientCreditError(
             f"account {account} holds {balance} base units of credit, and this answer may cost up to {needed} "
@@ -114,3 +157,4 @@ def require_credit(store: Store, policy: FeePolicy, account: str, prompt_tokens:
             "fewer max_tokens",
             balance=balance, needed=needed, window="credit",
         )  # fmt: skip
+    return None
