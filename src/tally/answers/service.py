@@ -290,12 +290,10 @@ def _attribute(runtime: Runtime, prepared: Prepared, generated: Generated) -> tu
 
 def _readable(runtime: Runtime, requester: Principal | None) -> frozenset[str]:
     """The datanets whose rows may show up as this requester's evidence (anonymous: the public ones)."""
-    from tally.datanets.service import list_datanets
-    from tally.identity import Principal
+    from tally.attribution import readable_datanets
 
-    who = requester or Principal(address="", name="anonymous", roles=frozenset())
     with runtime.store.read() as s:
-        return frozenset(d.slug for d in list_datanets(s, who))
+        return frozenset(readable_datanets(s, requester))
 
 
 def answer(runtime: Runtime, request: AnswerRequest) -> AnswerResult:

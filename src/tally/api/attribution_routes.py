@@ -12,17 +12,24 @@ from tally.answers import Runtime
 from tally.api import policy
 from tally.api.state import app_state
 from tally.attribution import contributor_reputation, flagged_rows_for_owner, get_record, readable_datanets
+from tally.datanets.service import ledger_label
 from tally.identity import Principal
 from tally.ledger import build_receipt
 
 router = APIRouter(tags=["attribution"])
 
 
-@router.get("/v1/attributions/{inference_id}", dependencies=[Depends(policy.allow("record_reader"))])
-def get_attribution(inference_id: str, state: Runtime = Depends(app_state)) -> dict[str, Any]:
-    """The record and its receipt, for the requester, the adapter's developer and admins (404 for anyone else)."""
+@router.get("/v1/attributions/{inference_id}")
+def get_attribution(
+    inference_id: str, who: Principal = Depends(policy.allow("record_reader")), state: Runtime = Depends(app_state)
+) -> dict[str, Any]:
+    """The record and its receipt, for the requester, the adapter's developer and admins (404 for anyone else);
+    evidence from datanets the reader may not read is shown without its text, hashes or the datanet's name."""
     with state.store.read() as s:
         record, seq = get_record(s, inference_id)
+        if not who.has("admin"):
+            readable = set(readable_datanets(s, who))
+            record = record.seen_by(readable, lambda slug: ledger_label(s, state.ledger, slug))
     return {"record": record.model_dump(mode="json"), "receipt": build_receipt(state.ledger, seq)}
 
 

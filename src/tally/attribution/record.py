@@ -9,6 +9,7 @@ policy decides which of them are paid per answer.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -83,6 +84,24 @@ class AttributionRecord(BaseModel):
     credits: Credits
     requested_by: str | None = None
     created_at: str
+
+    def seen_by(self, readable: set[str], label: Callable[[str], str]) -> AttributionRecord:
+        """The record as a reader who may read only `readable` datanets sees it: evidence from any other datanet
+        keeps its contributor and score (the shares stay explainable) but loses the quoted text, the row and
+        contribution hashes (a short row's hash could be tested against a guess) and the datanet's name, shown as
+        its ledger commitment (`label`)."""
+        methods = {}
+        for name, result in self.methods.items():
+            top = [
+                e
+                if e.datanet in readable
+                else e.model_copy(
+                    update={"datanet": label(e.datanet), "row_hash": "", "contribution": "", "text": None}
+                )
+                for e in result.top
+            ]
+            methods[name] = result.model_copy(update={"top": top})
+        return self.model_copy(update={"methods": methods})
 
     def share_map(self) -> dict[str, float]:
         return {s.account: s.share for s in self.shares}
