@@ -269,6 +269,26 @@ def test_answers_in_progress_hold_their_credit(charging: answers.Runtime) -> Non
     assert charging.credit_holds.admit(buyer.address, 0, 0)[1] == 0  # nothing held any more
 
 
+def test_a_batch_refused_at_its_kth_prompt_answers_and_charges_none(charging: answers.Runtime) -> None:
+    from tally.identity import create_api_key, resolve_account
+
+    buyer = _buyer(charging)
+    credit(charging.ledger, buyer.address, 1_000_000)
+    with charging.store.transaction() as s:
+        _, token = create_api_key(s, charging.ledger, resolve_account(s, "buyer"))
+    size = charging.ledger.size()
+    with TestClient(create_app(runtime=charging)) as client:
+        r = client.post(
+            "/v1/completions", json={"model": "tiny-base", "prompt": ["hello there", "word " * 300], "max_tokens": 4},
+            headers={"Authorization": f"Bearer {token}"},
+        )  # fmt: skip
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"  # the second prompt is too long
+    assert charging.ledger.size() == size  # the first prompt was neither answered nor charged
+    with charging.store.read() as s:
+        assert credit_of(s, buyer.address).charged == 0
+    assert charging.credit_holds.admit(buyer.address, 0, 0)[1] == 0  # the first prompt's hold was given back
+
+
 async def _read_two_deltas(runtime: answers.Runtime, prepared: answers.Prepared) -> str:
     text = ""
     events = answers.stream(runtime, prepared)

@@ -347,10 +347,41 @@ def _settle_abandoned(runtime: Runtime, prepared: Prepared, collector: _Collecto
 
 async def answer_async(runtime: Runtime, request: AnswerRequest) -> AnswerResult:
     """The whole path on an asyncio loop: retrieval and attribution run in worker threads."""
-    prepared = await asyncio.to_thread(prepare, runtime, request)
+    return await complete(runtime, await asyncio.to_thread(prepare, runtime, request))
+
+
+async def answer_batch_async(runtime: Runtime, requests: list[AnswerRequest]) -> list[AnswerResult]:
+    """Several answers (a completions batch): every one is prepared (checked, its credit held) before any is
+    generated, so a refusal of the k-th leaves none of the others charged."""
+    prepared: list[Prepared] = []
+    try:
+        for request in requests:
+            prepared.append(await asyncio.to_thread(prepare, runtime, request))
+    except BaseException:
+        for done in prepared:
+            release(runtime, done)
+        raise
+    results = []
+    for i, one in enumerate(prepared):
+        try:
+            results.append(await complete(runtime, one))
+        except BaseException:
+            for rest in prepared[i + 1 :]:
+                release(runtime, rest)
+            raise
+    return results
+
+
+async def complete(runtime: Runtime, prepared: Prepared) -> AnswerResult:
+    """Generate and finish a prepared answer on the asyncio loop."""
     result: AnswerResult | None = None
     async for event in stream(runtime, prepared):
         if isinstance(event, AnswerResult):
             result = event
     assert result is not None
     return result
+
+
+def release(runtime: Runtime, prepared: Prepared) -> None:
+    """Give back what a prepared answer holds when it will not be generated."""
+    runtime.credit_holds.release(prepared.credit_hold)

@@ -192,7 +192,7 @@ async def completions(
 
         prepared = await run_in_threadpool(answers.prepare, rt, requests[0])
         return EventSourceResponse(_sse(rt, prepared, chunk, _include_usage(body), None))
-    results = [await answers.answer_async(rt, r) for r in requests]
+    results = await answers.answer_batch_async(rt, requests)
     extra: dict[str, Any] = {}
     summaries = [r.attribution for r in results if r.attribution is not None]
     if summaries:
