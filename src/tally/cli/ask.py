@@ -27,6 +27,7 @@ def ask(
 ) -> None:
     """Ask a question; prints the answer and who shaped it. With --rag, the answer cites numbered sources."""
     from tally.answers import AnswerRequest, RagOption, Sampling, answer, build_runtime, precheck
+    from tally.identity import list_accounts
 
     if attribution is not None and attribution not in ATTRIBUTION_MODES:  # a flag's value, named as the flag
         raise fail(f"--attribution {attribution!r} is not one of {', '.join(ATTRIBUTION_MODES)}")
@@ -51,6 +52,8 @@ def ask(
             runtime.start()
             with console.status("answering"):
                 result = answer(runtime, request)
+            with runtime.store.read() as s:  # shares name accounts by address: show their names beside them
+                names = {a.address: a.name for a in list_accounts(s)}
     finally:
         runtime.close()
     console.print(result.text.strip(), highlight=False)
@@ -67,7 +70,8 @@ def ask(
     table = Table("contributor", "share", "contributions", "evidence", title=f"attribution {record.id} ({record.mode})")
     for share in record.shares:
         methods = [m for m, r in record.methods.items() if any(e.contributor == share.account for e in r.top)]
-        table.add_row(share.account, f"{share.share:.1%}", str(len(share.contributions)), ", ".join(methods))
+        who = f"{names[share.account]} ({share.account})" if share.account in names else share.account
+        table.add_row(who, f"{share.share:.1%}", str(len(share.contributions)), ", ".join(methods))
     if record.shares:
         console.print(table)
     else:

@@ -51,6 +51,7 @@ def create(
 
 @app.command("list")
 def list_(as_: str = AS) -> None:
+    """Datanets the acting account may see (public ones, and private ones it owns, joined or was granted)."""
     with opened_ledger() as (store, _), cli_errors(), store.read() as s:
         table = Table("name", "kind", "license", "uses", "visibility", "policy", "owner")
         for d in service.list_datanets(s, acting_principal(s, as_)):
@@ -60,6 +61,7 @@ def list_(as_: str = AS) -> None:
 
 @app.command()
 def show(name: str, as_: str = AS) -> None:
+    """One datanet: its card, license, uses, policy and snapshots (JSON)."""
     with opened_ledger() as (store, _), cli_errors(), store.read() as s:
         who = acting_principal(s, as_)
         dn = service.get_datanet(s, who, name)
@@ -182,10 +184,11 @@ def invite(name: str, address: str, as_: str = AS) -> None:
 @app.command("request-access")
 def request_access(
     name: str,
-    use: list[str] = typer.Option(..., "--use", help="train, rag, eval, commercial; repeatable"),
-    purpose: str = typer.Option(..., help="what the data is for"),
+    use: list[str] = typer.Option(..., "--use", help="train, rag, eval, commercial, export; repeatable"),
+    purpose: str = typer.Option(..., help="what the data is for (kept in the database; the ledger holds a hash)"),
     as_: str = AS,
 ) -> None:
+    """Ask a private datanet's owner for the right to use its data (one pending request per datanet)."""
     with opened_ledger() as (store, ledger), cli_errors(), store.transaction() as s:
         req = access.request_access(s, ledger, acting_principal(s, as_), name, uses=use, purpose=purpose)
     console.print(f"access request {req.id} on {name} is pending")
@@ -193,6 +196,7 @@ def request_access(
 
 @app.command()
 def requests(name: str, as_: str = AS) -> None:
+    """Access requests on a datanet: all of them for its owner, your own otherwise."""
     with opened_ledger() as (store, _), cli_errors(), store.read() as s:
         found = access.list_access_requests(s, acting_principal(s, as_), name)
     table = Table("id", "requester", "uses", "purpose", "status", "reason")
@@ -209,6 +213,7 @@ def _decide(name: str, request_id: int, grant: bool, reason: str, as_: str | Non
 
 @app.command()
 def grant(name: str, request_id: int, reason: str = typer.Option(""), as_: str = AS) -> None:
+    """Grant an access request (owner): the requester may then use the data for the uses it asked."""
     _decide(name, request_id, True, reason, as_)
 
 
@@ -216,4 +221,5 @@ def grant(name: str, request_id: int, reason: str = typer.Option(""), as_: str =
 def deny(
     name: str, request_id: int, reason: str = typer.Option(..., help="told to the requester"), as_: str = AS
 ) -> None:
+    """Deny an access request (owner), with a reason the requester reads."""
     _decide(name, request_id, False, reason, as_)
