@@ -373,3 +373,23 @@ def test_rows_rejected_after_a_snapshot_are_never_exported_or_trained_on(world: 
     exported = (out / "data.jsonl").read_text().splitlines()
     assert len(exported) == 3 and len(kept.examples) == 3
     assert gone not in {e.row_hash for e in kept.examples}
+
+
+def test_readable_slugs_agrees_with_can_read_for_everyone(world: World) -> None:
+    from tally.datanets.tables import DatanetRow
+
+    world.create("open-set")
+    world.create("closed-set", visibility="private", uses=["train", "rag"])
+    world.create("members-set", visibility="private", policy="invite-only")
+    world.create("granted-set", visibility="private", uses=["rag"])
+    with world.tx() as s:
+        service.invite_member(s, world.ledger, world.owner, "members-set", world.alice.address)
+        req = access.request_access(s, world.ledger, world.dev, "granted-set", uses=["rag"], purpose="search")
+        access.decide_access(s, world.ledger, world.owner, "granted-set", req.id, grant=True, reason="ok")
+        access.request_access(s, world.ledger, world.bob, "closed-set", uses=["train"], purpose="pending only")
+    with world.ledger.store.read() as s:
+        rows = list(s.execute(select(DatanetRow)).scalars())
+        for who in (world.owner, world.alice, world.bob, world.dev, world.consumer, world.admin):
+            assert service.readable_slugs(s, who) == {r.slug for r in rows if service.can_read(s, who, r)}, who.name
+        assert service.readable_slugs(s, None) == {"open-set"}
+        assert service.readable_slugs(s, world.dev) == {"open-set", "granted-set"}

@@ -18,8 +18,8 @@ from sqlalchemy import ColumnElement, func, select, true
 from sqlalchemy.orm import Session
 
 from tally.attribution.tables import RowInfluence
-from tally.datanets.service import can_read, manage
-from tally.datanets.tables import ContributionRow, DatanetRow, DataRow
+from tally.datanets.service import manage, readable_slugs
+from tally.datanets.tables import ContributionRow, DataRow
 from tally.identity import Principal
 from tally.identity.addresses import checksum_address
 
@@ -74,8 +74,7 @@ def flagged_rows(session: Session, datanet: str, min_answers: int = 5) -> list[F
 
 def readable_datanets(session: Session, viewer: Principal | None) -> list[str]:
     """The datanets `viewer` may read: public ones for an anonymous caller."""
-    rows = session.execute(select(DatanetRow)).scalars()
-    return [r.slug for r in rows if r.visibility == "public" or (viewer is not None and can_read(session, viewer, r))]
+    return sorted(readable_slugs(session, viewer))
 
 
 def contributor_reputation(
