@@ -12,6 +12,7 @@ from tally.config import AttributionMode
 
 if TYPE_CHECKING:
     from tally.attribution import AttributionRecord
+    from tally.engine import SamplingParams
     from tally.identity import Principal
     from tally.rag import RetrievedChunk
 
@@ -60,11 +61,15 @@ class Prepared:
     id: str
     model: str  # the model that answers (an alias resolved)
     prompt_ids: list[int]
-    max_tokens: int
+    params: SamplingParams  # checked by the engine once, in `prepare`
     mode: AttributionMode
     chunks: list[RetrievedChunk] = field(default_factory=list)
     question: str | None = None  # with retrieval: the question the sources were retrieved for
     credit_hold: int | None = None  # the requester's credit set aside for this answer (released once settled)
+
+    @property
+    def max_tokens(self) -> int:
+        return self.params.max_tokens
 
 
 @dataclass(frozen=True)

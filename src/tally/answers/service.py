@@ -24,7 +24,7 @@ from tally.config.logs import note
 
 if TYPE_CHECKING:
     from tally.attribution import AttributionRecord
-    from tally.engine import Engine, RequestOutput, SamplingParams
+    from tally.engine import Engine, RequestOutput
     from tally.identity import Principal
     from tally.rag import RetrievedChunk
 
@@ -47,16 +47,21 @@ def precheck(settings: Settings, request: AnswerRequest) -> None:
             f"attribution mode {request.attribution!r} is not one of {', '.join(ATTRIBUTION_MODES)}",
             param="attribution",
         )
-    model = request.model
-    aliases = settings.rag.aliases
-    if model in aliases:
-        model = aliases[model].model
+    model, _ = _alias(settings, request.model, request.rag)
     if model != settings.models.default and model not in read_registry(adapter_registry_path(settings)):
         raise AnswerError(
             f"no model named {model!r}: it is neither the base model ({settings.models.default}) nor a registered "
             "adapter; see `tally adapters list`, add one with `tally adapters add NAME PATH`",
             kind="not_found", param="model", model=model,
         )  # fmt: skip
+
+
+def _alias(settings: Settings, model: str, rag: RagOption | None) -> tuple[str, RagOption | None]:
+    """(the model that answers, the retrieval to do): a model alias from settings names both."""
+    alias = settings.rag.aliases.get(model)
+    if alias is None:
+        return model, rag
+    return alias.model, rag or RagOption(datanets=alias.datanets, top_k=alias.top_k)
 
 
 def engine_of(runtime: Runtime) -> Engine:
@@ -112,11 +117,7 @@ def prepare(runtime: Runtime, request: AnswerRequest) -> Prepared:
     engine = engine_of(runtime)
     if (request.messages is None) == (request.prompt is None):
         raise AnswerError("an answer needs either messages (chat) or a prompt (completion), not both")
-    model, rag = request.model, request.rag
-    alias = runtime.settings.rag.aliases.get(model)
-    if alias is not None:
-        model = alias.model
-        rag = rag or RagOption(datanets=alias.datanets, top_k=alias.top_k)
+    model, rag = _alias(runtime.settings, request.model, request.rag)
     if rag is not None and request.stream:
         raise AnswerError("stream is not supported together with rag; ask without stream", param="stream")
     if rag is not None and request.messages is None:
@@ -162,7 +163,7 @@ def prepare(runtime: Runtime, request: AnswerRequest) -> Prepared:
         )
     inference_id = request.id or f"ans-{uuid.uuid4().hex}"
     note(model=model, inference=inference_id, attribution=mode, rag=rag is not None)
-    return Prepared(request, inference_id, model, prompt, params.max_tokens, mode, chunks, question, hold)
+    return Prepared(request, inference_id, model, prompt, params, mode, chunks, question, hold)
 
 
 def _retrieve(
@@ -199,15 +200,6 @@ def _encode(engine: Engine, messages: list[dict[str, str]] | None, prompt: str |
     return list(prompt or [])
 
 
-def params_of(prepared: Prepared) -> SamplingParams:
-    from tally.engine import SamplingParams
-
-    s = prepared.request.sampling
-    return SamplingParams(
-        max_tokens=prepared.max_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed, stop=s.stop
-    )
-
-
 class _Collector:
     """Folds the engine's events into one `Generated` (the same for the blocking and the streaming path)."""
 
@@ -235,11 +227,19 @@ class _Collector:
             last.usage.completion_tokens, last.adapter_id, last.adapter_path,
         )  # fmt: skip
 
+    def received(self, prompt_tokens: int) -> Generated:
+        """What a client that left early received (every event names the weights serving it)."""
+        last = self.last
+        return Generated(
+            "".join(self.text), self.ids, "cancelled", prompt_tokens, len(self.ids),
+            last.adapter_id if last else None, last.adapter_path if last else None,
+        )  # fmt: skip
+
 
 def generate(runtime: Runtime, prepared: Prepared) -> Generated:
     """Blocking generation (the engine thread runs it; the caller waits)."""
     collector = _Collector()
-    for out in engine_of(runtime).stream_sync(prepared.prompt_ids, params_of(prepared), prepared.model):
+    for out in engine_of(runtime).stream_sync(prepared.prompt_ids, prepared.params, prepared.model):
         collector.add(out)
     return collector.generated()
 
@@ -312,7 +312,7 @@ async def stream(runtime: Runtime, prepared: Prepared) -> AsyncIterator[Delta | 
     collector = _Collector()
     done = False
     try:
-        async for out in engine_of(runtime).stream(prepared.prompt_ids, params_of(prepared), prepared.model):
+        async for out in engine_of(runtime).stream(prepared.prompt_ids, prepared.params, prepared.model):
             collector.add(out)
             if out.finish_reason == "error":
                 break
@@ -331,14 +331,7 @@ async def stream(runtime: Runtime, prepared: Prepared) -> AsyncIterator[Delta | 
 def _settle_abandoned(runtime: Runtime, prepared: Prepared, collector: _Collector) -> None:
     """Charge a paid answer for what its client received before it left; the hold is released either way."""
     try:
-        usage = collector.last.usage if collector.last is not None else None
-        generated = Generated(
-            "".join(collector.text), collector.ids, "cancelled", len(prepared.prompt_ids),
-            usage.completion_tokens if usage is not None else len(collector.ids),
-            collector.last.adapter_id if collector.last else None,
-            collector.last.adapter_path if collector.last else None,
-        )  # fmt: skip
-        finish(runtime, prepared, generated)
+        finish(runtime, prepared, collector.received(len(prepared.prompt_ids)))
     except Exception:  # nobody is left to tell: the operator is
         logger.exception("settling abandoned paid answer %s failed", prepared.id)
     finally:
