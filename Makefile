@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NPM_STAMP := node_modules/.installed
 MODEL ?= smollm2-135m-instruct
 
 .PHONY: run test lint install model bench clean
@@ -13,15 +14,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-install: $(STAMP)
+$(NPM_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $(NPM_STAMP)
+
+install: $(STAMP) $(NPM_STAMP)
 
 model: $(STAMP)
 	$(BIN)/tally models pull $(MODEL)
 
-run: model
+run: model $(NPM_STAMP)
 	$(BIN)/tally serve
 
-test: model
+test: model $(NPM_STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
@@ -33,4 +38,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/ledger.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis
