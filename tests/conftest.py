@@ -29,6 +29,7 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     monkeypatch.setenv("TALLY_DATA_DIR", str(data))
     monkeypatch.delenv("TALLY_CONFIG", raising=False)
     monkeypatch.delenv("TALLY_DATABASE_URL", raising=False)
+    monkeypatch.setenv("TALLY_CHAIN__ENABLED", "false")  # the chain's own tests turn it on
     return load_settings()
 
 

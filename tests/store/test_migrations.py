@@ -8,6 +8,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 
 import tally.attribution.tables
+import tally.chain.tables
 import tally.datanets.tables
 import tally.factory.tables
 import tally.identity

@@ -19,6 +19,8 @@ from tally.store import Store, open_store
 
 if TYPE_CHECKING:
     from tally.attribution.service import Attributor
+    from tally.chain.anchorer import Anchorer
+    from tally.chain.client import Chain
     from tally.datanets.contribute import NearDups
     from tally.engine import Engine
     from tally.factory.jobs import JobRunner
@@ -44,6 +46,8 @@ class Runtime:
     rag_indexes: IndexCache = field(init=False, repr=False)  # loaded RAG indexes, kept until they change on disk
     rate_limiter: RateLimiter = field(init=False, repr=False)  # per-caller token buckets (server.rate_limit_*)
     credit_holds: CreditHolds = field(init=False, repr=False)  # credit set aside for paid answers in progress
+    chain: Chain | None = field(init=False, repr=False)  # None: chain.enabled is false
+    anchorer: Anchorer | None = field(default=None, init=False, repr=False)  # the server's periodic anchorer
     owns_store: bool = field(default=True, repr=False)
 
     def __post_init__(self) -> None:
@@ -60,13 +64,25 @@ class Runtime:
         server = self.settings.server
         self.rate_limiter = RateLimiter(server.rate_limit_per_minute, server.rate_limit_burst)
         self.credit_holds = CreditHolds()
+        self.chain = None
+        if self.settings.chain.enabled:
+            from tally.chain.client import Chain
 
-    def start(self) -> Runtime:
+            self.chain = Chain(self.settings, self.store)
+
+    def start(self, *, anchoring: bool = False) -> Runtime:
+        """Start the engine and, with `anchoring` (the server) and the chain on, the periodic anchorer."""
         if self.engine is not None:
             self.engine.start()
+        if anchoring and self.chain is not None:
+            from tally.chain.anchorer import Anchorer
+
+            self.anchorer = Anchorer(self.chain, self.ledger).start()
         return self
 
     def close(self) -> None:
+        if self.anchorer is not None:
+            self.anchorer.stop()
         self.jobs.close()
         if self.engine is not None:
             self.engine.stop()

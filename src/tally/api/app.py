@@ -15,6 +15,7 @@ import tally
 from tally.answers import Runtime, build_runtime
 from tally.api import (
     attribution_routes,
+    chain_routes,
     datanet_routes,
     errors,
     factory_routes,
@@ -39,7 +40,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         rt = runtime or build_runtime(settings or load_settings(), with_engine=with_engine)
-        app.state.runtime = rt.start()
+        app.state.runtime = rt.start(anchoring=True)
         try:
             yield
         finally:
@@ -63,6 +64,7 @@ def create_app(
         factory_routes,
         attribution_routes,
         rewards_routes,
+        chain_routes,
     ):
         app.include_router(module.router)
     return app

@@ -12,9 +12,9 @@ from tally.answers import Runtime
 from tally.api import policy
 from tally.api.state import app_state
 from tally.attribution import contributor_reputation, flagged_rows_for_owner, get_record, readable_datanets
+from tally.chain import anchored_receipt
 from tally.datanets.service import ledger_label
 from tally.identity import Principal
-from tally.ledger import build_receipt
 
 router = APIRouter(tags=["attribution"])
 
@@ -30,7 +30,7 @@ def get_attribution(
         if not who.has("admin"):
             readable = set(readable_datanets(s, who))
             record = record.seen_by(readable, lambda slug: ledger_label(s, state.ledger, slug))
-    return {"record": record.model_dump(mode="json"), "receipt": build_receipt(state.ledger, seq)}
+    return {"record": record.model_dump(mode="json"), "receipt": anchored_receipt(state.store, state.ledger, seq)}
 
 
 @router.get("/v1/contributors/{address}/reputation")

@@ -10,8 +10,9 @@ from fastapi import APIRouter, Depends, Query
 from tally.api import policy
 from tally.api.errors import ApiError
 from tally.api.state import AppState, app_state
+from tally.chain import anchored_receipt
 from tally.identity import Principal
-from tally.ledger import build_receipt, merkle
+from tally.ledger import merkle
 
 # The ledger is public: anyone may read and check it.
 router = APIRouter(prefix="/v1/ledger", tags=["ledger"], dependencies=[Depends(policy.allow("anonymous"))])
@@ -58,7 +59,7 @@ def receipt(seq: int, state: AppState = Depends(app_state)) -> dict[str, Any]:
     """Entry, inclusion proof and signed checkpoint in one JSON, checkable offline."""
     if not 0 <= seq < state.ledger.size():
         raise ApiError(404, f"no ledger entry {seq}", type_="not_found_error", param="seq")
-    return build_receipt(state.ledger, seq)
+    return anchored_receipt(state.store, state.ledger, seq)
 
 
 @router.get("/proofs/inclusion")

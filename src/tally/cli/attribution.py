@@ -24,13 +24,13 @@ def show_cmd(
 ) -> None:
     """The full attribution record of one answer (JSON), optionally with its ledger receipt."""
     from tally.attribution import get_record
-    from tally.ledger import build_receipt
+    from tally.chain import anchored_receipt
 
     with opened_ledger(load_cli_settings()) as (store, ledger), cli_errors(), store.read() as s:
         record, seq = get_record(s, inference_id, prefix=True)
     out: dict[str, object] = {"record": record.model_dump(mode="json"), "ledger_entry": seq}
     if receipt:
-        out["receipt"] = build_receipt(ledger, seq)
+        out["receipt"] = anchored_receipt(store, ledger, seq)
     console.print_json(json.dumps(out))
 
 

@@ -12,7 +12,6 @@ from tally.cli.common import cli_errors, console, fail, opened_ledger
 from tally.ledger import (
     ReceiptError,
     VerificationError,
-    build_receipt,
     decode_entry,
     merkle,
     verify_ledger,
@@ -62,7 +61,9 @@ def prove(
     receipt: Path = typer.Option(None, help="write the entry's self-contained receipt to this file"),
 ) -> None:
     """Print an inclusion proof (or a consistency proof with --consistency), or write a receipt."""
-    with opened_ledger() as (_, ledger), cli_errors():
+    from tally.chain import anchored_receipt
+
+    with opened_ledger() as (store, ledger), cli_errors():
         if consistency is not None:
             new = size if size is not None else ledger.size()
             proof = ledger.consistency_proof(consistency, new)
@@ -70,7 +71,8 @@ def prove(
         elif index is None:
             raise fail("give an INDEX, or --consistency OLD_SIZE")
         elif receipt is not None:
-            receipt.write_text(json.dumps(build_receipt(ledger, index), indent=2) + "\n", encoding="utf-8")
+            body = anchored_receipt(store, ledger, index)  # with its anchor on chain once one covers the entry
+            receipt.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
             console.print(f"wrote the receipt of entry {index} to {receipt}")
             return
         else:

@@ -1,4 +1,4 @@
-"""`tally rewards policy|statement|balances|proof|credit|credits` and `tally rewards epoch close|list`.
+"""`tally rewards policy|statement|balances|proof|credit|credits|settle|claim|balance|epoch close|epoch list`.
 
 Mount in tally.cli.main:
     app.add_typer(rewards.app, name="rewards")
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from tally.cli.common import cli_errors, console, load_cli_settings, opened_ledger
+from tally.cli.common import cli_errors, console, fail, load_cli_settings, opened_ledger
 
 if TYPE_CHECKING:
     from tally.rewards import Credit
@@ -166,3 +166,80 @@ def epoch_list(as_json: bool = JSON) -> None:
     for e in epochs:
         table.add_row(str(e.number), e.created_at, str(e.accounts), str(e.accruals), str(e.total), e.root)
     console.print(table)
+
+
+@app.command("settle")
+def settle_cmd(epoch: int = typer.Argument(..., help="a closed epoch's number (tally rewards epoch list)")) -> None:
+    """Post a closed epoch's payout root to the chain's RewardDistributor and fund it with the epoch's total."""
+    from tally.chain import Chain, settle_epoch
+
+    settings = load_cli_settings()
+    with cli_errors(), opened_ledger(settings) as (store, _):
+        done = settle_epoch(Chain(settings, store), epoch)
+    if done.tx_hash is None:
+        console.print(f"epoch {epoch} was already settled on chain (root {done.root})", highlight=False)
+        return
+    console.print(f"epoch {epoch} settled: root {done.root}, {done.total} to {done.accounts} accounts, transaction "
+                  f"{done.tx_hash} (block {done.block_number}, {done.gas_used} gas)", highlight=False)  # fmt: skip
+
+
+@app.command("claim")
+def claim_cmd(
+    address: str = ACCOUNT,
+    epoch: int = typer.Option(None, "--epoch", help="epoch number (default: the latest paying this account)"),
+    key_env: str = typer.Option(
+        None,
+        "--key-env",
+        help="environment variable holding the claimant's hex private key (default: the key "
+        "`tally accounts create` saved for this account)",
+    ),
+) -> None:
+    """Claim a payout on chain with the contributor's own key and the proof `tally rewards proof` shows."""
+    import os
+
+    from eth_account import Account as EthAccount
+
+    from tally.chain import Chain, claim_payout
+    from tally.identity import load_local_key
+
+    settings = load_cli_settings()
+    with cli_errors(), opened_ledger(settings) as (store, _):
+        with store.read() as s:
+            account = _address(s, address)
+        if key_env:
+            if not os.environ.get(key_env):
+                raise fail(f"--key-env {key_env}: that environment variable is empty or unset")
+            key = os.environ[key_env]
+        else:
+            key = load_local_key(settings.account_keys_dir, account)
+        claimant = EthAccount.from_key(key)
+        if claimant.address != account:
+            raise fail(f"the key is {claimant.address}'s, not {account}'s: a payout is claimed with its own key")
+        done = claim_payout(Chain(settings, store), claimant, epoch)
+    if done.tx_hash is None:
+        console.print(f"epoch {done.epoch}'s payout to {done.account} was already claimed; balance {done.balance}",
+                      highlight=False)  # fmt: skip
+        return
+    console.print(f"claimed {done.amount} for {done.account} from epoch {done.epoch} in transaction {done.tx_hash} "
+                  f"({done.gas_used} gas); balance on chain {done.balance}", highlight=False)  # fmt: skip
+
+
+@app.command("balance")
+def balance_cmd(address: str = ACCOUNT, as_json: bool = JSON) -> None:
+    """An account's reward-token balance on chain, and which of its payouts are claimed, settled or waiting."""
+    from tally.chain import Chain, onchain_balance
+
+    settings = load_cli_settings()
+    with cli_errors(), opened_ledger(settings) as (store, _):
+        with store.read() as s:
+            account = _address(s, address)
+        balance = onchain_balance(Chain(settings, store), account)
+    if as_json:
+        console.print_json(json.dumps(balance.as_json()))
+        return
+    console.print(f"{balance.account}: {balance.balance} on chain (token {balance.token})", highlight=False)
+    for epoch in balance.claimed:
+        console.print(f"  epoch {epoch}: claimed", highlight=False)
+    for payout in balance.unclaimed:
+        state = "settled, claim with `tally rewards claim`" if payout["settled"] else "not yet settled on chain"
+        console.print(f"  epoch {payout['epoch']}: {payout['amount']} unclaimed ({state})", highlight=False)

@@ -184,6 +184,35 @@ class RewardsSettings(_Section):
     )
 
 
+class ChainSettings(_Section):
+    """Where the ledger is anchored and rewards are claimed: the embedded EVM by default, any JSON-RPC node by URL."""
+
+    enabled: bool = Field(True, description="anchor checkpoints and settle epochs on a chain; false: local only")
+    url: str | None = Field(
+        None, description="JSON-RPC URL of an EVM node (http:// or https://); unset: the embedded chain in data_dir"
+    )
+    private_key_env: str = Field(
+        "TALLY_CHAIN_PRIVATE_KEY",
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="environment variable holding the operator's hex private key for a chain given by url",
+    )
+    anchor_address: str | None = Field(None, description="LedgerAnchor on a chain given by url (else deployed)")
+    distributor_address: str | None = Field(None, description="RewardDistributor on a chain given by url")
+    token_address: str | None = Field(None, description="the ERC-20 the distributor pays in, on a chain given by url")
+    verifier_address: str | None = Field(None, description="ContributionVerifier on a chain given by url")
+    anchor_every_entries: int = Field(
+        2048, ge=1, description="the server anchors once this many entries follow the last anchor"
+    )
+    anchor_interval_seconds: float = Field(
+        600.0, gt=0, description="the server also anchors any newer entries once this long has passed"
+    )
+    confirmations: int = Field(1, ge=1, le=64, description="blocks (the transaction's included) before it counts")
+    gas_margin: float = Field(1.25, ge=1.0, le=5.0, description="gas limit = estimate x this margin")
+    max_fee_gwei: float = Field(500.0, gt=0, description="refuse to send when the network asks more than this")
+    receipt_timeout_seconds: float = Field(180.0, gt=0, description="how long to wait for a transaction's receipt")
+    retries: int = Field(5, ge=0, le=20, description="retries of a JSON-RPC call on a transient error")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TALLY_",
@@ -207,6 +236,7 @@ class Settings(BaseSettings):
     engine: EngineSettings = Field(default_factory=lambda: EngineSettings())
     factory: FactoryLimits = Field(default_factory=lambda: FactoryLimits())
     log: LogSettings = Field(default_factory=lambda: LogSettings())
+    chain: ChainSettings = Field(default_factory=lambda: ChainSettings())
     chain_id: int = Field(31337, ge=1, description="EVM chain id: EIP-712 signing domain and on-chain settlement")
 
     @classmethod
@@ -242,6 +272,11 @@ class Settings(BaseSettings):
     @property
     def exports_dir(self) -> Path:
         return self.data_dir / "exports"
+
+    @property
+    def chain_dir(self) -> Path:
+        """The embedded chain's database and operator key (unused when `chain.url` names a node)."""
+        return self.data_dir / "chain"
 
     @property
     def witness_path(self) -> Path:

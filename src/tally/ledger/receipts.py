@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from tally.config.errors import TallyError
 from tally.ledger import merkle
 from tally.ledger.events import Entry, LedgerFormatError, decode_entry
-from tally.ledger.log import Ledger
+from tally.ledger.log import Ledger, SignedCheckpoint
 from tally.ledger.notes import NoteError, Verifier, open_checkpoint
 
 RECEIPT_FORMAT = "tally.receipt/v1"
@@ -32,9 +32,14 @@ class ReceiptError(TallyError, ValueError):
         self.reason = reason
 
 
-def build_receipt(ledger: Ledger, seq: int, session: Session | None = None) -> dict[str, Any]:
-    """The receipt of entry `seq`, against the oldest signed checkpoint that contains it (signing one if needed)."""
-    checkpoint = ledger.checkpoint_covering(seq + 1, session)
+def build_receipt(
+    ledger: Ledger, seq: int, session: Session | None = None, *, checkpoint: SignedCheckpoint | None = None
+) -> dict[str, Any]:
+    """The receipt of entry `seq`, against `checkpoint` (one that contains it; an anchored one, say), else the
+    oldest signed checkpoint that contains it (signing one if needed)."""
+    if checkpoint is not None and checkpoint.size <= seq:
+        raise ReceiptError(f"checkpoint of size {checkpoint.size} does not contain entry {seq}", reason="bad_field")
+    checkpoint = checkpoint or ledger.checkpoint_covering(seq + 1, session)
     if checkpoint is None:
         checkpoint = ledger.checkpoint()
     with ledger.store.read() as s:
