@@ -1,14 +1,20 @@
 """Check a Tally ledger receipt with nothing but hashlib and `cryptography`.
 
-    python verify_receipt.py receipt.json [VERIFIER_KEY]
+    python verify_receipt.py receipt.json [VERIFIER_KEY] [--chain-url URL]
 
-Exits 0 and prints the entry when the receipt holds; exits 1 naming what failed otherwise.
+Exits 0 and prints the entry when the receipt holds; exits 1 naming what failed otherwise. With --chain-url (any
+EVM JSON-RPC node of the chain the receipt names), a receipt with an `anchor` is also checked on chain: the
+LedgerAnchor contract must hold the receipt's signed root at its size, and the anchoring transaction must be in
+the named block.
 """
 
 import base64
 import hashlib
 import json
 import sys
+import urllib.request
+
+ROOT_AT = "0x930b6ace"  # the selector of LedgerAnchor.rootAt(bytes32,uint64): keccak256 of that signature, 4 bytes
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -60,9 +66,48 @@ def open_checkpoint(note: str, verifier_key: str) -> tuple:
     raise ValueError(f"no signature by {name}")
 
 
+def rpc(url: str, method: str, params: list) -> object:
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode()
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        answer = json.load(response)
+    if "error" in answer:
+        raise ValueError(f"{method}: {answer['error']}")
+    return answer["result"]
+
+
+def check_anchor(receipt: dict, root: bytes, size: int, url: str) -> str:
+    """The chain holds `root` at `size` for this log, in the transaction and block the receipt names."""
+    anchor = receipt.get("anchor")
+    if not anchor:
+        raise ValueError("the receipt has no anchor: its entry was not anchored on chain when it was made")
+    if anchor["tree_size"] != size:
+        raise ValueError("the anchor's size is not the checkpoint's")
+    log_id = hashlib.sha256(receipt["origin"].encode()).digest()
+    if "0x" + log_id.hex() != anchor["log_id"]:
+        raise ValueError("the anchor's log id is not the SHA-256 of the receipt's origin")
+    if int(rpc(url, "eth_chainId", []), 16) != anchor["chain_id"]:
+        raise ValueError(f"{url} is not chain {anchor['chain_id']}")
+    data = ROOT_AT + log_id.hex() + size.to_bytes(32, "big").hex()
+    on_chain = bytes.fromhex(rpc(url, "eth_call", [{"to": anchor["contract"], "data": data}, "latest"])[2:])
+    if on_chain != root:
+        raise ValueError(f"the chain anchors root {on_chain.hex()} at size {size}, not the signed {root.hex()}")
+    tx = rpc(url, "eth_getTransactionReceipt", [anchor["transaction"]])
+    if not tx or int(tx["status"], 16) != 1 or int(tx["blockNumber"], 16) != anchor["block_number"]:
+        raise ValueError("the anchoring transaction is not in the block the receipt names")
+    head = int(rpc(url, "eth_blockNumber", []), 16)
+    return f"anchored on chain {anchor['chain_id']} in block {anchor['block_number']} ({head - anchor['block_number'] + 1} confirmations)"
+
+
 def main() -> None:
-    receipt = json.load(open(sys.argv[1], encoding="utf-8"))
-    key = sys.argv[2] if len(sys.argv) > 2 else receipt["verifier_key"]
+    args = sys.argv[1:]
+    url = None
+    if "--chain-url" in args:
+        at = args.index("--chain-url")
+        url = args[at + 1]
+        del args[at : at + 2]
+    receipt = json.load(open(args[0], encoding="utf-8"))
+    key = args[1] if len(args) > 1 else receipt["verifier_key"]
     origin, size, root = open_checkpoint(receipt["checkpoint"], key)
     if origin != receipt["origin"] or size != receipt["tree_size"]:
         raise ValueError("checkpoint does not match the receipt")
@@ -75,7 +120,9 @@ def main() -> None:
     if entry["seq"] != receipt["index"]:
         raise ValueError("entry's own sequence number differs from the proven index")
     print(f"OK: entry {entry['seq']} of {origin} (size {size}) signed by {key}")
-    if len(sys.argv) <= 2:
+    if url is not None:
+        print("OK: " + check_anchor(receipt, root, size, url))
+    if len(args) <= 1:
         print("(the key came from the receipt itself: compare it with the key the log publishes)")
     print(json.dumps(entry, indent=2))
 

@@ -215,9 +215,9 @@ def test_verify_inclusion_of_proofs_from_the_ledger(w3: Web3, anchor: Any, ledge
 
 def test_rewards_are_claimed_once_each_with_the_python_payout_tree(w3: Web3) -> None:
     owner, relayer = list(w3.eth.accounts)[:2]
-    token = deploy(w3, REWARD_TOKEN, owner)
+    token = deploy(w3, REWARD_TOKEN, "Tally Reward", "TLY", 6, owner)
     assert (token.functions.name().call(), token.functions.symbol().call(), token.functions.decimals().call()) == (
-        "Tally Reward", "TLYR", 18
+        "Tally Reward", "TLY", 6
     )  # fmt: skip
     distributor = deploy(w3, REWARD_DISTRIBUTOR, token.address, owner)
     assert distributor.functions.token().call() == token.address
@@ -306,7 +306,7 @@ def test_rewards_are_claimed_once_each_with_the_python_payout_tree(w3: Web3) -> 
 
 def test_set_root_marks_exactly_the_funded_indices_across_words(w3: Web3) -> None:
     owner = w3.eth.accounts[0]
-    token = deploy(w3, REWARD_TOKEN, owner)
+    token = deploy(w3, REWARD_TOKEN, "Tally Reward", "TLY", 6, owner)
     distributor = deploy(w3, REWARD_DISTRIBUTOR, token.address, owner)
     send(w3, token.functions.mint(owner, 10**6), owner)
     send(w3, token.functions.approve(distributor.address, 10**6), owner)

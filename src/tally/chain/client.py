@@ -241,7 +241,7 @@ class Chain:
             factory = w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
             args: tuple[Any, ...] = {
                 "LedgerAnchor": (operator.address,),
-                "RewardToken": (operator.address,),
+                "RewardToken": self._token_arguments(operator.address),
                 "RewardDistributor": (addresses.get("RewardToken"), operator.address),
                 "ContributionVerifier": (),
             }[name]
@@ -255,6 +255,13 @@ class Chain:
                                     tx_hash=sent.tx_hash, block_number=sent.block_number))  # fmt: skip
             addresses[name] = sent.contract_address
         return addresses
+
+    def _token_arguments(self, owner: str) -> tuple[Any, ...]:
+        """The reward token speaks the fee policy's currency: its symbol and decimals."""
+        from tally.rewards import effective_policy
+
+        currency = effective_policy(self.settings)[0].currency
+        return (f"Tally {currency.symbol}", currency.symbol, currency.decimals, owner)
 
     # -- transactions -----------------------------------------------------------------------------------------
     def transact(self, w3: Web3, purpose: str, call: Any, account: LocalAccount, *, allow_repeat: bool = False) -> Sent:
