@@ -14,9 +14,9 @@ import json
 import sys
 import urllib.request
 
-ROOT_AT = "0x930b6ace"  # the selector of LedgerAnchor.rootAt(bytes32,uint64): keccak256 of that signature, 4 bytes
-
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+ROOT_AT = "0x930b6ace"  # the selector of LedgerAnchor.rootAt(bytes32,uint64): keccak256 of that signature, 4 bytes
 
 
 def sha256(data: bytes) -> bytes:
@@ -95,8 +95,8 @@ def check_anchor(receipt: dict, root: bytes, size: int, url: str) -> str:
     tx = rpc(url, "eth_getTransactionReceipt", [anchor["transaction"]])
     if not tx or int(tx["status"], 16) != 1 or int(tx["blockNumber"], 16) != anchor["block_number"]:
         raise ValueError("the anchoring transaction is not in the block the receipt names")
-    head = int(rpc(url, "eth_blockNumber", []), 16)
-    return f"anchored on chain {anchor['chain_id']} in block {anchor['block_number']} ({head - anchor['block_number'] + 1} confirmations)"
+    confirmations = int(rpc(url, "eth_blockNumber", []), 16) - anchor["block_number"] + 1
+    return f"anchored on chain {anchor['chain_id']} in block {anchor['block_number']} ({confirmations} confirmations)"
 
 
 def main() -> None:
@@ -106,7 +106,8 @@ def main() -> None:
         at = args.index("--chain-url")
         url = args[at + 1]
         del args[at : at + 2]
-    receipt = json.load(open(args[0], encoding="utf-8"))
+    with open(args[0], encoding="utf-8") as f:
+        receipt = json.load(f)
     key = args[1] if len(args) > 1 else receipt["verifier_key"]
     origin, size, root = open_checkpoint(receipt["checkpoint"], key)
     if origin != receipt["origin"] or size != receipt["tree_size"]:
