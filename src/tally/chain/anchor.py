@@ -70,6 +70,7 @@ def anchor_head(chain: Chain, ledger: Ledger) -> AnchorOutcome:
         raise ChainError("the log is empty: nothing to anchor", kind="conflict")
     lid = log_id(ledger.origin)
     with chain.connect() as w3:
+        chain.reconcile(w3)  # a transaction journaled by a process that died is settled first, never re-signed
         contract = chain.contract(w3, LOG_ANCHOR)
         chain_size, chain_root = contract.functions.latest(lid).call()
         if chain_size:  # never extend a chain of anchors that the local log no longer matches

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 # Deployed on first use of the embedded chain, in this order (the distributor needs the token's address).
 CONTRACTS = ("LedgerAnchor", "RewardToken", "RewardDistributor", "ContributionVerifier")
+PRECHECK_GAS = 5_000_000  # the dry run's gas cap (a node would otherwise charge the sender a whole block's gas)
 _TRANSIENT = ("timeout", "timed out", "connection", "temporarily", "502", "503", "504", "429")
 _ALREADY_SENT = ("already known", "known transaction", "already imported", "alreadyknown")
 
@@ -281,9 +282,10 @@ class Chain:
                 return self._sent(w3, done)
         if hasattr(call, "call"):  # a function, not a constructor: a revert is explained here, before any gas
             try:
-                call.call({"from": account.address})
+                call.call({"from": account.address, "gas": PRECHECK_GAS})
             except Exception as exc:
-                raise ChainError(f"{purpose} would revert: {_reason(exc)}", kind="conflict", purpose=purpose) from exc
+                reason = revert_reason(exc)
+                raise ChainError(f"{purpose} would revert: {reason}", kind="conflict", purpose=purpose) from exc
         tx = self._build(w3, call, account)
         signed = account.sign_transaction(tx)
         tx_hash = hex0x(signed.hash)
@@ -329,7 +331,7 @@ class Chain:
         except Exception as exc:
             if any(word in str(exc).lower() for word in _ALREADY_SENT):
                 return  # the node has it already: sending the same bytes twice is the same transaction
-            raise ChainError(f"the chain refused the transaction: {_reason(exc)}", kind="unavailable") from exc
+            raise ChainError(f"the chain refused the transaction: {revert_reason(exc)}", kind="unavailable") from exc
 
     def _await(self, w3: Web3, purpose: str, tx_hash: str) -> Sent:
         deadline = time.monotonic() + self.config.receipt_timeout_seconds
@@ -428,11 +430,24 @@ _SETTING = {
 }
 
 
-def _reason(exc: Exception) -> str:
-    """A revert's custom error decoded with the contracts' ABIs (`AlreadyClaimed(3, 0)`), else web3's message."""
+def revert_reason(exc: Exception) -> str:
+    """A revert's custom error decoded with the contracts' ABIs (`AlreadyClaimed(3, 0)`), else the node's message.
+    web3 over JSON-RPC reports the revert data as hex (`ContractCustomError.data`); eth-tester as the raw bytes."""
     data = getattr(exc, "data", None)
-    if isinstance(data, str) and data.startswith("0x") and len(data) >= 10:
-        decoded = decode_custom_error(data)
+    if data is None and exc.args and isinstance(exc.args[0], str) and "execution reverted: b" in exc.args[0]:
+        data = exc.args[0]
+    raw = None
+    if isinstance(data, str) and data.startswith("0x"):
+        raw = data
+    elif isinstance(data, str) and "execution reverted: b" in data:
+        import ast
+
+        try:
+            raw = "0x" + ast.literal_eval(data.split("execution reverted: ", 1)[1]).hex()
+        except (ValueError, SyntaxError):
+            raw = None
+    if raw is not None and len(raw) >= 10:
+        decoded = decode_custom_error(raw)
         if decoded:
             return decoded
     return getattr(exc, "message", None) or str(exc)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 DISTRIBUTOR = "RewardDistributor"
 TOKEN = "RewardToken"
 ZERO_ROOT = b"\x00" * 32
-CLAIM_GAS_FUNDING = 10**16  # wei the embedded chain's operator gives a claimant with no ETH (0.01 ETH)
+CLAIM_GAS_FUNDING = 10**17  # wei the embedded chain's operator gives a claimant short of ETH (0.1 ETH)
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def claim_payout(chain: Chain, claimant: LocalAccount, epoch: int | None = None)
         if distributor.functions.isClaimed(proof.epoch, proof.index).call():
             balance = token.functions.balanceOf(proof.account).call()
             return Claim(proof.epoch, proof.index, proof.account, proof.amount, None, None, balance)
-        if chain.embedded and w3.eth.get_balance(claimant.address) < CLAIM_GAS_FUNDING // 10:
+        if chain.embedded and w3.eth.get_balance(claimant.address) < CLAIM_GAS_FUNDING // 2:
             _fund_gas(chain, w3, claimant.address)
         call = distributor.functions.claim(*claim_arguments(proof))
         sent = chain.transact(w3, f"claim:{proof.epoch}:{proof.index}", call, claimant)
@@ -166,15 +166,16 @@ def onchain_balance(chain: Chain, address: str) -> OnChainBalance:
 
     account = checksum(address)
     with chain.store.read() as s:
-        payouts = s.query(PayoutRow).filter(PayoutRow.account == account).order_by(PayoutRow.epoch).all()
+        payouts = [(p.epoch, p.index, p.amount) for p in
+                   s.query(PayoutRow).filter(PayoutRow.account == account).order_by(PayoutRow.epoch)]  # fmt: skip
     with chain.connect() as w3:
         distributor = chain.contract(w3, DISTRIBUTOR)
         token = _token(chain, w3, distributor)
         claimed, unclaimed = [], []
-        for p in payouts:
-            if distributor.functions.isClaimed(p.epoch, p.index).call():
-                claimed.append(p.epoch)
+        for epoch, index, amount in payouts:
+            if distributor.functions.isClaimed(epoch, index).call():
+                claimed.append(epoch)
             else:
-                settled = bytes(distributor.functions.rootOf(p.epoch).call()) != ZERO_ROOT
-                unclaimed.append({"epoch": p.epoch, "amount": p.amount, "settled": settled})
+                settled = bytes(distributor.functions.rootOf(epoch).call()) != ZERO_ROOT
+                unclaimed.append({"epoch": epoch, "amount": amount, "settled": settled})
         return OnChainBalance(account, token.address, token.functions.balanceOf(account).call(), claimed, unclaimed)
