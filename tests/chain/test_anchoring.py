@@ -134,3 +134,19 @@ def test_the_embedded_chain_keeps_its_anchors_across_a_restart(settings: Setting
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["1", "13", "None"]
+
+
+def test_the_chain_tables_migrate_down_and_up(settings: Settings) -> None:
+    from alembic import command
+    from sqlalchemy import inspect
+
+    from tally.store.migrate import alembic_config, current_revision, head_revision, upgrade
+
+    store = open_store(settings)
+    chain_tables = {"chain_contracts", "chain_transactions", "chain_anchors"}
+    command.downgrade(alembic_config(store), "0008_rewards_credits")
+    assert not set(inspect(store.engine).get_table_names()) & chain_tables
+    upgrade(store)
+    assert current_revision(store) == head_revision() == "0009_chain"
+    assert chain_tables <= set(inspect(store.engine).get_table_names())
+    store.dispose()

@@ -146,7 +146,7 @@ def test_the_credit_tables_migrate_down_and_up(store: Store) -> None:
     tables = set(inspect(store.engine).get_table_names())
     assert not tables & {"rewards_credit_accounts", "rewards_credit_moves"}
     upgrade(store)
-    assert current_revision(store) == head_revision() == "0008_rewards_credits"
+    assert current_revision(store) == head_revision()
     assert {"rewards_credit_accounts", "rewards_credit_moves"} <= set(inspect(store.engine).get_table_names())
 
 
