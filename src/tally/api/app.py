@@ -15,6 +15,7 @@ import tally
 from tally.answers import Runtime, build_runtime
 from tally.api import (
     attribution_routes,
+    audit_routes,
     chain_routes,
     datanet_routes,
     errors,
@@ -65,6 +66,7 @@ def create_app(
         attribution_routes,
         rewards_routes,
         chain_routes,
+        audit_routes,
     ):
         app.include_router(module.router)
     return app

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from tally.cli import adapters, ask, attribution, chain, datanets, factory, identity, ledger, models, rewards
+from tally.cli import adapters, ask, attribution, audit, chain, datanets, factory, identity, ledger, models, rewards
 from tally.cli.common import console, fail, load_cli_settings
 
 app = typer.Typer(help="Tally: attribution-native AI.", no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(ledger.app, name="ledger")
+app.command("audit")(audit.audit_cmd)
 app.add_typer(chain.app, name="chain")
 app.add_typer(models.app, name="models")
 app.add_typer(adapters.app, name="adapters")
