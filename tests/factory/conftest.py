@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +90,19 @@ def people(world: World) -> World:  # noqa: F811
 @pytest.fixture
 def factory_settings(people: World) -> Settings:
     return people.settings
+
+
+@pytest.fixture
+def job_worker(people: World) -> Iterator[Any]:
+    """A worker running in a thread of the test process (the same loop `tally worker` runs), polling quickly."""
+    import threading
+
+    from tally.factory.worker import Worker
+
+    stopping = threading.Event()
+    worker = Worker(people.settings, poll_s=0.05, heartbeat_s=0.2, stopping=stopping)
+    thread = threading.Thread(target=worker.run, name="test-worker", daemon=True)
+    thread.start()
+    yield worker
+    stopping.set()
+    thread.join(timeout=60)

@@ -16,7 +16,9 @@ from tally.identity import create_api_key
 
 
 @pytest.fixture
-def client(people: World, tiny_model: Path) -> Iterator[tuple[TestClient, dict[str, dict[str, str]]]]:
+def client(
+    people: World, tiny_model: Path, job_worker: object
+) -> Iterator[tuple[TestClient, dict[str, dict[str, str]]]]:
     people.settings.models.default = str(tiny_model)  # the server's base model: what API jobs may start from
     headers = {}
     with people.tx() as s:

@@ -21,7 +21,7 @@ Headers = dict[str, dict[str, str]]
 
 
 @pytest.fixture
-def client(people: World, tiny_model: Path) -> Iterator[tuple[TestClient, Headers, Principal]]:
+def client(people: World, tiny_model: Path, job_worker: object) -> Iterator[tuple[TestClient, Headers, Principal]]:
     people.settings.models.default = str(tiny_model)
     headers = {}
     with people.tx() as s:

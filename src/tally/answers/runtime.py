@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from tally.chain.client import Chain
     from tally.datanets.contribute import NearDups
     from tally.engine import Engine
-    from tally.factory.jobs import JobRunner
+    from tally.factory.jobs import JobQueue
     from tally.rag.embed import Embedders
     from tally.rag.index import IndexCache
     from tally.rewards import FeePolicy
@@ -40,7 +40,7 @@ class Runtime:
     fee_policy: FeePolicy
     engine: Engine | None = None  # None: this process serves no inference (the inference routes answer 503)
     attributor: Attributor | None = None  # None: attribution is off (no base model to measure with)
-    jobs: JobRunner = field(init=False, repr=False)  # fine-tuning jobs, one worker thread
+    jobs: JobQueue = field(init=False, repr=False)  # fine-tuning jobs: queued in the database, run by workers
     near_dups: NearDups = field(init=False, repr=False)  # near-duplicate indexes per datanet, kept across uploads
     embedders: Embedders = field(init=False, repr=False)  # RAG sentence embedders, each loaded on first use
     rag_indexes: IndexCache = field(init=False, repr=False)  # loaded RAG indexes, kept until they change on disk
@@ -52,12 +52,12 @@ class Runtime:
 
     def __post_init__(self) -> None:
         from tally.datanets.contribute import NearDups
-        from tally.factory.jobs import JobRunner
+        from tally.factory.jobs import JobQueue
         from tally.rag.embed import Embedders
         from tally.rag.index import IndexCache
         from tally.rewards.credits import CreditHolds
 
-        self.jobs = JobRunner(self.settings, self.ledger)
+        self.jobs = JobQueue(self.settings, self.ledger)
         self.near_dups = NearDups()
         self.embedders = Embedders()
         self.rag_indexes = IndexCache()

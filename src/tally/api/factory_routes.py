@@ -1,7 +1,9 @@
 """/v1/fine_tuning/jobs (OpenAI style), with live training events over SSE; eval results and leaderboards.
 
-Mount with `app.include_router(factory_routes.router)`. Jobs run on the runtime's job runner (one worker thread),
-through the same `tally.factory` service functions the CLI calls.
+Mount with `app.include_router(factory_routes.router)`. Submitting a job inserts a queued row; worker processes
+(`tally worker`, or those `tally serve` starts) run it through the same `tally.factory` service functions the CLI
+calls. Status, progress and the cancel flag are in the database and the events in the job's training log, so
+these routes follow a job whichever process runs it.
 """
 
 from __future__ import annotations
@@ -19,20 +21,20 @@ from tally.api import policy
 from tally.api.errors import ApiError
 from tally.api.state import AppState, app_state
 from tally.factory.evaluation import leaderboard
-from tally.factory.jobs import TERMINAL, JobRow, JobRunner, admit, config_from_request, job_events, job_object
+from tally.factory.jobs import TERMINAL, JobQueue, JobRow, admit, config_from_request, job_events, job_object
 from tally.identity import Principal
 
 router = APIRouter(tags=["fine-tuning"])
 
 
-def runner(state: AppState = Depends(app_state)) -> JobRunner:
+def runner(state: AppState = Depends(app_state)) -> JobQueue:
     return state.jobs
 
 
 def _job(state: AppState, job_id: str, who: Principal) -> JobRow:
     with state.store.read() as s:
         row = s.get(JobRow, job_id)
-        if row is None or (row.created_by != who.address and not who.has("admin")):
+        if row is None or row.kind != "train" or (row.created_by != who.address and not who.has("admin")):
             raise ApiError(404, f"no fine-tuning job {job_id!r}", type_="not_found_error")
         s.expunge(row)
         return row
@@ -42,7 +44,7 @@ def _job(state: AppState, job_id: str, who: Principal) -> JobRow:
 def create_job(
     body: dict[str, Any] = Body(...),
     who: Principal = Depends(policy.allow("role", "developer", "owner")),
-    jobs: JobRunner = Depends(runner),
+    jobs: JobQueue = Depends(runner),
     state: AppState = Depends(app_state),
 ) -> dict[str, Any]:
     """Validate the config, its limits and the data permissions now (a refusal is a 4xx at once), then queue the job.
@@ -61,7 +63,7 @@ def list_jobs(
     state: AppState = Depends(app_state),
 ) -> dict[str, Any]:
     with state.store.read() as s:
-        query = select(JobRow).order_by(JobRow.created_at.desc()).limit(limit)
+        query = select(JobRow).where(JobRow.kind == "train").order_by(JobRow.created_at.desc()).limit(limit)
         if not who.has("admin"):
             query = query.where(JobRow.created_by == who.address)
         data = [job_object(r) for r in s.execute(query).scalars()]
@@ -77,7 +79,7 @@ def get_job(
 
 @router.post("/v1/fine_tuning/jobs/{job_id}/cancel")
 def cancel_job(
-    job_id: str, who: Principal = Depends(policy.allow("key")), jobs: JobRunner = Depends(runner),
+    job_id: str, who: Principal = Depends(policy.allow("key")), jobs: JobQueue = Depends(runner),
     state: AppState = Depends(app_state),
 ) -> dict[str, Any]:  # fmt: skip
     _job(state, job_id, who)

@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import typer
 
-from tally.cli import adapters, ask, attribution, audit, chain, datanets, factory, identity, ledger, models, rewards
+from tally.cli import (
+    adapters,
+    ask,
+    attribution,
+    audit,
+    chain,
+    datanets,
+    factory,
+    identity,
+    ledger,
+    models,
+    rewards,
+    worker,
+)
 from tally.cli.common import console, fail, load_cli_settings
 
 app = typer.Typer(help="Tally: attribution-native AI.", no_args_is_help=True, pretty_exceptions_enable=False)
@@ -18,6 +31,7 @@ app.command("train")(factory.train_cmd)
 app.command("eval")(factory.eval_cmd)
 app.command("leaderboard")(factory.leaderboard_cmd)
 app.command("publish")(factory.publish_cmd)
+app.command("worker")(worker.worker_cmd)
 app.add_typer(factory.pipeline_app, name="pipeline")
 app.add_typer(identity.accounts, name="accounts")
 app.add_typer(identity.keys, name="keys")
@@ -64,10 +78,16 @@ def serve(
     bind_host = host or settings.server.host
     bind_port = port or settings.server.port
     console.print(f"Tally starting on http://{bind_host}:{bind_port} (data in {settings.data_dir})")
-    # uvicorn's own access log would repeat the request line without the request id: Tally writes that line
-    uvicorn.run(
-        create_app(settings, with_engine=True), host=bind_host, port=bind_port, log_level="info", access_log=False
-    )
+    from tally.factory.jobs import WorkerPool
+
+    workers = WorkerPool(settings, settings.factory.workers).start()  # jobs run there, never in this process
+    try:
+        # uvicorn's own access log would repeat the request line without the request id: Tally writes that line
+        uvicorn.run(
+            create_app(settings, with_engine=True), host=bind_host, port=bind_port, log_level="info", access_log=False
+        )
+    finally:
+        workers.stop()
 
 
 if __name__ == "__main__":

@@ -168,6 +168,9 @@ class FactoryLimits(_Section):
     max_length: int = Field(2048, ge=8, description="data.max_length, tokens per training row")
     max_influence_dims: int = Field(8192, ge=16, description="influence.dims, the projected gradient size")
     max_rows: int = Field(100_000, ge=1, description="training rows over all the job's snapshots")
+    workers: int = Field(
+        1, ge=0, le=64, description="worker processes `tally serve` starts to run jobs; 0: none (run `tally worker`)"
+    )
 
 
 class LogSettings(_Section):

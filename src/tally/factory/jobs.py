@@ -1,20 +1,19 @@
-"""Fine-tuning jobs (OpenAI style): queued in the database, run one at a time on a worker thread.
+"""Fine-tuning jobs (OpenAI style): the API inserts a queued row; worker processes (`tally worker`, or those
+`tally serve` starts) claim and run them (`tally.factory.worker`, `tally.factory.lease`).
 
-The job's events are its `trainer_log.jsonl`, so a client can follow a job from another process, and a server
-restart loses nothing already written. Cancelling sets a flag that the training loop sees at its next event.
+The job's state (status, progress, error, the cancel flag) is its database row and its events are its
+`trainer_log.jsonl`, so the API follows a job that another process runs, and a restart of either loses nothing
+already written: a job whose worker died resumes from its last checkpoint in the next worker.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tally.config import Settings
@@ -22,18 +21,20 @@ from tally.factory.config import TrainConfig, parse_config
 from tally.factory.data import resolve_sources
 from tally.factory.errors import FactoryError
 from tally.factory.guard import check_api_config, check_free, check_name, check_rows
-from tally.factory.service import output_dir, staging_dir, train
+from tally.factory.lease import TERMINAL, JobCancelled, insert_job, request_cancel
+from tally.factory.recovery import RecoveryReport, recover
+from tally.factory.service import check_not_training, output_dir, principal_payload, staging_dir
 from tally.factory.tables import JobRow
 from tally.factory.trainlog import LOG_NAME, read_log
+from tally.factory.worker import WorkerPool, run_worker
 from tally.identity import Principal
 from tally.ledger import Ledger
 from tally.ledger.events import now_ts
 
-TERMINAL = {"succeeded", "failed", "cancelled"}
-
-
-class JobCancelled(Exception):
-    pass
+__all__ = [
+    "TERMINAL", "JobCancelled", "JobQueue", "JobRow", "RecoveryReport", "WorkerPool", "admit", "config_from_request",
+    "job_events", "job_object", "recover", "run_worker",
+]  # fmt: skip
 
 
 def _epoch(ts: str | None) -> int | None:
@@ -95,7 +96,8 @@ def job_object(row: JobRow) -> dict[str, Any]:
         "hyperparameters": {"n_epochs": cfg["train"]["epochs"], "batch_size": cfg["train"]["batch_size"],
                             "learning_rate": cfg["train"]["lr"]},
         "trained_tokens": (row.metrics or {}).get("tokens"), "adapter_hash": row.adapter_id,
-        "metrics": row.metrics, "output_dir": _shown_dir(row),
+        "metrics": row.metrics, "output_dir": _shown_dir(row), "progress": row.progress,
+        "attempts": row.attempts, "cancel_requested": bool(row.cancel_requested),
     }  # fmt: skip
 
 
@@ -106,14 +108,11 @@ def _shown_dir(row: JobRow) -> str:
     return f"<data_dir>/adapters/{row.created_by.lower()}/{row.config['output']['name']}"
 
 
-class JobRunner:
-    """One worker thread: training saturates the CPU, so jobs queue rather than compete."""
+class JobQueue:
+    """The API's side of jobs: insert a queued row, ask one to cancel. Workers do the rest."""
 
     def __init__(self, settings: Settings, ledger: Ledger) -> None:
         self.settings, self.ledger = settings, ledger
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tally-ft")
-        self.cancelled: set[str] = set()
-        self.lock = threading.Lock()
 
     def submit(self, principal: Principal, cfg: TrainConfig) -> dict[str, Any]:
         """Queue a job, refusing at once (409) a name another developer owns or an adapter that already exists."""
@@ -122,59 +121,19 @@ class JobRunner:
         with self.ledger.store.transaction() as s:
             check_name(s, principal, cfg.output.name)
             check_free(self.settings, out, cfg.output.name)
-            active = select(JobRow.id).where(JobRow.output_dir == str(out), JobRow.status.in_(("queued", "running")))
-            if s.execute(active.limit(1)).first() is not None:
-                raise FactoryError(
-                    f"a job already trains adapter {cfg.output.name!r}; choose another output.name",
-                    kind="conflict", param="output.name", name=cfg.output.name,
-                )  # fmt: skip
-            row = JobRow(
+            check_not_training(s, out, cfg.output.name)
+            row = insert_job(s, JobRow(
                 id=job_id, status="queued", config=cfg.model_dump(mode="json"), created_by=principal.address,
-                created_at=now_ts(), output_dir=str(out),
-            )  # fmt: skip
-            s.add(row)
-            s.flush()
-            obj = job_object(row)
-        self.pool.submit(self._run, job_id, principal, cfg)
-        return obj
-
-    def close(self) -> None:
-        """Stop taking jobs; queued ones are dropped (their rows stay `queued`), a running one finishes."""
-        self.pool.shutdown(wait=False, cancel_futures=True)
+                created_at=now_ts(), output_dir=str(out), kind="train", runner="worker",
+                payload={**principal_payload(principal), "limits": True}, attempts=0, cancel_requested=0,
+            ))  # fmt: skip
+            return job_object(row)
 
     def cancel(self, job_id: str) -> None:
-        with self.lock:
-            self.cancelled.add(job_id)
-        self._update(job_id, only_if="queued", status="cancelled", finished_at=now_ts())
+        request_cancel(self.ledger.store, job_id)
 
-    def _update(self, job_id: str, only_if: str | None = None, **fields: Any) -> None:
-        with self.ledger.store.transaction() as s:
-            row = s.get(JobRow, job_id)
-            if row is not None and (only_if is None or row.status == only_if):
-                for key, value in fields.items():
-                    setattr(row, key, value)
-
-    def _run(self, job_id: str, principal: Principal, cfg: TrainConfig) -> None:
-        if job_id in self.cancelled:
-            return
-        self._update(job_id, status="running", started_at=now_ts())
-
-        def check_cancel(_: dict[str, Any]) -> None:
-            if job_id in self.cancelled:
-                raise JobCancelled(job_id)
-
-        try:
-            result = train(
-                self.settings, self.ledger, principal, cfg, listeners=[check_cancel], limits=self.settings.factory
-            )
-            status, error = "succeeded", None
-            metrics = result.manifest.metrics.model_dump() if result.manifest else None
-            adapter = result.adapter_hash
-        except JobCancelled:
-            status, error, metrics, adapter = "cancelled", None, None, None
-        except Exception as exc:  # the job records any failure; the worker thread must survive it
-            status, error, metrics, adapter = "failed", f"{type(exc).__name__}: {exc}", None, None
-        self._update(job_id, status=status, error=error, metrics=metrics, adapter_id=adapter, finished_at=now_ts())
+    def close(self) -> None:
+        """Nothing runs in this process: a job in progress carries on in its worker."""
 
 
 def job_events(row: JobRow, after: int = 0) -> list[dict[str, Any]]:

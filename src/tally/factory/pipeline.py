@@ -4,6 +4,10 @@ A step's input hash covers its kind, its spec (a train step's config file conten
 outputs of the steps it needs. A snapshot step's output is the datanet's latest snapshot id, so a new snapshot
 changes exactly the hashes downstream of it: those steps run, every other step is `cached` (its previous
 outputs reused, nothing executed). A failed step marks everything downstream `skipped`.
+
+A run is a job (`tally.factory.lease`): `tally pipeline run` runs it in its own process, `submit_pipeline` queues
+it for a worker. A run interrupted in a worker resumes under the same run id: the steps it finished keep their
+status and outputs, and a train step resumes from its checkpoint.
 """
 
 from __future__ import annotations
@@ -22,8 +26,11 @@ from sqlalchemy import select
 
 from tally.config import Settings
 from tally.factory import steps
+from tally.factory.errors import FactoryError
+from tally.factory.lease import JobCancelled, Lease, finish, insert_job, local_job
 from tally.factory.pipeline_spec import PipelineSpec, StepSpec
-from tally.factory.tables import PipelineRunRow, PipelineStepRow
+from tally.factory.service import principal_payload
+from tally.factory.tables import JobRow, PipelineRunRow, PipelineStepRow
 from tally.identity import Principal
 from tally.ledger import Ledger
 from tally.ledger.events import now_ts
@@ -38,6 +45,7 @@ class Context:
     principal: Principal
     spec: PipelineSpec
     base_dir: Path
+    job: Lease | None = None  # the run's job: its training checks it for cancellation and pauses
 
 
 def _digest(obj: Any) -> str:
@@ -84,53 +92,132 @@ def _record(run_id: str, ctx: Context, name: str, step: StepSpec, **fields: Any)
 
 def run_pipeline(
     settings: Settings, ledger: Ledger, principal: Principal, spec: PipelineSpec, base_dir: Path,
-    *, trigger: str = "manual", report: Report | None = None,
+    *, trigger: str = "manual", report: Report | None = None, run_id: str | None = None, job: Lease | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Run every step whose inputs changed; returns the run's id, status and each step's status and outputs."""
-    ctx = Context(settings, ledger, principal, spec, base_dir)
-    say = report or (lambda *_: None)
-    run_id = f"run-{uuid.uuid4().hex[:20]}"
-    with ledger.store.transaction() as s:
-        s.add(PipelineRunRow(id=run_id, pipeline=spec.name, spec_hash=_digest(spec.model_dump(mode="json")),
-                             trigger=trigger, status="running", created_at=now_ts()))  # fmt: skip
-    outputs: dict[str, dict[str, Any]] = {}
-    statuses: dict[str, str] = {}
-    for name in spec.order():
-        step = spec.steps[name]
-        if any(statuses[n] in ("failed", "skipped") for n in step.needs):
-            statuses[name] = "skipped"
-            _record(run_id, ctx, name, step, status="skipped", finished_at=now_ts())
-            say(name, "skipped", "an upstream step did not succeed")
-            continue
+    """Run every step whose inputs changed; returns the run's id, status and each step's status and outputs.
+
+    A worker passes the `job` it claimed and the run id it was given (the same on every attempt); any other caller
+    gets a job row run by this process, so a crash shows as an interrupted job rather than a run `running` forever."""
+    run_id = run_id or f"run-{uuid.uuid4().hex[:20]}"
+    if job is not None:
+        return _run(Context(settings, ledger, principal, spec, base_dir, job), run_id, trigger, report)
+    store = ledger.store
+    lease = local_job(
+        store, kind="pipeline", created_by=principal.address, config=spec.model_dump(mode="json"),
+        output_dir=str(settings.data_dir / "pipelines" / spec.name),
+        payload={**principal_payload(principal), "run_id": run_id, "base_dir": str(base_dir), "trigger": trigger},
+    )  # fmt: skip
+    with lease:
         try:
-            input_hash = _digest(step_inputs(ctx, name, step, outputs))
-        except Exception as exc:  # a missing config file or datanet fails this step, not the whole run
-            statuses[name] = "failed"
-            _record(run_id, ctx, name, step, status="failed", error=str(exc), finished_at=now_ts())
-            say(name, "failed", str(exc))
-            continue
-        hit = _cached(ctx, name, input_hash)
-        if hit is not None:
-            outputs[name], statuses[name] = hit, "cached"
-            _record(run_id, ctx, name, step, status="cached", input_hash=input_hash, outputs=hit, finished_at=now_ts())
-            say(name, "cached", input_hash[:12])
-            continue
-        statuses[name] = _execute(run_id, ctx, name, step, input_hash, outputs, say)
-    status = "succeeded" if all(v in ("succeeded", "cached") for v in statuses.values()) else "failed"
+            result = _run(Context(settings, ledger, principal, spec, base_dir, lease), run_id, trigger, report)
+        except (JobCancelled, KeyboardInterrupt):
+            finish(store, lease.job_id, lease.owner, "cancelled")
+            _end_run(ledger, run_id, "cancelled", "cancelled")
+            raise FactoryError(f"pipeline run {run_id} cancelled (job {lease.job_id})", kind="conflict") from None
+        except BaseException as exc:
+            finish(store, lease.job_id, lease.owner, "failed", error=f"{type(exc).__name__}: {exc}")
+            _end_run(ledger, run_id, "failed", f"{type(exc).__name__}: {exc}")
+            raise
+        failed = sorted(n for n, s in result["steps"].items() if s == "failed")
+        finish(store, lease.job_id, lease.owner, result["status"], metrics={"steps": result["steps"]},
+               error=f"steps failed: {', '.join(failed)}" if failed else None)  # fmt: skip
+    return result
+
+
+def submit_pipeline(
+    settings: Settings, ledger: Ledger, principal: Principal, spec: PipelineSpec, base_dir: Path,
+    *, trigger: str = "queued",
+) -> dict[str, str]:  # fmt: skip
+    """Queue a run for a worker; returns its job and run ids. Train configs given as files are read now and
+    inlined (a step's input hash is of the config's contents either way, so cached results still match)."""
+    steps_inline = {}
+    for name, step in spec.steps.items():
+        if step.kind == "train" and isinstance(step.config, str):
+            config = yaml.safe_load((base_dir / step.config).read_text(encoding="utf-8"))
+            step = step.model_copy(update={"config": config})
+        steps_inline[name] = step
+    inline = spec.model_copy(update={"steps": steps_inline})
+    job_id, run_id = f"ftjob-{uuid.uuid4().hex[:24]}", f"run-{uuid.uuid4().hex[:20]}"
+    with ledger.store.transaction() as s:
+        insert_job(s, JobRow(
+            id=job_id, status="queued", config=inline.model_dump(mode="json"), created_by=principal.address,
+            created_at=now_ts(), output_dir=str(settings.data_dir / "pipelines" / spec.name), kind="pipeline",
+            runner="worker", attempts=0, cancel_requested=0,
+            payload={**principal_payload(principal), "run_id": run_id, "base_dir": str(base_dir), "trigger": trigger},
+        ))  # fmt: skip
+    return {"job": job_id, "run": run_id}
+
+
+def _end_run(ledger: Ledger, run_id: str, status: str, error: str | None) -> None:
     with ledger.store.transaction() as s:
         run = s.get(PipelineRunRow, run_id)
-        assert run is not None
-        run.status, run.finished_at = status, now_ts()
+        if run is not None and run.status == "running":
+            run.status, run.error, run.finished_at = status, error, now_ts()
+
+
+def _run(ctx: Context, run_id: str, trigger: str, report: Report | None) -> dict[str, Any]:
+    spec, ledger = ctx.spec, ctx.ledger
+    say = report or (lambda *_: None)
+    with ledger.store.transaction() as s:
+        run = s.get(PipelineRunRow, run_id)
+        if run is None:
+            s.add(PipelineRunRow(id=run_id, pipeline=spec.name, spec_hash=_digest(spec.model_dump(mode="json")),
+                                 trigger=trigger, status="running", created_at=now_ts()))  # fmt: skip
+            before: dict[str, tuple[str, dict[str, Any] | None, int]] = {}
+        else:  # resumed: what the interrupted attempt finished stays finished
+            run.status, run.error, run.finished_at = "running", None, None
+            rows = s.execute(select(PipelineStepRow).where(PipelineStepRow.run_id == run_id)).scalars()
+            before = {r.name: (r.status, r.outputs, r.attempts) for r in rows}
+    outputs: dict[str, dict[str, Any]] = {}
+    statuses: dict[str, str] = {}
+    try:
+        for name in spec.order():
+            step = spec.steps[name]
+            status, prior_outputs, attempts = before.get(name, ("", None, 0))
+            if status in ("succeeded", "cached", "failed", "skipped"):
+                statuses[name] = status
+                if prior_outputs is not None:
+                    outputs[name] = dict(prior_outputs)
+                say(name, status, "finished before the run was interrupted")
+                continue
+            if ctx.job is not None:
+                ctx.job.check()
+            if any(statuses[n] in ("failed", "skipped") for n in step.needs):
+                statuses[name] = "skipped"
+                _record(run_id, ctx, name, step, status="skipped", finished_at=now_ts())
+                say(name, "skipped", "an upstream step did not succeed")
+                continue
+            try:
+                input_hash = _digest(step_inputs(ctx, name, step, outputs))
+            except Exception as exc:  # a missing config file or datanet fails this step, not the whole run
+                statuses[name] = "failed"
+                _record(run_id, ctx, name, step, status="failed", error=str(exc), finished_at=now_ts())
+                say(name, "failed", str(exc))
+                continue
+            hit = _cached(ctx, name, input_hash)
+            if hit is not None:
+                outputs[name], statuses[name] = hit, "cached"
+                _record(run_id, ctx, name, step, status="cached", input_hash=input_hash, outputs=hit,
+                        finished_at=now_ts())  # fmt: skip
+                say(name, "cached", input_hash[:12])
+                continue
+            statuses[name] = _execute(run_id, ctx, name, step, input_hash, outputs, say, attempts)
+    except JobCancelled:
+        _end_run(ledger, run_id, "cancelled", "cancelled")
+        raise
+    status = "succeeded" if all(v in ("succeeded", "cached") for v in statuses.values()) else "failed"
+    _end_run(ledger, run_id, status, None)
     return {"run": run_id, "status": status, "steps": statuses, "outputs": outputs}
 
 
 def _execute(
     run_id: str, ctx: Context, name: str, step: StepSpec, input_hash: str, outputs: dict[str, dict[str, Any]],
-    say: Report,
+    say: Report, done: int = 0,
 ) -> str:  # fmt: skip
+    """Run a step, with retries; `done` attempts were made before an interruption (they count)."""
     retries = ctx.spec.retries if step.retries is None else step.retries
     error = ""
-    for attempt in range(1, retries + 2):
+    for attempt in range(done + 1, max(done + 1, retries + 1) + 1):
         _record(run_id, ctx, name, step, status="running", input_hash=input_hash, attempts=attempt)
         say(name, "running", f"attempt {attempt}")
         try:

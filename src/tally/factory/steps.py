@@ -11,6 +11,7 @@ from tally.datanets import snapshots
 from tally.factory import evaluation, service
 from tally.factory.config import SourceCfg, parse_config
 from tally.factory.errors import FactoryError
+from tally.factory.lease import JobPaused
 from tally.factory.pipeline_spec import StepSpec, parse_condition
 
 if TYPE_CHECKING:
@@ -59,7 +60,9 @@ def _train(ctx: Context, name: str, step: StepSpec, input_hash: str, needs: dict
     output = {"name": f"{ctx.spec.name}-{name}", **(raw.get("output") or {}), "dir": str(out_dir), "publish": False}
     cfg = parse_config({**raw, "data": {**data, "datanets": sources}, "output": output}, f"step {name!r} config")
     pipeline = {"name": ctx.spec.name, "step": name, "author": ctx.principal.address}
-    result = service.train(ctx.settings, ctx.ledger, ctx.principal, cfg, resume=True, pipeline=pipeline)
+    result = service.train(ctx.settings, ctx.ledger, ctx.principal, cfg, resume=True, pipeline=pipeline, job=ctx.job)
+    if not result.finished:  # the worker is stopping: the run goes back to the queue, this step resumes then
+        raise JobPaused(f"step {name!r}")
     return {"adapter": cfg.output.name, "adapter_hash": result.adapter_hash, "path": str(result.out_dir),
             "base_model": cfg.model.name,
             "metrics": result.manifest.metrics.model_dump() if result.manifest else None,

@@ -1,8 +1,8 @@
-"""Factory tables: trained adapters, fine-tuning jobs, evaluation results, pipeline runs and steps."""
+"""Factory tables: trained adapters, publications, fine-tuning jobs, evaluation results, pipeline runs and steps."""
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Integer, String, Text
+from sqlalchemy import JSON, Float, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tally.store import Base
@@ -22,6 +22,26 @@ class AdapterRow(Base):
     ledger_seq: Mapped[int] = mapped_column(Integer)
 
 
+class PublicationRow(Base):
+    """One publication of an adapter under a served name, committed with its `factory.adapter_published` entry.
+
+    Also the outbox of the registry file (`adapters.json`): a publication is `pending` until the file names it,
+    then `registered`; one a later publication of the same name overtook before it was written is `superseded`.
+    A crash between the commit and the file leaves it `pending`, and the next start writes it (docs/reliability.md).
+    """
+
+    __tablename__ = "factory_publications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200), index=True)  # the served name
+    adapter_id: Mapped[str] = mapped_column(String(64), index=True)
+    path: Mapped[str] = mapped_column(Text)
+    published_by: Mapped[str] = mapped_column(String(42))
+    created_at: Mapped[str] = mapped_column(String(32))
+    ledger_seq: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), index=True)  # pending | registered | superseded
+
+
 class JobRow(Base):
     __tablename__ = "factory_jobs"
 
@@ -36,6 +56,15 @@ class JobRow(Base):
     adapter_id: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
     metrics: Mapped[dict | None] = mapped_column(JSON)
+    # What runs it, and the lease that says who is running it now (tally.factory.lease, docs/factory.md#jobs)
+    kind: Mapped[str] = mapped_column(String(16), server_default="train", index=True)  # train | pipeline
+    runner: Mapped[str] = mapped_column(String(16), server_default="worker")  # worker | local (its own process)
+    payload: Mapped[dict | None] = mapped_column(JSON)  # who submitted it, row limits, a pipeline's spec and run
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    heartbeat_at: Mapped[float | None] = mapped_column(Float)  # Unix seconds of the owner's last heartbeat
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    cancel_requested: Mapped[int] = mapped_column(Integer, server_default="0")
+    progress: Mapped[dict | None] = mapped_column(JSON)  # the latest training event: step, total_steps, loss...
 
 
 class EvalRow(Base):
@@ -60,7 +89,7 @@ class PipelineRunRow(Base):
     pipeline: Mapped[str] = mapped_column(String(100), index=True)
     spec_hash: Mapped[str] = mapped_column(String(64))
     trigger: Mapped[str] = mapped_column(String(64))  # manual | watch
-    status: Mapped[str] = mapped_column(String(16))  # running | succeeded | failed
+    status: Mapped[str] = mapped_column(String(16))  # running | succeeded | failed | cancelled
     created_at: Mapped[str] = mapped_column(String(32))
     finished_at: Mapped[str | None] = mapped_column(String(32))
     error: Mapped[str | None] = mapped_column(Text)

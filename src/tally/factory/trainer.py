@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,8 +156,18 @@ class Loop:
         self.opt.zero_grad(set_to_none=True)
         return loss_total, tokens
 
-    def run(self, resume: bool = False, stop_after: int | None = None) -> LoopResult:
-        """Train to the end (or `stop_after` steps, to simulate an interruption in tests)."""
+    def _checkpoint(self, step: int) -> None:
+        self.state.log_lines = self.log.lines()
+        path = save_checkpoint(self.out, self.model, self.opt, self.state)
+        prune_checkpoints(self.out, self.cfg.train.keep_checkpoints)
+        self.log.emit({"type": "checkpoint", "step": step, "path": path.name})
+
+    def run(
+        self, resume: bool = False, stop_after: int | None = None, should_stop: Callable[[], bool] | None = None
+    ) -> LoopResult:
+        """Train to the end (or `stop_after` steps, to simulate an interruption in tests). `should_stop` is asked
+        after every step: True ends the run there with a checkpoint of that step (a worker that is shutting down),
+        from which a resume continues exactly."""
         step = self.resume() if resume else 0
         if step == 0:
             self.log.reset()
@@ -184,12 +195,15 @@ class Loop:
                 if ((every and step % every == 0) or (not every and epoch_end)) and self._eval(step):
                     self.state.stopped_early = True
                     self.log.emit({"type": "early_stop", "step": step, "best_eval_loss": self.state.best_eval})
-                if epoch_end or (save and step % save == 0) or self.state.stopped_early:
-                    self.state.log_lines = self.log.lines()
-                    path = save_checkpoint(self.out, self.model, self.opt, self.state)
-                    prune_checkpoints(self.out, self.cfg.train.keep_checkpoints)
-                    self.log.emit({"type": "checkpoint", "step": step, "path": path.name})
+                saved = epoch_end or bool(save and step % save == 0) or self.state.stopped_early
+                if saved:
+                    self._checkpoint(step)
                 if stop_after is not None and step >= stop_after:
+                    break
+                if should_stop is not None and step < self.total and should_stop():
+                    if not saved:
+                        self._checkpoint(step)
+                    self.log.emit({"type": "paused", "step": step})
                     break
         return self._finish(step, last_loss, time.monotonic() - start)
 

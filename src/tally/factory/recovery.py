@@ -1,0 +1,154 @@
+"""What a start does about what a crash left: finish or undo half-done adapter publications, clear temporary
+files, fail the local jobs whose process died, and report what it leaves alone.
+
+Run by every worker as it starts and by `tally serve` before it starts its workers; safe to run at any time, by
+any number of processes (it holds the publication lock, and it never touches a staging directory whose training
+process is alive: that process holds the directory's lock). See docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import select
+
+from tally.config import Settings
+from tally.engine.manifest import MANIFEST_NAME
+from tally.engine.registry import read_registry, registry_path
+from tally.factory.lease import ACTIVE, reap
+from tally.factory.publication import file_lock, move_back, publish_lock, register, staging_dir, staging_lock_path
+from tally.factory.tables import AdapterRow, JobRow, PublicationRow
+from tally.store import Store
+
+log = logging.getLogger(__name__)
+
+PARTIAL = ".partial"
+TEMP_AGE_S = 600.0  # a registry temporary file older than this is a crashed writer's
+
+
+@dataclass
+class RecoveryReport:
+    registered: list[str] = field(default_factory=list)  # pending publications now in the registry
+    rolled_back: list[str] = field(default_factory=list)  # adapter directories no row recorded, back in staging
+    removed: list[str] = field(default_factory=list)  # temporary files and directories of crashed writers
+    failed_jobs: list[str] = field(default_factory=list)  # local jobs whose process died
+    leftovers: list[str] = field(default_factory=list)  # reported, left alone: what they are and what to do
+
+    def lines(self) -> list[str]:
+        out = [f"publication written to adapters.json: {x}" for x in self.registered]
+        out += [f"adapter directory with no record moved back to staging: {x}" for x in self.rolled_back]
+        out += [f"removed: {x}" for x in self.removed]
+        out += [f"job interrupted, marked failed: {x}" for x in self.failed_jobs]
+        return out + [f"left alone: {x}" for x in self.leftovers]
+
+
+def _roots(settings: Settings) -> list[Path]:
+    return [settings.data_dir / "adapters", settings.data_dir / "pipelines"]
+
+
+def _manifest_hash(directory: Path) -> str | None:
+    try:
+        return str(json.loads((directory / MANIFEST_NAME).read_text(encoding="utf-8"))["adapter"]["hash"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _roll_back(settings: Settings, store: Store, final: Path, report: RecoveryReport) -> bool:
+    """Under the publication lock: move an adapter directory that no row records back into staging."""
+    if not (final / MANIFEST_NAME).is_file():
+        return False  # not a factory adapter (or an empty directory): not ours to judge
+    adapter_hash = _manifest_hash(final)
+    if adapter_hash is None:
+        report.leftovers.append(f"{final}: its {MANIFEST_NAME} is unreadable")
+        return False
+    with store.read() as s:
+        if s.get(AdapterRow, adapter_hash) is not None:
+            return False
+    served = {Path(e.path) for e in read_registry(registry_path(settings.data_dir)).values()}
+    if final.resolve() in served:
+        report.leftovers.append(f"{final}: served by adapters.json but recorded nowhere (added by hand?)")
+        return False
+    stage = staging_dir(final)
+    if stage.exists():
+        report.leftovers.append(f"{final}: no row records it, and its staging directory {stage.name} exists too")
+        return False
+    move_back(final, stage)
+    report.rolled_back.append(str(final))
+    log.warning("adapter directory %s had no record (a crash before its commit): moved back to %s", final, stage)
+    return True
+
+
+def roll_back_orphan(settings: Settings, store: Store, final: Path) -> bool:
+    """Before training into `final`: if it holds an adapter a crash left unrecorded, move it back to staging."""
+    if not final.is_dir():
+        return False
+    with publish_lock(settings):
+        return _roll_back(settings, store, final, RecoveryReport())
+
+
+def _pending_publications(settings: Settings, store: Store, report: RecoveryReport) -> None:
+    with store.read() as s:
+        pending = list(
+            s.execute(select(PublicationRow.id).where(PublicationRow.state == "pending").order_by(PublicationRow.id))
+            .scalars()
+        )  # fmt: skip
+    for pub_id in pending:
+        try:
+            entry = register(settings, store, pub_id)
+        except Exception as exc:  # a directory gone since: reported, retried at the next start
+            report.leftovers.append(f"publication {pub_id}: could not be written to adapters.json ({exc})")
+            continue
+        report.registered.append(f"{entry['name']} -> {entry['adapter_id'][:12]}")
+
+
+def _staging(settings: Settings, store: Store, stage: Path, report: RecoveryReport) -> None:
+    with file_lock(staging_lock_path(stage), blocking=False) as free:
+        if not free:
+            return  # a live process trains into it
+        for tmp in sorted((stage / "checkpoints").glob("*.tmp")):
+            shutil.rmtree(tmp, ignore_errors=True)
+            report.removed.append(str(tmp))
+        final = stage.with_name(stage.name[1 : -len(PARTIAL)])
+        with store.read() as s:
+            active = s.execute(
+                select(JobRow.id).where(JobRow.output_dir == str(final), JobRow.status.in_(ACTIVE)).limit(1)
+            ).scalar()
+        if active is None:
+            report.leftovers.append(
+                f"{stage}: an unfinished training (`tally train --resume` continues it; delete it to discard it)"
+            )
+
+
+def recover(settings: Settings, store: Store) -> RecoveryReport:
+    report = RecoveryReport()
+    report.failed_jobs = reap(store)
+    with publish_lock(settings):
+        _pending_publications(settings, store, report)
+        for root in _roots(settings):
+            if not root.is_dir():
+                continue
+            for manifest in sorted(root.rglob(MANIFEST_NAME)):
+                directory = manifest.parent
+                if not any(part.startswith(".") for part in directory.relative_to(root).parts):
+                    _roll_back(settings, store, directory, report)
+    for root in _roots(settings):
+        if root.is_dir():
+            for stage in sorted(root.rglob(f".*{PARTIAL}")):
+                if stage.is_dir():
+                    _staging(settings, store, stage, report)
+    now = time.time()
+    for tmp in settings.data_dir.glob(".adapters-*.json"):  # the registry's own temporary files
+        try:
+            if now - tmp.stat().st_mtime > TEMP_AGE_S:
+                tmp.unlink()
+                report.removed.append(str(tmp))
+        except OSError:
+            continue
+    for line in report.lines():
+        log.warning("recovery: %s", line)
+    return report
