@@ -149,7 +149,7 @@ def claim(
                 )
             )  # fmt: skip
             if taken.rowcount == 1:  # type: ignore[attr-defined]
-                row = s.get(JobRow, c.id)
+                row = s.get(JobRow, c.id, populate_existing=True)
                 assert row is not None
                 s.expunge(row)
                 return row
