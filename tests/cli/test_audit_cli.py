@@ -21,7 +21,7 @@ def test_audit_passes_then_names_the_row_changed_behind_the_ledgers_back(setting
     run("contribute", "facts", str(rows), "--as", "olga")
 
     out = run("audit")
-    assert "datanet_rows" in out and "tables agree with the ledger" in out
+    assert "datanet_rows" in out and "every table agrees with the ledger" in out
     report = json.loads(run("audit", "--json"))
     assert report["clean"] is True and report["divergence"] is None and report["tables"]["datanet_rows"] == 3
 

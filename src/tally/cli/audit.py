@@ -36,9 +36,9 @@ def audit_cmd(as_json: bool = typer.Option(False, "--json", help="print the repo
             for name, rows in report.tables.items():
                 table.add_row(name, str(rows))
             console.print(table)
-            verdict = "agree with" if report.clean else "stopped at a divergence from"
-            console.print(
-                f"{len(report.tables)} tables {verdict} the ledger: {report.size} entries read, {report.events} "
-                f"events replayed in {report.seconds:.2f} s"
-            )
+            replayed = f"{report.size} entries read, {report.events} events replayed in {report.seconds:.2f} s"
+            if report.clean:
+                console.print(f"every table agrees with the ledger: {replayed}")
+            else:
+                console.print(f"stopped at the first divergence: {replayed}")
         report.raise_for_divergence()
