@@ -5,8 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
 MODEL ?= smollm2-135m-instruct
+# The suites that run a second time against PostgreSQL (tests/postgres/run.sh: a throwaway cluster, a database per test)
+POSTGRES_SUITES := tests/store tests/ledger tests/datanets tests/rewards tests/chain tests/e2e tests/postgres
 
-.PHONY: run test lint install model bench clean
+.PHONY: run test lint install model bench clean postgres
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,8 +28,14 @@ model: $(STAMP)
 run: model $(NPM_STAMP)
 	$(BIN)/tally serve
 
-test: model $(NPM_STAMP)
+# Debian's server binaries (initdb, postgres, pg_ctl), installed when missing.
+postgres:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; }
+
+test: model $(NPM_STAMP) postgres
 	$(BIN)/python -m pytest -q
+	tests/postgres/run.sh $(BIN)/python -m pytest -q $(POSTGRES_SUITES)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

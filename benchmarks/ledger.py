@@ -2,10 +2,15 @@
 
 Measures durable appends per second (one transaction per append, and batches in one transaction) and the
 latency of the root and of an inclusion proof at 10^4, 10^5 and 10^6 entries, for Tally's ledger (SQLite, WAL,
-synchronous=FULL) and for pymerkle 7's SQLite-backed and in-memory trees fed the same entry bytes.
-Prints one JSON document, then one summary line.
+synchronous=FULL, or PostgreSQL with --database-url) and for pymerkle 7's SQLite-backed and in-memory trees fed
+the same entry bytes. Prints one JSON document, then one summary line.
 
-    python benchmarks/ledger.py [--sizes 10000,100000,1000000] [--out FILE]
+    python benchmarks/ledger.py [--sizes 10000,100000,1000000] [--database-url URL] [--out FILE]
+
+--database-url points Tally at another database, which must hold no log yet (a new, empty PostgreSQL database:
+`createdb tally_bench`, then `--database-url postgresql+psycopg://USER@HOST/tally_bench`). On PostgreSQL the
+batched clock stops after a CHECKPOINT has written the dirty pages out (the counterpart of SQLite's WAL
+checkpoint; it needs a superuser or the pg_checkpoint role, and is skipped, and said so, without one).
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from pymerkle import InmemoryTree, SqliteTree
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from tally.config import load_settings
 from tally.ledger import Event, merkle, open_ledger
-from tally.store import open_store
+from tally.store import Store, open_store
 
 
 class BenchEvent(Event):
@@ -84,11 +91,49 @@ def measure_at(size: int, ledger: Any, ptree: Any, mtree: Any, rng: random.Rando
     }
 
 
-def run(sizes: list[int], workdir: Path) -> dict[str, Any]:
+class Flush:
+    """What ends the batched clock: everything committed is in the database files, not only in the log."""
+
+    def __init__(self, store: Store, settings: Any) -> None:
+        self.store, self.wal = store, None
+        self.postgres_checkpoint = store.is_postgres
+        if store.is_sqlite:
+            self.wal = sqlite3.connect(settings.db_url.removeprefix("sqlite:///"), isolation_level=None)
+            self.wal.execute("PRAGMA busy_timeout=60000")
+
+    def __call__(self) -> None:
+        if self.wal is not None:
+            self.wal.execute("PRAGMA wal_checkpoint(FULL)").fetchall()
+        elif self.postgres_checkpoint:
+            try:
+                with self.store.engine.connect() as conn:
+                    conn.execute(text("CHECKPOINT"))
+            except DBAPIError as exc:  # not a superuser: the clock stops at the commits alone
+                print(f"  no CHECKPOINT ({exc.orig}); batched rates exclude writing pages out", flush=True)
+                self.postgres_checkpoint = False
+
+    def close(self) -> None:
+        if self.wal is not None:
+            self.wal.close()
+
+
+def database_meta(store: Store) -> dict[str, Any]:
+    """What the Tally side ran on, and with which durability."""
+    if store.is_sqlite:
+        return {"database": f"SQLite {sqlite3.sqlite_version}", "durability": "WAL synchronous=FULL"}
+    with store.engine.connect() as conn:
+        version = conn.execute(text("SHOW server_version")).scalar()
+        settings = {name: conn.execute(text(f"SHOW {name}")).scalar() for name in ("fsync", "synchronous_commit")}
+    return {"database": f"{store.engine.dialect.name} {version}", "durability": settings}
+
+
+def run(sizes: list[int], workdir: Path, database_url: str | None) -> dict[str, Any]:
     rng = random.Random(1)
-    settings = load_settings(data_dir=workdir / "tally")
+    settings = load_settings(data_dir=workdir / "tally", **({"database_url": database_url} if database_url else {}))
     store = open_store(settings)
     ledger = open_ledger(settings, store)
+    if ledger.size() != 1:
+        raise SystemExit(f"the database already holds a log of {ledger.size()} entries: give an empty one")
     ptree = SqliteTree(str(workdir / "pymerkle.db"))
     mtree = InmemoryTree(algorithm="sha256")
     results: dict[str, Any] = {"appends_per_s": {}, "at_size": {}}
@@ -117,8 +162,7 @@ def run(sizes: list[int], workdir: Path) -> dict[str, Any]:
     # file, so the WAL's second write is counted; pymerkle's default journal writes each page once.
     batch = 10_000
     timed = {"tally": [0.0, 0], "pymerkle_sqlite": [0.0, 0], "pymerkle_memory_unbatched": [0.0, 0]}
-    wal = sqlite3.connect(settings.db_url.removeprefix("sqlite:///"), isolation_level=None)
-    wal.execute("PRAGMA busy_timeout=60000")
+    flush = Flush(store, settings)
     for target in sizes:
         start = ledger.size()
         # Events are built first: constructing them is the caller's work, and the clock then runs without a gap.
@@ -129,7 +173,7 @@ def run(sizes: list[int], workdir: Path) -> dict[str, Any]:
         for events in batches:
             with store.transaction() as s:
                 ledger.append_batch(s, events)
-        wal.execute("PRAGMA wal_checkpoint(FULL)").fetchall()
+        flush()
         timed["tally"][0] += time.perf_counter() - t
         timed["tally"][1] += ledger.size() - start
         del batches
@@ -151,7 +195,9 @@ def run(sizes: list[int], workdir: Path) -> dict[str, Any]:
         print(f"  size {size:>9,}: {json.dumps(row)}", flush=True)
 
     results["appends_per_s"]["batched"] = {"batch": batch} | {k: round(n / sec) for k, (sec, n) in timed.items()}
-    wal.close()
+    results["tally_store"] = database_meta(store) | {"batched_clock_includes_checkpoint": flush.wal is not None
+                                                     or flush.postgres_checkpoint}  # fmt: skip
+    flush.close()
     ptree.close()
     store.dispose()
     return results
@@ -160,16 +206,17 @@ def run(sizes: list[int], workdir: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--database-url", help="Tally's database (an empty one); default: SQLite in a temp dir")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        results = run(sizes, Path(tmp))
+        results = run(sizes, Path(tmp), args.database_url)
     results["meta"] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {__import__('os').cpu_count()} cores",
         "python": platform.python_version(),
-        "durability": "SQLite WAL synchronous=FULL (tally); pymerkle SqliteTree defaults",
+        "durability": f"{results['tally_store']['database']} (tally); pymerkle SqliteTree defaults",
     }
     doc = json.dumps(results, indent=2)
     print(doc)
@@ -178,7 +225,8 @@ def main() -> None:
     b = results["appends_per_s"]["batched"]
     top = results["at_size"][str(max(sizes))]
     print(
-        f"ledger: batched appends {b['tally']:,}/s vs pymerkle sqlite {b['pymerkle_sqlite']:,}/s "
+        f"ledger ({results['tally_store']['database']}): batched appends {b['tally']:,}/s "
+        f"vs pymerkle sqlite {b['pymerkle_sqlite']:,}/s "
         f"({b['tally'] / b['pymerkle_sqlite']:.2f}x); at {max(sizes):,} entries root {top['root_ms']['tally']:.3f} ms "
         f"(pymerkle sqlite {top['root_ms']['pymerkle_sqlite']:.1f} ms), inclusion proof "
         f"{top['inclusion_proof_ms']['tally']:.3f} ms "

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
 import torch
+from sqlalchemy.engine import make_url
 
 from tally.config import Settings, load_settings
 from tally.ledger import Event, Ledger, open_ledger
@@ -21,14 +24,48 @@ class Note(Event):
     text: str
 
 
+# Set by tests/postgres/run.sh: the URL of a throwaway cluster's `postgres` database. When set, every test that
+# uses `settings` gets a new empty database there instead of a SQLite file in its data directory.
+TEST_POSTGRES = os.environ.get("TALLY_TEST_POSTGRES") or None
+_database_numbers = itertools.count()
+
+on_postgres = pytest.mark.skipif(TEST_POSTGRES is None, reason="needs PostgreSQL (tests/postgres/run.sh)")
+sqlite_only = pytest.mark.skipif(TEST_POSTGRES is not None, reason="SQLite-specific")
+
+
 @pytest.fixture
-def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """Settings pointing at a fresh data directory; the environment too, so CLI commands see the same."""
+def postgres_database() -> Iterator[str | None]:
+    """A new empty PostgreSQL database for one test, dropped after it (None when not running on PostgreSQL)."""
+    if TEST_POSTGRES is None:
+        yield None
+        return
+    import psycopg
+
+    base = make_url(TEST_POSTGRES)
+    name = f"t_{os.getpid()}_{next(_database_numbers)}"
+    params = {"host": base.query.get("host"), "port": base.port, "user": base.username, "dbname": base.database}
+    admin = psycopg.connect(**{k: v for k, v in params.items() if v is not None}, autocommit=True)
+    try:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        yield base.set(database=name).render_as_string(hide_password=False)
+        # FORCE: a store a test left open (or a subprocess it killed) must not keep the database alive.
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        admin.close()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, postgres_database: str | None) -> Settings:
+    """Settings pointing at a fresh data directory (and, under tests/postgres/run.sh, a fresh PostgreSQL
+    database); the environment too, so CLI commands and subprocesses see the same."""
     data = tmp_path / "data"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TALLY_DATA_DIR", str(data))
     monkeypatch.delenv("TALLY_CONFIG", raising=False)
-    monkeypatch.delenv("TALLY_DATABASE_URL", raising=False)
+    if postgres_database is None:
+        monkeypatch.delenv("TALLY_DATABASE_URL", raising=False)
+    else:
+        monkeypatch.setenv("TALLY_DATABASE_URL", postgres_database)
     monkeypatch.setenv("TALLY_CHAIN__ENABLED", "false")  # the chain's own tests turn it on
     return load_settings()
 

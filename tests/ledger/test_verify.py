@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from tests.conftest import append_notes
+from tests.conftest import append_notes, sqlite_only
 from typer.testing import CliRunner
 
 from tally.cli.main import app
@@ -14,6 +14,8 @@ from tally.config import Settings
 from tally.ledger import Ledger, VerificationError, bundles, merkle, open_ledger, verify_ledger
 from tally.ledger.tables import node_id
 from tally.store import open_store
+
+pytestmark = sqlite_only  # the faults are injected into the SQLite file (tests/postgres tampers on PostgreSQL)
 
 TILE_HEIGHT = 2  # bundles of at most 4 entries, cut at multiples of 4
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import time
 
 from sqlalchemy import text
+from tests.conftest import sqlite_only
 
 from tally.config import Settings
 from tally.store import open_store
 from tally.store.checkpoint import BACKSTOP_PAGES
 from tally.store.db import SQLITE_PAGE_SIZE
+
+pytestmark = sqlite_only  # WAL checkpoints are SQLite's
 
 
 def test_committed_pages_reach_the_database_file_without_a_writer_checkpointing(settings: Settings) -> None:

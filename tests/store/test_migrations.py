@@ -6,6 +6,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
+from tests.conftest import sqlite_only
 
 import tally.attribution.tables
 import tally.chain.tables
@@ -32,6 +33,7 @@ def test_the_start_up_check_reads_the_same_head_as_alembic() -> None:
     assert head_from_files() == head_revision() is not None
 
 
+@sqlite_only
 def test_sqlite_is_in_wal_mode_with_the_configured_durability(settings: Settings) -> None:
     store = open_store(settings)
     with store.read() as s:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Float, Integer, String
+from sqlalchemy import JSON, Float, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from tally.store import Base
+from tally.store import Base, BigInt
 
 
 class AttributionRow(Base):
@@ -17,7 +17,7 @@ class AttributionRow(Base):
     record: Mapped[dict] = mapped_column(JSON)
     record_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[str] = mapped_column(String(32))
-    ledger_seq: Mapped[int] = mapped_column(Integer)
+    ledger_seq: Mapped[int] = mapped_column(BigInt)
 
 
 class RowInfluence(Base):

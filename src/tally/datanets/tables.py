@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import JSON, Float, ForeignKey, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from tally.store import Base
+from tally.store import Base, BigInt
 
 
 class DatanetRow(Base):
@@ -19,8 +19,8 @@ class DatanetRow(Base):
     uses: Mapped[list[str]] = mapped_column(JSON)  # permitted: train, rag, eval, commercial
     visibility: Mapped[str] = mapped_column(String(8))  # public | private
     policy: Mapped[str] = mapped_column(String(16))  # open | owner-reviewed | invite-only
-    max_upload_bytes: Mapped[int] = mapped_column(Integer)
-    max_rows_per_day: Mapped[int] = mapped_column(Integer)
+    max_upload_bytes: Mapped[int] = mapped_column(BigInt)
+    max_rows_per_day: Mapped[int] = mapped_column(BigInt)
     owner: Mapped[str] = mapped_column(ForeignKey("accounts.address"))
     created_at: Mapped[str] = mapped_column(String(32))
 
@@ -49,7 +49,7 @@ class ContributionRow(Base):
     signature: Mapped[str | None] = mapped_column(String(132))
     nonce: Mapped[str | None] = mapped_column(String(78))
     created_at: Mapped[str] = mapped_column(String(32))
-    ledger_seq: Mapped[int] = mapped_column(Integer)
+    ledger_seq: Mapped[int] = mapped_column(BigInt)
 
 
 class DataRow(Base):
@@ -82,7 +82,7 @@ class SnapshotRow(Base):
     license: Mapped[str] = mapped_column(String(256))
     created_by: Mapped[str] = mapped_column(String(42))
     created_at: Mapped[str] = mapped_column(String(32))
-    ledger_seq: Mapped[int] = mapped_column(Integer)
+    ledger_seq: Mapped[int] = mapped_column(BigInt)
 
 
 class SnapshotMember(Base):

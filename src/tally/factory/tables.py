@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import JSON, Float, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from tally.store import Base
+from tally.store import Base, BigInt
 
 
 class AdapterRow(Base):
@@ -19,7 +19,7 @@ class AdapterRow(Base):
     published: Mapped[int] = mapped_column(Integer, default=0)
     created_by: Mapped[str] = mapped_column(String(42))
     created_at: Mapped[str] = mapped_column(String(32))
-    ledger_seq: Mapped[int] = mapped_column(Integer)
+    ledger_seq: Mapped[int] = mapped_column(BigInt)
 
 
 class PublicationRow(Base):
@@ -38,7 +38,7 @@ class PublicationRow(Base):
     path: Mapped[str] = mapped_column(Text)
     published_by: Mapped[str] = mapped_column(String(42))
     created_at: Mapped[str] = mapped_column(String(32))
-    ledger_seq: Mapped[int] = mapped_column(Integer)
+    ledger_seq: Mapped[int] = mapped_column(BigInt)
     state: Mapped[str] = mapped_column(String(16), index=True)  # pending | registered | superseded
 
 
@@ -79,7 +79,7 @@ class EvalRow(Base):
     metrics: Mapped[dict] = mapped_column(JSON)
     created_by: Mapped[str] = mapped_column(String(42))
     created_at: Mapped[str] = mapped_column(String(32))
-    ledger_seq: Mapped[int] = mapped_column(Integer)
+    ledger_seq: Mapped[int] = mapped_column(BigInt)
 
 
 class PipelineRunRow(Base):

@@ -228,6 +228,11 @@ class Ledger:
                 size=len(items),
             )
         count = len(items)
+        # Appenders run one at a time: on SQLite the transaction holds the database's write lock; on PostgreSQL this
+        # takes the advisory write lock unless the transaction holds it already (`Store.transaction()` takes it
+        # before anything else, so write transactions never deadlock). The size bump below would lock the state
+        # row too, but the advisory lock also covers what the caller read before appending.
+        self.store.lock_for_write(session)
         # Plain DBAPI statements: the ORM's per-statement bookkeeping is a large part of a single append.
         conn = session.connection()
         mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"

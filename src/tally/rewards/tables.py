@@ -10,7 +10,7 @@ from __future__ import annotations
 from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from tally.store import Base
+from tally.store import Base, BigInt
 
 Amount = String(80)  # decimal digits of a uint256 (at most 78)
 
@@ -34,7 +34,7 @@ class AccrualLineRow(Base):
 
     __tablename__ = "rewards_accrual_lines"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigInt, primary_key=True, autoincrement=True)
     inference: Mapped[str] = mapped_column(String(80), ForeignKey("rewards_accruals.inference"), index=True)
     account: Mapped[str] = mapped_column(String(42), index=True)
     role: Mapped[str] = mapped_column(String(32))
@@ -93,7 +93,7 @@ class CreditMoveRow(Base):
 
     __tablename__ = "rewards_credit_moves"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigInt, primary_key=True, autoincrement=True)
     account: Mapped[str] = mapped_column(String(42), ForeignKey("rewards_credit_accounts.account"), index=True)
     kind: Mapped[str] = mapped_column(String(16))  # credit, charge
     amount: Mapped[str] = mapped_column(Amount)

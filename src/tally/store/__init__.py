@@ -1,5 +1,5 @@
 """Database engine, sessions and migrations."""
 
-from tally.store.db import Base, Store, open_store
+from tally.store.db import Base, BigInt, Store, open_store
 
-__all__ = ["Base", "Store", "open_store"]
+__all__ = ["Base", "BigInt", "Store", "open_store"]

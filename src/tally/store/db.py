@@ -3,6 +3,12 @@
 pysqlite's own transaction handling starts transactions late and lets SELECTs run outside them; we turn it off
 and emit BEGIN ourselves so every session is one real transaction. `Store.transaction()` begins IMMEDIATE on
 SQLite, taking the write lock up front, so a read-then-write in one transaction never fails on upgrade.
+
+PostgreSQL gets the same contract: a write transaction runs at READ COMMITTED and its first statement takes a
+transaction-level advisory lock (`pg_advisory_xact_lock`), so write transactions run one at a time, each seeing
+everything committed before it, and cannot deadlock with each other; the lock goes with the commit or rollback.
+Read sessions run at REPEATABLE READ: like a SQLite read transaction, every query of one session sees the same
+snapshot, so a reader never sees half of a writer's work across two queries. Readers never wait for writers.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import BigInteger, Engine, Integer, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -26,6 +32,24 @@ class Base(DeclarativeBase):
 
 
 SQLITE_PAGE_SIZE = 16384
+
+# A 64-bit integer column. SQLite's INTEGER is already 64 bits (and INTEGER PRIMARY KEY is the rowid), PostgreSQL's
+# is 32: counts and sequence numbers that may pass 2^31 are BIGINT there.
+BigInt = BigInteger().with_variant(Integer(), "sqlite")
+
+# The key of the advisory lock every PostgreSQL write transaction holds: b"tally\0\0\1" as a signed 64-bit integer.
+# Advisory locks are per database, so databases on one server do not share it.
+WRITE_LOCK_KEY = int.from_bytes(b"tally\0\0\1", "big", signed=True)
+WRITE_LOCK_SQL = f"SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})"
+_WRITE_LOCK_HELD = "tally_write_lock"  # Session.info key: the transaction that took the lock
+
+
+def normalise_url(url: str) -> str:
+    """`postgresql://` and `postgres://` mean PostgreSQL through psycopg 3, the driver Tally installs."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url[len(scheme) :]
+    return url
 
 
 def _sqlite_engine(url: str, synchronous: str) -> Engine:
@@ -58,11 +82,13 @@ class Store:
     """One database: an engine plus session factories."""
 
     def __init__(self, url: str, *, sqlite_synchronous: str = "FULL") -> None:
-        self.url = url
+        self.url = url = normalise_url(url)
         self._checkpointer: WalCheckpointer | None = None
         self._wal_path: str | None = None
         self._checkpointer_lock = threading.Lock()
-        self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
+        backend = make_url(url).get_backend_name()
+        self.is_sqlite = backend == "sqlite"
+        self.is_postgres = backend == "postgresql"
         if self.is_sqlite:
             database = make_url(url).database
             if database and database != ":memory:":
@@ -72,8 +98,15 @@ class Store:
                 self._wal_path = str(Path(database).resolve())
         else:
             self.engine = create_engine(url, pool_pre_ping=True)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        writer = self.engine.execution_options(tally_immediate=True) if self.is_sqlite else self.engine
+        reader, writer = self.engine, self.engine
+        if self.is_sqlite:
+            writer = self.engine.execution_options(tally_immediate=True)
+        elif self.is_postgres:
+            # Explicit, whatever the server's default_transaction_isolation says: the write lock relies on each
+            # statement after it taking a new snapshot, the readers on one snapshot for the whole session.
+            reader = self.engine.execution_options(isolation_level="REPEATABLE READ")
+            writer = self.engine.execution_options(isolation_level="READ COMMITTED")
+        self._sessions = sessionmaker(reader, expire_on_commit=False)
         self._write_sessions = sessionmaker(writer, expire_on_commit=False)
         if self._wal_path is not None:
             # The session's after_commit, not the engine's commit event: the latter fires before SQLite commits,
@@ -82,9 +115,28 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """A read-write transaction: committed on success, rolled back on any exception."""
+        """A read-write transaction: committed on success, rolled back on any exception. It holds the database's
+        write lock from its start (BEGIN IMMEDIATE on SQLite, the advisory lock on PostgreSQL) to its end."""
         with self._write_sessions() as session, session.begin():
+            if self.is_postgres:
+                self.lock_for_write(session)
             yield session
+
+    def lock_for_write(self, session: Session) -> None:
+        """Make sure `session`'s transaction holds the write lock, waiting for it if another transaction has it.
+
+        On PostgreSQL a no-op when this transaction took it already; otherwise (a session that did not come from
+        `transaction()`) the lock is taken now, held to the end of the transaction. On SQLite the first write takes
+        the database's lock (at BEGIN IMMEDIATE in a `transaction()`), so there is nothing to do."""
+        if not self.is_postgres:
+            return
+        conn = session.connection()
+        current = conn.get_transaction()
+        if current is not None and session.info.get(_WRITE_LOCK_HELD) is current:
+            return
+        conn.exec_driver_sql(WRITE_LOCK_SQL)
+        if not conn.in_nested_transaction():  # a savepoint's rollback would release a lock it took
+            session.info[_WRITE_LOCK_HELD] = conn.get_transaction()
 
     @contextmanager
     def read(self) -> Iterator[Session]:

@@ -13,6 +13,9 @@ down_revision = "0002_identity"
 branch_labels = None
 depends_on = None
 
+# 64-bit where it matters: SQLite's INTEGER is 64 bits already (and INTEGER PRIMARY KEY the rowid), PostgreSQL's 32.
+BigInt = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
 
 def upgrade() -> None:
     op.create_table(
@@ -25,8 +28,8 @@ def upgrade() -> None:
         sa.Column("uses", sa.JSON(), nullable=False),
         sa.Column("visibility", sa.String(8), nullable=False),
         sa.Column("policy", sa.String(16), nullable=False),
-        sa.Column("max_upload_bytes", sa.Integer(), nullable=False),
-        sa.Column("max_rows_per_day", sa.Integer(), nullable=False),
+        sa.Column("max_upload_bytes", BigInt, nullable=False),
+        sa.Column("max_rows_per_day", BigInt, nullable=False),
         sa.Column("owner", sa.String(42), sa.ForeignKey("accounts.address"), nullable=False),
         sa.Column("created_at", sa.String(32), nullable=False),
     )
@@ -49,7 +52,7 @@ def upgrade() -> None:
         sa.Column("signature", sa.String(132), nullable=True),
         sa.Column("nonce", sa.String(78), nullable=True),
         sa.Column("created_at", sa.String(32), nullable=False),
-        sa.Column("ledger_seq", sa.Integer(), nullable=False),
+        sa.Column("ledger_seq", BigInt, nullable=False),
     )
     op.create_table(
         "datanet_rows",
@@ -78,7 +81,7 @@ def upgrade() -> None:
         sa.Column("license", sa.String(256), nullable=False),
         sa.Column("created_by", sa.String(42), nullable=False),
         sa.Column("created_at", sa.String(32), nullable=False),
-        sa.Column("ledger_seq", sa.Integer(), nullable=False),
+        sa.Column("ledger_seq", BigInt, nullable=False),
     )
     op.create_table(
         "snapshot_rows",

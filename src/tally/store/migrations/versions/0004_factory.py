@@ -13,6 +13,9 @@ down_revision = "0003_datanets"
 branch_labels = None
 depends_on = None
 
+# 64-bit where it matters: SQLite's INTEGER is 64 bits already (and INTEGER PRIMARY KEY the rowid), PostgreSQL's 32.
+BigInt = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
 
 def upgrade() -> None:
     op.create_table(
@@ -25,7 +28,7 @@ def upgrade() -> None:
         sa.Column("published", sa.Integer(), nullable=False),
         sa.Column("created_by", sa.String(42), nullable=False),
         sa.Column("created_at", sa.String(32), nullable=False),
-        sa.Column("ledger_seq", sa.Integer(), nullable=False),
+        sa.Column("ledger_seq", BigInt, nullable=False),
     )
     op.create_table(
         "factory_jobs",
@@ -52,7 +55,7 @@ def upgrade() -> None:
         sa.Column("metrics", sa.JSON(), nullable=False),
         sa.Column("created_by", sa.String(42), nullable=False),
         sa.Column("created_at", sa.String(32), nullable=False),
-        sa.Column("ledger_seq", sa.Integer(), nullable=False),
+        sa.Column("ledger_seq", BigInt, nullable=False),
     )
     op.create_table(
         "pipeline_runs",

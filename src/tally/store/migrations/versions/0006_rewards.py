@@ -13,6 +13,9 @@ down_revision = "0005_attribution"
 branch_labels = None
 depends_on = None
 
+# 64-bit where it matters: SQLite's INTEGER is 64 bits already (and INTEGER PRIMARY KEY the rowid), PostgreSQL's 32.
+BigInt = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
 AMOUNT = 80  # decimal digits of a uint256
 
 
@@ -31,7 +34,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "rewards_accrual_lines",
-        sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+        sa.Column("id", BigInt, primary_key=True, autoincrement=True),
         sa.Column("inference", sa.String(80), sa.ForeignKey("rewards_accruals.inference"), nullable=False, index=True),
         sa.Column("account", sa.String(42), nullable=False, index=True),
         sa.Column("role", sa.String(32), nullable=False),

@@ -13,6 +13,9 @@ down_revision = "0007_ledger_bundles"
 branch_labels = None
 depends_on = None
 
+# 64-bit where it matters: SQLite's INTEGER is 64 bits already (and INTEGER PRIMARY KEY the rowid), PostgreSQL's 32.
+BigInt = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
 AMOUNT = 80  # decimal digits of a uint256
 
 
@@ -26,7 +29,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "rewards_credit_moves",
-        sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+        sa.Column("id", BigInt, primary_key=True, autoincrement=True),
         sa.Column(
             "account", sa.String(42), sa.ForeignKey("rewards_credit_accounts.account"), nullable=False, index=True
         ),

@@ -13,6 +13,9 @@ down_revision = "0009_chain"
 branch_labels = None
 depends_on = None
 
+# 64-bit where it matters: SQLite's INTEGER is 64 bits already (and INTEGER PRIMARY KEY the rowid), PostgreSQL's 32.
+BigInt = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
 
 def upgrade() -> None:
     with op.batch_alter_table("factory_jobs") as batch:
@@ -39,7 +42,7 @@ def upgrade() -> None:
         sa.Column("path", sa.Text(), nullable=False),
         sa.Column("published_by", sa.String(42), nullable=False),
         sa.Column("created_at", sa.String(32), nullable=False),
-        sa.Column("ledger_seq", sa.Integer(), nullable=False),
+        sa.Column("ledger_seq", BigInt, nullable=False),
         sa.Column("state", sa.String(16), nullable=False, index=True),
     )
 
