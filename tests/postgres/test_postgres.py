@@ -6,9 +6,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 from tests.conftest import append_notes, on_postgres
 
 from tally.config import Settings
@@ -57,6 +59,20 @@ def test_write_transactions_take_turns(store: Store) -> None:
         assert waiting == 1
     thread.join(10)
     assert entered.is_set() and seen == [1]
+
+
+def test_a_writer_that_waits_too_long_for_the_lock_fails(settings: Settings, store: Store) -> None:
+    impatient = Store(settings.db_url, lock_timeout_ms=200)
+    with store.transaction():
+        t = time.monotonic()
+        with pytest.raises(OperationalError, match="lock timeout"), impatient.transaction():
+            pass
+        assert time.monotonic() - t < 5
+    with impatient.transaction() as s:  # free again
+        assert s.execute(text("SHOW lock_timeout")).scalar_one() == "200ms"
+    impatient.dispose()
+    with store.read() as s:
+        assert s.execute(text("SHOW lock_timeout")).scalar_one() == "30s"
 
 
 def test_a_reader_keeps_its_snapshot_while_the_log_grows(ledger: Ledger) -> None:

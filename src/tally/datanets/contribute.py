@@ -27,6 +27,7 @@ from tally.ledger.canonical import canonical_json
 from tally.ledger.events import now_ts
 
 _IN_CHUNK = 500  # bound on bound parameters per IN query
+MAX_FILENAME = 256  # the filename column's width (PostgreSQL enforces it)
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,8 @@ def contribute(
     if dn.visibility == "private" and not can_read(session, principal, dn):
         raise ForbiddenError(f"datanet {slug!r} is private; you need its owner's invitation or a grant")
 
+    if len(filename) > MAX_FILENAME:
+        raise DatanetError(f"the file name is {len(filename)} characters; at most {MAX_FILENAME}", param="file")
     parsed = parse_for(dn.kind, data, filename, format, upload_limits(dn, settings))
     rows = parsed.rows
     _refuse_existing(session, slug, filename, rows)

@@ -8,6 +8,8 @@ from license_expression import ExpressionError, Licensing, get_spdx_licensing
 
 from tally.datanets.errors import DatanetError
 
+MAX_EXPRESSION = 256  # the license columns' width (PostgreSQL enforces it)
+
 
 # Not runtime state: the SPDX license table shipped with license-expression is a constant that parsing only reads.
 # Built on first use (tens of ms) rather than at import, so commands that never check a license do not pay for it.
@@ -29,6 +31,11 @@ def normalize_license(expression: str) -> str:
             param="license",
         )
     try:
-        return str(_licensing().parse(info.normalized_expression))
+        normalized = str(_licensing().parse(info.normalized_expression))
     except ExpressionError as exc:
         raise DatanetError(f"license {expression!r}: {exc}", param="license") from exc
+    if len(normalized) > MAX_EXPRESSION:
+        raise DatanetError(
+            f"license expression of {len(normalized)} characters; at most {MAX_EXPRESSION}", param="license"
+        )
+    return normalized

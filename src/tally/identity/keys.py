@@ -24,6 +24,7 @@ from tally.ledger.events import now_ts
 PREFIX = "tly"
 MAX_KEY_DAYS = 3650  # a key's longest lifetime; past it, rotate (a far-off date would also overflow the clock)
 MAX_LIVE_KEYS = 20  # per account: rate limits are per key, so minting keys must not multiply them
+MAX_LABEL = 128  # the label column's width (PostgreSQL enforces it)
 
 
 class AuthError(TallyError, PermissionError):
@@ -99,6 +100,8 @@ def create_api_key(
             param="roles",
             role=sorted(extra)[0],
         )
+    if len(label) > MAX_LABEL:
+        raise AccountError(f"a key's label is at most {MAX_LABEL} characters, not {len(label)}", param="label")
     if expires_in is not None and not timedelta(0) < expires_in <= timedelta(days=MAX_KEY_DAYS):
         raise AccountError(
             f"a key expires after more than 0 and at most {MAX_KEY_DAYS} days",

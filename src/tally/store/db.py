@@ -32,6 +32,7 @@ class Base(DeclarativeBase):
 
 
 SQLITE_PAGE_SIZE = 16384
+BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for another's lock before it fails (SQLite and PostgreSQL)
 
 # A 64-bit integer column. SQLite's INTEGER is already 64 bits (and INTEGER PRIMARY KEY is the rowid), PostgreSQL's
 # is 32: counts and sequence numbers that may pass 2^31 are BIGINT there.
@@ -53,7 +54,7 @@ def normalise_url(url: str) -> str:
 
 
 def _sqlite_engine(url: str, synchronous: str) -> Engine:
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -65,7 +66,7 @@ def _sqlite_engine(url: str, synchronous: str) -> Engine:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cursor.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
         cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         cursor.close()
@@ -78,10 +79,27 @@ def _sqlite_engine(url: str, synchronous: str) -> Engine:
     return engine
 
 
+def _postgres_engine(url: str, lock_timeout_ms: int) -> Engine:
+    engine = create_engine(url, pool_pre_ping=True)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # A writer waits for the write lock (and any row lock) at most as long as SQLite's busy timeout, then fails,
+        # rather than hanging behind a stuck transaction; unless the URL or the server set a limit of their own.
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT set_config('lock_timeout', %s, false) WHERE current_setting('lock_timeout') = '0'",
+                (f"{lock_timeout_ms}ms",),
+            )
+        dbapi_connection.commit()  # a setting made in a transaction that rolls back would be undone
+
+    return engine
+
+
 class Store:
     """One database: an engine plus session factories."""
 
-    def __init__(self, url: str, *, sqlite_synchronous: str = "FULL") -> None:
+    def __init__(self, url: str, *, sqlite_synchronous: str = "FULL", lock_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
         self.url = url = normalise_url(url)
         self._checkpointer: WalCheckpointer | None = None
         self._wal_path: str | None = None
@@ -96,6 +114,8 @@ class Store:
             self.engine = _sqlite_engine(url, sqlite_synchronous)
             if database and database != ":memory:" and not database.startswith("file:"):
                 self._wal_path = str(Path(database).resolve())
+        elif self.is_postgres:
+            self.engine = _postgres_engine(url, lock_timeout_ms)
         else:
             self.engine = create_engine(url, pool_pre_ping=True)
         reader, writer = self.engine, self.engine
