@@ -8,6 +8,8 @@ first divergence stops the audit. See docs/audit.md for what is checked and what
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from tally.datanets.audit import DatanetsAudit
 from tally.factory.audit import FactoryAudit
 from tally.identity.audit import IdentityAudit
@@ -23,10 +25,12 @@ def auditors(ledger: Ledger) -> list[Auditor]:
     return [IdentityAudit(), DatanetsAudit(ledger), RewardsAudit(ledger), FactoryAudit(ledger)]
 
 
-def audit(store: Store, ledger: Ledger, *, batch: int = BATCH) -> AuditReport:
+def audit(
+    store: Store, ledger: Ledger, *, batch: int = BATCH, progress: Callable[[int, int], None] | None = None
+) -> AuditReport:
     """Replay the whole log against the tables, all read in one transaction (on PostgreSQL a repeatable-read one),
-    so a server writing meanwhile neither hides nor invents a divergence."""
+    so a server writing meanwhile neither hides nor invents a divergence. `progress(entries read, entries)`."""
     with store.read() as session:
         if not store.is_sqlite:
             session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-        return run_audit(ledger, session, auditors(ledger), batch=batch)
+        return run_audit(ledger, session, auditors(ledger), batch=batch, progress=progress)

@@ -226,9 +226,17 @@ class AuditReport:
             raise AuditError(self.divergence)
 
 
-def run_audit(ledger: Ledger, session: Session, auditors: Sequence[Auditor], *, batch: int = BATCH) -> AuditReport:
+def run_audit(
+    ledger: Ledger,
+    session: Session,
+    auditors: Sequence[Auditor],
+    *,
+    batch: int = BATCH,
+    progress: Callable[[int, int], None] | None = None,
+) -> AuditReport:
     """Replay the whole log once through `auditors` (in their order within each batch), then let each finish; stop
-    at the first divergence. Everything is read through `session`, so the log and the tables are one snapshot."""
+    at the first divergence. Everything is read through `session`, so the log and the tables are one snapshot.
+    `progress(entries read, entries in all)` is called after each batch."""
     began = time.perf_counter()
     routes: dict[type[Event], Auditor] = {}
     for auditor in auditors:
@@ -237,7 +245,9 @@ def run_audit(ledger: Ledger, session: Session, auditors: Sequence[Auditor], *, 
     report = AuditReport(size=ledger.size(session))
     types = {cls.event_type for cls in routes}
     divergence = None
-    for _, found in replay(ledger, session, types, end=report.size, batch=batch):
+    done = 0
+    for read, found in replay(ledger, session, types, end=report.size, batch=batch):
+        done += read
         report.events += len(found)
         for r in found:
             if type(r.event) not in routes:  # a version of an audited type that no auditor understands
@@ -251,6 +261,8 @@ def run_audit(ledger: Ledger, session: Session, auditors: Sequence[Auditor], *, 
                 break
         if divergence is not None:
             break
+        if progress is not None:
+            progress(done, report.size)
     else:
         for auditor in auditors:
             if (divergence := auditor.finish(session)) is not None:
