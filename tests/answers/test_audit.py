@@ -234,10 +234,11 @@ def test_an_unrevoked_key_and_an_extra_datanet_are_caught(built: Built) -> None:
     assert (d.table, d.field, d.expected, d.found) == ("api_keys", "revoked", True, False)
     tamper(ledger, "UPDATE api_keys SET revoked_at = 'x' WHERE key_id = :k", k=d.key)
     assert run(ledger).clean
+    columns = "description, tags, kind, license, uses, visibility, policy, max_upload_bytes, max_rows_per_day, owner"
     tamper(
         ledger,
-        "INSERT INTO datanets SELECT 'forged', description, tags, kind, license, uses, visibility, policy, "
-        "max_upload_bytes, max_rows_per_day, owner, created_at FROM datanets WHERE slug = 'med-qa'",
+        f"INSERT INTO datanets (slug, {columns}, created_at) SELECT 'forged', {columns}, created_at FROM datanets "
+        "WHERE slug = 'med-qa'",
     )
     d = caught(ledger).divergence
     assert (d.table, d.key, d.expected, d.found) == ("datanets", "forged", "(no row)", "(a row)") and d.seq is None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sqlalchemy import text
+from sqlalchemy import select, text, update
 from tests.datanets.conftest import World
 from tests.factory.conftest import make_config
 
@@ -16,6 +16,7 @@ from tally.datanets.snapshots import get_snapshot
 from tally.factory import service
 from tally.factory.audit import ADAPTER_FILES, MANIFEST_FILE, MANIFEST_ROW
 from tally.factory.evaluation import EvalResult, record_results
+from tally.factory.tables import AdapterRow
 from tally.ledger import Ledger
 from tally.ledger.audit import Divergence
 
@@ -54,15 +55,15 @@ def test_an_edited_manifest_or_adapter_is_caught(people: World, tiny_model: Path
     assert _divergence(ledger) is None
 
     with ledger.store.read() as s:
-        stored = s.execute(text("SELECT manifest FROM factory_adapters")).scalar_one()
-    edited = json.loads(stored) if isinstance(stored, str) else stored
+        stored = s.execute(select(AdapterRow.manifest)).scalar_one()
+    edited = json.loads(json.dumps(stored))
     edited["data"]["contributors"][people.bob.address] = 400
-    _sql(ledger, "UPDATE factory_adapters SET manifest = :m", m=json.dumps(edited))
+    with ledger.store.transaction() as s:  # through the column's JSON type, as on every backend
+        s.execute(update(AdapterRow).values(manifest=edited))
     d = _divergence(ledger)
     assert d is not None and (d.table, d.key, d.field) == ("factory_adapters", adapter, MANIFEST_ROW)
-    _sql(
-        ledger, "UPDATE factory_adapters SET manifest = :m", m=stored if isinstance(stored, str) else json.dumps(stored)
-    )
+    with ledger.store.transaction() as s:
+        s.execute(update(AdapterRow).values(manifest=stored))
     assert _divergence(ledger) is None
 
     weights = result.out_dir / "adapter_model.safetensors"

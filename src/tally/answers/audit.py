@@ -28,9 +28,8 @@ def auditors(ledger: Ledger) -> list[Auditor]:
 def audit(
     store: Store, ledger: Ledger, *, batch: int = BATCH, progress: Callable[[int, int], None] | None = None
 ) -> AuditReport:
-    """Replay the whole log against the tables, all read in one transaction (on PostgreSQL a repeatable-read one),
-    so a server writing meanwhile neither hides nor invents a divergence. `progress(entries read, entries)`."""
+    """Replay the whole log against the tables, all read in one read session: one snapshot (a SQLite read
+    transaction, a repeatable-read one on PostgreSQL), so a server writing meanwhile neither hides nor invents a
+    divergence. `progress(entries read, entries)`."""
     with store.read() as session:
-        if not store.is_sqlite:
-            session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
         return run_audit(ledger, session, auditors(ledger), batch=batch, progress=progress)
