@@ -129,7 +129,7 @@ def test_the_lease_thread_heartbeats_reads_the_flag_and_stops_the_job(store: Sto
     with lease.Lease(store, "ftjob-l", owner, heartbeat_s=0.05) as held:
         held.listener({"type": "train", "step": 2, "total_steps": 9, "loss": 1.5, "elapsed_s": 1.0})
         time.sleep(0.3)
-        assert _row(store, "ftjob-l").progress == {"type": "train", "step": 2, "total_steps": 9, "loss": 1.5}
+        assert _row(store, "ftjob-l").progress == {"phase": "training", "step": 2, "total_steps": 9, "loss": 1.5}
         lease.request_cancel(store, "ftjob-l")
         deadline = time.monotonic() + 5
         while not held.cancelled.is_set() and time.monotonic() < deadline:

@@ -78,8 +78,14 @@ def serve(
     bind_host = host or settings.server.host
     bind_port = port or settings.server.port
     console.print(f"Tally starting on http://{bind_host}:{bind_port} (data in {settings.data_dir})")
+    import signal
+
     from tally.factory.jobs import WorkerPool
 
+    def stop_after_uvicorn(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)  # uvicorn re-raises SIGTERM once it has shut down: leave through `finally`
+
+    signal.signal(signal.SIGTERM, stop_after_uvicorn)
     workers = WorkerPool(settings, settings.factory.workers).start()  # jobs run there, never in this process
     try:
         # uvicorn's own access log would repeat the request line without the request id: Tally writes that line

@@ -285,10 +285,16 @@ class Lease:
         return self.stopping.is_set()
 
     def listener(self, event: dict[str, Any]) -> None:
-        """A training-log listener: keeps the latest progress for the next heartbeat, then `check()`."""
-        if event.get("type") in ("train", "index", "resumed"):
-            keep = ("type", "step", "total_steps", "epoch", "loss", "lr", "tokens", "eta_s", "done", "total")
-            self._progress = {k: event[k] for k in keep if k in event}
+        """A training-log listener: keeps the latest progress for the next heartbeat, then `check()`.
+        Progress: the phase (`training`, `index`), the last step's numbers, and the index pass's rows done."""
+        kind = event.get("type")
+        if kind in ("train", "resumed"):
+            keep = ("step", "total_steps", "epoch", "loss", "lr", "tokens", "tokens_per_s", "eta_s")
+            self._progress = {**(self._progress or {}), "phase": "training",
+                              **{k: event[k] for k in keep if k in event}}  # fmt: skip
+        elif kind == "index":
+            self._progress = {**(self._progress or {}), "phase": "index", "index_done": event.get("done"),
+                              "index_total": event.get("total")}  # fmt: skip
         self.check()
 
 

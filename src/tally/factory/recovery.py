@@ -67,8 +67,15 @@ def _roll_back(settings: Settings, store: Store, final: Path, report: RecoveryRe
         report.leftovers.append(f"{final}: its {MANIFEST_NAME} is unreadable")
         return False
     with store.read() as s:
-        if s.get(AdapterRow, adapter_hash) is not None:
-            return False
+        row = s.get(AdapterRow, adapter_hash)
+        recorded_at = Path(row.path) if row is not None else None
+    if recorded_at is not None:
+        if recorded_at != final.resolve():  # identical weights under two names keep one row: not ours to undo
+            report.leftovers.append(
+                f"{final}: holds the same weights as the adapter recorded at {recorded_at}; if the ledger has no "
+                "`factory.adapter_trained` entry for this directory's manifest, it is a leftover: remove it"
+            )  # fmt: skip
+        return False
     served = {Path(e.path) for e in read_registry(registry_path(settings.data_dir)).values()}
     if final.resolve() in served:
         report.leftovers.append(f"{final}: served by adapters.json but recorded nowhere (added by hand?)")
@@ -114,14 +121,17 @@ def _staging(settings: Settings, store: Store, stage: Path, report: RecoveryRepo
             shutil.rmtree(tmp, ignore_errors=True)
             report.removed.append(str(tmp))
         final = stage.with_name(stage.name[1 : -len(PARTIAL)])
+        pipelines = settings.data_dir / "pipelines"
+        in_pipeline = final.is_relative_to(pipelines)
+        # a pipeline job names its pipeline's folder; a training job, its adapter's
+        owner = pipelines / final.relative_to(pipelines).parts[0] if in_pipeline else final
         with store.read() as s:
             active = s.execute(
-                select(JobRow.id).where(JobRow.output_dir == str(final), JobRow.status.in_(ACTIVE)).limit(1)
+                select(JobRow.id).where(JobRow.output_dir == str(owner), JobRow.status.in_(ACTIVE)).limit(1)
             ).scalar()
         if active is None:
-            report.leftovers.append(
-                f"{stage}: an unfinished training (`tally train --resume` continues it; delete it to discard it)"
-            )
+            how = "running the pipeline again resumes it" if in_pipeline else "`tally train --resume` continues it"
+            report.leftovers.append(f"{stage}: an unfinished training ({how}; delete it to discard it)")
 
 
 def recover(settings: Settings, store: Store) -> RecoveryReport:

@@ -49,7 +49,7 @@ from tally.identity import Principal
 from tally.ledger import Ledger, open_ledger
 from tally.store import Store, open_store
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tally.factory.worker")  # the same name when run as `python -m`
 
 REAP_EVERY_S = 30.0
 BUSY_BACKOFF_S = 5.0
@@ -218,7 +218,8 @@ class WorkerPool:
         self._supervisor: threading.Thread | None = None
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        cmd = [sys.executable, "-m", "tally.factory.worker", "--settings-stdin", "--parent", str(os.getpid())]
+        entry = "import sys; from tally.factory.worker import main; sys.exit(main(sys.argv[1:]))"
+        cmd = [sys.executable, "-c", entry, "--settings-stdin", "--parent", str(os.getpid())]
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
         assert proc.stdin is not None
         proc.stdin.write(json.dumps(self.settings.model_dump(mode="json")).encode())
@@ -277,6 +278,8 @@ class WorkerPool:
                 proc.wait()
         if self._supervisor is not None:
             self._supervisor.join(timeout=5)
+        if procs:
+            log.info("workers stopped: %s", ", ".join(f"pid {p.pid} exit {p.returncode}" for p in procs))
 
 
 def main(argv: list[str] | None = None) -> int:
