@@ -32,22 +32,29 @@ if [ -z "$bindir" ]; then
     echo "$0: PostgreSQL is not installed (no initdb); on Debian: apt-get install -y postgresql" >&2
     exit 1
 fi
-
-as=()
+root=""
 if [ "$(id -u)" -eq 0 ]; then
+    root=yes
     if ! id postgres >/dev/null 2>&1; then
         echo "$0: running as root needs the 'postgres' user (Debian's postgresql package creates it)" >&2
         exit 1
     fi
-    as=(runuser -u postgres --)
 fi
 
 # A short path: a Unix socket's path must stay under 108 bytes.
 dir=$(mktemp -d /tmp/tally-pg.XXXXXX)
 started=""
+# Server commands run as the postgres user when root, from the cluster's directory (it may not enter the caller's).
+server() {
+    if [ -n "$root" ]; then
+        runuser -u postgres -- env -C "$dir" "$@"
+    else
+        env -C "$dir" "$@"
+    fi
+}
 cleanup() {
     if [ -n "$started" ]; then
-        "${as[@]}" "$bindir/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
+        server "$bindir/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
     fi
     rm -rf "$dir"
 }
@@ -55,13 +62,13 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-if [ "${#as[@]}" -gt 0 ]; then chown postgres "$dir"; fi
-"${as[@]}" "$bindir/initdb" -D "$dir/data" -U tally --auth=trust --encoding=UTF8 --no-locale --no-sync >"$dir/initdb.log" 2>&1 || {
+if [ -n "$root" ]; then chown postgres "$dir"; fi
+server "$bindir/initdb" -D "$dir/data" -U tally --auth=trust --encoding=UTF8 --no-locale --no-sync >"$dir/initdb.log" 2>&1 || {
     cat "$dir/initdb.log" >&2
     exit 1
 }
 started=yes
-"${as[@]}" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+server "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
     -o "-c listen_addresses='' -c unix_socket_directories='$dir' -c max_connections=200 $durability" start >/dev/null || {
     cat "$dir/server.log" >&2
     exit 1

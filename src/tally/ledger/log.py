@@ -208,8 +208,9 @@ class Ledger:
         return nullcontext(session) if session is not None else self.store.read()
 
     def _reader(self, session: Session | None) -> AbstractContextManager[Reader]:
-        """Hot read paths use a bare connection: bundles and nodes never change once written."""
-        return nullcontext(session) if session is not None else self.store.engine.connect()
+        """Hot read paths use a bare connection: bundles and nodes never change once written, and the size only
+        grows, so queries need not share a snapshot."""
+        return nullcontext(session) if session is not None else self.store.connect()
 
     # ---- writing -------------------------------------------------------------------------------------------
 

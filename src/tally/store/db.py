@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, Engine, Integer, create_engine, event
+from sqlalchemy import BigInteger, Connection, Engine, Integer, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -128,6 +128,8 @@ class Store:
             writer = self.engine.execution_options(isolation_level="READ COMMITTED")
         self._sessions = sessionmaker(reader, expire_on_commit=False)
         self._write_sessions = sessionmaker(writer, expire_on_commit=False)
+        # PostgreSQL in autocommit: no BEGIN and ROLLBACK round trips around a lone query.
+        self._bare = self.engine.execution_options(isolation_level="AUTOCOMMIT") if self.is_postgres else self.engine
         if self._wal_path is not None:
             # The session's after_commit, not the engine's commit event: the latter fires before SQLite commits,
             # and a checkpoint started then would leave this transaction in the WAL.
@@ -141,6 +143,11 @@ class Store:
             if self.is_postgres:
                 self.lock_for_write(session)
             yield session
+
+    def connect(self) -> Connection:
+        """A bare connection for reads that need no snapshot (each query is its own; use `read()` for several
+        that must agree). Close it, or use it as a context manager."""
+        return self._bare.connect()
 
     def lock_for_write(self, session: Session) -> None:
         """Make sure `session`'s transaction holds the write lock, waiting for it if another transaction has it.
