@@ -1,6 +1,6 @@
 """The state audit over a trained and published adapter (the tiny model) and a recorded evaluation: clean passes;
-an edited manifest (on disk or in its row), edited weights, a flipped publication flag or an edited evaluation is
-caught, named by table, key and both values."""
+an edited manifest (on disk or in its row), edited weights, a flipped publication flag, a publication pointed at
+other weights or an edited evaluation is caught, named by table, key and both values."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ def test_an_edited_manifest_or_adapter_is_caught(people: World, tiny_model: Path
     report = audit(ledger.store, ledger)
     assert report.clean, report.divergence and report.divergence.describe()
     assert report.tables["factory_adapters"] == 1 and report.tables["factory_evals"] == 1
+    assert report.tables["factory_publications"] == 1
     adapter, manifest_file = result.adapter_hash, result.out_dir / "manifest.json"
 
     original = manifest_file.read_text()
@@ -80,6 +81,11 @@ def test_an_edited_manifest_or_adapter_is_caught(people: World, tiny_model: Path
         "factory_adapters", adapter, "published", 1, 0
     )  # fmt: skip
     _sql(ledger, "UPDATE factory_adapters SET published = 1")
+
+    _sql(ledger, "UPDATE factory_publications SET adapter_id = :a", a="0" * 64)
+    d = _divergence(ledger)
+    assert d is not None and (d.table, d.field, d.expected) == ("factory_publications", "adapter_id", adapter)
+    _sql(ledger, "UPDATE factory_publications SET adapter_id = :a", a=adapter)
 
     _sql(ledger, "UPDATE factory_evals SET examples = 80")
     d = _divergence(ledger)

@@ -4,6 +4,9 @@
   replaces it): name, base model, developer, entry, and whether it was published since
   (`factory.adapter_published`). The manifest the row holds, the `manifest.json` in its directory and the
   directory's weights and config must hash to what the entry recorded (`manifest_hash`, `adapter_hash`).
+- `factory_publications`: one row per `factory.adapter_published`: served name, adapter, who published it. (Its
+  `state` is the registry file's outbox, and its path is absolute where the entry shows it relative to the data
+  directory: neither is compared.)
 - `factory_evals`: one row per `factory.evaluated`: model, adapter, datanet, snapshot, examples, metrics, who ran it.
 
 Not in the events, so not checked: fine-tuning jobs and pipeline runs (a job's outcome is its adapter, which is
@@ -26,7 +29,7 @@ from tally.datanets.tables import DatanetRow
 from tally.engine.files import hash_adapter
 from tally.engine.manifest import MANIFEST_NAME
 from tally.factory.events import AdapterPublished, AdapterTrained, ModelEvaluated
-from tally.factory.tables import AdapterRow, EvalRow
+from tally.factory.tables import AdapterRow, EvalRow, PublicationRow
 from tally.ledger import Ledger
 from tally.ledger.audit import Auditor, Divergence, Expected, Replayed, chunks, compare, extra_row
 
@@ -37,17 +40,19 @@ ADAPTER_FILES = "weights and config on disk (adapter hash)"
 
 class FactoryAudit(Auditor):
     events = (AdapterTrained, AdapterPublished, ModelEvaluated)
-    tables = ("factory_adapters", "factory_evals")
+    tables = ("factory_adapters", "factory_publications", "factory_evals")
 
     def __init__(self, ledger: Ledger) -> None:
         super().__init__()
         self.ledger = ledger
         self.adapters: Expected = {}
         self.evals: set[int] = set()  # seqs of factory.evaluated entries
+        self.publications: set[int] = set()  # seqs of factory.adapter_published entries
         self.names: dict[str, str] = {}  # datanet slug -> its name in the ledger
 
     def apply(self, session: Session, batch: list[Replayed]) -> Divergence | None:
-        evaluated = []
+        published: list[tuple[int, dict[str, Any]]] = []
+        evaluated: list[tuple[int, dict[str, Any]]] = []
         for seq, actor, event in batch:
             if isinstance(event, AdapterTrained):
                 self.adapters[event.adapter_hash] = ({
@@ -55,25 +60,37 @@ class FactoryAudit(Auditor):
                     "published": 0, MANIFEST_ROW: event.manifest_hash, MANIFEST_FILE: event.manifest_hash,
                     ADAPTER_FILES: event.adapter_hash,
                 }, seq)  # fmt: skip
-            elif isinstance(event, AdapterPublished) and event.adapter_hash in self.adapters:
-                trained, _ = self.adapters[event.adapter_hash]  # one trained elsewhere has no row to mark
-                self.adapters[event.adapter_hash] = ({**trained, "published": 1}, seq)
+            elif isinstance(event, AdapterPublished):
+                if event.adapter_hash in self.adapters:  # one trained elsewhere has no adapter row to mark
+                    trained, _ = self.adapters[event.adapter_hash]
+                    self.adapters[event.adapter_hash] = ({**trained, "published": 1}, seq)
+                self.publications.add(seq)
+                published.append(
+                    (seq, {"name": event.adapter, "adapter_id": event.adapter_hash, "published_by": actor})
+                )
             elif isinstance(event, ModelEvaluated):
                 self.evals.add(seq)
-                evaluated.append((seq, actor, event))
-        for part in chunks(evaluated):
-            query = select(EvalRow.__table__).where(EvalRow.ledger_seq.in_([seq for seq, _, _ in part]))
-            rows = {r["ledger_seq"]: r for r in session.execute(query).mappings()}
-            for seq, actor, event in part:
-                row = rows.get(seq)
-                self.checked("factory_evals", int(row is not None))
-                expected = {
+                evaluated.append((seq, {
                     "model": event.model, "adapter_id": event.adapter_hash, "datanet": event.datanet,
                     "snapshot": event.snapshot, "examples": event.examples, "metrics": event.metrics,
                     "created_by": actor,
-                }  # fmt: skip
-                found = {**row, "datanet": self._name(session, row["datanet"])} if row is not None else None
-                if (divergence := compare("factory_evals", f"entry {seq}", expected, found, seq)) is not None:
+                }))  # fmt: skip
+        return self._by_entry(session, PublicationRow, "factory_publications", published) or self._by_entry(
+            session, EvalRow, "factory_evals", evaluated
+        )
+
+    def _by_entry(
+        self, session: Session, table: Any, name: str, expected: list[tuple[int, dict[str, Any]]]
+    ) -> Divergence | None:
+        """Rows written one per entry, found by their `ledger_seq`."""
+        for part in chunks(expected):
+            query = select(table.__table__).where(table.ledger_seq.in_([seq for seq, _ in part]))
+            rows = {r["ledger_seq"]: r for r in session.execute(query).mappings()}
+            for seq, fields in part:
+                row = rows.get(seq)
+                self.checked(name, int(row is not None))
+                found = {**row, "datanet": self._name(session, row["datanet"])} if row and "datanet" in row else row
+                if (divergence := compare(name, f"entry {seq}", fields, found, seq)) is not None:
                     return divergence
         return None
 
@@ -88,11 +105,14 @@ class FactoryAudit(Auditor):
         found = ((r["id"], _with_hashes(r)) for r in rows)
         if (divergence := self.check_rows("factory_adapters", found, self.adapters)) is not None:
             return divergence
-        total = session.execute(select(func.count()).select_from(EvalRow)).scalar_one()
-        if total > len(self.evals):
-            for eval_id, seq in session.execute(select(EvalRow.id, EvalRow.ledger_seq)):
-                if seq not in self.evals:
-                    return extra_row("factory_evals", f"id {eval_id} (entry {seq})")
+        for table, name, seqs in (
+            (PublicationRow, "factory_publications", self.publications), (EvalRow, "factory_evals", self.evals),
+        ):  # fmt: skip
+            total = session.execute(select(func.count()).select_from(table)).scalar_one()
+            if total > len(seqs):
+                for row_id, seq in session.execute(select(table.id, table.ledger_seq)):
+                    if seq not in seqs:
+                        return extra_row(name, f"id {row_id} (entry {seq})")
         return None
 
 
