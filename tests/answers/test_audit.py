@@ -13,12 +13,13 @@ from sqlalchemy import select, text
 from tests.datanets.conftest import World, facts, world  # noqa: F401 - the fixture
 from tests.rewards.conftest import ALICE, BOB, make_record
 
-from tally.answers.audit import AuditError, AuditReport, audit
+from tally.answers.audit import AuditError, AuditReport, audit, auditors
 from tally.datanets import access, review, service, snapshots
 from tally.datanets import contribute as contrib
 from tally.datanets.tables import DataRow
 from tally.identity import create_api_key, get_account, load_local_key, revoke_api_key, sign_contribution
 from tally.ledger import Ledger
+from tally.ledger.audit import run_audit
 from tally.rewards import DEFAULT_POLICY, accrue, add_credit, close_epoch, compute_fee
 from tally.rewards.credits import charge
 
@@ -265,8 +266,5 @@ def test_small_batches_give_the_same_report(built: Built) -> None:
     ledger = built.world.ledger
     whole = run(ledger)
     with ledger.store.read() as s:
-        from tally.answers.audit import auditors
-        from tally.ledger.audit import run_audit
-
         small = run_audit(ledger, s, auditors(ledger), batch=3)
     assert small.clean and (small.size, small.events, small.tables) == (whole.size, whole.events, whole.tables)

@@ -122,8 +122,11 @@ _TYPE_KEY = b',"type":"'
 def entry_type(body: bytes) -> bytes:
     """The envelope's `type`, read from the end of the entry without parsing it: the envelope's keys are sorted, so
     `type` and `v` are its last two, after every byte of the payload."""
-    start = body.rfind(_TYPE_KEY) + len(_TYPE_KEY)
-    return body[start : body.index(b'"', start)]
+    at = body.rfind(_TYPE_KEY)
+    if at < 0:
+        return b""  # not an entry at all: `tally ledger verify` names it
+    start = at + len(_TYPE_KEY)
+    return body[start : body.find(b'"', start)]
 
 
 def replay(
@@ -146,17 +149,23 @@ def replay(
 
 
 def _decode(seq: int, body: bytes) -> Replayed:
-    raw = json.loads(body)
-    cls = event_class(raw["type"], raw["v"])
-    if cls is None:
+    try:
+        raw = json.loads(body)
+        at, actor, kind, version = raw["seq"], raw["actor"], raw["type"], raw["v"]
+        cls = event_class(kind, version)
+        event = cls.model_validate(raw["payload"]) if cls is not None else None
+    except (ValueError, KeyError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
         raise LedgerError(
-            f"entry {seq} is {raw['type']} version {raw['v']}, which this installation cannot replay; "
-            "audit with the version of Tally that wrote it",
-            seq=seq, type=raw["type"], version=raw["v"],
+            f"entry {seq} is not a well-formed entry ({exc}); run `tally ledger verify`", seq=seq
+        ) from exc
+    if event is None:
+        raise LedgerError(
+            f"entry {seq} is {kind} version {version}, which this installation cannot replay; audit with the "
+            "version of Tally that wrote it", seq=seq, type=kind, version=version,
         )  # fmt: skip
-    if raw["seq"] != seq:
-        raise LedgerError(f"entry {seq} says it is entry {raw['seq']}; run `tally ledger verify`", seq=seq)
-    return Replayed(seq, raw["actor"], cls.model_validate(raw["payload"]))
+    if at != seq:
+        raise LedgerError(f"entry {seq} says it is entry {at}; run `tally ledger verify`", seq=seq)
+    return Replayed(seq, actor, event)
 
 
 class Auditor:
