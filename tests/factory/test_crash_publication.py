@@ -167,3 +167,23 @@ def test_a_refusal_at_the_commit_puts_the_directory_back(
         service.train(w.settings, w.ledger, w.dev, cfg)
     assert _assert_none_or_complete(w, "people-race") is None
     assert _state(w, "people-race")["staging"]  # ready for a resume once the name question is settled
+
+
+def test_evaluation_files_a_crash_left_behind_are_rewritten_at_start(people: World, tiny_model: Path) -> None:
+    """The evaluation rows and entries commit first; the files beside the weights follow. Killed in between (here:
+    the files never written), the next start writes them."""
+    from tally.engine.manifest import read_evaluations
+    from tally.factory.evaluation import EvalResult, record_results
+
+    w = people
+    result = service.train(w.settings, w.ledger, w.dev, _config(w, tiny_model, "people-eval", 6, publish=False))
+    assert result.adapter_hash is not None
+    done = EvalResult("people-eval", result.adapter_hash, "people", "snap", 8, {"exact_match": 0.5, "loss": 1.0}, [])
+    record_results(w.ledger, w.dev, [done])
+    assert read_evaluations(result.out_dir, result.adapter_hash) == []
+    report = recover(w.settings, w.ledger.store)
+    assert report.refreshed == [str(result.out_dir.resolve())]
+    [listed] = read_evaluations(result.out_dir, result.adapter_hash)
+    assert listed.metrics == {"exact_match": 0.5, "loss": 1.0}
+    assert "## Evaluation" in (result.out_dir / "README.md").read_text()
+    assert recover(w.settings, w.ledger.store).refreshed == []

@@ -25,7 +25,7 @@ from tally.factory.data import load_examples
 from tally.factory.errors import FactoryError
 from tally.factory.events import ModelEvaluated
 from tally.factory.metrics import evaluate_model
-from tally.factory.provenance import CARD_NAME, model_card
+from tally.factory.provenance import CARD_NAME, model_card, write_text_atomic
 from tally.factory.tables import AdapterRow, EvalRow
 from tally.identity import Principal
 from tally.ledger import Ledger
@@ -124,7 +124,9 @@ def refresh_adapter_files(session: Session, adapter_dir: Path) -> None:
     """List every recorded evaluation of the directory's weights in its evaluations.json (attribution credits the
     evaluated datanets' contributors from it) and, for a factory-trained adapter, in its model card.
 
-    The manifest (whose hash is in the ledger) and the weights stay as trained.
+    The manifest (whose hash is in the ledger) and the weights stay as trained. Both files are derived from the
+    evaluation rows, after their transaction: a crash in between leaves them one evaluation behind, and the next
+    start's recovery (`tally.factory.recovery`) writes them again.
     """
     adapter_hash = hash_adapter(adapter_dir)
     evals = adapter_evaluations(session, adapter_hash)
@@ -134,7 +136,7 @@ def refresh_adapter_files(session: Session, adapter_dir: Path) -> None:
         log.warning("could not list the evaluations in %s (%s): its evaluators are not credited", adapter_dir, exc)
     manifest = read_adapter_manifest(adapter_dir)
     if manifest is not None:  # an adapter trained elsewhere: its card is not ours to rewrite
-        (adapter_dir / CARD_NAME).write_text(model_card(manifest, evals), encoding="utf-8")
+        write_text_atomic(adapter_dir / CARD_NAME, model_card(manifest, evals))
 
 
 def record_results(ledger: Ledger, principal: Principal, results: list[EvalResult]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +162,17 @@ Rows: {manifest.data.train_rows} trained on, {manifest.data.eval_rows} held out 
 - config: `{manifest.config_hash}`
 - training-data index: `{index_hash}`
 """
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace `path` whole: a temporary file beside it, synced, renamed over it (a crash leaves the old or the new
+    file, never half of one)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def publish(data_dir: Path, name: str, adapter_dir: Path) -> dict[str, Any]:

@@ -15,14 +15,23 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from tally.config import Settings
-from tally.engine.manifest import MANIFEST_NAME
+from tally.config.errors import TallyError
+from tally.engine.manifest import (
+    MANIFEST_NAME,
+    AdapterEvaluations,
+    Evaluation,
+    read_adapter_manifest,
+    read_evaluations,
+    write_evaluations,
+)
 from tally.engine.registry import read_registry, registry_path
 from tally.factory.lease import ACTIVE, reap
+from tally.factory.provenance import CARD_NAME, model_card, write_text_atomic
 from tally.factory.publication import file_lock, move_back, publish_lock, register, staging_dir, staging_lock_path
-from tally.factory.tables import AdapterRow, JobRow, PublicationRow
+from tally.factory.tables import AdapterRow, EvalRow, JobRow, PublicationRow
 from tally.store import Store
 
 log = logging.getLogger(__name__)
@@ -36,6 +45,7 @@ class RecoveryReport:
     registered: list[str] = field(default_factory=list)  # pending publications now in the registry
     rolled_back: list[str] = field(default_factory=list)  # adapter directories no row recorded, back in staging
     removed: list[str] = field(default_factory=list)  # temporary files and directories of crashed writers
+    refreshed: list[str] = field(default_factory=list)  # adapters whose evaluations.json lagged their evaluations
     failed_jobs: list[str] = field(default_factory=list)  # local jobs whose process died
     leftovers: list[str] = field(default_factory=list)  # reported, left alone: what they are and what to do
 
@@ -43,6 +53,7 @@ class RecoveryReport:
         out = [f"publication written to adapters.json: {x}" for x in self.registered]
         out += [f"adapter directory with no record moved back to staging: {x}" for x in self.rolled_back]
         out += [f"removed: {x}" for x in self.removed]
+        out += [f"evaluations.json brought up to date: {x}" for x in self.refreshed]
         out += [f"job interrupted, marked failed: {x}" for x in self.failed_jobs]
         return out + [f"left alone: {x}" for x in self.leftovers]
 
@@ -134,6 +145,41 @@ def _staging(settings: Settings, store: Store, stage: Path, report: RecoveryRepo
             report.leftovers.append(f"{stage}: an unfinished training ({how}; delete it to discard it)")
 
 
+def _evaluations(store: Store, report: RecoveryReport) -> None:
+    """An adapter's evaluations.json (and card) are rewritten after each evaluation's transaction; one a crash left
+    behind its evaluation rows is written again."""
+    with store.read() as s:
+        counts = dict(
+            s.execute(
+                select(EvalRow.adapter_id, func.count()).where(EvalRow.adapter_id.is_not(None))
+                .group_by(EvalRow.adapter_id)
+            ).tuples().all()
+        )  # fmt: skip
+        paths = dict(
+            s.execute(select(AdapterRow.id, AdapterRow.path).where(AdapterRow.id.in_(list(counts)))).tuples().all()
+        )
+    for adapter_id, path in sorted(paths.items()):
+        directory = Path(path)
+        try:
+            if not directory.is_dir() or len(read_evaluations(directory, adapter_id)) == counts[adapter_id]:
+                continue
+            with store.read() as s:
+                evals = [
+                    Evaluation(datanet=r.datanet, snapshot=r.snapshot, examples=r.examples, metrics=r.metrics,
+                               ledger_seq=r.ledger_seq)
+                    for r in s.execute(select(EvalRow).where(EvalRow.adapter_id == adapter_id).order_by(EvalRow.id))
+                    .scalars()
+                ]  # fmt: skip
+            write_evaluations(directory, AdapterEvaluations(adapter_hash=adapter_id, evaluations=evals))
+            manifest = read_adapter_manifest(directory)
+            if manifest is not None:
+                write_text_atomic(directory / CARD_NAME, model_card(manifest, evals))
+        except (OSError, ValueError, TallyError) as exc:
+            report.leftovers.append(f"{directory}: its evaluations.json could not be brought up to date ({exc})")
+            continue
+        report.refreshed.append(str(directory))
+
+
 def recover(settings: Settings, store: Store) -> RecoveryReport:
     report = RecoveryReport()
     report.failed_jobs = reap(store)
@@ -146,6 +192,7 @@ def recover(settings: Settings, store: Store) -> RecoveryReport:
                 directory = manifest.parent
                 if not any(part.startswith(".") for part in directory.relative_to(root).parts):
                     _roll_back(settings, store, directory, report)
+    _evaluations(store, report)
     for root in _roots(settings):
         if root.is_dir():
             for stage in sorted(root.rglob(f".*{PARTIAL}")):
