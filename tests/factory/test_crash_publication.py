@@ -187,3 +187,13 @@ def test_evaluation_files_a_crash_left_behind_are_rewritten_at_start(people: Wor
     assert listed.metrics == {"exact_match": 0.5, "loss": 1.0}
     assert "## Evaluation" in (result.out_dir / "README.md").read_text()
     assert recover(w.settings, w.ledger.store).refreshed == []
+
+
+def test_publishing_what_a_name_already_serves_records_nothing_new(people: World, tiny_model: Path) -> None:
+    """A pipeline's publish step run again after an interruption: one publication, one entry."""
+    w = people
+    result = service.train(w.settings, w.ledger, w.dev, _config(w, tiny_model, "people-twice", 4, publish=True))
+    again = service.publish_adapter(w.settings, w.ledger, w.dev, "people-twice", result.out_dir)
+    assert again["adapter_id"] == result.adapter_hash
+    st = _state(w, "people-twice")
+    assert st["published"] == [result.adapter_hash] and st["pubs"] == ["registered"]

@@ -1,13 +1,14 @@
 """Checkpoints that make `--resume` exact: LoRA weights, optimizer moments, RNG state, the loop's state.
 
 Tensors go to one safetensors file, everything else to JSON; nothing is pickled, so a checkpoint from someone
-else can be resumed safely. A checkpoint is written to a temporary directory and renamed into place, so a crash
-while saving leaves the previous checkpoint intact.
+else can be resumed safely. A checkpoint is written to a temporary directory, synced and renamed into place, so a
+crash (or a power loss) while saving leaves the previous checkpoint intact and never a latest one half written.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -85,9 +86,20 @@ def save_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer: torch.opti
     tmp.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / STATE_TENSORS))
     (tmp / STATE_JSON).write_text(json.dumps({**state.counters(), "param_groups": opt["param_groups"]}, indent=1))
+    for path in (tmp / STATE_TENSORS, tmp / STATE_JSON, tmp):  # on disk before the rename makes it the latest
+        _fsync(path)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
+    _fsync(final.parent)
     return final
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> TrainState:

@@ -36,6 +36,7 @@ from tally.engine.manifest import (
     TrainingData,
     TrainMetrics,
 )
+from tally.engine.registry import read_registry, registry_path
 from tally.factory.config import TrainConfig
 from tally.factory.data import load_examples, split
 from tally.factory.encode import encode, pad_id
@@ -64,7 +65,7 @@ from tally.factory.publication import (
     staging_lock,
 )
 from tally.factory.recovery import roll_back_orphan
-from tally.factory.tables import JobRow
+from tally.factory.tables import JobRow, PublicationRow
 from tally.factory.trainer import Loop
 from tally.factory.trainlog import LOG_NAME, Listener, TrainLog, plot_loss
 from tally.identity import Principal
@@ -342,10 +343,24 @@ def publish_adapter(settings: Settings, ledger: Ledger, principal: Principal, na
 
     Only the adapter's developer (its table row says who) or an admin publishes it, and a served name is never
     re-pointed away from another developer's adapter. The publication's entry and row commit before the registry
-    file names the adapter, so nothing is served without its record (a crash between: `recover` finishes it)."""
+    file names the adapter, so nothing is served without its record (a crash between: `recover` finishes it).
+
+    Idempotent: publishing the adapter the name already serves, from the same directory, records nothing new (a
+    pipeline's publish step run again after an interruption does exactly that)."""
     adapter_id = hash_adapter(out)
     with ledger.store.read() as s:
         check_publishable(settings, s, principal, name, out, adapter_id)
     with publish_lock(settings):
+        with ledger.store.read() as s:
+            latest = s.execute(
+                select(PublicationRow).where(PublicationRow.name == name).order_by(PublicationRow.id.desc()).limit(1)
+            ).scalar()
+            same = latest is not None and (latest.adapter_id, latest.path) == (adapter_id, str(out.resolve()))
+            pending = latest is not None and latest.state == "pending"
+            pub_id = latest.id if latest is not None else None
+        served = read_registry(registry_path(settings.data_dir)).get(name)
+        serving = served is not None and (served.adapter_id, Path(served.path)) == (adapter_id, out.resolve())
+        if same and pub_id is not None and (pending or serving):
+            return register(settings, ledger.store, pub_id)  # already recorded: at most its registry write is left
         pub_id = record_publication(settings, ledger, principal, name, out, adapter_id)
         return register(settings, ledger.store, pub_id)
