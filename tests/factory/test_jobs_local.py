@@ -17,14 +17,15 @@ from tests.datanets.conftest import World
 from tests.factory.conftest import make_config
 
 from tally.api import create_app
-from tally.factory import service, trainer
+from tally.factory import publication, service, trainer
 from tally.factory.errors import FactoryError
 from tally.factory.jobs import JobQueue
-from tally.factory.pipeline import pipeline_status, submit_pipeline
+from tally.factory.pipeline import pipeline_status, run_pipeline, submit_pipeline
 from tally.factory.pipeline_spec import load_pipeline
-from tally.factory.tables import JobRow, PipelineRunRow, PipelineStepRow
+from tally.factory.tables import JobRow, PipelineRunRow, PipelineStepRow, PublicationRow
 from tally.factory.worker import Worker
 from tally.identity import create_api_key, get_account
+from tally.ledger.events import decode_entry
 
 
 def _jobs(w: World) -> list[JobRow]:
@@ -131,3 +132,66 @@ def test_a_queued_pipeline_runs_in_a_worker_and_resumes_after_a_stop(
     assert Worker(w.settings, poll_s=0.05).run(until_idle=True) == 1
     [latest, _] = pipeline_status(w.ledger, "people")
     assert latest["run"] == again["run"] and {s["status"] for s in latest["steps"]} == {"cached"}
+
+
+def _interrupt_after_commit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process dies right after the adapter's transaction commits (SystemExit: no handler on the way cleans up
+    for it, as none would after a SIGKILL)."""
+
+    def die(step: str) -> None:
+        if step == "committed":
+            raise SystemExit("killed after the commit")
+
+    monkeypatch.setattr(publication, "crash_point", die)
+
+
+def _trained_entries(w: World, name: str) -> list[str]:
+    entries = [decode_entry(w.ledger.entry(i)) for i in range(w.ledger.size())]
+    trained = [e for e in entries if e.type == "factory.adapter_trained"]
+    return [e.payload["adapter_hash"] for e in trained if e.payload["adapter"] == name]
+
+
+def test_a_job_killed_after_its_commit_ends_succeeded_when_taken_over(
+    people: World, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = people
+    cfg = make_config(tiny_model, tmp_path / "unused", output={"name": "people-late", "publish": True})
+    cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"dir": None})})
+    job = JobQueue(w.settings, w.ledger).submit(w.dev, cfg)
+    _interrupt_after_commit(monkeypatch)
+    with pytest.raises(SystemExit):
+        Worker(w.settings, poll_s=0.05).run(until_idle=True)
+    monkeypatch.undo()
+    [row] = _jobs(w)
+    assert row.status == "running" and row.adapter_id is None  # committed, but nobody said so
+    time.sleep(1.0)
+    assert Worker(w.settings, poll_s=0.05, lease_s=0.5).run(until_idle=True) == 1  # its lease lapsed: taken over
+    [row] = _jobs(w)
+    assert row.status == "succeeded" and row.attempts == 2, row.error
+    assert _trained_entries(w, "people-late") == [row.adapter_id]  # the same adapter, recorded once
+    with w.ledger.store.read() as s:
+        assert [p.state for p in s.execute(select(PublicationRow)).scalars()] == ["registered"]  # recovery wrote it
+    assert job["id"] == row.id
+
+
+def test_a_pipeline_train_step_killed_after_its_commit_is_not_trained_twice(
+    people: World, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = people
+    train = {
+        "model": {"name": str(tiny_model)}, "method": {"rank": 2, "alpha": 4, "targets": ["q_proj"]},
+        "data": {"max_length": 64}, "train": {"epochs": 1, "batch_size": 4}, "influence": {"dims": 16},
+    }  # fmt: skip
+    steps = {
+        "snap": {"kind": "snapshot", "datanet": "people"},
+        "train": {"kind": "train", "needs": ["snap"], "config": train},
+    }
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"name": "late", "steps": steps}))
+    spec, base = load_pipeline(tmp_path / "p.yaml")
+    _interrupt_after_commit(monkeypatch)
+    with pytest.raises(SystemExit):
+        run_pipeline(w.settings, w.ledger, w.owner, spec, base)
+    monkeypatch.undo()
+    again = run_pipeline(w.settings, w.ledger, w.owner, spec, base)
+    assert again["steps"] == {"snap": "cached", "train": "succeeded"}
+    assert _trained_entries(w, "late-train") == [again["outputs"]["train"]["adapter_hash"]]

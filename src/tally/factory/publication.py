@@ -220,8 +220,14 @@ def commit_adapter(
         )  # fmt: skip
         pub = _add_publication(s, settings, ledger, principal, publish_as, adapter.hash, out) if publish_as else None
         pub_id = pub.id if pub is not None else None
-    crash_point("committed")
     return appended.seq, pub_id
+
+
+def is_recorded(store: Store, adapter_id: str, out: Path) -> bool:
+    """Whether the row of the adapter at `out` is committed (asked when a commit's outcome is in doubt)."""
+    with store.read() as s:
+        row = s.get(AdapterRow, adapter_id)
+        return row is not None and Path(row.path) == out.resolve()
 
 
 def record_publication(

@@ -23,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tally.config import Settings
+from tally.config.errors import TallyError
 from tally.config.settings import FactoryLimits
 from tally.datanets.service import ledger_label
 from tally.engine.files import hash_adapter
@@ -35,8 +36,10 @@ from tally.engine.manifest import (
     SnapshotUse,
     TrainingData,
     TrainMetrics,
+    read_adapter_manifest,
 )
 from tally.engine.registry import read_registry, registry_path
+from tally.factory import publication
 from tally.factory.config import TrainConfig
 from tally.factory.data import load_examples, split
 from tally.factory.encode import encode, pad_id
@@ -56,6 +59,7 @@ from tally.factory.publication import (
     check_identical,
     check_publishable,
     commit_adapter,
+    is_recorded,
     move_back,
     move_into_place,
     publish_lock,
@@ -65,7 +69,7 @@ from tally.factory.publication import (
     staging_lock,
 )
 from tally.factory.recovery import roll_back_orphan
-from tally.factory.tables import JobRow, PublicationRow
+from tally.factory.tables import AdapterRow, JobRow, PublicationRow
 from tally.factory.trainer import Loop
 from tally.factory.trainlog import LOG_NAME, Listener, TrainLog, plot_loss
 from tally.identity import Principal
@@ -168,6 +172,29 @@ def train(
             finish(store, lease.job_id, owner, "succeeded", adapter_id=result.adapter_hash,
                    metrics=result.manifest.metrics.model_dump(), progress=lease.progress)  # fmt: skip
     return result
+
+
+def already_trained(
+    settings: Settings, ledger: Ledger, principal: Principal, cfg: TrainConfig, *, job_id: str | None = None
+) -> TrainResult | None:
+    """The result of this very training if a run was killed after committing it (before it could say so): the output
+    directory holds an adapter recorded at that path by `principal` and, with `job_id`, moved there by that job
+    (its `.job` marker travels with the directory). A job or pipeline step taken up again then ends with it, rather
+    than failing on an output directory that already exists."""
+    final = output_dir(settings, cfg, principal.address)
+    if job_id is not None and _read_marker(final) != job_id:
+        return None
+    try:
+        manifest = read_adapter_manifest(final)
+    except TallyError:
+        return None
+    if manifest is None:
+        return None
+    with ledger.store.read() as s:
+        row = s.get(AdapterRow, manifest.adapter.hash)
+        if row is None or Path(row.path) != final.resolve() or row.created_by != principal.address:
+            return None
+        return TrainResult(True, final, row.id, manifest, row.ledger_seq)
 
 
 def check_not_training(session: Session, final: Path, name: str) -> None:
@@ -329,8 +356,10 @@ def _finalize(
         try:
             seq, pub_id = commit_adapter(settings, ledger, principal, final, event, manifest, publish_as=publish_as)
         except BaseException:
-            move_back(final, stage)  # the transaction rolled back: so does the rename
+            if not is_recorded(ledger.store, adapter.hash, final):  # an interrupt may come after the commit
+                move_back(final, stage)  # the transaction rolled back: so does the rename
             raise
+        publication.crash_point("committed")  # looked up on the module, so fault-injection tests can replace it
         if pub_id is not None:
             register(settings, ledger.store, pub_id)
     if refused is not None:

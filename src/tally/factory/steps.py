@@ -60,7 +60,11 @@ def _train(ctx: Context, name: str, step: StepSpec, input_hash: str, needs: dict
     output = {"name": f"{ctx.spec.name}-{name}", **(raw.get("output") or {}), "dir": str(out_dir), "publish": False}
     cfg = parse_config({**raw, "data": {**data, "datanets": sources}, "output": output}, f"step {name!r} config")
     pipeline = {"name": ctx.spec.name, "step": name, "author": ctx.principal.address}
-    result = service.train(ctx.settings, ctx.ledger, ctx.principal, cfg, resume=True, pipeline=pipeline, job=ctx.job)
+    # the step's directory is addressed by its input hash: an adapter recorded there is this step's own result,
+    # committed by an attempt that was killed before the step could be marked done
+    result = service.already_trained(ctx.settings, ctx.ledger, ctx.principal, cfg) or service.train(
+        ctx.settings, ctx.ledger, ctx.principal, cfg, resume=True, pipeline=pipeline, job=ctx.job
+    )
     if not result.finished:  # the worker is stopping: the run goes back to the queue, this step resumes then
         raise JobPaused(f"step {name!r}")
     return {"adapter": cfg.output.name, "adapter_hash": result.adapter_hash, "path": str(result.out_dir),

@@ -146,7 +146,7 @@ class Worker:
         cfg = parse_config(row.config, "job config")
         limits = self.settings.factory if (row.payload or {}).get("limits", True) else None
         principal = _principal(self.store, row)
-        result = service.train(
+        result = service.already_trained(self.settings, self.ledger, principal, cfg, job_id=row.id) or service.train(
             self.settings, self.ledger, principal, cfg, resume=True, limits=limits, job=lease, job_id=row.id
         )
         if not result.finished:
