@@ -31,6 +31,15 @@ def test_urls_without_a_driver_mean_psycopg(settings: Settings) -> None:
     store.dispose()
 
 
+def test_a_number_past_64_bits_is_out_of_range_as_on_sqlite(ledger: Ledger) -> None:
+    """The API answers OverflowError with a 400; psycopg alone would send the number as numeric and find nothing."""
+    with pytest.raises(OverflowError):
+        ledger.entry(10**30)
+    with ledger.store.read() as s:
+        assert s.execute(text("SELECT :n"), {"n": 2**63 - 1}).scalar_one() == 2**63 - 1
+        assert s.execute(text("SELECT :n"), {"n": -(2**63)}).scalar_one() == -(2**63)
+
+
 def test_write_transactions_take_turns(store: Store) -> None:
     """A second writer waits at its start until the first commits, then sees the first one's work."""
     with store.transaction() as s:

@@ -79,23 +79,6 @@ def _sqlite_engine(url: str, synchronous: str) -> Engine:
     return engine
 
 
-def _postgres_engine(url: str, lock_timeout_ms: int) -> Engine:
-    engine = create_engine(url, pool_pre_ping=True)
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # A writer waits for the write lock (and any row lock) at most as long as SQLite's busy timeout, then fails,
-        # rather than hanging behind a stuck transaction; unless the URL or the server set a limit of their own.
-        with dbapi_connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT set_config('lock_timeout', %s, false) WHERE current_setting('lock_timeout') = '0'",
-                (f"{lock_timeout_ms}ms",),
-            )
-        dbapi_connection.commit()  # a setting made in a transaction that rolls back would be undone
-
-    return engine
-
-
 class Store:
     """One database: an engine plus session factories."""
 
@@ -115,7 +98,9 @@ class Store:
             if database and database != ":memory:" and not database.startswith("file:"):
                 self._wal_path = str(Path(database).resolve())
         elif self.is_postgres:
-            self.engine = _postgres_engine(url, lock_timeout_ms)
+            from tally.store.postgres import postgres_engine
+
+            self.engine = postgres_engine(url, lock_timeout_ms)
         else:
             self.engine = create_engine(url, pool_pre_ping=True)
         reader, writer = self.engine, self.engine
