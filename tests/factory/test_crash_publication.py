@@ -197,3 +197,25 @@ def test_publishing_what_a_name_already_serves_records_nothing_new(people: World
     assert again["adapter_id"] == result.adapter_hash
     st = _state(w, "people-twice")
     assert st["published"] == [result.adapter_hash] and st["pubs"] == ["registered"]
+
+
+def test_an_adapter_copied_in_from_elsewhere_is_never_moved(people: World, tiny_model: Path, tmp_path: Path) -> None:
+    """Only a directory a job of this installation wrote (its `.job` marker names the job) is rolled back; an
+    adapter no row records but copied in, or named by a CLI `output.dir`, stays where it is."""
+    import shutil
+
+    w = people
+    result = service.train(w.settings, w.ledger, w.dev, _config(w, tiny_model, "people-src", 8, publish=False))
+    foreign = _final(w, "people-copied")
+    shutil.copytree(result.out_dir, foreign)
+    (foreign / ".job").unlink()
+    manifest = json.loads((foreign / "manifest.json").read_text())
+    manifest["adapter"]["hash"] = "f" * 64  # weights this database never recorded
+    (foreign / "manifest.json").write_text(json.dumps(manifest))
+    report = recover(w.settings, w.ledger.store)
+    assert foreign.is_dir() and report.rolled_back == []
+    assert any(str(foreign) in line and "no job here wrote" in line for line in report.leftovers)
+    cfg = make_config(tiny_model, foreign, train={"seed": 8}, output={"name": "people-copied"})
+    with pytest.raises(FactoryError, match="never overwritten"):
+        service.train(w.settings, w.ledger, w.dev, cfg)
+    assert (foreign / "adapter_model.safetensors").is_file()

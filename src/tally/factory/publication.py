@@ -24,6 +24,7 @@ mistakes another process's adapter, between its rename and its commit, for a lef
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -73,6 +74,16 @@ def file_lock(path: Path, *, blocking: bool = True) -> Iterator[bool]:
 def publish_lock(settings: Settings) -> AbstractContextManager[bool]:
     """Held from the rename to the registry write, and by `recover`."""
     return file_lock(settings.data_dir / "adapters" / ".lock")
+
+
+JOB_MARKER = ".job"  # in a staging (then adapter) directory: the job that wrote it, as {"job": id}
+
+
+def read_marker(directory: Path) -> str | None:
+    try:
+        return str(json.loads((directory / JOB_MARKER).read_text())["job"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def staging_dir(out: Path) -> Path:

@@ -30,7 +30,15 @@ from tally.engine.manifest import (
 from tally.engine.registry import read_registry, registry_path
 from tally.factory.lease import ACTIVE, reap
 from tally.factory.provenance import CARD_NAME, model_card, write_text_atomic
-from tally.factory.publication import file_lock, move_back, publish_lock, register, staging_dir, staging_lock_path
+from tally.factory.publication import (
+    file_lock,
+    move_back,
+    publish_lock,
+    read_marker,
+    register,
+    staging_dir,
+    staging_lock_path,
+)
 from tally.factory.tables import AdapterRow, EvalRow, JobRow, PublicationRow
 from tally.store import Store
 
@@ -91,6 +99,9 @@ def _roll_back(settings: Settings, store: Store, final: Path, report: RecoveryRe
     if final.resolve() in served:
         report.leftovers.append(f"{final}: served by adapters.json but recorded nowhere (added by hand?)")
         return False
+    if not _written_here(store, final):
+        report.leftovers.append(f"{final}: an adapter no row records and no job here wrote (copied in?); left as is")
+        return False
     stage = staging_dir(final)
     if stage.exists():
         report.leftovers.append(f"{final}: no row records it, and its staging directory {stage.name} exists too")
@@ -99,6 +110,18 @@ def _roll_back(settings: Settings, store: Store, final: Path, report: RecoveryRe
     report.rolled_back.append(str(final))
     log.warning("adapter directory %s had no record (a crash before its commit): moved back to %s", final, stage)
     return True
+
+
+def _written_here(store: Store, final: Path) -> bool:
+    """Whether a job of this installation wrote the directory: its `.job` marker names a job whose output is this
+    directory (or, for a pipeline, holds it). Nothing else is ever moved: an adapter copied in from elsewhere, or an
+    `output.dir` pointing at someone's folder, is left as it is."""
+    job_id = read_marker(final)
+    if job_id is None:
+        return False
+    with store.read() as s:
+        output = s.execute(select(JobRow.output_dir).where(JobRow.id == job_id)).scalar()
+    return output is not None and (Path(output) == final or final.is_relative_to(Path(output)))
 
 
 def roll_back_orphan(settings: Settings, store: Store, final: Path) -> bool:

@@ -56,6 +56,7 @@ from tally.factory.provenance import (
     write_manifest,
 )
 from tally.factory.publication import (
+    JOB_MARKER,
     check_identical,
     check_publishable,
     commit_adapter,
@@ -63,6 +64,7 @@ from tally.factory.publication import (
     move_back,
     move_into_place,
     publish_lock,
+    read_marker,
     record_publication,
     register,
     staging_dir,
@@ -75,8 +77,6 @@ from tally.factory.trainlog import LOG_NAME, Listener, TrainLog, plot_loss
 from tally.identity import Principal
 from tally.ledger import Ledger
 from tally.models import load_model, load_tokenizer, resolve_model
-
-JOB_MARKER = ".job"  # in the staging directory: the job whose checkpoints these are
 
 
 @dataclass
@@ -182,7 +182,7 @@ def already_trained(
     (its `.job` marker travels with the directory). A job or pipeline step taken up again then ends with it, rather
     than failing on an output directory that already exists."""
     final = output_dir(settings, cfg, principal.address)
-    if job_id is not None and _read_marker(final) != job_id:
+    if job_id is not None and read_marker(final) != job_id:
         return None
     try:
         manifest = read_adapter_manifest(final)
@@ -215,27 +215,22 @@ def principal_payload(principal: Principal) -> dict[str, Any]:
                           "key_id": principal.key_id}}  # fmt: skip
 
 
-def _read_marker(stage: Path) -> str | None:
-    try:
-        return str(json.loads((stage / JOB_MARKER).read_text())["job"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def _prepare_staging(
-    settings: Settings, ledger: Ledger, final: Path, stage: Path, name: str, resume: bool, job_id: str | None
-) -> bool:
+    settings: Settings, ledger: Ledger, final: Path, stage: Path, name: str, resume: bool, job_id: str | None,
+    writer: str,
+) -> bool:  # fmt: skip
     """Make the staging directory ready; returns whether the run resumes from it. An adapter directory left by a
-    crash between its rename and its commit goes back to staging first (a resume then finishes it)."""
+    crash between its rename and its commit goes back to staging first (a resume then finishes it). `job_id` (a
+    worker's job) resumes only from its own checkpoints; `writer`, the job this run records its state in, is written
+    in the directory (`.job`, which moves with it), so a start can tell a directory this installation left behind."""
     roll_back_orphan(settings, ledger.store, final)
     check_free(settings, final, name)
-    if resume and job_id is not None and _read_marker(stage) != job_id:
+    if resume and job_id is not None and read_marker(stage) != job_id:
         resume = False  # another run's checkpoints: this job starts afresh
     if stage.exists() and not resume:
         shutil.rmtree(stage)  # a fresh run: whatever an interrupted one left there is stale
     stage.mkdir(parents=True, exist_ok=True)
-    if job_id is not None:
-        (stage / JOB_MARKER).write_text(json.dumps({"job": job_id}))
+    (stage / JOB_MARKER).write_text(json.dumps({"job": writer}))
     return resume
 
 
@@ -254,7 +249,7 @@ def _train(
     final = output_dir(settings, cfg, principal.address)
     out = staging_dir(final)
     with staging_lock(out):
-        resume = _prepare_staging(settings, ledger, final, out, cfg.output.name, resume, job_id)
+        resume = _prepare_staging(settings, ledger, final, out, cfg.output.name, resume, job_id, job.job_id)
         job.check()
         tok = load_tokenizer(model_dir)
         pad = pad_id(tok)

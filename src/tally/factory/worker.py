@@ -69,6 +69,14 @@ def _principal(store: Store, row: JobRow) -> Principal:
     return Principal.of(account)
 
 
+def _recover(settings: Settings, store: Store) -> None:
+    """Settle what a crash left; a failure to (a directory it may not read) is logged, and jobs still run."""
+    try:
+        recover(settings, store)
+    except Exception:
+        log.exception("recovery at start failed; jobs run regardless")
+
+
 class Worker:
     """One worker: claims and runs jobs until `stopping` is set (or, with `until_idle`, the queue is empty)."""
 
@@ -88,7 +96,7 @@ class Worker:
         self.ledger = open_ledger(self.settings, self.store)
         ran, last_reap = 0, time.monotonic()
         try:
-            recover(self.settings, self.store)
+            _recover(self.settings, self.store)
             while not self.stopping.is_set():
                 row = claim(self.store, self.owner, lease_s=self.lease_s)
                 if row is None:
@@ -232,7 +240,7 @@ class WorkerPool:
             return self
         store = open_store(self.settings)
         try:
-            recover(self.settings, store)
+            _recover(self.settings, store)
         finally:
             store.dispose()
         with self._lock:
