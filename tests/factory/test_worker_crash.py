@@ -34,7 +34,7 @@ def slowed(self, *args, **kwargs):
     return step(self, *args, **kwargs)
 trainer.Loop._step = slowed
 from tally.factory.worker import main
-raise SystemExit(main(["--settings-stdin", "--poll", "0.1", *sys.argv[2:]]))
+raise SystemExit(main(["--settings-stdin", "--poll", "0.1", "--heartbeat", "0.2", *sys.argv[2:]]))
 """
 
 
@@ -122,7 +122,8 @@ def test_a_killed_worker_s_job_resumes_in_the_next_and_ends_with_the_same_adapte
     _wait("the reference job", lambda: _row(w, ref["id"]).status == "succeeded", workers)
     _wait("a checkpoint at step 8", lambda: _checkpointed(w, "people-crash", 8), workers)
     live = job_events(_row(w, job["id"]))  # the API reads the events of a job another process runs
-    assert any(e["type"] == "metrics" for e in live) and _row(w, job["id"]).progress is not None
+    assert any(e["type"] == "metrics" for e in live)
+    _wait("progress in the row", lambda: (_row(w, job["id"]).progress or {}).get("step", 0) >= 8, workers)
     first.send_signal(signal.SIGKILL)
     first.wait()
     row = _row(w, job["id"])

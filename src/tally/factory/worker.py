@@ -185,7 +185,10 @@ class Worker:
             shutil.rmtree(staging_dir(Path(row.output_dir)) / "checkpoints", ignore_errors=True)
 
 
-def run_worker(settings: Settings, *, until_idle: bool = False, poll_s: float = 1.0, parent: int | None = None) -> int:
+def run_worker(
+    settings: Settings, *, until_idle: bool = False, poll_s: float = 1.0, parent: int | None = None,
+    heartbeat_s: float = HEARTBEAT_S,
+) -> int:  # fmt: skip
     """Run a worker in this process until SIGTERM/SIGINT (or the parent process `parent` is gone); a signal ends
     the job in progress at its next training step with a checkpoint and gives it back to the queue."""
     stopping = threading.Event()
@@ -205,7 +208,7 @@ def run_worker(settings: Settings, *, until_idle: bool = False, poll_s: float = 
 
         threading.Thread(target=watch_parent, name="tally-worker-parent", daemon=True).start()
     try:
-        return Worker(settings, poll_s=poll_s, stopping=stopping).run(until_idle=until_idle)
+        return Worker(settings, poll_s=poll_s, heartbeat_s=heartbeat_s, stopping=stopping).run(until_idle=until_idle)
     finally:
         stopping.set()
         for sig, handler in previous.items():
@@ -297,13 +300,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent", type=int, default=None, help="stop when this process is no longer the parent")
     parser.add_argument("--poll", type=float, default=1.0, help="seconds between looks at an empty queue")
     parser.add_argument("--until-idle", action="store_true", help="exit when the queue is empty")
+    parser.add_argument("--heartbeat", type=float, default=HEARTBEAT_S, help="seconds between heartbeats")
     args = parser.parse_args(argv)
     from tally.config import load_settings
     from tally.config.logs import configure_logging
 
     settings = Settings(**json.loads(sys.stdin.read())) if args.settings_stdin else load_settings()
     configure_logging(settings.log.level, settings.log.format)
-    run_worker(settings, until_idle=args.until_idle, poll_s=args.poll, parent=args.parent)
+    run_worker(settings, until_idle=args.until_idle, poll_s=args.poll, parent=args.parent, heartbeat_s=args.heartbeat)
     return 0
 
 
