@@ -99,27 +99,35 @@ def crash_loop(
     """kills × (start, check what the last run left, start the workload, SIGKILL after a random delay counted from
     when `ready()` first holds: the workload's first acknowledgement, so the kill lands among writes rather than in
     the first request's warm-up); then a last start, check and clean stop."""
-    for kill in range(kills + 1):
-        t0 = time.monotonic()
-        server.start()
-        t1 = time.monotonic()
-        check()
-        print(f"  start {t1 - t0:.1f} s, check {time.monotonic() - t1:.1f} s", flush=True)
-        if kill == kills:
-            break
-        clients = workload()
-        wait = rng.uniform(*delay)
-        if ready is not None:
-            deadline = time.monotonic() + 120
-            while not ready():
-                assert not clients.errors, clients.errors
-                assert time.monotonic() < deadline, f"the workload got no acknowledgement in 120 s\n{server.tail()}"
-                time.sleep(0.02)
-        time.sleep(wait)
-        server.kill()
-        clients.stop()
-        print(f"  kill {kill + 1}/{kills} after {wait:.2f} s", flush=True)
-    server.stop()
+    clients: Clients | None = None
+    try:
+        for kill in range(kills + 1):
+            t0 = time.monotonic()
+            server.start()
+            t1 = time.monotonic()
+            check()
+            print(f"  start {t1 - t0:.1f} s, check {time.monotonic() - t1:.1f} s", flush=True)
+            if kill == kills:
+                break
+            clients = workload()
+            wait = rng.uniform(*delay)
+            if ready is not None:
+                deadline = time.monotonic() + 120
+                while not ready():
+                    assert not clients.errors, clients.errors
+                    assert time.monotonic() < deadline, f"no acknowledgement in 120 s\n{server.tail()}"
+                    time.sleep(0.02)
+            time.sleep(wait)
+            server.kill()
+            clients.stop()
+            clients = None
+            print(f"  kill {kill + 1}/{kills} after {wait:.2f} s", flush=True)
+        server.stop()
+    finally:  # a failed check leaves no server and no client behind
+        if clients is not None:
+            clients.stopping.set()
+        if server.proc is not None:
+            server.kill()
     check()
 
 
@@ -170,11 +178,13 @@ def test_kills_during_ingestion(settings: Settings, tmp_path: Path) -> None:
             assert entry_type(ledger, row.ledger_seq, s)["type"] == "datanet.contribution_submitted"
 
     server.start()
-    r = httpx.post(f"{server.base}/v1/datanets", headers=people["olga"][1], json={
-        "name": "crash", "kind": "instruction", "license": "CC-BY-4.0", "uses": ["train", "rag"], "policy": "open",
-    })  # fmt: skip
-    assert r.status_code == 201, r.text
-    server.stop()
+    try:
+        r = httpx.post(f"{server.base}/v1/datanets", headers=people["olga"][1], json={
+            "name": "crash", "kind": "instruction", "license": "CC-BY-4.0", "uses": ["train", "rag"], "policy": "open",
+        })  # fmt: skip
+        assert r.status_code == 201, r.text
+    finally:
+        server.stop()
     crash_loop(server, rng, INGEST_KILLS, workload, lambda: check_integrity(settings, acknowledged), (0.0, 1.5),
                ready=lambda: len(acked) > at_start[0])  # fmt: skip
     assert acked, "no upload was acknowledged in any run"
