@@ -45,7 +45,7 @@ def _running(pid: int) -> bool:
         return False
 
 
-def _until(what: str, ok: Callable[[], bool], log: Path, timeout: float = 120) -> None:
+def _until(what: str, ok: Callable[[], bool], log: Path, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while not ok():
         assert time.monotonic() < deadline, f"timed out waiting for {what}\n{log.read_text(errors='replace')[-4000:]}"
@@ -122,7 +122,7 @@ def test_serve_starts_its_worker_and_a_restart_finishes_the_job(
     _until("the long job to train", lambda: stage_log.is_file() and '"checkpoint"' in stage_log.read_text(), server.log)
     serve.send_signal(signal.SIGKILL)  # the server dies without a word to its worker
     serve.wait()
-    _until("the orphaned worker to stop", lambda: not _running(worker), server.log, timeout=60)
+    _until("the orphaned worker to stop", lambda: not _running(worker), server.log, timeout=240)
     with people.ledger.store.read() as s:
         from tally.factory.tables import JobRow
 
@@ -130,10 +130,10 @@ def test_serve_starts_its_worker_and_a_restart_finishes_the_job(
         assert row is not None and row.status == "queued"  # checkpointed and given back, not left running
 
     serve = server.start()  # the restart: its new worker resumes the job
-    _until("the long job", lambda: status(long)["status"] == "succeeded", server.log, timeout=300)
+    _until("the long job", lambda: status(long)["status"] == "succeeded", server.log, timeout=900)
     [worker] = _children(serve.pid)
     serve.send_signal(signal.SIGTERM)
-    assert serve.wait(timeout=90) == 128 + signal.SIGTERM
+    assert serve.wait(timeout=240) == 128 + signal.SIGTERM
     assert not _running(worker)  # stopped by the server before it exited, cleanly:
     assert f"workers stopped: pid {worker} exit 0" in server.log.read_text()
     assert '"type": "resumed"' in (adapters / "people-l" / "trainer_log.jsonl").read_text()
