@@ -345,7 +345,7 @@ def train_job(model_dir: Path, name: str, seed: int) -> dict[str, Any]:
     }}  # fmt: skip
 
 
-TRAIN_EPOCHS = 6
+TRAIN_EPOCHS = 20  # the most a job may ask for: long enough to be killed several times on a fast machine
 JOB_NAMES = ("crash-a", "crash-b", "crash-c")  # different seeds: identical weights would be one adapter
 
 
@@ -456,7 +456,7 @@ def test_kills_while_training(settings: Settings, tmp_path: Path, tiny_model: Pa
             while training_moved(since) is None:
                 assert time.monotonic() < deadline, f"no training step in 180 s\n{server.tail()}"
                 time.sleep(0.05)
-            wait = rng.uniform(0.0, 2.0)
+            wait = rng.uniform(0.0, 0.6)
             time.sleep(wait)
             running = attempts_running()
             if running is None or running[1] >= MAX_ATTEMPTS:  # none, or one more death would fail it: let it finish

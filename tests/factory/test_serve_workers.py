@@ -116,7 +116,7 @@ def test_serve_starts_its_worker_and_a_restart_finishes_the_job(
     quick = httpx.post(f"{server.base}/v1/fine_tuning/jobs", json=_job(tiny_model, "people-q", 1), headers=auth).json()
     _until("the quick job", lambda: status(quick)["status"] == "succeeded", server.log)
 
-    long = httpx.post(f"{server.base}/v1/fine_tuning/jobs", json=_job(tiny_model, "people-l", 8), headers=auth).json()
+    long = httpx.post(f"{server.base}/v1/fine_tuning/jobs", json=_job(tiny_model, "people-l", 20), headers=auth).json()
     adapters = people.settings.data_dir / "adapters" / people.dev.address.lower()
     stage_log = adapters / ".people-l.partial" / "trainer_log.jsonl"
     _until("the long job to train", lambda: stage_log.is_file() and '"checkpoint"' in stage_log.read_text(), server.log)
