@@ -8,7 +8,6 @@ crash (or a power loss) while saving leaves the previous checkpoint intact and n
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tally.factory.errors import FactoryError
+from tally.factory.publication import fsync_path
 
 STATE_TENSORS = "state.safetensors"
 STATE_JSON = "state.json"
@@ -87,19 +87,11 @@ def save_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer: torch.opti
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / STATE_TENSORS))
     (tmp / STATE_JSON).write_text(json.dumps({**state.counters(), "param_groups": opt["param_groups"]}, indent=1))
     for path in (tmp / STATE_TENSORS, tmp / STATE_JSON, tmp):  # on disk before the rename makes it the latest
-        _fsync(path)
+        fsync_path(path)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    _fsync(final.parent)
+    fsync_path(final.parent)
     return final
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> TrainState:
