@@ -13,7 +13,15 @@ import pytest
 from tests.conftest import append_notes
 from typer.testing import CliRunner
 
-from tally.chain import Chain, ChainDivergence, anchor_head, anchored_receipt, check_receipt_anchor, verify_anchors
+from tally.chain import (
+    Chain,
+    ChainDivergence,
+    ChainError,
+    anchor_head,
+    anchored_receipt,
+    check_receipt_anchor,
+    verify_anchors,
+)
 from tally.chain.anchor import chain_anchors
 from tally.cli.main import app
 from tally.config import Settings, load_settings
@@ -150,3 +158,14 @@ def test_the_chain_tables_migrate_down_and_up(settings: Settings) -> None:
     assert current_revision(store) == head_revision()
     assert chain_tables <= set(inspect(store.engine).get_table_names())
     store.dispose()
+
+
+def test_a_malformed_anchor_section_is_a_clear_error(opened: tuple[Store, Ledger, Chain]) -> None:
+    store, ledger, chain = opened
+    append_notes(ledger, 3)
+    anchor_head(chain, ledger)
+    receipt = anchored_receipt(store, ledger, 1)
+    del receipt["anchor"]["contract"]
+    with chain.connect() as w3, pytest.raises(ChainError, match="malformed") as caught:
+        check_receipt_anchor(receipt, w3)
+    assert caught.value.kind == "invalid"

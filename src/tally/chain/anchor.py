@@ -207,7 +207,14 @@ def anchored_receipt(store: Store, ledger: Ledger, seq: int) -> dict[str, Any]:
 def check_receipt_anchor(receipt: dict[str, Any], w3: Web3) -> dict[str, Any]:
     """Check a receipt's `anchor` against a chain: the contract holds the receipt's checkpoint root at its size,
     and the named transaction is in the named block. Call after `verify_receipt` (which checks the proof and the
-    checkpoint's signature). Raises ChainDivergence naming what differs."""
+    checkpoint's signature). Raises ChainDivergence naming what differs, ChainError (invalid) for a malformed anchor."""
+    try:
+        return _check_receipt_anchor(receipt, w3)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ChainError(f"the receipt's anchor section is malformed: {exc!r}", kind="invalid") from exc
+
+
+def _check_receipt_anchor(receipt: dict[str, Any], w3: Web3) -> dict[str, Any]:
     from tally.chain.contracts import load_artifact
     from tally.ledger.notes import Checkpoint
 

@@ -10,10 +10,12 @@ from tally.ledger import Ledger
 
 
 def chain_status(chain: Chain, ledger: Ledger, *, deploy: bool = True) -> dict[str, Any]:
-    """The chain's state as it concerns this installation. `deploy`: deploy the contracts on the embedded chain if
-    this is its first use (status is how `make run` shows the chain is there)."""
+    """The chain's state as it concerns this installation. `deploy` (the operator's command, not the public route):
+    resolve pending transactions and deploy the contracts on the embedded chain if this is its first use; without
+    it, status only reads."""
     with chain.connect() as w3:
-        chain.reconcile(w3)
+        if deploy:
+            chain.reconcile(w3)
         operator = chain.operator()
         contracts = {}
         for name in CONTRACTS:
