@@ -5,10 +5,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
 MODEL ?= smollm2-135m-instruct
+# Playwright drives Debian's chromium (/usr/bin/chromium); it never downloads a browser.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 # The suites that run a second time against PostgreSQL (tests/postgres/run.sh: a throwaway cluster, a database per test)
 POSTGRES_SUITES := tests/store tests/ledger tests/datanets tests/rewards tests/chain tests/e2e tests/postgres
 
-.PHONY: run test lint install model bench clean postgres
+.PHONY: run test lint install model bench clean postgres chromium
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,7 +35,12 @@ postgres:
 	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; }
 
-test: model $(NPM_STAMP) postgres
+# Debian's Chromium for the studio's browser tests (Playwright drives it; no browser download).
+chromium:
+	@test -x /usr/bin/chromium || \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+
+test: model $(NPM_STAMP) postgres chromium
 	$(BIN)/python -m pytest -q
 	tests/postgres/run.sh $(BIN)/python -m pytest -q $(POSTGRES_SUITES)
 
