@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 import tally
+from tally import studio
 from tally.answers import Runtime, build_runtime
 from tally.api import (
     attribution_routes,
@@ -41,7 +42,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         rt = runtime or build_runtime(settings or load_settings(), with_engine=with_engine)
+        app.root_path = app.root_path or rt.settings.server.root_path  # behind a proxy: links and cookies use it
         app.state.runtime = rt.start(anchoring=True)
+        studio.start_studio(studio_app, rt)
         try:
             yield
         finally:
@@ -69,4 +72,5 @@ def create_app(
         audit_routes,
     ):
         app.include_router(module.router)
+    studio_app = studio.mount(app)  # the web UI at /studio: its pages declare their rules with the same policy
     return app

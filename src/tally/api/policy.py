@@ -2,7 +2,8 @@
 
 A route declares its rule with a dependency, `who: Principal = Depends(policy.allow("key"))` or
 `dependencies=[Depends(policy.allow("admin"))]`; the dependency runs before the body is used, so an unauthorised
-caller is refused (401/403) before any 400 or 503. The rules:
+caller is refused (401/403) before any 400 or 503. The decision itself is `tally.answers.policy`'s, shared with the
+studio's pages; this module reads the bearer key and declares the rules. The rules:
 
 - `anonymous`: anyone; a valid key is still read (the route may show more to it), an invalid one is ignored.
 - `inference`: anonymous while `server.anonymous_inference` is true (anonymous answers accrue no fees), else a key.
@@ -21,122 +22,60 @@ without a rule fails the suite.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, get_args
-
 from fastapi import FastAPI, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import RouteContext, iter_route_contexts
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Mount
 
-from tally.answers import Runtime
+from tally.answers import (
+    RULE_NAMES,
+    Declared,
+    Rule,
+    RuleName,
+    decide,
+    is_address_of,
+    make_rule,
+    may_read_record,
+    needs_caller,
+)
 from tally.api.auth import optional_principal
 from tally.api.auth import principal as required_principal
-from tally.api.errors import ApiError
 from tally.api.state import app_state
 from tally.identity import Principal
 
-RuleName = Literal["anonymous", "inference", "key", "role", "admin", "datanet_owner", "record_reader", "account"]
-RULE_NAMES: tuple[str, ...] = get_args(RuleName)
+__all__ = [
+    "RULE_NAMES", "Allow", "Rule", "RuleName", "allow", "is_address_of", "may_read_record", "policy_table",
+    "routes_of", "rule_of",
+]  # fmt: skip
 
 # Pages FastAPI adds itself (the schema and its viewers): public, they describe the API, not its data.
 FRAMEWORK_ROUTES = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+# The studio's mount: anyone may reach it (its sign-in page); each of its pages declares its own rule, decided by
+# the same policy (tally.studio, docs/studio.md).
+STUDIO_MOUNT = "/studio"
 
 
-@dataclass(frozen=True)
-class Rule:
-    name: RuleName
-    roles: tuple[str, ...] = ()
-
-
-class Allow:
+class Allow(Declared):
     """The dependency a route declares; FastAPI calls it with the request before the route runs."""
-
-    def __init__(self, rule: Rule) -> None:
-        self.rule = rule
 
     def __call__(self, request: Request) -> Principal | None:
         state = app_state(request)
-        name = self.rule.name
-        if name == "anonymous":
-            return optional_principal(request, state)
-        if name == "inference":
-            if state.settings.server.anonymous_inference:
-                return optional_principal(request, state)
-            return required_principal(request, state)
-        who = required_principal(request, state)
-        if name == "key":
-            return who
-        if name in ("role", "admin"):
-            return _with_role(who, self.rule.roles or ("admin",))
-        if name == "datanet_owner":
-            _owns_datanet(state, who, request.path_params["slug"])
-            return who
-        if name == "account":
-            return _is_account(who, request.path_params["address"])
-        _reads_record(state, who, request.path_params["inference_id"])
-        return who
+        if needs_caller(state, self.rule):
+            who: Principal | None = required_principal(request, state)  # 401 naming the header when none is sent
+        else:
+            who = optional_principal(request, state)
+        return decide(state, self.rule, who, request.path_params)
 
 
 def allow(name: RuleName, *roles: str) -> Allow:
     """The rule of one route: `allow("role", "developer", "owner")`, `allow("datanet_owner")`, ..."""
-    if name not in RULE_NAMES:
-        raise ValueError(f"unknown rule {name!r}; rules: {', '.join(RULE_NAMES)}")
-    if (name == "role") != bool(roles):
-        raise ValueError("the role rule names its roles, and only it does")
-    return Allow(Rule(name, roles))
-
-
-def _with_role(who: Principal, roles: tuple[str, ...]) -> Principal:
-    if not who.has(*roles):
-        raise ApiError(
-            403,
-            f"this needs the {' or '.join(roles)} role; your key has {', '.join(sorted(who.roles)) or 'no role'}",
-            type_="permission_error",
-        )
-    return who
-
-
-def is_address_of(who: Principal, address: str) -> bool:
-    """Whether `address` (in any letter case) is the caller's own."""
-    from tally.identity.addresses import checksum_address
-
-    return checksum_address(address) == who.address
-
-
-def _is_account(who: Principal, address: str) -> Principal:
-    if "admin" not in who.roles and not is_address_of(who, address):
-        raise ApiError(403, f"only the account {address} itself or an admin may see this", type_="permission_error")
-    return who
-
-
-def _owns_datanet(state: Runtime, who: Principal, slug: str) -> None:
-    from tally.datanets.service import manage
-
-    with state.store.read() as s:
-        # ownership with the owner role on the key (datanets.service.is_manager); 403, or 404 when the caller may
-        # not even read the datanet, so a private datanet's existence does not leak
-        manage(s, who, slug, "manage it")
-
-
-def may_read_record(who: Principal, requested_by: str | None, developer: str | None) -> bool:
-    """The record's requester, the developer of the adapter that answered, or an admin."""
-    return "admin" in who.roles or who.address in {requested_by, developer} - {None}
-
-
-def _reads_record(state: Runtime, who: Principal, inference_id: str) -> None:
-    from tally.attribution import AttributionError, get_record
-
-    with state.store.read() as s:
-        record, _ = get_record(s, inference_id)  # a missing record is a 404 with the same message as below
-    if not may_read_record(who, record.requested_by, record.credits.developer):
-        raise AttributionError(f"no attribution record for inference {inference_id!r}", kind="not_found")
+    return Allow(make_rule(name, *roles))
 
 
 def _rules_in(dependant: Dependant) -> list[Rule]:
     found = []
     for dep in dependant.dependencies:
-        if isinstance(dep.call, Allow):
+        if isinstance(dep.call, Declared):
             found.append(dep.call.rule)
         found.extend(_rules_in(dep))
     return found
@@ -154,6 +93,8 @@ def rule_of(route: BaseRoute | RouteContext) -> Rule | None:
         rules = set(_rules_in(dependant))
         return rules.pop() if len(rules) == 1 else None
     if getattr(route, "path", None) in FRAMEWORK_ROUTES:
+        return Rule("anonymous")
+    if isinstance(getattr(route, "original_route", route), Mount) and getattr(route, "path", None) == STUDIO_MOUNT:
         return Rule("anonymous")
     return None
 

@@ -13,6 +13,7 @@ from tally.config.settings import (
     RewardsSettings,
     ServerSettings,
     Settings,
+    StudioSettings,
     get_settings,
     load_settings,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "RewardsSettings",
     "ServerSettings",
     "Settings",
+    "StudioSettings",
     "get_settings",
     "load_settings",
 ]

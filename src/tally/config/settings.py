@@ -51,6 +51,11 @@ class ServerSettings(_Section):
     anonymous_inference: bool = Field(
         False, description="true: answer inference without an API key (such answers accrue no fees); false: 401"
     )
+    root_path: str = Field(
+        "",
+        pattern=r"^(/[A-Za-z0-9._~-]+)*$",
+        description="the path prefix a reverse proxy serves Tally under (e.g. /tally); links and cookies use it",
+    )
 
 
 class LedgerSettings(_Section):
@@ -115,6 +120,15 @@ class AttributionSettings(_Section):
     min_share: float = Field(0.01, ge=0, lt=1, description="smaller contributor shares are dropped, rest renormalised")
     min_z: float = Field(2.0, ge=0, description="a row counts as evidence only this many std above the mean score")
     context_min_drop: float = Field(0.5, ge=0, description="nats; a chunk's leave-one-out drop that counts")
+    citation_min_drop: float = Field(
+        1.0, ge=0, description="nats; a sentence cites a chunk whose removal lowers it this much (calibrated)"
+    )
+    citation_loo_max_chunks: int = Field(
+        8, ge=0, description="up to this many chunks: leave-one-out; more: a Lasso surrogate on random ablations"
+    )
+    citation_ablations: int = Field(32, ge=4, description="random ablations (each chunk kept with p=0.5), surrogate")
+    citation_lasso_alpha: float = Field(0.05, ge=0, description="L1 penalty of the surrogate, nats")
+    citation_seed: int = Field(0, description="seed of the surrogate's ablation masks (a record is reproducible)")
     duplicate_similarity: float = Field(
         0.95, gt=0, le=1, description="representation cosine above which two rows are one item (earliest credited)"
     )
@@ -216,6 +230,21 @@ class ChainSettings(_Section):
     retries: int = Field(5, ge=0, le=20, description="retries of a JSON-RPC call on a transient error")
 
 
+class StudioSettings(_Section):
+    """The web UI at /studio (docs/studio.md)."""
+
+    enabled: bool = Field(True, description="serve the studio at /studio; false: those pages answer 404")
+    session_hours: float = Field(12.0, gt=0, le=24 * 30, description="a studio sign-in lasts this long")
+    cookie_secure: bool = Field(
+        True, description="mark the session cookie Secure (browsers send it over HTTPS and to localhost only)"
+    )
+    vendor_dir: Path | None = Field(
+        None,
+        description="the npm node_modules folder the studio's front-end libraries come from; unset: the checkout's",
+    )
+    page_size: int = Field(50, ge=1, le=500, description="rows per page in studio lists")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TALLY_",
@@ -240,6 +269,7 @@ class Settings(BaseSettings):
     factory: FactoryLimits = Field(default_factory=lambda: FactoryLimits())
     log: LogSettings = Field(default_factory=lambda: LogSettings())
     chain: ChainSettings = Field(default_factory=lambda: ChainSettings())
+    studio: StudioSettings = Field(default_factory=lambda: StudioSettings())
     chain_id: int = Field(31337, ge=1, description="EVM chain id: EIP-712 signing domain and on-chain settlement")
 
     @classmethod

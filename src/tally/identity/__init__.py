@@ -19,6 +19,7 @@ from tally.identity.keys import (
     authenticate,
     create_api_key,
     list_api_keys,
+    principal_of_key,
     revoke_api_key,
 )
 from tally.identity.signing import (
@@ -49,6 +50,7 @@ __all__ = [
     "list_accounts",
     "list_api_keys",
     "load_local_key",
+    "principal_of_key",
     "recover_contribution_signer",
     "resolve_account",
     "revoke_api_key",

@@ -172,6 +172,19 @@ def authenticate(session: Session, token: str) -> Principal:
     row = session.get(ApiKeyRow, parts[1])
     if row is None or not hmac.compare_digest(row.secret_hash, _hash(parts[2])):
         raise AuthError("invalid API key")
+    return _principal(session, row)
+
+
+def principal_of_key(session: Session, key_id: str) -> Principal:
+    """The principal of a key already proven by its holder (a studio session signed when the key was shown), or
+    AuthError when the key is unknown, revoked or expired since."""
+    row = session.get(ApiKeyRow, key_id)
+    if row is None:
+        raise AuthError("invalid API key")
+    return _principal(session, row)
+
+
+def _principal(session: Session, row: ApiKeyRow) -> Principal:
     if row.revoked_at is not None:
         raise AuthError(f"API key {row.key_id} was revoked at {row.revoked_at}")
     if row.expires_at is not None and row.expires_at <= now_ts():
