@@ -15,13 +15,21 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import StreamingResponse
-from sqlalchemy import select
 
 from tally.api import policy
-from tally.api.errors import ApiError
 from tally.api.state import AppState, app_state
+from tally.factory import jobs as factory_jobs
 from tally.factory.evaluation import leaderboard
-from tally.factory.jobs import TERMINAL, JobQueue, JobRow, admit, config_from_request, job_events, job_object
+from tally.factory.jobs import (
+    TERMINAL,
+    JobQueue,
+    JobRow,
+    admit,
+    config_from_request,
+    job_events,
+    job_object,
+    visible_job,
+)
 from tally.identity import Principal
 
 router = APIRouter(tags=["fine-tuning"])
@@ -33,11 +41,7 @@ def runner(state: AppState = Depends(app_state)) -> JobQueue:
 
 def _job(state: AppState, job_id: str, who: Principal) -> JobRow:
     with state.store.read() as s:
-        row = s.get(JobRow, job_id)
-        if row is None or row.kind != "train" or (row.created_by != who.address and not who.has("admin")):
-            raise ApiError(404, f"no fine-tuning job {job_id!r}", type_="not_found_error")
-        s.expunge(row)
-        return row
+        return visible_job(s, who, job_id)
 
 
 @router.post("/v1/fine_tuning/jobs")
@@ -63,10 +67,7 @@ def list_jobs(
     state: AppState = Depends(app_state),
 ) -> dict[str, Any]:
     with state.store.read() as s:
-        query = select(JobRow).where(JobRow.kind == "train").order_by(JobRow.created_at.desc()).limit(limit)
-        if not who.has("admin"):
-            query = query.where(JobRow.created_by == who.address)
-        data = [job_object(r) for r in s.execute(query).scalars()]
+        data = [job_object(r) for r in factory_jobs.list_jobs(s, who, limit)]
     return {"object": "list", "data": data, "has_more": False}
 
 

@@ -186,6 +186,10 @@ class Engine:
     def adapters(self) -> list[AdapterEntry]:
         return self.store.entries()
 
+    def adapter_tier(self, name: str) -> str:
+        """The cache tier holding a registered adapter's weights: "slot", "host" or "disk"."""
+        return self.store.tier(name)
+
     def check_model(self, model: str) -> str | None:
         """The adapter name for `model` (None for the base model); AdapterNotFoundError for anything else."""
         if model == self.model_name:

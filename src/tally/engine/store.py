@@ -261,6 +261,17 @@ class AdapterStore:
         with self._lock:
             return sorted(self._entries.values(), key=lambda e: e.name)
 
+    def tier(self, name: str) -> str:
+        """Where `name`'s weights are now: "slot" (an active slot), "host" (the host cache) or "disk" (registered,
+        read from disk on its next request)."""
+        with self._lock:
+            entry = self._entries.get(name)
+        if entry is None or entry.adapter_id is None:
+            return "disk"
+        if self.slots.lookup(entry.adapter_id) is not None:
+            return "slot"
+        return "host" if entry.adapter_id in self.host else "disk"
+
     def resolve(self, name: str) -> AdapterEntry:
         """The entry for `name`, or AdapterNotFoundError: the engine never falls back to the base model."""
         with self._lock:

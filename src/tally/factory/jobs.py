@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tally.config import Settings
@@ -33,7 +34,7 @@ from tally.ledger.events import now_ts
 
 __all__ = [
     "TERMINAL", "JobCancelled", "JobQueue", "JobRow", "RecoveryReport", "WorkerPool", "admit", "config_from_request",
-    "job_events", "job_object", "recover", "run_worker",
+    "job_events", "job_object", "list_jobs", "recover", "run_worker", "visible_job",
 ]  # fmt: skip
 
 
@@ -99,6 +100,28 @@ def job_object(row: JobRow) -> dict[str, Any]:
         "metrics": row.metrics, "output_dir": _shown_dir(row), "progress": row.progress,
         "attempts": row.attempts, "cancel_requested": bool(row.cancel_requested),
     }  # fmt: skip
+
+
+def list_jobs(session: Session, who: Principal, limit: int = 20, offset: int = 0) -> list[JobRow]:
+    """Training jobs newest first, whichever door started them (API, studio, `tally train`, a pipeline's step):
+    an admin sees every job, anyone else their own."""
+    query = select(JobRow).where(JobRow.kind == "train").order_by(JobRow.created_at.desc(), JobRow.id)
+    if not who.has("admin"):
+        query = query.where(JobRow.created_by == who.address)
+    rows = list(session.execute(query.offset(offset).limit(limit)).scalars())
+    for row in rows:
+        session.expunge(row)
+    return rows
+
+
+def visible_job(session: Session, who: Principal, job_id: str) -> JobRow:
+    """The training job `job_id` if `who` may see it (theirs, or any for an admin); otherwise the same not-found
+    as for no job, so job ids of others do not leak."""
+    row = session.get(JobRow, job_id)
+    if row is None or row.kind != "train" or (row.created_by != who.address and not who.has("admin")):
+        raise FactoryError(f"no fine-tuning job {job_id!r}", kind="not_found", param="job_id")
+    session.expunge(row)
+    return row
 
 
 def _shown_dir(row: JobRow) -> str:

@@ -31,9 +31,10 @@ MOUNT_PATH = "/studio"
 
 def routers() -> list[APIRouter]:
     """The studio's page groups, in navigation order."""
-    from tally.studio import datanet_pages, ledger_pages, rewards_pages
+    from tally.studio import datanet_pages, factory_pages, ledger_pages, models_pages, playground_pages, rewards_pages
 
-    return [account_pages.router, datanet_pages.router, ledger_pages.router, rewards_pages.router]
+    return [account_pages.router, datanet_pages.router, factory_pages.router, models_pages.router,
+            playground_pages.router, ledger_pages.router, rewards_pages.router]  # fmt: skip
 
 
 def mount(app: FastAPI) -> FastAPI:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -240,12 +239,10 @@ def new_page(browser: Any, studio: Studio) -> Iterator[Callable[..., Any]]:
 
 def sign_in(page: Any, studio: Studio, who: str) -> None:
     """Sign in through the studio's form with `who`'s API key, as a user pastes it."""
-    page.goto("/studio/")
-    if page.get_by_label(re.compile("API key", re.I)).count() == 0:
-        page.goto("/studio/signin")
-    page.get_by_label(re.compile("API key", re.I)).fill(studio.tokens[who])
-    page.get_by_role("button", name=re.compile("sign in", re.I)).click()
-    page.get_by_role("button", name=re.compile("sign out", re.I)).wait_for()
+    page.goto("/studio/sign-in")
+    page.get_by_label("API key").fill(studio.tokens[who])
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign out").wait_for()
 
 
 def run_axe(page: Any) -> list[dict[str, Any]]:
