@@ -42,10 +42,8 @@ class World:
 
     def upload(self, who: Principal, slug: str, data: bytes, filename: str = "data.jsonl", **kw: object):
         with self.tx() as s:
-            return contrib.contribute(
-                s, self.ledger, who, slug, data, filename, settings=self.settings.datanets,
-                chain_id=self.settings.chain_id, **kw,
-            )  # fmt: skip
+            args: dict = {"settings": self.settings.datanets, "chain_id": self.settings.chain_id, **kw}
+            return contrib.contribute(s, self.ledger, who, slug, data, filename, **args)
 
 
 def alpaca(rows: list[tuple[str, str]]) -> bytes:

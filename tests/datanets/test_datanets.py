@@ -112,14 +112,12 @@ def test_near_duplicates_are_flagged_with_the_row_they_resemble(world: World) ->
     assert result.near_duplicates[0]["resembles"] == original
 
 
-def test_held_near_duplicate_indexes_are_reused_and_rebuilt_after_a_rollback(world: World) -> None:
+def test_a_held_near_duplicate_finder_keeps_nothing_per_row_and_forgets_rolled_back_rows(world: World) -> None:
     from tally.datanets import contribute as contrib
-    from tally.datanets.dedup import DedupSettings
     from tally.datanets.formats import row_hash
 
     world.create(policy="open")
     near = contrib.NearDups()  # what the runtime holds across uploads
-    dedup = DedupSettings(threshold=world.settings.datanets.near_dup_threshold)
     curie = (
         "Marie Curie was born in Warsaw in 1867 and later moved to Paris to study physics and chemistry at the "
         "Sorbonne, where she met Pierre Curie; together they discovered polonium and radium"
@@ -129,19 +127,16 @@ def test_held_near_duplicate_indexes_are_reused_and_rebuilt_after_a_rollback(wor
         "a steady current, after a long dispute with Luigi Galvani about animal electricity in frogs"
     )
     world.upload(world.alice, "med-qa", alpaca([("Tell me about Marie Curie.", curie)]), near_dups=near)
-    with world.ledger.store.read() as s:
-        index = near.get(s, "med-qa", dedup)
-        assert len(index) == 1 and near.get(s, "med-qa", dedup) is index  # kept, not rebuilt
+    held = (dict(near._hashers), dict(near._layouts), set(near._keyed))
 
     with pytest.raises(RuntimeError), world.tx() as s:  # an upload whose transaction rolls back
         contrib.contribute(
             s, world.ledger, world.alice, "med-qa", alpaca([("Tell me about Volta.", volta)]), "v.jsonl",
             settings=world.settings.datanets, chain_id=world.settings.chain_id, near_dups=near,
         )  # fmt: skip
-        assert len(index) == 2
         raise RuntimeError("rolled back")
 
-    # an upload that fails inside `contribute`, after its rows entered the index: the index is dropped at once
+    # an upload that fails inside `contribute`, after its rows were keyed
     original_append = world.ledger.append
 
     def failing_append(*args: object, **kwargs: object) -> object:
@@ -156,17 +151,15 @@ def test_held_near_duplicate_indexes_are_reused_and_rebuilt_after_a_rollback(wor
             )  # fmt: skip
     finally:
         world.ledger.append = original_append  # type: ignore[method-assign]
-    assert near._indexes == {}  # rebuilt from the stored signatures on the next upload
 
     edited = alpaca([("Tell me about Volta.", volta.replace("in frogs", "in the legs of frogs"))])
     result = world.upload(world.bob, "med-qa", edited, near_dups=near)
-    assert result.near_duplicates == []  # the rolled back row is gone from the rebuilt index too
+    assert result.near_duplicates == []  # the rolled back rows are not candidates
     edited = alpaca([("Tell me about Marie Curie.", curie.replace("radium", "radium together"))])
     result = world.upload(world.bob, "med-qa", edited, near_dups=near)
     original = row_hash({"instruction": "Tell me about Marie Curie.", "input": "", "output": curie})
     assert [d["resembles"] for d in result.near_duplicates] == [original]
-    with world.ledger.store.read() as s:
-        assert len(near.get(s, "med-qa", dedup)) == 3
+    assert (dict(near._hashers), dict(near._layouts), set(near._keyed)) == held  # nothing grew with the rows
 
 
 def test_permission_matrix(world: World) -> None:

@@ -5,22 +5,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import delete, event, func, insert, select
 from sqlalchemy.orm import Session
 
 from tally.config import DatanetSettings
-from tally.datanets.dedup import DedupSettings, MinHasher, NearDupIndex
+from tally.datanets.dedup import BandLayout, DedupSettings, MinHasher, signature_similarity
 from tally.datanets.errors import DatanetError, ForbiddenError
 from tally.datanets.events import ContributionSubmitted, ledger_name
 from tally.datanets.formats import ParsedUpload, UploadError, UploadLimits, parse_upload
 from tally.datanets.service import Datanet, _load, can_read, is_manager, is_member
-from tally.datanets.tables import ContributionRow, DatanetRow, DataRow
+from tally.datanets.tables import ContributionRow, DatanetRow, DataRow, RowBand
 from tally.identity import Principal, SignatureError, consume_nonce, recover_contribution_signer
 from tally.ledger import Ledger, merkle
 from tally.ledger.canonical import canonical_json
@@ -66,38 +63,18 @@ def parse_for(dn_kind: str, data: bytes, filename: str, fmt: str | None, limits:
 
 
 class NearDups:
-    """One MinHash LSH index per datanet, and one signer per settings, kept across uploads by their owner (the
-    runtime, for a server); a fresh one costs only speed: its indexes are built from the stored signatures.
+    """Finds a new row's near-duplicates among its datanet's stored rows through the LSH band keys stored beside them
+    (`datanet_row_bands`), so nothing per row lives in memory: a server's footprint stays flat as datanets grow, and
+    every process sees every other's rows. What it keeps across uploads (its owner is the runtime, for a server) is
+    bounded: one signer and band layout per settings, and which datanets it has found fully keyed.
 
-    Rows enter a datanet only through contributions, so the sum of their row counts tells, cheaply, whether the
-    database holds rows the index has not seen (another process wrote) or the index holds rows the database
-    lost (a transaction rolled back); either way the index is rebuilt from the stored signatures.
+    Uploads hold the database's write lock for their whole transaction, so two never key rows at the same time.
     """
 
     def __init__(self) -> None:
-        self._indexes: dict[tuple[str, str], tuple[NearDupIndex, int]] = {}
         self._hashers: dict[DedupSettings, MinHasher] = {}
-        self._lock = threading.Lock()
-        self._datanet_locks: dict[tuple[str, str], threading.Lock] = {}
-
-    @contextmanager
-    def lease(
-        self, session: Session, slug: str, settings: DedupSettings, *, enabled: bool
-    ) -> Iterator[NearDupIndex | None]:
-        """The datanet's index for one upload, held by it alone (uploads run on worker threads); an upload that fails
-        after adding rows to the index drops it, so it is rebuilt from the stored signatures."""
-        if not enabled:
-            yield None
-            return
-        key = (str(session.get_bind().engine.url), slug)
-        with self._lock:
-            lock = self._datanet_locks.setdefault(key, threading.Lock())
-        with lock:
-            try:
-                yield self.get(session, slug, settings)
-            except BaseException:
-                self._indexes.pop(key, None)
-                raise
+        self._layouts: dict[DedupSettings, BandLayout] = {}
+        self._keyed: set[tuple[str, str, str]] = set()  # (database, datanet, layout) known to have every row keyed
 
     def hasher(self, settings: DedupSettings) -> MinHasher:
         hasher = self._hashers.get(settings)
@@ -105,29 +82,82 @@ class NearDups:
             hasher = self._hashers[settings] = MinHasher(settings)
         return hasher
 
+    def layout(self, settings: DedupSettings) -> BandLayout:
+        layout = self._layouts.get(settings)
+        if layout is None:
+            layout = self._layouts[settings] = BandLayout.for_settings(settings)
+        return layout
+
+    def find(
+        self, session: Session, slug: str, settings: DedupSettings, rows: list[tuple[str, bytes]]
+    ) -> list[tuple[str, float] | None]:
+        """For each (row hash, signature) in upload order, the most similar row at or above the threshold among
+        the datanet's stored rows and the upload's earlier rows (ties by row hash), or None; then keys the rows."""
+        layout = self.layout(settings)
+        self._key_missing(session, slug, layout)
+        keys = [layout.keys(sig) for _, sig in rows]
+        stored = self._stored_candidates(session, slug, layout, {k for ks in keys for k in ks})
+        earlier: dict[int, list[int]] = {}  # band key -> positions in this upload
+        found: list[tuple[str, float] | None] = []
+        for position, ((_, sig), row_keys) in enumerate(zip(rows, keys, strict=True)):
+            candidates = {h: s for k in row_keys for h, s in stored.get(k, ())}
+            candidates.update((rows[p][0], rows[p][1]) for k in row_keys for p in earlier.get(k, ()))
+            scored = [(h, signature_similarity(sig, other)) for h, other in candidates.items()]
+            scored = [pair for pair in scored if pair[1] >= settings.threshold]
+            found.append(min(scored, key=lambda pair: (-pair[1], pair[0])) if scored else None)
+            for k in row_keys:
+                earlier.setdefault(k, []).append(position)
+        self._insert_keys(session, slug, layout, [(h, ks) for (h, _), ks in zip(rows, keys, strict=True)])
+        return found
+
     @staticmethod
-    def _rows_in(session: Session, slug: str) -> int:
-        total = session.execute(select(func.sum(ContributionRow.row_count)).where(ContributionRow.datanet == slug))
-        return total.scalar() or 0
+    def _stored_candidates(
+        session: Session, slug: str, layout: BandLayout, keys: set[int]
+    ) -> dict[int, list[tuple[str, bytes]]]:
+        by_key: dict[int, list[tuple[str, bytes]]] = {}
+        ordered = sorted(keys)
+        for i in range(0, len(ordered), _IN_CHUNK):
+            query = (
+                select(RowBand.key, RowBand.row_hash, DataRow.minhash)
+                .join(DataRow, (DataRow.datanet == RowBand.datanet) & (DataRow.row_hash == RowBand.row_hash))
+                .where(
+                    RowBand.datanet == slug,
+                    RowBand.layout == layout.name,
+                    RowBand.key.in_(ordered[i : i + _IN_CHUNK]),
+                )
+            )
+            for key, row_hash, sig in session.execute(query):
+                by_key.setdefault(key, []).append((row_hash, bytes(sig)))
+        return by_key
 
-    def get(self, session: Session, slug: str, settings: DedupSettings) -> NearDupIndex:
-        key = (str(session.get_bind().engine.url), slug)
-        rows_now = self._rows_in(session, slug)
-        cached = self._indexes.get(key)
-        if cached is not None and cached[1] == rows_now and cached[0].settings == settings:
-            return cached[0]
-        index = NearDupIndex(settings)
+    @staticmethod
+    def _insert_keys(session: Session, slug: str, layout: BandLayout, rows: list[tuple[str, list[int]]]) -> None:
+        records = [{"datanet": slug, "layout": layout.name, "key": k, "row_hash": h} for h, ks in rows for k in ks]
+        for i in range(0, len(records), 10 * _IN_CHUNK):
+            session.execute(insert(RowBand), records[i : i + 10 * _IN_CHUNK])
+
+    def _key_missing(self, session: Session, slug: str, layout: BandLayout) -> None:
+        """Key the datanet's signed rows that have no keys under this layout (rows stored before keys were, or
+        under another threshold), once per process and datanet: afterwards every upload keys its own rows."""
+        marker = (str(session.get_bind().engine.url), slug, layout.name)
+        if marker in self._keyed:
+            return
         signed = (DataRow.datanet == slug) & (func.length(DataRow.minhash) > 0)
-        for row_hash, sig in session.execute(select(DataRow.row_hash, DataRow.minhash).where(signed)):
-            index.add(row_hash, bytes(sig))
-        self._indexes[key] = (index, rows_now)
-        return index
-
-    def added(self, session: Session, slug: str, count: int) -> None:
-        key = (str(session.get_bind().engine.url), slug)
-        if key in self._indexes:
-            index, rows = self._indexes[key]
-            self._indexes[key] = (index, rows + count)
+        rows = session.execute(select(func.count()).where(signed)).scalar() or 0
+        keys = session.execute(
+            select(func.count()).where(RowBand.datanet == slug, RowBand.layout == layout.name)
+        ).scalar()
+        if keys != rows * layout.bands:
+            session.execute(delete(RowBand).where(RowBand.datanet == slug, RowBand.layout == layout.name))
+            batch: list[tuple[str, list[int]]] = []
+            for row_hash, sig in session.execute(select(DataRow.row_hash, DataRow.minhash).where(signed)):
+                batch.append((row_hash, layout.keys(bytes(sig))))
+                if len(batch) >= 1000:
+                    self._insert_keys(session, slug, layout, batch)
+                    batch = []
+            self._insert_keys(session, slug, layout, batch)
+        # remembered only once this transaction commits: keys written by one that rolls back are gone again
+        event.listen(session, "after_commit", lambda _session: self._keyed.add(marker), once=True)
 
 
 def contribute(
@@ -181,52 +211,48 @@ def contribute(
         except SignatureError as exc:  # a replayed nonce stays a conflict
             raise DatanetError(str(exc), kind=exc.kind, param=exc.param or "signature", **exc.values) from exc
 
-    dedup = DedupSettings(threshold=settings.near_dup_threshold)
-    near_dups = NearDups() if near_dups is None else near_dups
-    with near_dups.lease(session, slug, dedup, enabled=settings.near_dup_check) as index:
-        hasher = near_dups.hasher(dedup) if index is not None else None
-        status = "accepted" if dn.policy == "open" or manager else "pending"
-        now = now_ts()
-        contribution_id = _contribution_id(slug, principal.address, root, nonce)
-        records: list[dict[str, object]] = []
-        near: list[dict[str, object]] = []
-        for position, row in enumerate(rows):
-            sig, dup_of, score = b"", None, None
-            if index is not None and hasher is not None:
-                sig = hasher.signature(row.text)
-                similar = index.query(sig)
-                dup_of, score = similar[0] if similar else (None, None)
-                if dup_of is not None and score is not None:
-                    near.append(
-                        {"row": row.row_hash, "line": row.line, "resembles": dup_of, "similarity": round(score, 3)}
-                    )
-                index.add(row.row_hash, sig)
-            records.append(
-                {
-                    "datanet": slug, "row_hash": row.row_hash, "contribution": contribution_id, "position": position,
-                    "line": row.line, "content": canonical_json(row.content).decode(), "minhash": sig,
-                    "near_dup_of": dup_of, "near_dup_score": score, "status": status,
-                    "reviewed_by": principal.address if status == "accepted" else None,
-                    "reviewed_at": now if status == "accepted" else None, "created_at": now,
-                }
-            )  # fmt: skip
-        event = ContributionSubmitted(
-            datanet=ledger_name(ledger, slug, dn.visibility), contribution=contribution_id,
-            contributor=principal.address, content_root=root, rows=len(rows), license=dn.license,
-            signed=signature is not None, near_duplicates=len(near), status=status,
+    status = "accepted" if dn.policy == "open" or manager else "pending"
+    now = now_ts()
+    contribution_id = _contribution_id(slug, principal.address, root, nonce)
+    signatures: list[bytes] = [b""] * len(rows)
+    similar: list[tuple[str, float] | None] = [None] * len(rows)
+    if settings.near_dup_check:
+        dedup = DedupSettings(threshold=settings.near_dup_threshold)
+        near_dups = NearDups() if near_dups is None else near_dups
+        hasher = near_dups.hasher(dedup)
+        signatures = [hasher.signature(row.text) for row in rows]
+        hashed = [(r.row_hash, sig) for r, sig in zip(rows, signatures, strict=True)]
+        similar = near_dups.find(session, slug, dedup, hashed)
+    records: list[dict[str, object]] = []
+    near: list[dict[str, object]] = []
+    for position, (row, sig, match) in enumerate(zip(rows, signatures, similar, strict=True)):
+        dup_of, score = match if match is not None else (None, None)
+        if match is not None:
+            near.append({"row": row.row_hash, "line": row.line, "resembles": dup_of, "similarity": round(match[1], 3)})
+        records.append(
+            {
+                "datanet": slug, "row_hash": row.row_hash, "contribution": contribution_id, "position": position,
+                "line": row.line, "content": canonical_json(row.content).decode(), "minhash": sig,
+                "near_dup_of": dup_of, "near_dup_score": score, "status": status,
+                "reviewed_by": principal.address if status == "accepted" else None,
+                "reviewed_at": now if status == "accepted" else None, "created_at": now,
+            }
         )  # fmt: skip
-        appended = ledger.append(session, event, actor=principal.address)
-        session.add(
-            ContributionRow(
-                id=contribution_id, datanet=slug, contributor=principal.address, filename=filename,
-                format=parsed.format, content_root=root, license=dn.license, row_count=len(rows), signature=signature,
-                nonce=None if nonce is None else str(nonce), created_at=now, ledger_seq=appended.seq,
-            )
-        )  # fmt: skip
-        session.flush()
-        session.execute(insert(DataRow), records)
-        if index is not None:
-            near_dups.added(session, slug, len(rows))
+    submitted = ContributionSubmitted(
+        datanet=ledger_name(ledger, slug, dn.visibility), contribution=contribution_id,
+        contributor=principal.address, content_root=root, rows=len(rows), license=dn.license,
+        signed=signature is not None, near_duplicates=len(near), status=status,
+    )  # fmt: skip
+    appended = ledger.append(session, submitted, actor=principal.address)
+    session.add(
+        ContributionRow(
+            id=contribution_id, datanet=slug, contributor=principal.address, filename=filename,
+            format=parsed.format, content_root=root, license=dn.license, row_count=len(rows), signature=signature,
+            nonce=None if nonce is None else str(nonce), created_at=now, ledger_seq=appended.seq,
+        )
+    )  # fmt: skip
+    session.flush()
+    session.execute(insert(DataRow), records)
     return Contribution(
         contribution_id, slug, principal.address, filename, parsed.format, root, dn.license, len(rows),
         signature is not None, status, near, appended.seq,

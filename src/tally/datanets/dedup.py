@@ -3,7 +3,8 @@
 Why: exact row hashes catch copies, not a copy with a typo fixed or a sentence added. A MinHash signature estimates
 the Jaccard similarity of two rows' word shingles; MinHashLSH finds the rows likely above the threshold without
 comparing against every stored row. Signatures are plain bytes (num_perm little-endian uint64 values, never a
-pickle) so they can live in a database column and the index can be rebuilt from them at start-up.
+pickle) in a database column, and so are the LSH band keys (`BandLayout`): the index is the database's, never a
+structure in memory that grows with the data.
 
 A signature depends on the text normalisation, the shingle hash and datasketch's "affine64" permutations drawn from
 `seed`; SIGNATURE_VERSION names that recipe, and stored signatures must be recomputed if it ever changes.
@@ -15,12 +16,8 @@ import hashlib
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from datasketch import LeanMinHash
 
 SIGNATURE_VERSION = "tally-minhash-v1 (NFKC, lowercase, word shingles, blake2b-64, datasketch affine64)"
 _SCHEME = "affine64"
@@ -143,66 +140,35 @@ def signature_similarity(a: bytes, b: bytes) -> float:
     return float(np.count_nonzero(np.frombuffer(a, "<u8") == np.frombuffer(b, "<u8"))) / (len(a) // 8)
 
 
-def _band_key(band: bytes) -> bytes:
-    """An 8-byte stand-in for an LSH band's bytes (r * 8 of them): the index is a fifth smaller in memory."""
-    return hashlib.blake2b(band, digest_size=8).digest()
+@dataclass(frozen=True)
+class BandLayout:
+    """How a signature is cut into LSH bands: `bands` bands of `rows` values each. Two rows share a band key (and are
+    compared) with probability 1 - (1 - s^rows)^bands for Jaccard similarity s; datasketch picks the layout that
+    balances missed and needless comparisons at the threshold."""
 
+    bands: int
+    rows: int
 
-class NearDupIndex:
-    """Row hash -> signature, with an LSH index over them to find a new row's near-duplicates quickly.
-
-    Adding a key twice with the same signature is a no-op (a rebuilt index may see a row again); with a different
-    signature it is an error, since a row hash names one content.
-    """
-
-    def __init__(self, settings: DedupSettings = DedupSettings()) -> None:
+    @classmethod
+    def for_settings(cls, settings: DedupSettings) -> BandLayout:
         from datasketch import MinHashLSH
 
-        self.settings = settings
-        self._lsh = MinHashLSH(threshold=settings.threshold, num_perm=settings.num_perm, hashfunc=_band_key)
-        self._signatures: dict[str, bytes] = {}
+        lsh = MinHashLSH(threshold=settings.threshold, num_perm=settings.num_perm)
+        return cls(bands=lsh.b, rows=lsh.r)
 
-    def add(self, key: str, signature: bytes) -> None:
-        minhash = self._minhash(signature)
-        known = self._signatures.get(key)
-        if known is not None:
-            if known != signature:
-                raise ValueError(f"row {key} is already indexed with a different signature")
-            return
-        self._lsh.insert(key, minhash, check_duplication=False)
-        self._signatures[key] = bytes(signature)
+    @property
+    def name(self) -> str:
+        return f"{self.bands}x{self.rows}"
 
-    def query(self, signature: bytes) -> list[tuple[str, float]]:
-        """Indexed keys whose estimated Jaccard similarity is at least the threshold, best first (ties by key)."""
-        found = []
-        for key in self._lsh.query(self._minhash(signature)):
-            score = signature_similarity(signature, self._signatures[key])
-            if score >= self.settings.threshold:
-                found.append((key, score))
-        found.sort(key=lambda pair: (-pair[1], pair[0]))
-        return found
-
-    def remove(self, key: str) -> None:
-        """Forget a row (it was rejected or deleted); unknown keys are an error."""
-        if key not in self._signatures:
-            raise KeyError(key)
-        self._lsh.remove(key)
-        del self._signatures[key]
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._signatures
-
-    def __len__(self) -> int:
-        return len(self._signatures)
-
-    def _minhash(self, signature: bytes) -> LeanMinHash:
-        """The signature as the sketch MinHashLSH takes (a LeanMinHash: no permutations to build)."""
-        from datasketch import LeanMinHash
-
-        if len(signature) != 8 * self.settings.num_perm:
-            raise ValueError(
-                f"a signature of {len(signature)} bytes does not fit num_perm={self.settings.num_perm} "
-                f"({8 * self.settings.num_perm} bytes)"
+    def keys(self, signature: bytes) -> list[int]:
+        """One signed 64-bit key per band (what a database column holds): a hash of the band's index and values, so
+        equal values in different bands never match."""
+        width = 8 * self.rows
+        return [
+            int.from_bytes(
+                hashlib.blake2b(signature[i * width : (i + 1) * width], digest_size=8, salt=i.to_bytes(2)).digest(),
+                "little",
+                signed=True,
             )
-        values = np.frombuffer(signature, dtype="<u8")
-        return LeanMinHash(seed=self.settings.seed, hashvalues=values, scheme=_SCHEME)
+            for i in range(self.bands)
+        ]

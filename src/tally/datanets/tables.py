@@ -71,6 +71,19 @@ class DataRow(Base):
     created_at: Mapped[str] = mapped_column(String(32))
 
 
+class RowBand(Base):
+    """A row's LSH band keys (one per band of the layout, see `dedup.BandLayout`): a new row's near-duplicate
+    candidates are the stored rows sharing a key, found by the primary key's index, so no per-row state lives in a
+    server's memory. Derived from `datanet_rows.minhash`: rebuilt from it when missing (another layout, older data)."""
+
+    __tablename__ = "datanet_row_bands"
+
+    datanet: Mapped[str] = mapped_column(String(64), primary_key=True)
+    layout: Mapped[str] = mapped_column(String(16), primary_key=True)  # "<bands>x<rows>"
+    key: Mapped[int] = mapped_column(BigInt, primary_key=True, autoincrement=False)
+    row_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
 class SnapshotRow(Base):
     __tablename__ = "snapshots"
 
