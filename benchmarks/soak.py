@@ -445,8 +445,12 @@ class Soak:
                 pass
 
     async def run(self, pid: int) -> dict[str, Any]:
+        # A pooled connection is dropped after 2 s idle, before the server closes it (uvicorn's keep-alive is 5 s,
+        # httpx's default expiry too): reusing one the server is closing at that moment fails with no response.
         limits = httpx.Limits(
-            max_connections=self.args.clients * 2 + 4, max_keepalive_connections=self.args.clients * 2
+            max_connections=self.args.clients * 2 + 4,
+            max_keepalive_connections=self.args.clients * 2,
+            keepalive_expiry=2.0,
         )
         async with httpx.AsyncClient(base_url=self.base_url, timeout=300, limits=limits) as http:
             setup = await self.setup(http)

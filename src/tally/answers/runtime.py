@@ -41,7 +41,7 @@ class Runtime:
     engine: Engine | None = None  # None: this process serves no inference (the inference routes answer 503)
     attributor: Attributor | None = None  # None: attribution is off (no base model to measure with)
     jobs: JobQueue = field(init=False, repr=False)  # fine-tuning jobs: queued in the database, run by workers
-    near_dups: NearDups = field(init=False, repr=False)  # near-duplicate indexes per datanet, kept across uploads
+    near_dups: NearDups = field(init=False, repr=False)  # the near-duplicate signer, kept across uploads
     embedders: Embedders = field(init=False, repr=False)  # RAG sentence embedders, each loaded on first use
     rag_indexes: IndexCache = field(init=False, repr=False)  # loaded RAG indexes, kept until they change on disk
     rate_limiter: RateLimiter = field(init=False, repr=False)  # per-caller token buckets (server.rate_limit_*)
