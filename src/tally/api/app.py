@@ -29,6 +29,7 @@ from tally.api import (
 )
 from tally.api.limits import LimitsMiddleware
 from tally.api.logging import RequestLogMiddleware
+from tally.api.rootpath import RootPathMiddleware
 from tally.config import Settings, load_settings
 
 
@@ -42,7 +43,6 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         rt = runtime or build_runtime(settings or load_settings(), with_engine=with_engine)
-        app.root_path = app.root_path or rt.settings.server.root_path  # behind a proxy: links and cookies use it
         app.state.runtime = rt.start(anchoring=True)
         studio.start_studio(studio_app, rt)
         try:
@@ -54,6 +54,7 @@ def create_app(
     errors.install(app)
     app.add_middleware(LimitsMiddleware)  # inside the request log, so refusals are logged too
     app.add_middleware(RequestLogMiddleware)
+    app.add_middleware(RootPathMiddleware, api=app)  # outermost: every layer sees the path as the browser sent it
 
     @app.get("/health", dependencies=[Depends(policy.allow("anonymous"))])
     def health() -> dict[str, object]:

@@ -109,6 +109,9 @@ async def upload(
     format: str | None = Form(None),
     signature: str | None = Form(None),
     nonce: int | None = Form(None),
+    drop_duplicates: bool = Form(
+        False, description="leave out rows that repeat an earlier line or a stored row (listed in `dropped`)"
+    ),
     who: Principal = Depends(policy.allow("role", "contributor", "owner")),
     state: AppState = Depends(app_state),
 ) -> Any:
@@ -119,7 +122,7 @@ async def upload(
             return contribute.contribute(
                 s, state.ledger, who, slug, data, file.filename or "upload", settings=state.settings.datanets,
                 chain_id=state.settings.chain_id, format=format, signature=signature, nonce=nonce,
-                near_dups=state.near_dups,
+                near_dups=state.near_dups, drop_duplicates=drop_duplicates,
             )  # fmt: skip
 
     # parsing, validation and dedup are CPU-bound: on a worker thread one large upload cannot stall the event loop

@@ -53,10 +53,15 @@ def http_status(exc: TallyError) -> tuple[int, str]:
 
 
 def http_error(exc: TallyError) -> tuple[int, dict[str, object]]:
-    """The status and OpenAI error body of a package's error (also sent as an SSE event once a stream started)."""
+    """The status and OpenAI error body of a package's error (also sent as an SSE event once a stream started). An
+    upload refused for its lines also carries `problems`: each bad line's file, line, field, problem and expected."""
     status, type_ = http_status(exc)
     reason = getattr(exc, "reason", None)
-    return status, error_body(exc.message, type_, exc.param, reason if isinstance(reason, str) else None)
+    body = error_body(exc.message, type_, exc.param, reason if isinstance(reason, str) else None)
+    problems = exc.values.get("problems")
+    if isinstance(problems, list):
+        body["error"]["problems"] = problems  # type: ignore[index]
+    return status, body
 
 
 def retry_after(exc: TallyError) -> dict[str, str] | None:

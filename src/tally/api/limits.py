@@ -4,9 +4,10 @@ Pure ASGI, so a refusal costs no parsing: a body whose `Content-Length` is over 
 alone, and a body sent without a length (chunked) is counted as it arrives and refused at the cap. The caps:
 
 - every route: `server.max_request_bytes`;
-- the datanet upload route: max(`server.max_request_bytes`, `datanets.max_upload_bytes`) + `MULTIPART_OVERHEAD`
-  (the form's boundaries and small fields). A datanet may set a lower per-upload cap, never a higher one; its own
-  cap is checked on the received file before it is read into memory.
+- the datanet upload routes (the API's and the studio's upload form): max(`server.max_request_bytes`,
+  `datanets.max_upload_bytes`) + `MULTIPART_OVERHEAD` (the form's boundaries and small fields). A datanet may set a
+  lower per-upload cap, never a higher one; its own cap is checked on the received file before it is read into
+  memory.
 
 Rates: one token bucket per caller (`tally.answers.ratelimit`): the SHA-256 of the bearer token when one is sent
 (no database read: a made-up token gets a bucket of its own, then fails authentication), else the client's IP.
@@ -34,7 +35,8 @@ from tally.config.errors import TallyError
 
 INT64_MAX = 2**63 - 1  # the database's INTEGER: a larger number in a request is refused as invalid
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries, part headers and the upload form's small fields
-UPLOAD_PATH = re.compile(r"^/v1/datanets/[^/]+/contributions$")
+# the API's upload route, and the studio's upload form and its signing step (tally.studio.datanet_pages)
+UPLOAD_PATH = re.compile(r"^(?:/v1/datanets/[^/]+/contributions|/studio/datanets/[^/]+/contribute(?:/prepare)?)$")
 UNLIMITED_PATHS = frozenset({"/health", "/metrics"})
 
 
@@ -48,6 +50,12 @@ def body_cap(settings: Settings, path: str) -> int:
     if UPLOAD_PATH.match(path):
         return max(cap, settings.datanets.max_upload_bytes) + MULTIPART_OVERHEAD
     return cap
+
+
+def _route_path(scope: Scope) -> str:
+    """The request's path without the prefix a reverse proxy serves it under (ASGI's root_path)."""
+    path, root = str(scope["path"]), str(scope.get("root_path") or "")
+    return path[len(root) :] if root and path.startswith(root + "/") else path
 
 
 def upload_ceiling(settings: Settings) -> int:
@@ -109,7 +117,7 @@ class LimitsMiddleware:
                 ),
             )  # fmt: skip
             return
-        cap = body_cap(runtime.settings, scope["path"])
+        cap = body_cap(runtime.settings, _route_path(scope))
         too_large = LimitError(f"the request body is over the limit of {cap} bytes", max_bytes=cap)
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > cap):

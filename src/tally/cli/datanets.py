@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
-import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
 from tally.cli.common import acting_principal, cli_errors, console, fail, load_cli_settings, opened_ledger
+from tally.config.errors import TallyError
 from tally.datanets import access, review, service, snapshots
-from tally.identity import load_local_key, sign_contribution
+from tally.identity import load_local_key
 
 app = typer.Typer(
     help="Datanets: community datasets with signed, licensed, reviewed contributions.", no_args_is_help=True
@@ -75,39 +77,59 @@ def contribute_cmd(
     file: Path = typer.Argument(..., exists=True, dir_okay=False),
     format: str = typer.Option(None, help="alpaca | sharegpt | openai | text | markdown (default: detected)"),
     sign: bool = typer.Option(False, "--sign", help="sign (EIP-712) with the acting account's local key"),
+    drop_duplicates: bool = typer.Option(
+        False, "--drop-duplicates", help="leave out rows that repeat an earlier line or a row already in the datanet"
+    ),
     as_: str = AS,
 ) -> None:
-    """Upload a file of rows (JSONL) or a document (.txt / .md)."""
+    """Upload a file of rows (JSONL) or a document (.txt / .md). A file with bad lines is refused whole, and each
+    bad line is listed; with --drop-duplicates, repeated rows are left out (each one listed) instead."""
     from tally.datanets import contribute  # near-duplicate detection imports numpy: only this command pays for it
 
     settings = load_cli_settings()
     data = file.read_bytes()
-    with opened_ledger(settings) as (store, ledger), cli_errors(), store.transaction() as s:
+    with opened_ledger(settings) as (store, ledger), cli_errors(), _each_bad_line(), store.transaction() as s:
         who = acting_principal(s, as_)
         signature = nonce = None
         if sign:
-            dn = service.get_datanet(s, who, name)
-            limits = contribute.upload_limits(dn, settings.datanets)
-            parsed = contribute.parse_for(dn.kind, data, file.name, format, limits)
-            root = contribute.content_root([r.row_hash for r in parsed.rows])
-            nonce = secrets.randbits(64)
-            key = load_local_key(settings.account_keys_dir, who.address)
-            signature = sign_contribution(
-                key, datanet=name, content_root=root, license=dn.license, nonce=nonce, chain_id=settings.chain_id
-            )
+            request = contribute.prepare_signing(
+                s, who, name, data, file.name, settings=settings.datanets, chain_id=settings.chain_id,
+                format=format, drop_duplicates=drop_duplicates,
+            )  # fmt: skip
+            nonce = request.nonce
+            signature = request.sign(load_local_key(settings.account_keys_dir, who.address))
         result = contribute.contribute(
             s, ledger, who, name, data, file.name, settings=settings.datanets, chain_id=settings.chain_id,
-            format=format, signature=signature, nonce=nonce,
+            format=format, signature=signature, nonce=nonce, drop_duplicates=drop_duplicates,
         )  # fmt: skip
     console.print(
         f"contribution {result.id[:12]}: {result.row_count} row{'' if result.row_count == 1 else 's'} "
         f"({result.format}), {result.status}"
         f"{', signed' if result.signed else ''}; ledger entry {result.ledger_seq}"
     )
+    for dropped in result.dropped:
+        console.print(f"  dropped: line {dropped['line']} {dropped['reason']}")
     for nd in result.near_duplicates:
         console.print(
             f"  near-duplicate: line {nd['line']} resembles row {str(nd['resembles'])[:12]} ({nd['similarity']})"
         )
+
+
+@contextmanager
+def _each_bad_line() -> Iterator[None]:
+    """An upload refused for its lines: every bad line on stderr before the error itself."""
+    try:
+        yield
+    except TallyError as exc:
+        problems = exc.values.get("problems") or []
+        if len(problems) > 1:
+            for problem in problems:
+                typer.echo(f"  line {problem.get('line')}: {problem.get('problem')}", err=True)
+            if exc.values.get("more_problems"):
+                typer.echo("  (more lines were not checked)", err=True)
+            if all(p.get("duplicate_of_line") or p.get("contribution") for p in problems):
+                typer.echo("  every problem is a repeated row: --drop-duplicates leaves them out", err=True)
+        raise
 
 
 @app.command()

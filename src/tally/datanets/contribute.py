@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import secrets
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import delete, event, func, insert, select
 from sqlalchemy.orm import Session
@@ -15,10 +17,25 @@ from tally.config import DatanetSettings
 from tally.datanets.dedup import BandLayout, DedupSettings, MinHasher, signature_similarity
 from tally.datanets.errors import DatanetError, ForbiddenError
 from tally.datanets.events import ContributionSubmitted, ledger_name
-from tally.datanets.formats import ParsedUpload, UploadError, UploadLimits, parse_upload
+from tally.datanets.formats import (
+    MAX_PROBLEMS,
+    DroppedRow,
+    ParsedUpload,
+    Row,
+    UploadError,
+    UploadLimits,
+    parse_upload,
+)
 from tally.datanets.service import Datanet, _load, can_read, is_manager, is_member
 from tally.datanets.tables import ContributionRow, DatanetRow, DataRow, RowBand
-from tally.identity import Principal, SignatureError, consume_nonce, recover_contribution_signer
+from tally.identity import (
+    Principal,
+    SignatureError,
+    consume_nonce,
+    contribution_typed_data,
+    recover_contribution_signer,
+    sign_contribution,
+)
 from tally.ledger import Ledger, merkle
 from tally.ledger.canonical import canonical_json
 from tally.ledger.events import now_ts
@@ -41,6 +58,7 @@ class Contribution:
     status: str
     near_duplicates: list[dict[str, object]]
     ledger_seq: int
+    dropped: list[dict[str, object]] = field(default_factory=list)  # repeated rows left out (drop_duplicates)
 
 
 def content_root(row_hashes: list[str]) -> str:
@@ -55,9 +73,13 @@ def upload_limits(dn: DatanetRow | Datanet, settings: DatanetSettings) -> Upload
     )  # fmt: skip
 
 
-def parse_for(dn_kind: str, data: bytes, filename: str, fmt: str | None, limits: UploadLimits) -> ParsedUpload:
+def parse_for(
+    dn_kind: str, data: bytes, filename: str, fmt: str | None, limits: UploadLimits, *, drop_duplicates: bool = False
+) -> ParsedUpload:
     try:
-        return parse_upload(data, filename, kind=dn_kind, format=fmt, limits=limits)  # type: ignore[arg-type]
+        return parse_upload(
+            data, filename, kind=dn_kind, format=fmt, limits=limits, drop_duplicates=drop_duplicates,  # type: ignore[arg-type]
+        )  # fmt: skip
     except UploadError as exc:  # keeps the upload's kind (a limit stays a limit) and where it failed
         raise DatanetError(str(exc), kind=exc.kind, param=exc.param, **exc.values) from exc
 
@@ -174,9 +196,12 @@ def contribute(
     signature: str | None = None,
     nonce: int | None = None,
     near_dups: NearDups | None = None,
+    drop_duplicates: bool = False,
 ) -> Contribution:
     """Record an upload. `near_dups`: the caller's near-duplicate indexes, kept across uploads (None: built from the
-    stored signatures for this call, which is correct but slower)."""
+    stored signatures for this call, which is correct but slower). `drop_duplicates`: rows that repeat an earlier row
+    of the file or a row already in the datanet are left out and reported in `dropped` (else the upload is refused);
+    a signature then covers the rows that are kept (`prepare_signing` says which)."""
     dn = _load(session, slug)
     if not principal.has("contributor", "owner"):
         raise ForbiddenError("contributing needs the contributor role")
@@ -188,9 +213,8 @@ def contribute(
 
     if len(filename) > MAX_FILENAME:
         raise DatanetError(f"the file name is {len(filename)} characters; at most {MAX_FILENAME}", param="file")
-    parsed = parse_for(dn.kind, data, filename, format, upload_limits(dn, settings))
-    rows = parsed.rows
-    _refuse_existing(session, slug, filename, rows)
+    parsed = parse_for(dn.kind, data, filename, format, upload_limits(dn, settings), drop_duplicates=drop_duplicates)
+    rows, dropped = _without_existing(session, slug, filename, parsed, drop=drop_duplicates)
     _check_daily_limit(session, slug, principal.address, len(rows), dn.max_rows_per_day)
 
     root = content_root([r.row_hash for r in rows])
@@ -255,8 +279,55 @@ def contribute(
     session.execute(insert(DataRow), records)
     return Contribution(
         contribution_id, slug, principal.address, filename, parsed.format, root, dn.license, len(rows),
-        signature is not None, status, near, appended.seq,
+        signature is not None, status, near, appended.seq, [asdict(d) for d in dropped],
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SigningRequest:
+    """What a contributor signs for an upload (EIP-712, `tally.identity.contribution_typed_data`)."""
+
+    datanet: str
+    content_root: str
+    license: str
+    nonce: int
+    chain_id: int
+    rows: int
+    dropped: list[dict[str, object]]
+    typed_data: dict[str, Any]
+
+    def sign(self, private_key: str) -> str:
+        """The signature a contributor's key makes over this (the CLI's --sign, the studio's server-side signing)."""
+        return sign_contribution(
+            private_key, datanet=self.datanet, content_root=self.content_root, license=self.license, nonce=self.nonce,
+            chain_id=self.chain_id,
+        )  # fmt: skip
+
+
+def prepare_signing(
+    session: Session,
+    principal: Principal,
+    slug: str,
+    data: bytes,
+    filename: str,
+    *,
+    settings: DatanetSettings,
+    chain_id: int,
+    format: str | None = None,
+    drop_duplicates: bool = False,
+    nonce: int | None = None,
+) -> SigningRequest:
+    """Parse an upload as `contribute` will and return the typed data to sign over its rows (after any dropped
+    repeats), with a fresh random nonce unless one is given. Nothing is written."""
+    dn = _load(session, slug)
+    if not can_read(session, principal, dn):
+        raise DatanetError(f"no datanet named {slug!r}", kind="not_found")
+    parsed = parse_for(dn.kind, data, filename, format, upload_limits(dn, settings), drop_duplicates=drop_duplicates)
+    rows, dropped = _without_existing(session, slug, filename, parsed, drop=drop_duplicates)
+    root = content_root([r.row_hash for r in rows])
+    nonce = secrets.randbits(64) if nonce is None else nonce
+    typed = contribution_typed_data(slug, root, dn.license, nonce, chain_id)
+    return SigningRequest(slug, root, dn.license, nonce, chain_id, len(rows), [asdict(d) for d in dropped], typed)
 
 
 def _contribution_id(slug: str, contributor: str, root: str, nonce: int | None) -> str:
@@ -269,25 +340,61 @@ def _contribution_id(slug: str, contributor: str, root: str, nonce: int | None) 
     return hashlib.sha256(canonical_json(body)).hexdigest()
 
 
-def _refuse_existing(session: Session, slug: str, filename: str, rows: list) -> None:
-    """Exact duplicates of rows already in the datanet refuse the whole upload, naming the first one."""
+def _without_existing(
+    session: Session, slug: str, filename: str, parsed: ParsedUpload, *, drop: bool
+) -> tuple[list[Row], list[DroppedRow]]:
+    """The rows not already in the datanet, and what was dropped. Without `drop`, exact duplicates of stored rows
+    refuse the whole upload, naming the first one and listing each (`problems`)."""
+    rows = parsed.rows
     by_hash = {r.row_hash: r for r in rows}
     hashes = list(by_hash)
+    existing: dict[str, str] = {}
     for i in range(0, len(hashes), _IN_CHUNK):
         found = session.execute(
             select(DataRow.row_hash, DataRow.contribution).where(
                 DataRow.datanet == slug, DataRow.row_hash.in_(hashes[i : i + _IN_CHUNK])
             )
-        ).first()
-        if found is not None:
-            row = by_hash[found[0]]
-            where = f"line {row.line}" if row.line else f"chunk {row.content.get('chunk')}"
-            raise DatanetError(
-                f"{filename} {where}: this row is already in datanet {slug!r} "
-                f"(contribution {found[1][:12]}); exact duplicates are refused",
-                kind="conflict",
-                contribution=found[1],
-            )
+        )
+        existing.update((row_hash, contribution) for row_hash, contribution in found)
+    if not existing:
+        return rows, list(parsed.dropped)
+
+    def where(row: Row) -> str:
+        return f"line {row.line}" if row.line else f"chunk {row.content.get('chunk')}"
+
+    repeated = [r for r in rows if r.row_hash in existing]
+    if not drop:
+        first = repeated[0]
+        problems = [
+            {
+                "message": f"{filename} {where(r)}: this row is already in datanet {slug!r} "
+                f"(contribution {existing[r.row_hash][:12]})",
+                "file": filename, "line": r.line, "field": None, "contribution": existing[r.row_hash],
+                "problem": f"already in datanet {slug!r} (contribution {existing[r.row_hash][:12]})",
+                "expected": "rows the datanet does not hold yet",
+            }
+            for r in repeated[:MAX_PROBLEMS]
+        ]  # fmt: skip
+        raise DatanetError(
+            f"{filename} {where(first)}: this row is already in datanet {slug!r} "
+            f"(contribution {existing[first.row_hash][:12]}); exact duplicates are refused",
+            kind="conflict",
+            contribution=existing[first.row_hash],
+            problems=problems,
+        )
+    dropped = list(parsed.dropped) + [
+        DroppedRow(
+            r.line, r.row_hash, f"already in datanet {slug!r} (contribution {existing[r.row_hash][:12]})",
+            contribution=existing[r.row_hash],
+        )
+        for r in repeated
+    ]  # fmt: skip
+    kept = [r for r in rows if r.row_hash not in existing]
+    if not kept:
+        raise DatanetError(
+            f"{filename}: every row is already in datanet {slug!r}; nothing to add", kind="conflict", param="file"
+        )
+    return kept, sorted(dropped, key=lambda d: (d.line or 0, d.row_hash))
 
 
 def _check_daily_limit(session: Session, slug: str, address: str, adding: int, limit: int) -> None:

@@ -15,7 +15,7 @@ import hashlib
 import itertools
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tally.datanets.chunking import chunk_markdown, chunk_text
@@ -30,6 +30,7 @@ Format = Literal["alpaca", "sharegpt", "openai", "text", "markdown"]
 
 __all__ = [
     "DataKind",
+    "DroppedRow",
     "Format",
     "ParsedUpload",
     "Row",
@@ -62,6 +63,7 @@ _KIND_WORDS = {  # kind: (what the datanet holds, what file it expects)
 _DOCUMENT_EXTENSIONS: dict[str, Format] = {".txt": "text", ".md": "markdown", ".markdown": "markdown"}
 _JSON_EXTENSIONS = (".jsonl", ".json")
 _MB = 1024 * 1024
+MAX_PROBLEMS = 1000  # bad lines reported for one upload; reading stops after as many
 
 
 @dataclass(frozen=True)
@@ -92,10 +94,22 @@ class Row:
 
 
 @dataclass(frozen=True)
+class DroppedRow:
+    """A row left out of an upload because it repeats one (asked for with `drop_duplicates`)."""
+
+    line: int | None
+    row_hash: str
+    reason: str  # "repeats line 3", "already in datanet 'x' (contribution ab12...)"
+    duplicate_of_line: int | None = None  # the upload's line it repeats
+    contribution: str | None = None  # the contribution that holds it already
+
+
+@dataclass(frozen=True)
 class ParsedUpload:
     format: Format
     kind: DataKind
     rows: list[Row]
+    dropped: list[DroppedRow] = field(default_factory=list)
 
 
 def row_hash(content: dict[str, Any]) -> str:
@@ -121,11 +135,17 @@ def parse_upload(
     kind: DataKind | None = None,
     format: Format | None = None,
     limits: UploadLimits = UploadLimits(),
+    drop_duplicates: bool = False,
 ) -> ParsedUpload:
     """Parse, check and normalise a whole upload, or raise UploadError on its first problem (nothing is kept).
 
     Checks run in this order: size, file type, UTF-8, emptiness, then row by row: JSON syntax, object, fields, row
     count, field length, exact duplicate. `format=` skips detection; `kind=` is the datanet's kind and must match.
+
+    Rows of JSON files are all checked: the error raised is the first bad line's, and its `problems` value lists
+    every bad line (up to MAX_PROBLEMS) as `UploadError.to_dict()` fields, so a contributor can fix them in one go.
+    `drop_duplicates`: a row that repeats an earlier row of the file is left out (listed in `dropped`) instead of
+    refusing the file.
     """
     name = _basename(filename)
     if len(data) > limits.max_bytes:
@@ -144,18 +164,35 @@ def parse_upload(
     text = decode(data, name)
     documents = fmt == "text" or fmt == "markdown"
     refuse_empty(text, name, documents=documents)
-    records = None if documents else json_records(text, name, array=is_json_array(text, name))
-    if fmt is None:  # JSON by extension: the first row's keys decide
-        records = json_records(text, name, array=is_json_array(text, name))
-        first = next(records)
+    problems: list[UploadError] = []
+    records = None if documents else json_records(text, name, array=is_json_array(text, name), problems=problems)
+    if fmt is None:  # JSON by extension: the first good row's keys decide
+        assert records is not None
+        first = next(records, None)
+        if first is None:
+            raise _refused(problems)
         fmt = _format_by_keys(*first, name)
         records = itertools.chain([first], records)
     fmt_kind = FORMAT_KIND[fmt]
     if kind is not None and kind != fmt_kind:
         holds, wanted = _KIND_WORDS[kind]
         raise UploadError(name, f"this datanet holds {holds} but the file is {_FORMAT_WORDS[fmt]}", wanted)
-    rows = _document_rows(text, name, fmt, limits) if records is None else _json_rows(records, name, fmt, limits)
-    return ParsedUpload(format=fmt, kind=fmt_kind, rows=rows)
+    if records is None:
+        return ParsedUpload(format=fmt, kind=fmt_kind, rows=_document_rows(text, name, fmt, limits))
+    dropped: list[DroppedRow] = []
+    rows = _json_rows(records, name, fmt, limits, problems, dropped if drop_duplicates else None)
+    return ParsedUpload(format=fmt, kind=fmt_kind, rows=rows, dropped=dropped)
+
+
+def _refused(problems: list[UploadError]) -> UploadError:
+    """The first problem, carrying the list of all of them (`problems`, `more_problems`)."""
+    first = problems[0]
+    listed = [p.to_dict() | {k: v for k, v in p.extra.items() if k != "problems"} for p in problems[:MAX_PROBLEMS]]
+    return UploadError(
+        first.file, first.problem, first.expected, line=first.line, field=first.field,
+        show_expected=first.show_expected, kind=first.kind,
+        **{**first.extra, "problems": listed, "more_problems": len(problems) >= MAX_PROBLEMS},
+    )  # fmt: skip
 
 
 def _basename(filename: str) -> str:
@@ -194,27 +231,54 @@ def _format_by_keys(line: int, obj: dict[str, Any], name: str) -> Format:
     )  # fmt: skip
 
 
-def _json_rows(records: Iterator[tuple[int, dict[str, Any]]], name: str, fmt: str, limits: UploadLimits) -> list[Row]:
+def _json_rows(
+    records: Iterator[tuple[int, dict[str, Any]]],
+    name: str,
+    fmt: str,
+    limits: UploadLimits,
+    problems: list[UploadError],
+    dropped: list[DroppedRow] | None = None,
+) -> list[Row]:
+    """The rows; each bad line goes to `problems` (raised together at the end), each repeated row to `dropped`
+    when it is given."""
     normalise = NORMALISERS[fmt]
     rows: list[Row] = []
     seen: dict[str, int] = {}
     for line, obj in records:
+        if len(problems) >= MAX_PROBLEMS:
+            break
         at = At(name, line, limits.max_field_chars)
-        content = normalise(obj, at)
+        try:
+            content = normalise(obj, at)
+        except UploadError as exc:
+            problems.append(exc)
+            continue
         if len(rows) == limits.max_rows:
+            if problems:
+                break
             raise UploadError(
                 name, f"more rows than the limit of {limits.max_rows} (datanet limit max_rows)",
                 f"at most {limits.max_rows} rows per upload", line=line, kind="limit", limit=limits.max_rows,
             )  # fmt: skip
-        at.raise_too_long()
+        try:
+            at.raise_too_long()
+        except UploadError as exc:
+            problems.append(exc)
+            continue
         digest = row_hash(content)
         if digest in seen:
-            raise UploadError(
-                name, f"line {line} repeats line {seen[digest]} (the same row after normalisation)",
-                "each row once per upload", line=line,
-            )  # fmt: skip
+            reason = f"line {line} repeats line {seen[digest]} (the same row after normalisation)"
+            if dropped is not None:
+                dropped.append(DroppedRow(line, digest, f"repeats line {seen[digest]}", duplicate_of_line=seen[digest]))
+            else:
+                problems.append(
+                    UploadError(name, reason, "each row once per upload", line=line, duplicate_of_line=seen[digest])
+                )
+            continue
         seen[digest] = line
         rows.append(Row(content, digest, line, row_text(content)))
+    if problems:
+        raise _refused(problems)
     return rows
 
 

@@ -36,25 +36,43 @@ def is_json_array(text: str, name: str) -> bool:
     return not name.lower().endswith(".jsonl") and text.lstrip().startswith("[")
 
 
-def json_records(text: str, name: str, *, array: bool) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line, object) for each row: JSON Lines (blank lines skipped but counted) or the items of one JSON array."""
-    items = _array_items(text, name) if array else _jsonl_items(text, name)
+def json_records(
+    text: str, name: str, *, array: bool, problems: list[UploadError] | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line, object) for each row: JSON Lines (blank lines skipped but counted) or the items of one JSON array.
+
+    With `problems`, a JSON Lines line that is not a JSON object is added to it and reading goes on with the next
+    line (so every bad line can be reported); without, the first one is raised. A JSON array cannot be read past a
+    syntax error: that one is always raised."""
+    items = _array_items(text, name) if array else _jsonl_items(text, name, problems)
     expected = "a JSON array of objects" if array else "one JSON object per line"
     for line, value in items:
         if not isinstance(value, dict):
-            raise UploadError(name, f"a JSON {json_type(value)}, not an object", expected, line=line)
+            error = UploadError(name, f"a JSON {json_type(value)}, not an object", expected, line=line)
+            if problems is None:
+                raise error
+            problems.append(error)
+            continue
         yield line, value
 
 
-def _jsonl_items(text: str, name: str) -> Iterator[tuple[int, Any]]:
+def _jsonl_items(text: str, name: str, problems: list[UploadError] | None = None) -> Iterator[tuple[int, Any]]:
     for number, raw in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 may sit inside a JSON string
         if raw.strip():
+            error = None
             if (deep := _too_deep(raw)) is not None:
-                raise _json_error(name, _TOO_DEEP, number, deep + 1, "one JSON object per line")
-            try:
-                yield number, json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise _json_error(name, exc.msg, number, exc.colno, "one JSON object per line") from None
+                error = _json_error(name, _TOO_DEEP, number, deep + 1, "one JSON object per line")
+            else:
+                try:
+                    value = json.loads(raw)
+                except json.JSONDecodeError as exc:
+                    error = _json_error(name, exc.msg, number, exc.colno, "one JSON object per line")
+            if error is None:
+                yield number, value
+            elif problems is None:
+                raise error
+            else:
+                problems.append(error)
 
 
 _DECODER = json.JSONDecoder()

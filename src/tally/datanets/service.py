@@ -16,7 +16,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, String, case, cast, func, select, true
 from sqlalchemy.orm import Session
 
 from tally.datanets.errors import DatanetError, ForbiddenError, NotFoundError
@@ -24,6 +24,7 @@ from tally.datanets.events import DatanetCreated, MemberInvited, ledger_name
 from tally.datanets.licenses import normalize_license
 from tally.datanets.tables import AccessRequestRow, ContributionRow, DatanetRow, DataRow, MemberRow
 from tally.identity import Principal, get_account
+from tally.identity.tables import AccountRow
 from tally.ledger import Ledger
 from tally.ledger.events import now_ts
 
@@ -184,9 +185,7 @@ def readable_slugs(session: Session, principal: Principal | None) -> set[str]:
 
 
 def list_datanets(session: Session, principal: Principal) -> list[Datanet]:
-    readable = readable_slugs(session, principal)
-    rows = session.execute(select(DatanetRow).order_by(DatanetRow.slug)).scalars()
-    return [Datanet.of(r) for r in rows if r.slug in readable]
+    return search_datanets(session, principal)
 
 
 def manage(session: Session, principal: Principal, slug: str, action: str) -> DatanetRow:
@@ -278,3 +277,104 @@ def list_rows(
         }
         for r, contributor in session.execute(query)
     ]
+
+
+MAX_QUERY_CHARS = 200  # a datanet search is a few words
+
+
+def _readable(principal: Principal | None) -> ColumnElement[bool]:
+    """`can_read` as a SQL condition on DatanetRow, for lists that page in the database."""
+    if principal is not None and "admin" in principal.roles:
+        return true()
+    condition: ColumnElement[bool] = DatanetRow.visibility == "public"
+    if principal is None:
+        return condition
+    member = select(MemberRow.datanet).where(MemberRow.address == principal.address)
+    granted = select(AccessRequestRow.datanet).where(
+        AccessRequestRow.requester == principal.address, AccessRequestRow.status == "granted"
+    )
+    mine = (DatanetRow.owner == principal.address) | DatanetRow.slug.in_(member) | DatanetRow.slug.in_(granted)
+    return condition | mine
+
+
+def search_datanets(
+    session: Session, principal: Principal, query: str = "", *, after: str | None = None, limit: int | None = None
+) -> list[Datanet]:
+    """Datanets the caller may read whose name, description, tags or license contain every word of `query`
+    (case-insensitive), by name; `after` and `limit` page through them (keyset on the name)."""
+    if len(query) > MAX_QUERY_CHARS:
+        raise DatanetError(f"a search is at most {MAX_QUERY_CHARS} characters, not {len(query)}", param="q")
+    statement = select(DatanetRow).where(_readable(principal))
+    haystack = func.lower(
+        DatanetRow.slug + " " + DatanetRow.description + " " + cast(DatanetRow.tags, String) + " " + DatanetRow.license
+    )
+    for word in query.lower().split():
+        escaped = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        statement = statement.where(haystack.like(f"%{escaped}%", escape="\\"))
+    if after is not None:
+        statement = statement.where(DatanetRow.slug > after)
+    statement = statement.order_by(DatanetRow.slug)
+    if limit is not None:
+        statement = statement.limit(limit)
+    return [Datanet.of(r) for r in session.execute(statement).scalars()]
+
+
+@dataclass(frozen=True)
+class ContributorStanding:
+    address: str
+    name: str | None
+    accepted: int
+    pending: int
+    rejected: int
+    contributions: int
+    first_at: str
+
+
+def contributor_leaderboard(
+    session: Session, principal: Principal, slug: str, *, limit: int = 50, offset: int = 0
+) -> list[ContributorStanding]:
+    """A datanet's contributors ranked by accepted rows (then pending, then address), counted in the database."""
+    get_datanet(session, principal, slug)
+    accepted = func.sum(case((DataRow.status == "accepted", 1), else_=0))
+    pending = func.sum(case((DataRow.status == "pending", 1), else_=0))
+    rejected = func.sum(case((DataRow.status == "rejected", 1), else_=0))
+    statement = (
+        select(
+            ContributionRow.contributor, AccountRow.name, accepted, pending, rejected,
+            func.count(func.distinct(ContributionRow.id)), func.min(ContributionRow.created_at),
+        )
+        .join(DataRow, DataRow.contribution == ContributionRow.id)
+        .outerjoin(AccountRow, AccountRow.address == ContributionRow.contributor)
+        .where(ContributionRow.datanet == slug)
+        .group_by(ContributionRow.contributor, AccountRow.name)
+        .order_by(accepted.desc(), pending.desc(), ContributionRow.contributor)
+        .limit(limit)
+        .offset(offset)
+    )  # fmt: skip
+    return [
+        ContributorStanding(address, name, int(a or 0), int(p or 0), int(r or 0), int(n), first)
+        for address, name, a, p, r, n, first in session.execute(statement)
+    ]
+
+
+def rows_by_hash(session: Session, principal: Principal, slug: str, row_hashes: list[str]) -> dict[str, dict]:
+    """Rows of a datanet by hash (as `list_rows` shows them, with the same visibility), for showing a row beside its
+    near-duplicate; hashes the caller may not see are left out."""
+    dn = _load(session, slug)
+    if not can_read(session, principal, dn):
+        raise NotFoundError(f"no datanet named {slug!r}")
+    wanted = sorted(set(row_hashes))[:1000]
+    query = (
+        select(DataRow, ContributionRow.contributor)
+        .join(ContributionRow, ContributionRow.id == DataRow.contribution)
+        .where(DataRow.datanet == slug, DataRow.row_hash.in_(wanted))
+    )
+    if not is_manager(principal, dn):
+        query = query.where((DataRow.status == "accepted") | (ContributionRow.contributor == principal.address))
+    return {
+        r.row_hash: {
+            "row_hash": r.row_hash, "contribution": r.contribution, "contributor": contributor, "line": r.line,
+            "status": r.status, "content": json.loads(r.content),
+        }
+        for r, contributor in session.execute(query)
+    }  # fmt: skip

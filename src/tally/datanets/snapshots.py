@@ -127,6 +127,50 @@ def diff_snapshots(session: Session, principal: Principal, slug: str, old: str, 
     return {"from": a.id, "to": b.id, "added": sorted(hb - ha), "removed": sorted(ha - hb), "unchanged": len(ha & hb)}
 
 
+DIFF_SIDES = ("added", "removed")
+
+
+def diff_page(
+    session: Session,
+    principal: Principal,
+    slug: str,
+    old: str,
+    new: str,
+    *,
+    side: str = "added",
+    after: str | None = None,
+    limit: int = 50,
+) -> dict[str, Any]:
+    """One page of a diff between two snapshots, computed in the database: the rows `added` in `new` (or `removed`
+    from `old`) by row hash after `after`, with their content where the row is still stored, and the counts."""
+    if side not in DIFF_SIDES:
+        raise DatanetError(f"side {side!r} is not one of {', '.join(DIFF_SIDES)}", param="side")
+    a, b = get_snapshot(session, principal, slug, old), get_snapshot(session, principal, slug, new)
+    there, gone = (b, a) if side == "added" else (a, b)
+
+    def members(snap: Snapshot) -> Any:
+        return select(SnapshotMember.row_hash).where(SnapshotMember.datanet == slug, SnapshotMember.snapshot == snap.id)
+
+    def only_in(keep: Snapshot, other: Snapshot) -> Any:
+        return members(keep).where(SnapshotMember.row_hash.not_in(members(other)))
+
+    counts = {
+        name: session.execute(select(func.count()).select_from(only_in(x, y).subquery())).scalar_one()
+        for name, x, y in (("added", b, a), ("removed", a, b))
+    }
+    query = only_in(there, gone)
+    if after is not None:
+        query = query.where(SnapshotMember.row_hash > after)
+    hashes = list(session.execute(query.order_by(SnapshotMember.row_hash).limit(limit)).scalars())
+    found = session.execute(
+        select(DataRow.row_hash, DataRow.content).where(DataRow.datanet == slug, DataRow.row_hash.in_(hashes))
+    )
+    stored = {row_hash: content for row_hash, content in found}
+    rows = [{"row_hash": h, "content": json.loads(stored[h]) if h in stored else None} for h in hashes]
+    unchanged = b.row_count - counts["added"]
+    return {"from": a, "to": b, "side": side, "rows": rows, "unchanged": unchanged, **counts}
+
+
 class SnapshotEntry(NamedTuple):
     """One row of a snapshot and where it came from."""
 

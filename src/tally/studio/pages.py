@@ -14,6 +14,7 @@ gets the error page with the policy's message and its status (403, or 404 where 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -184,7 +185,15 @@ def url(request: Request, path: str = "/") -> str:
     return base_path(request) + path
 
 
+FLASH = re.compile(r"^[\w #.,()'/:-]{1,160}$")
+
+
 def render(request: Request, view: View, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    """A page from `template` with `view` and `context`. A short notice after a redirect comes in the query
+    (`?done=...`), shown only when it is plain words."""
+    done = request.query_params.get("done")
+    if done and FLASH.match(done):
+        context.setdefault("flash", done)
     templates = view.studio.templates
     return templates.TemplateResponse(request, template, {"view": view, **context}, status_code=status)
 
@@ -221,4 +230,5 @@ def error_page(request: Request, status: int, title: str, message: str, param: s
     except Exception:  # the runtime itself failed: fall back to plain text
         log.exception("studio error page without a runtime")
         return Response(f"{title}: {message}", status_code=status, media_type="text/plain")
-    return render(request, view, "error.html", status=status, title=title, message=message, param=param)
+    template = "error_fragment.html" if request.headers.get("hx-request") == "true" else "error.html"
+    return render(request, view, template, status=status, title=title, message=message, param=param)

@@ -2,6 +2,7 @@
 // requests and exposes `TallyStudio` helpers that page scripts (static/*.js) use.
 (function () {
   "use strict";
+  document.documentElement.classList.add("js");
   const body = document.body;
   const csrf = body ? body.dataset.csrf : "";
 

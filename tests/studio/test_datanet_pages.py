@@ -1,0 +1,186 @@
+"""Datanets pages: list and search, create, a datanet's page, upload with every bad line shown, dropping repeated
+rows, the review queue (owner only, near-duplicates side by side), snapshots and their diff, access requests,
+the contributor leaderboard."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from tests.studio.conftest import Site
+
+
+def _jsonl(*rows: dict[str, str]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def _row(i: int, text: str = "") -> dict[str, str]:
+    return {
+        "instruction": f"How do I make dish number {i}?",
+        "output": text or f"Cook dish {i} slowly for {i} minutes.",
+    }
+
+
+def upload(site: Site, slug: str, data: bytes, name: str = "rows.jsonl", **fields: object):  # type: ignore[no-untyped-def]
+    token = site.csrf(f"/studio/datanets/{slug}/contribute")
+    return site.client.post(
+        f"/studio/datanets/{slug}/contribute",
+        data={"csrf": token, **fields},
+        files={"file": (name, data, "application/jsonl")},
+    )
+
+
+def test_list_search_and_show(site: Site) -> None:
+    site.as_("alice")
+    page = site.client.get("/studio/datanets")
+    assert page.status_code == 200
+    assert "recipes" in page.text and "secrets" not in page.text  # a private datanet alice may not read
+    found = site.client.get("/studio/datanets", params={"q": "CC-BY recipes"})
+    assert "recipes" in found.text
+    assert "No datanet" in site.client.get("/studio/datanets", params={"q": "nothing-like-this"}).text
+    assert site.client.get("/studio/datanets", params={"q": "x" * 201}).status_code == 400
+    show = site.client.get("/studio/datanets/recipes")
+    assert show.status_code == 200
+    for text in ("CC-BY-4.0", "rag, train", "Top contributors", "Snapshots", "Rows"):
+        assert text in show.text
+    assert site.client.get("/studio/datanets/secrets").status_code == 404  # existence does not leak
+    assert site.as_("admin").client.get("/studio/datanets/secrets").status_code == 200
+
+
+def test_create_form_names_the_field_at_fault(site: Site) -> None:
+    site.as_("alice")
+    assert site.client.get("/studio/datanets/-/new").status_code == 403  # the owner role creates datanets
+    site.as_("olga")
+    assert site.client.get("/studio/datanets/-/new").status_code == 200
+    bad = site.post("/studio/datanets/-/new", {"name": "Bad Name", "kind": "instruction", "license": "MIT",
+                                               "uses": ["train"]})  # fmt: skip
+    assert bad.status_code == 400
+    assert 'aria-invalid="true" aria-describedby="name-error"' in bad.text and "must be a slug" in bad.text
+    bad_license = site.post("/studio/datanets/-/new", {"name": "fine", "kind": "instruction",
+                                                       "license": "Not-A-License", "uses": ["train"]})  # fmt: skip
+    assert bad_license.status_code == 400 and "license" in bad_license.text
+    made = site.post(
+        "/studio/datanets/-/new",
+        {"name": "soups", "kind": "instruction", "license": "MIT", "uses": ["train", "eval"], "tags": "food, hot"},
+        follow_redirects=False,
+    )
+    assert made.status_code == 303 and made.headers["location"].startswith("/studio/datanets/soups")
+    assert "datanet soups created" in site.client.get(made.headers["location"]).text
+
+
+def test_upload_shows_each_bad_line_beside_its_reason(site: Site) -> None:
+    site.as_("alice")
+    data = (
+        json.dumps(_row(1)) + "\n" + "{not json\n" + json.dumps({"instruction": "", "output": "x"}) + "\n"
+        + json.dumps(_row(4)) + "\n"
+    ).encode()  # fmt: skip
+    refused = upload(site, "recipes", data)
+    assert refused.status_code == 400
+    text = refused.text
+    assert "Upload refused" in text and "2 lines to fix" in text
+    assert "Line 2" in text and "invalid JSON" in text and "{not json" in text  # the line itself beside its reason
+    assert "Line 3" in text and "field <code>instruction</code>" in text and "empty" in text
+    assert "Drop the" not in text  # not only repeats: nothing to drop
+    ok = upload(site, "recipes", _jsonl(_row(1), _row(2)))
+    assert ok.status_code == 201 and "Uploaded" in ok.text and "pending" in ok.text
+
+
+def test_htmx_upload_answers_with_the_result_alone(site: Site) -> None:
+    site.as_("alice")
+    token = site.csrf("/studio/datanets/recipes/contribute")
+    answer = site.client.post(
+        "/studio/datanets/recipes/contribute", data={"csrf": token},
+        files={"file": ("rows.jsonl", b"[1]\n", "application/jsonl")}, headers={"HX-Request": "true"},
+    )  # fmt: skip
+    assert answer.status_code == 400
+    assert "<html" not in answer.text and "Upload refused" in answer.text
+
+
+def test_repeated_rows_are_dropped_in_one_step(site: Site) -> None:
+    site.as_("alice")
+    assert upload(site, "recipes", _jsonl(_row(1))).status_code == 201
+    data = _jsonl(_row(1), _row(2), _row(2), _row(3), _row(2))
+    refused = upload(site, "recipes", data)
+    assert refused.status_code == 400
+    assert "Every problem is a repeated row" in refused.text
+    assert "Drop the 2 repeated rows" in refused.text  # lines 3 and 5 repeat line 2
+    assert re.search(r'name="drop_duplicates" value="true" id="drop_duplicates" checked', refused.text)
+    kept = upload(site, "recipes", data, drop_duplicates="true")
+    assert kept.status_code == 201, kept.text
+    text = kept.text
+    assert "2 rows" in text and "Dropped lines (3)" in text
+    assert (
+        "Line 1: already in datanet" in text and "Line 3: repeats line 2" in text and "Line 5: repeats line 2" in text
+    )
+    again = upload(site, "recipes", _jsonl(_row(1)))
+    assert again.status_code == 409 and "already in datanet" in again.text and "Drop the 1 repeated row" in again.text
+    nothing_left = upload(site, "recipes", _jsonl(_row(1)), drop_duplicates="true")
+    assert nothing_left.status_code == 409 and "nothing to add" in nothing_left.text
+
+
+def test_review_queue_is_the_owners(site: Site) -> None:
+    site.as_("alice")
+    long = "Warm the pan, add the butter, stir in the onions and the garlic, let them soften, pour in the stock, "
+    long += "simmer for twenty minutes and season with salt, pepper and a little lemon juice before serving it hot"
+    upload(site, "recipes", _jsonl({"instruction": "How do I make the soup?", "output": long}))
+    upload(site, "recipes", _jsonl({"instruction": "How do I make the soup?", "output": long + " again"}))
+    assert site.client.get("/studio/datanets/recipes/review").status_code == 403
+    assert site.post("/studio/datanets/recipes/review", {"decision": "accept", "rows": ["x"]}).status_code == 403
+    site.as_("oscar")
+    assert site.client.get("/studio/datanets/recipes/review").status_code == 403  # another owner
+    site.as_("olga")
+    queue = site.client.get("/studio/datanets/recipes/review")
+    assert queue.status_code == 200
+    hashes = re.findall(r'name="rows" value="([0-9a-f]{64})"', queue.text)
+    assert len(hashes) == 2
+    assert "Near-duplicate" in queue.text and "Row it resembles" in queue.text  # side by side
+    no_reason = site.post("/studio/datanets/recipes/review", {"decision": "reject", "rows": hashes[:1]})
+    assert no_reason.status_code == 400 and 'aria-describedby="reason-error"' in no_reason.text
+    done = site.post("/studio/datanets/recipes/review", {"decision": "accept", "rows": hashes[:1]})
+    assert done.status_code == 200 and "1 row(s) accepted" in done.text
+    site.post("/studio/datanets/recipes/review", {"decision": "reject", "rows": hashes[1:], "reason": "too close"})
+    assert "Nothing waits for review" in site.client.get("/studio/datanets/recipes/review").text
+    rejected = site.as_("alice").client.get("/studio/datanets/recipes", params={"status": "rejected"})
+    assert "too close" in rejected.text  # the contributor learns why
+
+
+def test_snapshots_and_their_diff(site: Site) -> None:
+    site.as_("olga")  # the owner's uploads are accepted at once
+    upload(site, "recipes", _jsonl(_row(1), _row(2)))
+    assert site.post("/studio/datanets/recipes/snapshots").status_code == 200
+    upload(site, "recipes", _jsonl(_row(3)))
+    made = site.post("/studio/datanets/recipes/snapshots")
+    assert "snapshot v2 is the latest" in made.text
+    site.as_("alice")
+    assert site.post("/studio/datanets/recipes/snapshots").status_code == 403
+    listing = site.client.get("/studio/datanets/recipes/snapshots")
+    assert "v1" in listing.text and "v2" in listing.text and "Compare two snapshots" in listing.text
+    diff = site.client.get("/studio/datanets/recipes/diff", params={"from": "v1", "to": "v2"})
+    assert diff.status_code == 200
+    assert "<strong>1</strong> added, <strong>0</strong> removed, 2 unchanged" in diff.text
+    assert "dish number 3" in diff.text
+    removed = site.client.get("/studio/datanets/recipes/diff", params={"from": "v2", "to": "v1", "side": "removed"})
+    assert "dish number 3" in removed.text
+    assert site.client.get("/studio/datanets/recipes/diff", params={"from": "v9"}).status_code == 404
+
+
+def test_access_requests_and_grants(site: Site) -> None:
+    site.as_("carl")
+    assert site.client.get("/studio/datanets/secrets/access").status_code == 404  # private: not even its name
+    site.as_("olga")
+    public = site.client.get("/studio/datanets/recipes/access")
+    assert "no request is needed" in public.text
+    # oscar's private datanet: carl cannot see it, so he cannot ask; alice is invited to ask through the API's path
+    site.as_("admin")
+    assert site.client.get("/studio/datanets/secrets/access").status_code == 200
+
+
+def test_leaderboard(site: Site) -> None:
+    site.as_("alice")
+    upload(site, "recipes", _jsonl(_row(1), _row(2)))
+    site.as_("olga")
+    upload(site, "recipes", _jsonl(_row(3)))
+    board = site.client.get("/studio/datanets/recipes/contributors")
+    assert board.status_code == 200
+    text = board.text
+    assert text.index("olga") < text.index("alice")  # olga's row is accepted; alice's two wait for review
