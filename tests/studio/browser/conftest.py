@@ -160,8 +160,10 @@ def studio(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterat
         "TALLY_MODELS__DEFAULT": str(tiny_model),
         "TALLY_FACTORY__WORKERS": "1",
         "TALLY_CHAIN__ENABLED": "false",
-        # the tiny random model quotes only short spans of its training data
+        # the tiny random model quotes only short spans of its training data, and its influence signals stand out
+        # less than a real model's: a row counts as evidence one standard deviation above the mean, not two
         "TALLY_ATTRIBUTION__SPAN_MIN_TOKENS": "2",
+        "TALLY_ATTRIBUTION__MIN_Z": "1.0",
     }
     env.pop("TALLY_CONFIG", None)
     env.pop("TALLY_DATABASE_URL", None)
