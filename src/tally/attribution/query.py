@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import torch
 
 from tally.influence import GradCapture, HiddenCapture, Projector
+from tally.influence.contrast import contrast_weights
 from tally.influence.hidden import IGNORE
 from tally.models import load_model
 
@@ -36,6 +37,7 @@ class QuerySignals:
     gradient: torch.Tensor  # (dims,) projected
     hidden: torch.Tensor  # (hidden,) mean over answer-predicting positions
     logprob: float  # sum of the answer's token log-probabilities
+    contrast: torch.Tensor | None = None  # (dims,) projected gradient of the contrast-weighted loss (see influence)
 
 
 def _as_default(adapter: str) -> Callable[[str], str]:
@@ -114,15 +116,24 @@ class QueryModel:
         answer_ids: list[int],
         *,
         null: bool = False,
+        contrast: bool = False,
     ) -> QuerySignals:
-        """The answer's signals through the adapter (or, with `null`, through its random twin)."""
-        return self._signals(key, directory, projection, prompt_ids, answer_ids, [not null])[0]
+        """The answer's signals through the adapter (or, with `null`, through its random twin); with `contrast`,
+        also the gradient of the answer's loss weighted by each token's log-probability rise over the base model."""
+        return self._signals(key, directory, projection, prompt_ids, answer_ids, [not null], contrast)[0]
 
     def signals_pair(
-        self, key: str, directory: Path, projection: dict[str, Any], prompt_ids: list[int], answer_ids: list[int]
+        self,
+        key: str,
+        directory: Path,
+        projection: dict[str, Any],
+        prompt_ids: list[int],
+        answer_ids: list[int],
+        *,
+        contrast: bool = False,
     ) -> tuple[QuerySignals, QuerySignals]:
         """The signals through the adapter and through its random twin (the null), in one mixed batch."""
-        real, null = self._signals(key, directory, projection, prompt_ids, answer_ids, [True, False])
+        real, null = self._signals(key, directory, projection, prompt_ids, answer_ids, [True, False], contrast)
         return real, null
 
     def _signals(
@@ -133,6 +144,7 @@ class QueryModel:
         prompt_ids: list[int],
         answer_ids: list[int],
         trained: list[bool],
+        contrast: bool = False,
     ) -> list[QuerySignals]:
         if not answer_ids:
             raise ValueError("the answer has no tokens to attribute")
@@ -142,17 +154,35 @@ class QueryModel:
             if projector is None:
                 projector = self._projectors[key] = Projector.from_description(projection)
             names = [key if t else self._loaded[key] for t in trained]
-            return self._run(names, projector, prompt_ids, answer_ids)
+            return self._run(names, projector, prompt_ids, answer_ids, contrast)
+
+    def _base_logprobs(self, prompt_ids: list[int], answer_ids: list[int]) -> torch.Tensor:
+        """(answer tokens,) the base model's log-probability of each answer token given the prompt."""
+        ids = torch.tensor([prompt_ids + answer_ids])
+        with torch.no_grad(), self._peft.disable_adapter():
+            logits = self._peft(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float()
+        return torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(answer_ids).unsqueeze(1)).squeeze(1)
 
     def _run(
-        self, names: list[str], projector: Projector, prompt_ids: list[int], answer_ids: list[int]
+        self,
+        names: list[str],
+        projector: Projector,
+        prompt_ids: list[int],
+        answer_ids: list[int],
+        contrast: bool = False,
     ) -> list[QuerySignals]:
         """One forward and backward of a batch holding the same sequence once per adapter (PEFT's mixed batch):
-        each adapter's LoRA weights get the gradient of its own row only."""
+        each adapter's LoRA weights get the gradient of its own row only. With `contrast` each adapter has a second
+        row whose loss weighs the answer's tokens by their log-probability rise over the base model (one more
+        forward, of the base model, without gradients)."""
         peft = self._peft
+        # first: leaving PEFT's disable_adapter() re-activates one adapter, which resets which weights take gradients
+        base = self._base_logprobs(prompt_ids, answer_ids) if contrast else None
         for param_name, param in peft.named_parameters():
             param.requires_grad_(any(f".{n}." in param_name for n in names))
-        rows = len(names)
+        per = 2 if contrast else 1
+        batch_names = [n for n in names for _ in range(per)]
+        rows = len(batch_names)
         ids = torch.tensor([prompt_ids + answer_ids] * rows)
         labels = torch.tensor([[IGNORE] * len(prompt_ids) + answer_ids] * rows)
         with ExitStack() as stack:
@@ -162,17 +192,26 @@ class QueryModel:
                 if not capture.modules:
                     raise ValueError(f"adapter {name} has no trainable LoRA modules")
                 captures.append(stack.enter_context(capture))
-                capture.begin(1)
+                capture.begin(per)
             hidden = stack.enter_context(HiddenCapture(peft))
             hidden.begin(labels)
-            logits = peft(input_ids=ids, adapter_names=names).logits[:, :-1].float()
+            logits = peft(input_ids=ids, adapter_names=batch_names).logits[:, :-1].float()
             keep = labels[:, 1:] != IGNORE
             losses = torch.nn.functional.cross_entropy(logits[keep], labels[:, 1:][keep], reduction="none")
             losses = losses.view(rows, -1)
-            losses.mean(dim=1).sum().backward()
+            weights = torch.full_like(losses, 1.0 / losses.shape[1])
+            if base is not None:
+                weights[1::2] = contrast_weights(-losses[1::2], base.expand(len(names), -1))
+            (losses * weights).sum().backward()
             means = hidden.result()
-            out = [
-                QuerySignals(c.result()[0], means[i], -float(losses[i].detach().sum())) for i, c in enumerate(captures)
-            ]
+            out = []
+            for i, c in enumerate(captures):
+                grads = c.result()
+                out.append(
+                    QuerySignals(
+                        grads[0], means[i * per], -float(losses[i * per].detach().sum()),
+                        grads[1] if contrast else None,
+                    )
+                )  # fmt: skip
         peft.zero_grad(set_to_none=True)
         return out

@@ -5,6 +5,11 @@ adapter, no dropout) and, when captured, `epoch_1` ... (gradients taken during e
 TracIn-style). `influence/index.json` holds the projection (kind, seed, per-layer slices), the checkpoints with
 their learning rates, and per row: row hash, datanet, snapshot, contribution, contributor, target tokens.
 Nothing is pickled.
+
+Format versions: `tally.influence/2` adds an optional per-row `trained` flag: `false` marks a candidate row the
+adapter was not trained on (its gradient and representation at the trained adapter are in `final` and the
+representation tensor so that methods can be compared on it; its per-epoch rows are zero, as it was never in a
+batch). Such rows are scored but never credited. Version 1 indexes (every row trained) load unchanged.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from safetensors.torch import load_file, save_file
 
 INDEX_TENSORS = "index.safetensors"
 INDEX_JSON = "index.json"
-FORMAT = "tally.influence/1"
+FORMAT = "tally.influence/2"
+READABLE = ("tally.influence/1", FORMAT)
 
 
 @dataclass
@@ -30,6 +36,10 @@ class InfluenceIndex:
     @property
     def examples(self) -> list[dict[str, Any]]:
         return list(self.meta["examples"])
+
+    def untrained(self) -> list[int]:
+        """Positions of candidate rows the adapter was not trained on (scored for comparison, never credited)."""
+        return [i for i, e in enumerate(self.meta["examples"]) if e.get("trained") is False]
 
     def layer_slices(self) -> list[tuple[int, int]]:
         return [(s["offset"], s["dims"]) for s in self.meta["projection"]["layers"]]
@@ -44,8 +54,11 @@ def save_index(directory: Path, tensors: dict[str, torch.Tensor], meta: dict[str
 
 def load_index(directory: Path) -> InfluenceIndex:
     meta = json.loads((directory / INDEX_JSON).read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{directory / INDEX_JSON}: unknown index format {meta.get('format')!r}")
+    if meta.get("format") not in READABLE:
+        raise ValueError(
+            f"{directory / INDEX_JSON}: unknown index format {meta.get('format')!r} (this version reads "
+            f"{', '.join(READABLE)}; rebuild the index by training the adapter again with this version)"
+        )
     return InfluenceIndex(load_file(str(directory / INDEX_TENSORS)), meta)
 
 

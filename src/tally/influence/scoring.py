@@ -8,6 +8,12 @@ Built once per index and kept in memory, so each query costs one pass over a mat
   |g_i|^2. That is H_l^-1 v = (v - M_l v) / lam_l with M_l = G_l^T diag(1/(lam_l + |g_i|^2)) G_l / n, a small
   d_l x d_l matrix computed once per index, so scoring every row k (g_k . H_l^-1 v) is one pass per checkpoint.
   Positive = the row lowers the query's loss (helps the answer).
+- **Gauss-Newton** (projected, per layer; the LoGra/TRAK recipe on the count sketch): per checkpoint c and layer l
+  the empirical Fisher of the per-layer-normalised training gradients, F = G^T G / n + lam I (lam = `GN_DAMPING`
+  times the mean eigenvalue), and the score is the cosine in the F^-1 metric, q^T F^-1 g / (|q|_F^-1 |g|_F^-1),
+  averaged over layers and summed over checkpoints. Whitening by F^-1/2 removes the directions every row shares
+  (the common "what any answer looks like" gradient), which dominate the plain cosine. W = F^-1/2 is a small
+  d_l x d_l matrix per layer, so the rows are whitened once per index and a query is one product per checkpoint.
 - **Representation**: cosine of mean final hidden states, centred on the index mean (hidden states share a
   large common direction that would otherwise make every row look alike).
 Matrices are kept in bfloat16 (half the memory traffic of fp32; CPUs with bf16 units do it at full speed).
@@ -20,6 +26,15 @@ import torch
 from tally.influence.index import InfluenceIndex, layer_normalised
 
 DATAINF_DAMPING = 0.1
+GN_DAMPING = 0.1
+
+
+def inverse_sqrt_fisher(g: torch.Tensor, damping: float = GN_DAMPING) -> torch.Tensor:
+    """(F + lam I)^-1/2 for F = g^T g / n, lam = `damping` x the mean eigenvalue of F (symmetric, via eigh)."""
+    f = g.T.double() @ g.double() / max(1, g.shape[0])
+    lam = damping * float(torch.trace(f)) / max(1, f.shape[0]) + 1e-12
+    values, vectors = torch.linalg.eigh(f)
+    return ((vectors * (values.clamp_min(0) + lam).rsqrt()) @ vectors.T).float()
 
 
 class IndexScorer:
@@ -30,6 +45,7 @@ class IndexScorer:
         folded = sum(layer_normalised(index.tensors[c], self.slices) for c in self.checkpoints)
         self._cosine = torch.as_tensor(folded).to(torch.bfloat16).contiguous()
         self._datainf: list[tuple[torch.Tensor, list[tuple[torch.Tensor, float]]]] = []
+        self._gn: list[tuple[torch.Tensor, list[torch.Tensor]]] = []  # per checkpoint: whitened rows, W per layer
         self._hidden: torch.Tensor | None = None
         self._hidden_mean: torch.Tensor | None = None
         rep = index.meta.get("representation")
@@ -77,6 +93,45 @@ class IndexScorer:
                 u[off : off + d] = (vl - m @ vl) / lam
             total += (g @ u.to(torch.bfloat16)).float()
         return total
+
+    def _prepare_gauss_newton(self) -> None:
+        for name in self.checkpoints:
+            g = layer_normalised(self.index.tensors[name], self.slices)
+            whitened = torch.empty_like(g)
+            per_layer = []
+            for off, d in self.slices:
+                w = inverse_sqrt_fisher(g[:, off : off + d])
+                part = g[:, off : off + d] @ w
+                whitened[:, off : off + d] = part / part.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                per_layer.append(w)
+            self._gn.append((whitened.to(torch.bfloat16).contiguous(), per_layer))
+
+    def whiten(self, query: torch.Tensor) -> list[torch.Tensor]:
+        """The query as each checkpoint's Gauss-Newton scoring sees it: per layer F^-1/2 q, normalised."""
+        if not self._gn:
+            self._prepare_gauss_newton()
+        q = layer_normalised(query.reshape(-1), self.slices)
+        out = []
+        for _, per_layer in self._gn:
+            u = torch.empty_like(q)
+            for (off, d), w in zip(self.slices, per_layer, strict=True):
+                part = w @ q[off : off + d]
+                u[off : off + d] = part / part.norm().clamp_min(1e-12)
+            out.append(u)
+        return out
+
+    def gauss_newton(self, query: torch.Tensor) -> torch.Tensor:
+        """(rows,) per-layer cosine in the inverse-Fisher metric, mean over layers, summed over checkpoints."""
+        queries = self.whiten(query)
+        total = torch.zeros(self.rows)
+        for (rows, _), u in zip(self._gn, queries, strict=True):
+            total += (rows @ u.to(torch.bfloat16)).float()
+        return total / len(self.slices)
+
+    def contrast(self, query: torch.Tensor) -> torch.Tensor:
+        """(rows,) the `contrast` method: the contrastive query gradient (see `tally.influence.contrast`) scored by
+        Gauss-Newton (whitened per-layer cosine, summed over checkpoints)."""
+        return self.gauss_newton(query)
 
     def representation(self, hidden: torch.Tensor) -> torch.Tensor:
         """(rows,) centred cosine between the query's mean hidden state and each row's."""
