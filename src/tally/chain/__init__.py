@@ -15,6 +15,7 @@ if TYPE_CHECKING:
         anchored_receipt,
         check_receipt_anchor,
         log_id,
+        recorded_anchors,
         verify_anchors,
     )
     from tally.chain.client import Chain, Sent
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 _WHERE = {
     "Anchor": "anchor", "AnchorOutcome": "anchor", "AnchorReport": "anchor", "anchor_head": "anchor",
     "anchored_receipt": "anchor", "check_receipt_anchor": "anchor", "log_id": "anchor", "verify_anchors": "anchor",
+    "recorded_anchors": "anchor",
     "Chain": "client", "Sent": "client", "ChainDivergence": "errors", "ChainError": "errors",
     "Claim": "settle", "Settlement": "settle", "claim_payout": "settle", "claim_transaction": "settle",
     "onchain_balance": "settle", "settle_epoch": "settle", "chain_status": "status",
@@ -48,6 +50,7 @@ __all__ = [
     "claim_transaction",
     "log_id",
     "onchain_balance",
+    "recorded_anchors",
     "settle_epoch",
     "verify_anchors",
 ]

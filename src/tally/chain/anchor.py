@@ -183,6 +183,26 @@ def latest_local_anchor(chain: Chain, ledger: Ledger) -> AnchorRow | None:
         ).scalar())  # fmt: skip
 
 
+def recorded_anchors(
+    store: Store, ledger: Ledger, *, below_size: int | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    """This log's anchors as recorded locally (read back from the chain's receipts when they were sent), newest
+    first, `limit` at a time below tree size `below_size`: no chain connection."""
+    query = select(AnchorRow).where(AnchorRow.log_id == hex0x(log_id(ledger.origin)))
+    if below_size is not None:
+        query = query.where(AnchorRow.size < below_size)
+    with store.read() as s:
+        rows = s.execute(query.order_by(AnchorRow.size.desc(), AnchorRow.id.desc()).limit(limit)).scalars().all()
+        return [
+            {
+                "network": r.network, "contract": r.contract, "size": r.size, "root": r.root,
+                "transaction": r.tx_hash, "block_number": r.block_number, "block_hash": r.block_hash,
+                "anchored_at": r.anchored_at,
+            }
+            for r in rows
+        ]  # fmt: skip
+
+
 def anchored_receipt(store: Store, ledger: Ledger, seq: int) -> dict[str, Any]:
     """The receipt of entry `seq`, against the oldest anchored checkpoint that contains it when there is one, with
     an `anchor` section naming the chain, contract, transaction and block; else the plain receipt. Reads only the

@@ -25,7 +25,7 @@ from tally.config.errors import TallyError
 from tally.ledger import bundles, merkle
 from tally.ledger.events import Event, LogCreated, encode_entries, now_ts
 from tally.ledger.notes import Checkpoint, Signer
-from tally.ledger.tables import DEFAULT_TILE_HEIGHT, LedgerCheckpoint, LedgerState, node_id
+from tally.ledger.tables import DEFAULT_TILE_HEIGHT, LedgerCheckpoint, LedgerEntryType, LedgerState, node_id
 from tally.store import Store
 
 
@@ -263,6 +263,10 @@ class Ledger:
         if completed:
             nodes = [(node_id(level, index), h) for level, index, h in completed]
             conn.exec_driver_sql(f"INSERT INTO ledger_nodes (id, hash) VALUES ({mark}, {mark})", nodes)
+        conn.exec_driver_sql(
+            f"INSERT INTO ledger_entry_types (type, seq) VALUES ({mark}, {mark})",
+            [(event.event_type, start + i) for i, (event, _) in enumerate(items)],
+        )
         return AppendedBatch(start, leaves)
 
     # ---- reading -------------------------------------------------------------------------------------------
@@ -326,6 +330,32 @@ class Ledger:
                 out.extend(bundles.unpack(bytes(blob), count)[at - seq :])
                 at = seq + count
         return out[: end - start]
+
+    def recent(
+        self,
+        *,
+        event_type: str | None = None,
+        before: int | None = None,
+        limit: int = 50,
+        session: Session | None = None,
+    ) -> list[bytes]:
+        """Up to `limit` entries below seq `before` (default: the head), newest first, of one event type if given:
+        keyset paging, so a page costs the same at any depth of the log."""
+        limit = max(limit, 0)
+        with self._reader(session) as conn:
+            end = self._size(conn) if before is None else min(max(before, 0), self._size(conn))
+            if event_type is None:
+                start = max(end - limit, 0)
+                return self.entries(start, end - start, session)[::-1] if end > start else []
+            seqs = list(
+                conn.execute(
+                    select(LedgerEntryType.seq)
+                    .where(LedgerEntryType.type == event_type, LedgerEntryType.seq < end)
+                    .order_by(LedgerEntryType.seq.desc())
+                    .limit(limit)
+                ).scalars()
+            )
+        return [self.entry(seq, session) for seq in seqs]
 
     def inclusion_proof(self, index: int, size: int | None = None, session: Session | None = None) -> list[bytes]:
         with self._reader(session) as conn:

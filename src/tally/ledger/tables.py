@@ -42,6 +42,16 @@ class LedgerBundle(Base):
     entries: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class LedgerEntryType(Base):
+    """Which entries carry each event type, so a reader pages through one type's entries without reading the others
+    (the studio's ledger page). Derived from the bundles and written in the same transaction as they are."""
+
+    __tablename__ = "ledger_entry_types"
+
+    type: Mapped[str] = mapped_column(String(96), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+
+
 class LedgerNode(Base):
     __tablename__ = "ledger_nodes"
 
