@@ -8,9 +8,12 @@ Measured in one run, on one machine state:
   backward      one forward + backward of the answer's loss through the adapter (the query's unit of work)
   scoring       the index scorers alone against 10k and 100k rows (4096 projected dims, 3 epoch checkpoints +
                 the final pass, 576-dim representation)
+  rag           a RAG answer of exactly 64 tokens from the base model with 3, 8 and 16 retrieved chunks: its
+                generation, the context signal (leave-one-out up to 8 chunks, the 32-ablation surrogate above) and the
+                sentence citations computed from that pass (token offsets, sentence drops, the Lasso fits)
 The adapter is randomly initialised and the index rows are random vectors of the right shapes: cost does not
 depend on what the numbers are. Goals: fast <= 20% of the answer's latency; full <= one backward + 50 ms at 10k
-rows; scoring 100k rows <= 50 ms. Prints one JSON document and a one-line summary.
+rows; scoring 100k rows <= 50 ms. Prints one JSON document and a one-line summary (`--rag-only`: the rag part).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,12 +98,87 @@ def time_scorer(scorer: Any, repeats: int) -> dict[str, float]:
     }
 
 
+RAG_FACTS = [
+    "{n} was born in the harbour town of Korvath in 1961 and moved inland as a child.",
+    "{n} works as a glassblower and sells bowls and lamps at the winter fair.",
+    "{n} keeps a tortoise called Brass that is older than the house it lives in.",
+    "{n} plays the oboe in the Drennick town band on Sundays.",
+]
+
+
+def rag_costs(model_dir: Path, settings: Any, repeats: int, sizes: tuple[int, ...] = (3, 8, 16)) -> dict[str, Any]:
+    """Per chunk count: the 64-token RAG answer, the context pass, and the sentence citations on top of it."""
+    from tally.attribution.citations import citations_from, sentence_drops
+    from tally.attribution.context import context_drops, context_surrogate
+    from tally.engine import Engine, EngineConfig, SamplingParams
+    from tally.models import load_model, load_tokenizer
+    from tally.rag import build_rag_messages
+
+    @dataclass(frozen=True)
+    class Chunk:
+        text: str
+        row_hash: str
+        datanet: str = "bench"
+        snapshot: str = "s"
+        contribution: str = "c"
+        contributor: str = "0x0"
+
+    cfg = settings.attribution
+    tok = load_tokenizer(model_dir)
+    engine = Engine(load_model(model_dir), tok, "base", EngineConfig(device="cpu", max_model_len=2048)).start()
+    model = load_model(model_dir).eval()
+    names = [f"Person {chr(65 + i)}" for i in range(26)]
+    question = f"Where was {names[1]} born, and what does {names[1]} do?"
+    out: dict[str, Any] = {}
+    try:
+        for k in sizes:
+            chunks = [Chunk(RAG_FACTS[i % len(RAG_FACTS)].format(n=names[i // 2 % len(names)]), f"{i:064x}")
+                      for i in range(k)]  # fmt: skip
+            prompt = engine.encode_chat(build_rag_messages(question, chunks))
+            params = SamplingParams(max_tokens=64, temperature=0, ignore_eos=True)
+            engine.generate(prompt, params)  # warm-up
+            answer: list[int] = []
+
+            def generate() -> None:
+                answer[:] = engine.generate(prompt, params).token_ids  # noqa: B023 - run at once, in this iteration
+
+            generate_ms = _median_ms(generate, repeats)
+            surrogate = k > cfg.citation_loo_max_chunks
+
+            def context(chunks: list[Chunk] = chunks, answer: list[int] = answer, many: bool = surrogate) -> Any:
+                if many:
+                    return context_surrogate(model, tok, question, chunks, answer, ablations=cfg.citation_ablations,
+                                             alpha=cfg.citation_lasso_alpha, seed=cfg.citation_seed)  # fmt: skip
+                return context_drops(model, tok, question, chunks, answer)
+
+            ctx = context()
+            context_ms = _median_ms(context, repeats)
+
+            def cite(chunks: list[Chunk] = chunks, answer: list[int] = answer, ctx: Any = ctx) -> None:
+                per = sentence_drops(tok, answer, len(chunks), ctx, cfg.citation_lasso_alpha)
+                citations_from(per, per.text, chunks, cfg.citation_min_drop)
+
+            citations_ms = _median_ms(cite, repeats)
+            out[str(k)] = {
+                "method": ctx.method, "scored_prompts": int(ctx.masks.shape[0]) if ctx.masks is not None else 0,
+                "prompt_tokens": len(prompt), "answer_tokens": len(answer), "generate_ms": generate_ms,
+                "context_ms": context_ms, "citations_ms": citations_ms,
+                "context_over_generate": round(context_ms / generate_ms, 3),
+                "citations_over_generate": round(citations_ms / generate_ms, 4),
+            }  # fmt: skip
+            print(f"rag k={k}: {out[str(k)]}", file=sys.stderr, flush=True)
+    finally:
+        engine.stop()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--big-rows", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rag-only", action="store_true", help="only the RAG context and citation costs")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="tally-attr-latency-"))
@@ -115,6 +194,17 @@ def main() -> None:
     settings = load_settings()
     store = open_store(settings)
     model_dir = resolve_model(args.model, settings.models.cache_dir)
+    if args.rag_only:
+        rag = rag_costs(model_dir, settings, args.repeats)
+        print(json.dumps({"benchmark": "attribution_latency", "machine": f"{platform.machine()}, {os.cpu_count()} "
+                          f"cpus, torch {torch.__version__}", "model": args.model, "rag": rag}, indent=1))  # fmt: skip
+        summary = [
+            f"k={k} answer {r['generate_ms']:.0f} ms, context +{r['context_ms']:.0f} ms "
+            f"({r['context_over_generate']:.0%}), citations +{r['citations_ms']:.1f} ms"
+            for k, r in rag.items()
+        ]
+        print("attribution_latency (rag): " + "; ".join(summary))
+        return
     print("building the adapter and a 10k-row index ...", file=sys.stderr)
     adapter = make_adapter(model_dir, tmp / "adapter", args.rows)
     tok = load_tokenizer(model_dir)
@@ -154,8 +244,9 @@ def main() -> None:
         print(f"timing scoring against {rows} rows ...", file=sys.stderr)
         write_index(tmp / f"idx-{rows}", projection, rows, 576)
         scoring[str(rows)] = time_scorer(IndexScorer(load_index(tmp / f"idx-{rows}" / "influence")), args.repeats)
+    rag = rag_costs(model_dir, settings, args.repeats)
     result = {
-        "benchmark": "attribution_latency",
+        "benchmark": "attribution_latency", "rag": rag,
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}",
         "model": args.model, "answer_tokens": len(answer_ids), "prompt_tokens": len(prompt), "index_rows": args.rows,
         "generate_ms": generate_ms, "fast_ms": fast_ms, "full_ms": full_ms, "backward_ms": backward_ms,

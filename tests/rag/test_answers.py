@@ -55,3 +55,36 @@ def test_answers_without_valid_citations_are_left_clean() -> None:
 def test_best_quote_prefers_the_sentence_sharing_most_words() -> None:
     assert best_quote("He keeps two ferrets", CHUNKS[1].text) == "He has two ferrets."
     assert best_quote("nothing shared", "First. Second.") == "First."
+
+
+def test_checked_markers_keep_source_numbers_and_map_offsets() -> None:
+    from tally.rag.answers import check_markers, split_sentences
+
+    raw = "Tobin works in Brask [2]. He keeps ferrets [7][2]. Ilsa was born in Quiveth. [3, 1, 9] Done [0]."
+    checked = check_markers(raw, len(CHUNKS))
+    assert checked.text == "Tobin works in Brask [2]. He keeps ferrets [2]. Ilsa was born in Quiveth. [3][1] Done."
+    assert [m.sources for m in checked.markers] == [(2,), (2,), (3, 1)]
+    assert all(checked.text[m.start : m.end].startswith("[") for m in checked.markers)
+    # every character outside a rewritten run maps to the same character
+    for raw_pos, ch in enumerate(raw):
+        pos = checked.position(raw_pos)
+        if ch.isalpha():
+            assert checked.text[pos] == ch, (raw_pos, pos)
+    assert checked.position(len(raw)) == len(checked.text)
+    sentences = split_sentences(checked.text, checked.markers)
+    assert [checked.text[s.start : s.end] for s in sentences] == [
+        "Tobin works in Brask [2].", "He keeps ferrets [2].", "Ilsa was born in Quiveth. [3][1]", "Done."
+    ]  # fmt: skip
+    assert [s.markers for s in sentences] == [(2,), (2,), (3, 1), ()]
+    assert check_markers("No markers here.", 3).text == "No markers here."
+
+
+def test_sentences_split_on_line_breaks_and_keep_spans() -> None:
+    from tally.rag.answers import split_sentences
+
+    text = "  First line\n\n- a point! Another? Yes\n"
+    spans = [(s.start, s.end) for s in split_sentences(text)]
+    assert [text[a:b] for a, b in spans] == ["First line", "- a point!", "Another?", "Yes"]
+    assert split_sentences("") == [] and split_sentences("   \n ") == []
+    pi = "Pi is 3.14 today. Done"
+    assert [pi[s.start : s.end] for s in split_sentences(pi)] == ["Pi is 3.14 today.", "Done"]

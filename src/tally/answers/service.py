@@ -245,17 +245,18 @@ def generate(runtime: Runtime, prepared: Prepared) -> Generated:
 
 
 def finish(runtime: Runtime, prepared: Prepared, generated: Generated) -> AnswerResult:
-    """Citations, then attribution and its fee settled in one transaction; the typed result."""
-    text, citations = generated.text, list[dict[str, Any]]()
+    """Attribution and its fee settled in one transaction, then the citations (measured by the attribution when it
+    ran, the model's own markers otherwise); the typed result."""
+    text = generated.text
     if prepared.question is not None:
-        from tally.rag import postprocess_citations
+        from tally.rag.answers import check_markers
 
-        text, citations = postprocess_citations(generated.text, prepared.chunks)
+        text = check_markers(generated.text, len(prepared.chunks)).text
     retrieved = len(prepared.chunks) if prepared.question is not None else None
     result = AnswerResult(
         id=prepared.id, model=prepared.model, text=text, finish_reason=generated.finish_reason,
         prompt_tokens=generated.prompt_tokens, completion_tokens=generated.completion_tokens,
-        token_ids=generated.token_ids, adapter_id=generated.adapter_id, retrieved=retrieved, citations=citations,
+        token_ids=generated.token_ids, adapter_id=generated.adapter_id, retrieved=retrieved,
     )  # fmt: skip
     note(prompt_tokens=generated.prompt_tokens, completion_tokens=generated.completion_tokens)
     # a paid answer the client stopped reading is settled for what it received; a free one only when delivered whole
@@ -263,7 +264,24 @@ def finish(runtime: Runtime, prepared: Prepared, generated: Generated) -> Answer
     delivered = (generated.finish_reason in ("stop", "length") or paid) and generated.token_ids
     if prepared.mode != "off" and runtime.attributor is not None and delivered:
         result.record, result.receipt = _attribute(runtime, prepared, generated)
+    if prepared.question is not None:
+        result.citations = _citations(runtime, prepared, result)
     return result
+
+
+def _citations(runtime: Runtime, prepared: Prepared, result: AnswerResult) -> list[dict[str, Any]]:
+    """The `citations` of a RAG answer: the record's measured ones, or the model's markers when nothing measured."""
+    from tally.attribution.citations import citations_from
+    from tally.rag.answers import best_quote
+
+    cited = result.record.citations if result.record is not None else []
+    if result.record is None:  # attribution off: the markers, unchecked
+        cited = citations_from(None, result.text, prepared.chunks, runtime.settings.attribution.citation_min_drop)
+    out = []
+    for c in cited:
+        sentence = result.text[c.sentence[0] : c.sentence[1]]
+        out.append({**c.model_dump(mode="json"), "quote": best_quote(sentence, prepared.chunks[c.chunk].text)})
+    return out
 
 
 def _attribute(runtime: Runtime, prepared: Prepared, generated: Generated) -> tuple[AttributionRecord, int]:

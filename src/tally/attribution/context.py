@@ -22,9 +22,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from tally.rag.answers import Source, build_rag_messages
+
+LEAVE_ONE_OUT = "leave_one_out"
+SURROGATE = "surrogate"
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,7 @@ class ChunkDrop:
     index: int  # position of the chunk in the retrieved list (0-based; its source number is index + 1)
     row_hash: str
     logprob_without: float
-    drop: float  # full_logprob - logprob_without, nats
+    drop: float  # full_logprob - logprob_without, nats (the surrogate: the chunk's fitted weight)
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,9 @@ class ContextResult:
     answer_tokens: int
     shared_prefix_tokens: int  # tokens run once and reused by every prompt
     seconds: float
+    method: str = LEAVE_ONE_OUT  # or SURROGATE (many chunks: a Lasso fit on random ablations)
+    masks: torch.Tensor | None = None  # [rows, chunks] bool: which chunks each scored prompt kept (row 0: all)
+    token_logprobs: torch.Tensor | None = None  # [rows, answer tokens]: the answer's per-token log-probabilities
 
 
 @dataclass(frozen=True)
@@ -81,22 +88,100 @@ def context_drops(
 ) -> ContextResult:
     """Leave-one-out log-probability drop of `answer_ids` for each chunk (see the module docstring)."""
     start = time.perf_counter()
-    variants = [list(chunks)] + [[_blank(c) if i == j else c for i, c in enumerate(chunks)] for j in range(len(chunks))]
+    k = len(chunks)
+    masks = torch.ones(k + 1, k, dtype=torch.bool)
+    for j in range(k):
+        masks[j + 1, j] = False
+    logp, shared = masked_logprobs(model, tokenizer, question, chunks, answer_ids, masks)
+    totals = [float(x) for x in logp.sum(dim=1)]
+    full = totals[0]
+    drops = [ChunkDrop(j, c.row_hash, lp, full - lp) for j, (c, lp) in enumerate(zip(chunks, totals[1:], strict=True))]
+    return ContextResult(full, drops, len(answer_ids), shared, time.perf_counter() - start, LEAVE_ONE_OUT, masks, logp)
+
+
+def context_surrogate(
+    model: Any,
+    tokenizer: Any,
+    question: str,
+    chunks: Sequence[Source],
+    answer_ids: list[int],
+    *,
+    ablations: int,
+    alpha: float,
+    seed: int = 0,
+) -> ContextResult:
+    """ContextCite's estimate for many chunks: the answer's log-probability under `ablations` random subsets of the
+    chunks (each kept with p = 0.5, seeded), plus the full context, fit by a sparse linear model (Lasso). A chunk's
+    `drop` is its weight: the nats the answer gains, on average over the other chunks, when this one is present."""
+    start = time.perf_counter()
+    k = len(chunks)
+    gen = torch.Generator().manual_seed(seed)
+    masks = torch.cat([torch.ones(1, k, dtype=torch.bool), torch.rand(ablations, k, generator=gen) < 0.5])
+    logp, shared = masked_logprobs(model, tokenizer, question, chunks, answer_ids, masks)
+    totals = logp.sum(dim=1, keepdim=True).double().numpy()
+    weights, _ = lasso(masks.double().numpy(), totals, alpha)
+    full = float(totals[0, 0])
+    drops = [ChunkDrop(j, c.row_hash, full - float(weights[j, 0]), float(weights[j, 0])) for j, c in enumerate(chunks)]
+    return ContextResult(full, drops, len(answer_ids), shared, time.perf_counter() - start, SURROGATE, masks, logp)
+
+
+def lasso(
+    x: np.ndarray, y: np.ndarray, alpha: float, iterations: int = 1000, tol: float = 1e-7
+) -> tuple[np.ndarray, np.ndarray]:
+    """L1-regularised least squares, one independent fit per column of `y`, by cyclic coordinate descent:
+    minimise (1 / 2m) ||y - x w - b||^2 + alpha ||w||_1 with an unpenalised intercept b (the objective of
+    scikit-learn's Lasso). x: [m, k], y: [m, t]; returns (w [k, t], b [t])."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    m, k = x.shape
+    x_mean, y_mean = x.mean(axis=0), y.mean(axis=0)
+    xc, residual = x - x_mean, y - y_mean
+    norms = (xc**2).sum(axis=0) / m
+    w = np.zeros((k, y.shape[1]))
+    for _ in range(iterations):
+        largest = 0.0
+        for j in range(k):
+            if norms[j] == 0.0:
+                continue
+            rho = xc[:, j] @ residual / m + norms[j] * w[j]
+            new = np.sign(rho) * np.maximum(np.abs(rho) - alpha, 0.0) / norms[j]
+            delta = new - w[j]
+            if np.any(delta):
+                residual -= np.outer(xc[:, j], delta)
+                w[j] = new
+                largest = max(largest, float(np.abs(delta).max()))
+        if largest < tol:
+            break
+    return w, y_mean - x_mean @ w
+
+
+def masked_logprobs(
+    model: Any,
+    tokenizer: Any,
+    question: str,
+    chunks: Sequence[Source],
+    answer_ids: list[int],
+    masks: torch.Tensor,
+    batch_rows: int = 16,
+) -> tuple[torch.Tensor, int]:
+    """Per-token log-probabilities of `answer_ids` ([rows, answer tokens], float32 on the host) for each row of
+    `masks` ([rows, chunks], True: the chunk is in the prompt, False: blanked), and the shared prefix length."""
+    variants = [[c if keep else _blank(c) for c, keep in zip(chunks, row, strict=True)] for row in masks.tolist()]
     prompts = [rag_prompt_ids(tokenizer, question, v) for v in variants]
     # keep at least the last prompt token in every suffix: its output predicts the answer's first token
     shared = min(_common_prefix(prompts), min(len(p) for p in prompts) - 1)
-    logprobs = _answer_logprobs(model, [p[shared:] for p in prompts], prompts[0][:shared], answer_ids)
-    full = logprobs[0]
-    drops = [
-        ChunkDrop(j, c.row_hash, lp, full - lp) for j, (c, lp) in enumerate(zip(chunks, logprobs[1:], strict=True))
+    suffixes = [p[shared:] for p in prompts]
+    parts = [
+        _answer_logprobs(model, suffixes[i : i + batch_rows], prompts[0][:shared], answer_ids)
+        for i in range(0, len(suffixes), batch_rows)
     ]
-    return ContextResult(full, drops, len(answer_ids), shared, time.perf_counter() - start)
+    return torch.cat(parts), shared
 
 
-def _answer_logprobs(model: Any, suffixes: list[list[int]], prefix: list[int], answer: list[int]) -> list[float]:
-    """Summed log-probability of `answer` after prefix + each suffix; one cached prefix pass, one batched pass."""
+def _answer_logprobs(model: Any, suffixes: list[list[int]], prefix: list[int], answer: list[int]) -> torch.Tensor:
+    """Per-token log-probability of `answer` after prefix + each suffix; one cached prefix pass, one batched pass."""
     if not answer:
-        return [0.0] * len(suffixes)
+        return torch.zeros(len(suffixes), 0)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder, head = base.get_decoder(), base.get_output_embeddings()
     device = next(model.parameters()).device
@@ -120,6 +205,6 @@ def _answer_logprobs(model: Any, suffixes: list[list[int]], prefix: list[int], a
             states = hidden.last_hidden_state
             picked = states.gather(1, at[..., None].expand(-1, -1, states.shape[-1]))
             logp = torch.log_softmax(head(picked).float(), dim=-1).gather(2, targets[..., None]).squeeze(-1)
-            return [float(x) for x in logp.sum(dim=1)]
+            return logp.float().cpu()
     finally:
         model.train(was_training)

@@ -48,6 +48,28 @@ class MethodResult(BaseModel):
     seconds: float = 0.0
 
 
+class Citation(BaseModel):
+    """One (sentence, source) pair of a RAG answer: measured (the source carried the sentence) or marked (the model
+    wrote [n] there), and whether the two agree. Offsets are characters of the answer as returned (markers outside
+    1..N removed); see docs/attribution.md#sentence-citations."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sentence: tuple[int, int]  # [start, end) characters of the answer
+    chunk: int  # 0-based position in the retrieved list
+    source: int  # its number in the prompt (chunk + 1), the n of a marker [n]
+    row_hash: str
+    datanet: str
+    snapshot: str
+    contribution: str
+    contributor: str
+    drop: float | None  # nats the sentence loses without the chunk (None: not measured, attribution off)
+    method: str | None  # leave_one_out | surrogate (None: not measured)
+    measured: bool | None  # drop >= the calibrated threshold (None: not measured)
+    marker: bool  # the model wrote [source] in this sentence
+    marker_agrees: bool | None  # marker and measurement agree (None: no marker, or nothing measured)
+
+
 class Share(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -84,6 +106,8 @@ class AttributionRecord(BaseModel):
     credits: Credits
     requested_by: str | None = None
     created_at: str
+    # RAG answers only; left out of the JSON when empty, so records written before citations keep their hash
+    citations: list[Citation] = Field(default_factory=list, exclude_if=lambda v: not v)
 
     def seen_by(self, readable: set[str], label: Callable[[str], str]) -> AttributionRecord:
         """The record as a reader who may read only `readable` datanets sees it: evidence from any other datanet
@@ -101,7 +125,13 @@ class AttributionRecord(BaseModel):
                 for e in result.top
             ]
             methods[name] = result.model_copy(update={"top": top})
-        return self.model_copy(update={"methods": methods})
+        citations = [
+            c
+            if c.datanet in readable
+            else c.model_copy(update={"datanet": label(c.datanet), "row_hash": "", "contribution": "", "snapshot": ""})
+            for c in self.citations
+        ]
+        return self.model_copy(update={"methods": methods, "citations": citations})
 
     def share_map(self) -> dict[str, float]:
         return {s.account: s.share for s in self.shares}

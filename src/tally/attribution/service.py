@@ -20,9 +20,10 @@ import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tally.attribution.context import context_drops
+from tally.attribution.citations import citations_from, sentence_drops
+from tally.attribution.context import context_drops, context_surrogate
 from tally.attribution.query import QueryModel
-from tally.attribution.record import AttributionRecord, InferenceAttributed, MethodResult, Mode, text_hash
+from tally.attribution.record import AttributionRecord, Citation, InferenceAttributed, MethodResult, Mode, text_hash
 from tally.attribution.shares import Distribution, Source, combine, index_method, make_evidence, top_z, zscores
 from tally.attribution.sources import adapter_credits, contribution_seqs, index_sources, withdrawn_rows
 from tally.attribution.spans import SpanIndex, load_or_build
@@ -140,10 +141,11 @@ class Attributor:
         results: dict[str, MethodResult] = {}
         dists: dict[str, Distribution] = {}
         influence: list[tuple[Source, float]] = []
+        citations: list[Citation] = []
         with self.store.read() as session:
             self._spans(session, answer, results, dists)
             if answer.chunks and answer.question:
-                self._context(session, answer, results, dists)
+                citations = self._context(session, answer, results, dists)
             if answer.adapter_dir is not None and answer.adapter_hash:
                 loaded = self._index(session, answer.adapter_dir, answer.adapter_hash)
                 if loaded is not None:
@@ -155,7 +157,7 @@ class Attributor:
             answer_hash=text_hash(self.tokenizer.decode(answer.answer_ids)),
             prompt_tokens=len(answer.prompt_ids), completion_tokens=len(answer.answer_ids),
             methods=results, shares=combine(results, dists, self.cfg), credits=credits,
-            requested_by=answer.requested_by, created_at=now_ts(),
+            requested_by=answer.requested_by, created_at=now_ts(), citations=citations,
         )  # fmt: skip
         return Attributed(record, influence)
 
@@ -195,14 +197,21 @@ class Attributor:
 
     def _context(
         self, session: Session, answer: Answer, results: dict[str, MethodResult], dists: dict[str, Distribution]
-    ) -> None:
+    ) -> list[Citation]:
         start = time.perf_counter()
-        question, chunks = answer.question or "", answer.chunks
-        ctx = self.query_model.run(
-            answer.adapter_hash if answer.adapter_dir else None,
-            answer.adapter_dir,
-            lambda model: context_drops(model, self.tokenizer, question, chunks, answer.answer_ids),
-        )
+        question, chunks, cfg = answer.question or "", answer.chunks, self.cfg
+
+        def measure(model: Any) -> Any:
+            if len(chunks) <= cfg.citation_loo_max_chunks:
+                return context_drops(model, self.tokenizer, question, chunks, answer.answer_ids)
+            return context_surrogate(
+                model, self.tokenizer, question, chunks, answer.answer_ids, ablations=cfg.citation_ablations,
+                alpha=cfg.citation_lasso_alpha, seed=cfg.citation_seed,
+            )  # fmt: skip
+
+        ctx = self.query_model.run(answer.adapter_hash if answer.adapter_dir else None, answer.adapter_dir, measure)
+        per_sentence = sentence_drops(self.tokenizer, answer.answer_ids, len(chunks), ctx, cfg.citation_lasso_alpha)
+        citations = citations_from(per_sentence, per_sentence.text, chunks, cfg.citation_min_drop)
         weights: dict[str, float] = {}
         contributions: dict[str, set[str]] = {}
         top = []
@@ -220,6 +229,7 @@ class Attributor:
         )  # fmt: skip
         total = sum(weights.values())
         dists["context"] = Distribution({k: v / total for k, v in weights.items()} if total else {}, contributions)
+        return citations
 
     def _index_signals(
         self,

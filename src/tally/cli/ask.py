@@ -25,7 +25,8 @@ def ask(
     attribution: str = typer.Option(None, help="off | fast | full (default: the model's, from settings)"),
     as_: str = AS,
 ) -> None:
-    """Ask a question; prints the answer and who shaped it. With --rag, the answer cites numbered sources."""
+    """Ask a question; prints the answer and who shaped it. With --rag, each sentence cites the sources measured to
+    carry it."""
     from tally.answers import AnswerRequest, RagOption, Sampling, answer, build_runtime, precheck
     from tally.identity import list_accounts
 
@@ -58,12 +59,24 @@ def ask(
         runtime.close()
     console.print(result.text.strip(), highlight=False)
     if result.citations:
-        table = Table("n", "datanet", "contributor", "contribution", "quote")
+        table = Table("sentence", "source", "datanet", "contributor", "drop (nats)", "marker", title="citations")
         for c in result.citations:
-            table.add_row(str(c["number"]), c["datanet"], c["contributor"], c["contribution"][:12], c["quote"][:80])
+            sentence = result.text[c["sentence"][0] : c["sentence"][1]]
+            drop = "-" if c["drop"] is None else f"{c['drop']:.2f}"
+            if not c["marker"]:
+                mark = "" if c["measured"] else "-"
+            elif c["marker_agrees"] is None:
+                mark = "written, not checked"
+            else:
+                mark = "agrees" if c["marker_agrees"] else "DISAGREES: not measured"
+            supported = "" if c["measured"] is not False else " (not supported)"
+            table.add_row(
+                f"{c['sentence'][0]}-{c['sentence'][1]} {sentence[:60]}", f"[{c['source']}]{supported}",
+                c["datanet"], c["contributor"], drop, mark,
+            )  # fmt: skip
         console.print(table)
     elif result.retrieved is not None:
-        console.print(f"[dim]no source was cited; {result.retrieved} were retrieved[/]")
+        console.print(f"[dim]no sentence cites a source; {result.retrieved} were retrieved[/]")
     record = result.record
     if record is None:
         return

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 SYSTEM_PROMPT = (
@@ -107,3 +108,96 @@ def postprocess_citations(answer_text: str, chunks: Sequence[Source]) -> tuple[s
             "contributor": c.contributor, "row_hash": c.row_hash, "quote": best_quote(claims[old], c.text),
         })  # fmt: skip
     return clean, citations
+
+
+# --- sentence citations: markers checked, not renumbered -------------------------------------------------------------
+# The answer path keeps the source numbers as the prompt gave them (a citation says which source number it is, so a
+# reader matches [3] to source 3), drops numbers outside 1..N, and splits the answer into sentences whose character
+# spans the measured citations refer to (tally.attribution.citations).
+
+_SENTENCE_STOP = re.compile(r"[.!?]+(?:\s*(?:\[\d+(?:\s*,\s*\d+)*\])+)?(?=\s|$)")  # an end, with the markers after it
+
+
+@dataclass(frozen=True)
+class Marker:
+    """A run of valid markers the model wrote, as it stands in the checked text."""
+
+    start: int
+    end: int
+    sources: tuple[int, ...]  # source numbers (1-based), first appearance first, no repeats
+
+
+@dataclass(frozen=True)
+class Sentence:
+    """One sentence of an answer: [start, end) characters, markers included, surrounding blanks excluded."""
+
+    start: int
+    end: int
+    markers: tuple[int, ...]  # source numbers the model cited inside this sentence
+
+
+@dataclass(frozen=True)
+class CheckedText:
+    """An answer with its markers checked: `text` drops numbers outside 1..N; `position` maps an offset of the text
+    as generated to the same place in `text`."""
+
+    text: str
+    markers: list[Marker]
+    _edits: tuple[tuple[int, int, int, int], ...]  # (raw start, raw end, text start, text end) per rewritten run
+
+    def position(self, raw: int) -> int:
+        shift = 0
+        for raw_start, raw_end, start, end in self._edits:
+            if raw < raw_start:
+                break
+            if raw < raw_end:
+                return start if raw == raw_start else end
+            shift = end - raw_end
+        return raw + shift
+
+
+def check_markers(answer_text: str, sources: int) -> CheckedText:
+    """Drop marker numbers outside 1..`sources` (a run left empty goes, with the blanks before it); a run with a
+    repeat or a comma list is written as `[a][b]`; everything else stays exactly as generated."""
+    parts: list[str] = []
+    markers: list[Marker] = []
+    edits: list[tuple[int, int, int, int]] = []
+    pos = out = 0
+    for m in _MARK.finditer(answer_text):
+        parts.append(answer_text[pos : m.start()])
+        out += m.start() - pos
+        numbers = tuple(dict.fromkeys(n for n in (int(x) for x in _NUM.findall(m.group(1))) if 1 <= n <= sources))
+        lead = m.group(0)[: len(m.group(0)) - len(m.group(0).lstrip())]
+        new = lead + "".join(f"[{n}]" for n in numbers) if numbers else ""
+        if numbers:
+            markers.append(Marker(out + len(lead), out + len(new), numbers))
+        if new != m.group(0):
+            edits.append((m.start(), m.end(), out, out + len(new)))
+        parts.append(new)
+        out += len(new)
+        pos = m.end()
+    parts.append(answer_text[pos:])
+    return CheckedText("".join(parts), markers, tuple(edits))
+
+
+def split_sentences(text: str, markers: Sequence[Marker] = ()) -> list[Sentence]:
+    """Sentences by end punctuation (markers right after the end belong to the sentence before) and line breaks."""
+    spans: list[tuple[int, int]] = []
+    line_start = 0
+    for line in text.split("\n"):
+        start = line_start
+        for m in _SENTENCE_STOP.finditer(line):
+            spans.append((start, line_start + m.end()))
+            start = line_start + m.end()
+        spans.append((start, line_start + len(line)))
+        line_start += len(line) + 1
+    sentences = []
+    for start, end in spans:
+        piece = text[start:end]
+        if not piece.strip() or _MARK.fullmatch(piece):
+            continue
+        start += len(piece) - len(piece.lstrip())
+        end -= len(piece) - len(piece.rstrip())
+        cited = tuple(dict.fromkeys(n for mk in markers if start <= mk.start < end for n in mk.sources))
+        sentences.append(Sentence(start, end, cited))
+    return sentences
