@@ -15,11 +15,15 @@ from tally.rewards.statement import (
     Balance,
     Credit,
     CreditMove,
+    Payout,
     Statement,
     StatementItem,
+    balance_of,
     balances,
     credit_of,
+    payouts_of,
     statement,
+    statement_page,
 )
 
 if TYPE_CHECKING:
@@ -93,6 +97,7 @@ __all__ = [
     "InsufficientCreditError",
     "Line",
     "NothingToPayError",
+    "Payout",
     "PayoutProof",
     "PolicyError",
     "RewardsAccrued",
@@ -104,6 +109,7 @@ __all__ = [
     "StatementItem",
     "accrue",
     "add_credit",
+    "balance_of",
     "balances",
     "close_epoch",
     "compute_fee",
@@ -118,8 +124,10 @@ __all__ = [
     "parse_policy",
     "payout_proof",
     "payout_tree",
+    "payouts_of",
     "require_credit",
     "split_fee",
     "statement",
+    "statement_page",
     "verify_payout",
 ]

@@ -14,7 +14,15 @@ from sqlalchemy.orm import Session
 
 from tally.identity.addresses import NOT_AN_ADDRESS, checksum_address
 from tally.rewards.errors import RewardsError
-from tally.rewards.tables import AccrualLineRow, AccrualRow, BalanceRow, CreditAccountRow, CreditMoveRow
+from tally.rewards.tables import (
+    AccrualLineRow,
+    AccrualRow,
+    BalanceRow,
+    CreditAccountRow,
+    CreditMoveRow,
+    EpochRow,
+    PayoutRow,
+)
 
 
 def checksum(address: str) -> str:
@@ -142,3 +150,53 @@ def balances(session: Session) -> list[Balance]:
     rows = session.execute(select(BalanceRow)).scalars()
     out = [Balance(r.account, int(r.accrued), int(r.paid)) for r in rows]
     return sorted(out, key=lambda b: (-b.unpaid, -b.accrued, b.account))
+
+
+def balance_of(session: Session, address: str) -> Balance:
+    """`address`'s running totals (accrued, paid, unpaid), read from one row (zero for an account never paid)."""
+    account = checksum(address)
+    row = session.get(BalanceRow, account)
+    return Balance(account, int(row.accrued), int(row.paid)) if row is not None else Balance(account, 0, 0)
+
+
+def statement_page(
+    session: Session, address: str, *, before: int | None = None, limit: int = 50
+) -> list[tuple[int, StatementItem]]:
+    """One page of `address`'s statement, newest line first: (line id, item) pairs below line id `before` (keyset
+    paging: the next page starts below the last id)."""
+    account = checksum(address)
+    query = (
+        select(AccrualLineRow, AccrualRow)
+        .join(AccrualRow, AccrualRow.inference == AccrualLineRow.inference)
+        .where(AccrualLineRow.account == account)
+    )
+    if before is not None:
+        query = query.where(AccrualLineRow.id < before)
+    rows = session.execute(query.order_by(AccrualLineRow.id.desc()).limit(limit)).all()
+    items = []
+    for line, a in rows:
+        item = StatementItem(a.inference, a.model, a.answered_at, line.role, line.share, int(line.amount), line.epoch)
+        items.append((line.id, item))
+    return items
+
+
+@dataclass(frozen=True)
+class Payout:
+    epoch: int
+    index: int
+    amount: int
+    root: str
+    created_at: str
+
+
+def payouts_of(session: Session, address: str, *, limit: int = 100) -> list[Payout]:
+    """The closed epochs that pay `address`, newest first, with its amount in each."""
+    account = checksum(address)
+    rows = session.execute(
+        select(PayoutRow, EpochRow)
+        .join(EpochRow, EpochRow.number == PayoutRow.epoch)
+        .where(PayoutRow.account == account)
+        .order_by(PayoutRow.epoch.desc())
+        .limit(limit)
+    ).all()
+    return [Payout(p.epoch, p.index, int(p.amount), e.root, e.created_at) for p, e in rows]
