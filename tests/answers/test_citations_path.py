@@ -145,3 +145,22 @@ def test_without_attribution_the_markers_are_listed_unchecked(rag_settings: Sett
     assert (cited["source"], cited["sentence"], cited["marker"]) == (2, [0, 20], True)
     assert cited["measured"] is None and cited["marker_agrees"] is None and cited["drop"] is None
     assert _citations(runtime, prepared, result) == result.citations
+
+
+def test_more_chunks_than_the_leave_one_out_limit_use_the_surrogate(rag_settings: Settings, world: World) -> None:  # noqa: F811
+    settings = rag_settings.model_copy(
+        update={"attribution": rag_settings.attribution.model_copy(update={"citation_loo_max_chunks": 2})}
+    )
+    request = AnswerRequest(
+        model=settings.models.default, messages=[{"role": "user", "content": QUESTION}],
+        sampling=Sampling(max_tokens=24, temperature=0), rag=RagOption(datanets=["towns"], top_k=3),
+        attribution="fast", requester=world.consumer,
+    )  # fmt: skip
+    runtime = build_runtime(settings, with_engine=True, store=world.ledger.store).start()
+    try:
+        result = answers.answer(runtime, request)
+    finally:
+        runtime.close()
+    assert result.record is not None and result.citations
+    assert {c["method"] for c in result.citations} == {"surrogate"}
+    assert all(c["measured"] == (c["drop"] >= 0.0) for c in result.citations)
