@@ -143,3 +143,32 @@ def test_checkpoints_are_signed_and_only_made_when_the_log_grew(ledger: Ledger, 
     assert second.size == first.size + 3
     assert second.note.startswith(f"{ledger.origin}\n{second.size}\n")
     assert settings.witness_path.read_text() == second.note
+
+
+def test_checkpoints_signed_by_many_threads_at_once_keep_the_newest_witness(ledger: Ledger, settings) -> None:
+    """Readers sign checkpoints while writers append (a server does both on worker threads): every call succeeds,
+    and the witness file ends with the largest tree, whatever order the threads finished in."""
+    errors: list[BaseException] = []
+
+    def sign_checkpoints() -> None:
+        try:
+            for _ in range(15):
+                ledger.checkpoint()
+        except BaseException as exc:
+            errors.append(exc)
+
+    def append() -> None:
+        try:
+            append_notes(ledger, 15, prefix=f"t{threading.get_ident()}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=sign_checkpoints) for _ in range(6)] + [threading.Thread(target=append)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    newest = ledger.checkpoint()
+    assert settings.witness_path.read_text() == newest.note and newest.size == ledger.size()
+    assert [p.name for p in settings.witness_path.parent.glob("*.tmp")] == []

@@ -9,8 +9,10 @@ completes; a smaller one lies inside one tile and is recomputed from that tile's
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import tempfile
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -408,19 +410,35 @@ class Ledger:
             s.add(row)
             s.flush()
             signed = _signed(row)
-        self._write_witness(signed.note)
+        self._write_witness(signed.note, signed.size)
         return signed
 
-    def _write_witness(self, note: str) -> None:
+    def _write_witness(self, note: str, size: int) -> None:
+        """Keep the newest signed checkpoint outside the database. Threads and processes sign checkpoints at once, so
+        the write is serialised by a lock file, goes through a temporary file of its own, and never replaces a
+        checkpoint of a larger tree (a slower writer's older checkpoint would make the witness go backwards)."""
         if self.witness_path is None:
             return
-        self.witness_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.witness_path.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(note)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.witness_path)
+        folder = self.witness_path.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f".{self.witness_path.name}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if (_witness_size(self.witness_path) or -1) >= size:
+                return
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{self.witness_path.name}.", suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(note)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.witness_path)
+
+
+def _witness_size(path: Path) -> int | None:
+    """The tree size of the checkpoint in the witness file (its note's second line), None when there is none."""
+    try:
+        return int(path.read_text(encoding="utf-8").split("\n")[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _signed(row: LedgerCheckpoint) -> SignedCheckpoint:
