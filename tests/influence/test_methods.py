@@ -35,14 +35,16 @@ def test_gauss_newton_equals_the_explicit_inverse_fisher_formula() -> None:
     q = torch.randn(12, generator=torch.Generator().manual_seed(4))
     slices = index.layer_slices()
     expected = torch.zeros(16, dtype=torch.float64)
-    for name in ("epoch_1", "final"):
-        g = layer_normalised(index.tensors[name], slices).double()
-        qn = layer_normalised(q, slices).double()
-        for off, d in slices:
-            gl, ql = g[:, off : off + d], qn[off : off + d]
-            fisher = gl.T @ gl / len(gl)
-            fisher += GN_DAMPING * torch.trace(fisher) / d * torch.eye(d, dtype=torch.float64)
-            inv = torch.linalg.inv(fisher)
+    normed = {name: layer_normalised(index.tensors[name], slices).double() for name in ("epoch_1", "final")}
+    qn = layer_normalised(q, slices).double()
+    for off, d in slices:
+        pooled = torch.cat([g[:, off : off + d] for g in normed.values()])  # one Fisher over the checkpoints
+        fisher = pooled.T @ pooled / len(pooled)
+        fisher += GN_DAMPING * torch.trace(fisher) / d * torch.eye(d, dtype=torch.float64)
+        inv = torch.linalg.inv(fisher)
+        ql = qn[off : off + d]
+        for g in normed.values():
+            gl = g[:, off : off + d]
             for k in range(len(gl)):
                 expected[k] += (ql @ inv @ gl[k]) / torch.sqrt((ql @ inv @ ql) * (gl[k] @ inv @ gl[k])) / len(slices)
     got = IndexScorer(index).gauss_newton(q)

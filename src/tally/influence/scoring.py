@@ -8,12 +8,13 @@ Built once per index and kept in memory, so each query costs one pass over a mat
   |g_i|^2. That is H_l^-1 v = (v - M_l v) / lam_l with M_l = G_l^T diag(1/(lam_l + |g_i|^2)) G_l / n, a small
   d_l x d_l matrix computed once per index, so scoring every row k (g_k . H_l^-1 v) is one pass per checkpoint.
   Positive = the row lowers the query's loss (helps the answer).
-- **Gauss-Newton** (projected, per layer; the LoGra/TRAK recipe on the count sketch): per checkpoint c and layer l
-  the empirical Fisher of the per-layer-normalised training gradients, F = G^T G / n + lam I (lam = `GN_DAMPING`
-  times the mean eigenvalue), and the score is the cosine in the F^-1 metric, q^T F^-1 g / (|q|_F^-1 |g|_F^-1),
-  averaged over layers and summed over checkpoints. Whitening by F^-1/2 removes the directions every row shares
-  (the common "what any answer looks like" gradient), which dominate the plain cosine. W = F^-1/2 is a small
-  d_l x d_l matrix per layer, so the rows are whitened once per index and a query is one product per checkpoint.
+- **Gauss-Newton** (projected, per layer; the LoGra/TRAK recipe on the count sketch): per layer l the empirical
+  Fisher of the per-layer-normalised training gradients pooled over the checkpoints, F = G^T G / n + lam I (lam =
+  `GN_DAMPING` times the mean eigenvalue), and the score is the cosine in the F^-1 metric,
+  q^T F^-1 g / (|q|_F^-1 |g|_F^-1), averaged over layers and summed over checkpoints. Whitening by F^-1/2 removes
+  the directions every row shares (the common "what any answer looks like" gradient), which dominate the plain
+  cosine. W = F^-1/2 is a small d_l x d_l matrix per layer and the same for every checkpoint, so the whitened rows
+  fold over checkpoints into one matrix and a query is one product, as the cosine's.
 - **Representation**: cosine of mean final hidden states, centred on the index mean (hidden states share a
   large common direction that would otherwise make every row look alike).
 Matrices are kept in bfloat16 (half the memory traffic of fp32; CPUs with bf16 units do it at full speed).
@@ -31,7 +32,7 @@ GN_DAMPING = 0.1
 
 def inverse_sqrt_fisher(g: torch.Tensor, damping: float = GN_DAMPING) -> torch.Tensor:
     """(F + lam I)^-1/2 for F = g^T g / n, lam = `damping` x the mean eigenvalue of F (symmetric, via eigh)."""
-    f = g.T.double() @ g.double() / max(1, g.shape[0])
+    f = (g.T.float() @ g.float()).double() / max(1, g.shape[0])
     lam = damping * float(torch.trace(f)) / max(1, f.shape[0]) + 1e-12
     values, vectors = torch.linalg.eigh(f)
     return ((vectors * (values.clamp_min(0) + lam).rsqrt()) @ vectors.T).float()
@@ -45,7 +46,8 @@ class IndexScorer:
         folded = sum(layer_normalised(index.tensors[c], self.slices) for c in self.checkpoints)
         self._cosine = torch.as_tensor(folded).to(torch.bfloat16).contiguous()
         self._datainf: list[tuple[torch.Tensor, list[tuple[torch.Tensor, float]]]] = []
-        self._gn: list[tuple[torch.Tensor, list[torch.Tensor]]] = []  # per checkpoint: whitened rows, W per layer
+        self._gn: torch.Tensor | None = None  # whitened rows, summed over checkpoints
+        self._gn_whiten: list[torch.Tensor] = []  # F^-1/2 per layer
         self._hidden: torch.Tensor | None = None
         self._hidden_mean: torch.Tensor | None = None
         rep = index.meta.get("representation")
@@ -95,38 +97,36 @@ class IndexScorer:
         return total
 
     def _prepare_gauss_newton(self) -> None:
-        for name in self.checkpoints:
-            g = layer_normalised(self.index.tensors[name], self.slices)
-            whitened = torch.empty_like(g)
-            per_layer = []
-            for off, d in self.slices:
-                w = inverse_sqrt_fisher(g[:, off : off + d])
+        """One Fisher per layer, pooled over the checkpoints' trained rows (candidate rows are not training data);
+        each checkpoint's rows whitened by it and normalised per layer, then summed, so a query is one product."""
+        live = torch.ones(self.rows, dtype=torch.bool)
+        live[self.index.untrained()] = False
+        normed = [layer_normalised(self.index.tensors[c], self.slices) for c in self.checkpoints]
+        folded = torch.zeros(self.rows, sum(d for _, d in self.slices))
+        for off, d in self.slices:
+            w = inverse_sqrt_fisher(torch.cat([g[live, off : off + d] for g in normed]))
+            for g in normed:
                 part = g[:, off : off + d] @ w
-                whitened[:, off : off + d] = part / part.norm(dim=1, keepdim=True).clamp_min(1e-12)
-                per_layer.append(w)
-            self._gn.append((whitened.to(torch.bfloat16).contiguous(), per_layer))
+                folded[:, off : off + d] += part / part.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            self._gn_whiten.append(w)
+        self._gn = folded.to(torch.bfloat16).contiguous()
 
-    def whiten(self, query: torch.Tensor) -> list[torch.Tensor]:
-        """The query as each checkpoint's Gauss-Newton scoring sees it: per layer F^-1/2 q, normalised."""
-        if not self._gn:
+    def whiten(self, query: torch.Tensor) -> torch.Tensor:
+        """The query as Gauss-Newton scoring sees it: per layer F^-1/2 q, normalised."""
+        if self._gn is None:
             self._prepare_gauss_newton()
         q = layer_normalised(query.reshape(-1), self.slices)
-        out = []
-        for _, per_layer in self._gn:
-            u = torch.empty_like(q)
-            for (off, d), w in zip(self.slices, per_layer, strict=True):
-                part = w @ q[off : off + d]
-                u[off : off + d] = part / part.norm().clamp_min(1e-12)
-            out.append(u)
-        return out
+        u = torch.empty_like(q)
+        for (off, d), w in zip(self.slices, self._gn_whiten, strict=True):
+            part = w @ q[off : off + d]
+            u[off : off + d] = part / part.norm().clamp_min(1e-12)
+        return u
 
     def gauss_newton(self, query: torch.Tensor) -> torch.Tensor:
         """(rows,) per-layer cosine in the inverse-Fisher metric, mean over layers, summed over checkpoints."""
-        queries = self.whiten(query)
-        total = torch.zeros(self.rows)
-        for (rows, _), u in zip(self._gn, queries, strict=True):
-            total += (rows @ u.to(torch.bfloat16)).float()
-        return total / len(self.slices)
+        u = self.whiten(query)
+        assert self._gn is not None
+        return (self._gn @ u.to(torch.bfloat16)).float() / len(self.slices)
 
     def contrast(self, query: torch.Tensor) -> torch.Tensor:
         """(rows,) the `contrast` method: the contrastive query gradient (see `tally.influence.contrast`) scored by
