@@ -69,6 +69,7 @@ def serve(
     from tally.config.logs import configure_logging
 
     settings = load_cli_settings()
+    _fix_mmap_threshold(settings.server.malloc_mmap_threshold)
     fmt, level = log_format or settings.log.format, (log_level or settings.log.level).upper()
     if fmt not in ("text", "json"):
         raise fail(f"--log-format {fmt!r} is not one of text, json")
@@ -94,6 +95,20 @@ def serve(
         )
     finally:
         workers.stop()
+
+
+def _fix_mmap_threshold(size: int) -> None:
+    """Large allocations get their own pages, given back when freed. glibc's default threshold adapts: it rises to
+    the size of each large block freed, so later blocks of that size come from the heap, which never shrinks; a
+    server that rebuilds an index of tens of MB every half minute then grows with every rebuild."""
+    import ctypes
+    import platform
+
+    if size <= 0 or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return
+    m_mmap_threshold = -3  # from glibc's malloc.h; setting it also turns the adaptive threshold off
+    if not ctypes.CDLL(None).mallopt(m_mmap_threshold, size):
+        console.print(f"[yellow]could not set malloc's mmap threshold to {size} bytes; memory may grow over time")
 
 
 if __name__ == "__main__":

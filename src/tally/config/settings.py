@@ -56,6 +56,13 @@ class ServerSettings(_Section):
         pattern=r"^(/[A-Za-z0-9._~-]+)*$",
         description="the path prefix a reverse proxy serves Tally under (e.g. /tally); links and cookies use it",
     )
+    malloc_mmap_threshold: int = Field(
+        128 * 1024,
+        ge=0,
+        le=32 * 1024 * 1024,
+        description="tally serve: allocations this large or larger get their own pages, returned when freed (glibc); "
+        "0 leaves glibc's adaptive threshold (see docs/reliability.md)",
+    )
 
 
 class LedgerSettings(_Section):
