@@ -1,7 +1,9 @@
 """Attribute one answer: run the signals the mode asks for, combine them into shares, commit the record.
 
 `fast`: verbatim spans, RAG context (when sources were retrieved), representation similarity and gradient cosine
-on the index's cached projection. `full` adds DataInf. Index signals need the adapter's training-data index
+on the index's cached projection. `full` adds DataInf and `contrast` (the query weighted toward the answer tokens
+the adapter made likelier than the base model, Gauss-Newton scored; docs/influence.md). Rows the adapter was not
+trained on (withdrawn, or an index's candidate rows) earn nothing. Index signals need the adapter's training-data index
 (answers of the base model have spans and context only). Their null is calibrated per adapter: its first
 `null_probes` answers also run a randomly initialised twin (in the same mixed batch) and the null is the
 `null_quantile` of the twin's top z-scores; later answers cost one forward and backward. See docs/attribution.md.
@@ -10,6 +12,7 @@ on the index's cached projection. `full` adds DataInf. Index signals need the ad
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -72,25 +75,39 @@ class _Loaded:
     scorer: IndexScorer
     sources: list[Source]
     projection: dict[str, Any]
+    untrained: list[int] = field(default_factory=list)  # candidate rows the adapter was not trained on
     null_stats: list[dict[str, float]] = field(default_factory=list)  # the random twin's top z, first answers
     position: dict[tuple[str, str], int] = field(default_factory=dict)  # (datanet, row hash) -> index row
 
     datanets: set[str] = field(default_factory=set)
+    trained: set[tuple[str, str]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.position = {(s.datanet, s.row_hash): i for i, s in enumerate(self.sources)}
         self.datanets = {s.datanet for s in self.sources}
+        skip = set(self.untrained)
+        self.trained = {(s.datanet, s.row_hash) for i, s in enumerate(self.sources) if i not in skip}
 
     def valid(self, withdrawn: set[tuple[str, str]]) -> torch.Tensor:
         """Rows still accepted: a mask built from the (few) withdrawn rows, not a pass over every row per answer."""
         mask = torch.ones(len(self.sources), dtype=torch.bool)
-        gone = [self.position[key] for key in withdrawn if key in self.position]
+        gone = [self.position[key] for key in withdrawn if key in self.position] + self.untrained
         if gone:
             mask[gone] = False
         return mask
 
+    def trained_rows(self) -> set[tuple[str, str]]:
+        """(datanet, row hash) of the rows the adapter was trained on."""
+        return self.trained
+
+    def calibrated(self, method: str) -> int:
+        """How many of the random twin's answers measured `method` (the contrastive one runs in `full` mode only)."""
+        return sum(method in s for s in self.null_stats)
+
     def null(self, method: str, quantile: float) -> float:
-        values = sorted(s[method] for s in self.null_stats)
+        values = sorted(s[method] for s in self.null_stats if method in s)
+        if not values:
+            return math.inf  # never measured: the method cannot beat its null yet
         return values[min(len(values) - 1, int(quantile * len(values)))]
 
 
@@ -123,8 +140,9 @@ class Attributor:
                     return None
                 index = load_index(directory)
                 self._indexes[adapter_hash] = _Loaded(
-                    IndexScorer(index), index_sources(session, index.examples), index.meta["projection"]
-                )
+                    IndexScorer(index), index_sources(session, index.examples), index.meta["projection"],
+                    index.untrained(),
+                )  # fmt: skip
             return self._indexes[adapter_hash]
 
     def span_index(self, session: Session) -> SpanIndex:
@@ -143,13 +161,14 @@ class Attributor:
         influence: list[tuple[Source, float]] = []
         citations: list[Citation] = []
         with self.store.read() as session:
-            self._spans(session, answer, results, dists)
-            if answer.chunks and answer.question:
-                citations = self._context(session, answer, results, dists)
+            loaded = None
             if answer.adapter_dir is not None and answer.adapter_hash:
                 loaded = self._index(session, answer.adapter_dir, answer.adapter_hash)
-                if loaded is not None:
-                    influence = self._index_signals(session, answer, loaded, mode, results, dists)
+            self._spans(session, answer, results, dists, loaded.trained_rows() if loaded is not None else None)
+            if answer.chunks and answer.question:
+                citations = self._context(session, answer, results, dists)
+            if loaded is not None:
+                influence = self._index_signals(session, answer, loaded, mode, results, dists)
             credits = adapter_credits(session, answer.adapter_dir, answer.adapter_hash, self.base_model)
         record = AttributionRecord(
             id=answer.inference_id, mode=mode, model=answer.model, adapter_hash=answer.adapter_hash,
@@ -162,8 +181,16 @@ class Attributor:
         return Attributed(record, influence)
 
     def _spans(
-        self, session: Session, answer: Answer, results: dict[str, MethodResult], dists: dict[str, Distribution]
+        self,
+        session: Session,
+        answer: Answer,
+        results: dict[str, MethodResult],
+        dists: dict[str, Distribution],
+        trained: set[tuple[str, str]] | None = None,
     ) -> None:
+        """Verbatim spans; with `trained` (the answering adapter's training rows), a span that some training row holds
+        is credited among those rows only: a look-alike row the adapter never saw does not take a trained row's
+        quote, however early it was contributed."""
         start = time.perf_counter()
         spans = self.span_index(session).find(answer.answer_ids, self.cfg.span_min_tokens)
         if answer.readable is not None:
@@ -178,7 +205,8 @@ class Attributor:
         contributions: dict[str, set[str]] = {}
         evidence = []
         for span in spans:
-            first = min(span.sources, key=lambda k: seqs.get(k.contribution, 1 << 62))  # the original
+            holders = [k for k in span.sources if (k.datanet, k.row_hash) in trained] if trained else []
+            first = min(holders or span.sources, key=lambda k: seqs.get(k.contribution, 1 << 62))  # the original
             tokens[first.contributor] = tokens.get(first.contributor, 0.0) + span.length
             contributions.setdefault(first.contributor, set()).add(first.contribution)
             text = self.tokenizer.decode(answer.answer_ids[span.answer_start : span.answer_end])
@@ -245,14 +273,18 @@ class Attributor:
         valid = loaded.valid(withdrawn_rows(session, loaded.datanets))
         args = (answer.adapter_hash, answer.adapter_dir, loaded.projection, answer.prompt_ids, answer.answer_ids)
         scorer = loaded.scorer
-        if len(loaded.null_stats) < self.cfg.null_probes:  # calibrating: the random twin rides along
-            real, twin = self.query_model.signals_pair(*args)
+        contrast = mode == "full"  # the contrastive query: one more forward (base) and a second row in the batch
+        needed = ("gradient", "contrast") if contrast else ("gradient",)
+        if min(loaded.calibrated(m) for m in needed) < self.cfg.null_probes:  # calibrating: the twin rides along
+            real, twin = self.query_model.signals_pair(*args, contrast=contrast)
             null_scores = {"gradient": scorer.cosine(twin.gradient), "datainf": scorer.datainf(twin.gradient)}
+            if twin.contrast is not None:
+                null_scores["contrast"] = scorer.contrast(twin.contrast)
             if scorer.has_representation:
                 null_scores["representation"] = scorer.representation(twin.hidden)
             loaded.null_stats.append({m: top_z(x, valid) for m, x in null_scores.items()})
         else:
-            real = self.query_model.signals(*args)
+            real = self.query_model.signals(*args, contrast=contrast)
         query_s = time.perf_counter() - start
         dup = scorer.row_similarity if scorer.has_representation else None
         methods: list[tuple[str, Any]] = [("gradient", scorer.cosine)]
@@ -260,6 +292,9 @@ class Attributor:
             methods.insert(0, ("representation", None))
         if mode == "full":
             methods.append(("datainf", scorer.datainf))
+            query = real.contrast
+            if query is not None:
+                methods.append(("contrast", lambda _: scorer.contrast(query)))
         influence: list[tuple[Source, float]] = []
         for name, fn in methods:
             t = time.perf_counter()

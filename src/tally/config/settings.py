@@ -113,7 +113,7 @@ class RagSettingsSection(_Section):
     aliases: dict[str, RagAlias] = Field(default_factory=dict, description="model names with RAG on by default")
 
 
-ATTRIBUTION_METHODS = ("spans", "context", "representation", "gradient", "datainf")
+ATTRIBUTION_METHODS = ("spans", "context", "representation", "gradient", "datainf", "contrast")
 
 
 class AttributionSettings(_Section):
@@ -140,7 +140,7 @@ class AttributionSettings(_Section):
         0.95, gt=0, le=1, description="representation cosine above which two rows are one item (earliest credited)"
     )
     weights: dict[str, float] = Field(
-        default_factory=lambda: {"spans": 1.0, "context": 1.0, "representation": 1.0, "gradient": 1.0, "datainf": 1.0},
+        default_factory=lambda: dict.fromkeys(ATTRIBUTION_METHODS, 1.0),
         description="weight of each method in the combined shares",
     )
     null_probes: int = Field(
@@ -148,7 +148,7 @@ class AttributionSettings(_Section):
     )
     null_quantile: float = Field(0.9, ge=0, le=1, description="the null: this quantile of the twin's top z-scores")
     null_gated: list[str] = Field(
-        default_factory=lambda: ["spans", "context", "gradient", "datainf"],
+        default_factory=lambda: ["spans", "context", "gradient", "datainf", "contrast"],
         description="methods that count only when they beat their null baseline (the others: on min_z alone)",
     )
     max_adapters: int = Field(4, ge=1, description="adapters kept loaded for attribution")

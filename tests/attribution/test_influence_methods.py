@@ -1,0 +1,97 @@
+"""The contrastive influence method in the service, and rows the adapter was not trained on: candidate rows of the
+index and look-alike rows of other datanets earn nothing, whatever their resemblance or ledger order."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+from tests.attribution.test_attribution_service import _answer, _assert_consistent, _attributor, _stored_rows
+from tests.conftest import assert_close
+from tests.datanets.conftest import alpaca
+from tests.factory.conftest import make_config
+
+from tally.datanets.tables import ContributionRow
+from tally.factory import service
+
+
+@pytest.fixture
+def trained(people, tiny_model: Path, tmp_path: Path):
+    return service.train(people.settings, people.ledger, people.dev, make_config(tiny_model, tmp_path / "lora"))
+
+
+def test_full_mode_adds_the_contrastive_method_with_its_own_calibrated_null(people, trained, tiny_model) -> None:
+    attributor = _attributor(people, tiny_model, null_probes=2, null_quantile=1.0)
+    questions = ["Where was Ilsa Varn born?", "Who is Tomas Quell?", "Where does Ilsa Varn live?"]
+    fast = attributor.attribute(_answer(attributor, trained, questions[0], "Korvath", "chatcmpl-f"), "fast").record
+    assert "contrast" not in fast.methods
+    records = [
+        attributor.attribute(_answer(attributor, trained, q, "Korvath", f"chatcmpl-{i}"), "full").record
+        for i, q in enumerate(questions)
+    ]
+    loaded = attributor._indexes[trained.adapter_hash]
+    # the fast answer calibrated gradient only; the contrastive null needed two full answers of its own
+    assert loaded.calibrated("gradient") == 3 and loaded.calibrated("contrast") == 2
+    stored = _stored_rows(people)
+    for record in records:
+        assert "contrast" in record.methods
+        _assert_consistent(record, attributor, stored)
+    expected = max(s["contrast"] for s in loaded.null_stats if "contrast" in s)
+    last = records[-1].methods["contrast"]
+    assert last.null_score == round(expected, 6)
+    assert last.beat_null == (last.score >= 2.0 and last.score > expected)
+
+
+def test_the_contrastive_gradient_in_the_mixed_batch_equals_its_own_run(people, trained, tiny_model) -> None:
+    import torch
+
+    attributor = _attributor(people, tiny_model)
+    a = _answer(attributor, trained, "Where was Ilsa Varn born?", "Korvath in the north")
+    projection = json.loads((trained.out_dir / "influence" / "index.json").read_text())["projection"]
+    args = (trained.adapter_hash, trained.out_dir, projection, a.prompt_ids, a.answer_ids)
+    real, null = attributor.query_model.signals_pair(*args, contrast=True)
+    alone = attributor.query_model.signals(*args, contrast=True)
+    plain = attributor.query_model.signals(*args)
+    assert real.contrast is not None and alone.contrast is not None and plain.contrast is None
+    assert_close(real.contrast, alone.contrast, "contrast")
+    assert_close(real.gradient, plain.gradient, "gradient")  # the second row leaves the plain gradient as it was
+    assert null.contrast is not None and not torch.allclose(real.contrast, null.contrast)
+    assert not torch.allclose(real.gradient, real.contrast)
+
+
+def test_candidate_rows_of_the_index_are_scored_but_never_credited(people, trained, tiny_model) -> None:
+    path = trained.out_dir / "influence" / "index.json"
+    meta = json.loads(path.read_text())
+    for e in meta["examples"]:
+        if e["contributor"] == people.alice.address:
+            e["trained"] = False
+    path.write_text(json.dumps(meta))
+    attributor = _attributor(people, tiny_model, min_z=0.0, weights={"spans": 0.0})
+    record = attributor.attribute(
+        _answer(attributor, trained, "Where was Ilsa Varn born?", "Where was Ilsa Varn born? Korvath"), "full"
+    ).record
+    for name in ("representation", "gradient", "datainf", "contrast"):
+        assert {e.contributor for e in record.methods[name].top} <= {people.bob.address}, name
+    assert set(record.share_map()) <= {people.bob.address}
+
+
+def test_a_quote_goes_to_the_trained_row_not_an_earlier_untrained_look_alike(people, trained, tiny_model) -> None:
+    people.create("later", policy="open")
+    people.upload(people.bob, "later", alpaca([("Where was Ilsa Varn born?", "Korvath")]))
+    with people.tx() as s:  # bob's copy sits in a datanet the adapter never saw, and claims to be the earliest
+        s.execute(
+            update(ContributionRow).where(ContributionRow.datanet == "later").values(ledger_seq=0)
+        )  # fmt: skip
+    attributor = _attributor(people, tiny_model)
+    answer = _answer(attributor, trained, "Who is Ilsa Varn?", "Where was Ilsa Varn born? Korvath")
+    spans = attributor.attribute(answer, "fast").record.methods["spans"]
+    assert spans.beat_null and {e.contributor for e in spans.top} == {people.alice.address}
+    # the base model (no index) has no training rows to prefer: the earliest contribution keeps the quote
+    base = attributor.attribute(
+        type(answer)(inference_id="chatcmpl-b", model="tiny", prompt_ids=answer.prompt_ids,
+                     answer_ids=answer.answer_ids),
+        "fast",
+    ).record.methods["spans"]  # fmt: skip
+    assert {e.contributor for e in base.top} == {people.bob.address}
