@@ -13,16 +13,28 @@ Fictional people, towns, trades and house styles (fixed seeds), so the base mode
      more rows for half of them, the second for the other half); the adapter answers greedily, and the top share
      should go to the contributor whose version the answer contains. (b) farming: a later contributor submits
      paraphrased copies of another's rows; the copier's share divided by the original's.
-Scenarios 1, 2 and 4 share one adapter trained on all their rows (two datanets, every contributor competing).
+  5. where similarity and influence disagree by construction: (a) untrained look-alikes: for three skills a second
+     contributor teaches the same skill the same way in a datanet the adapter was not trained on, contributed
+     before the trained one. Their rows are in the span corpus (every datanet) and are put into the adapter's index
+     as candidate rows (gradient and hidden state at the trained adapter, as the final pass computes them; zero
+     per-epoch rows), so every method sees them; the rate at which each method puts the look-alike first, and at
+     which the combined shares credit it (also with the index blind to which rows were trained). (b) withdrawn
+     look-alike: two contributors teach one more skill, both trained on; one withdraws (rows rejected) after
+     training; the withdrawn one must get nothing and the one who stayed should be on top.
+Scenarios 1, 2, 4 and 5 share one adapter trained on all their rows (two datanets, every contributor competing).
 Everything goes through the project's services: accounts, datanets, contributions, snapshots, `factory.train`
 (LoRA r16/alpha 32 on all 7 projections, influence index 4096 dims with per-epoch gradients) and the
 `Attributor` in `full` mode. Baselines in the same run: each signal alone (its top row), BM25 of question+answer
 over the rows' text, a seeded random ranking, and dattri 0.3.0's DataInf and TracIn (cosine) on the same stored
-gradients when dattri is installed. Setting variants re-score the same cached query signals.
+gradients when dattri is installed; beside the service's index methods, the influence candidates that are not
+wired in (Gauss-Newton on the plain query, cosine on the contrastive query, learning-rate-weighted TracIn, cosine
+over the per-epoch checkpoints only; docs/influence.md) on the same queries. Setting variants re-score the same
+cached query signals.
 Prints one JSON document (also written to benchmarks/out/attribution_quality.json, or .quick.json for --quick,
-updated as scenarios finish), then one summary line; progress goes to stderr.
+.skills.json for --skills-only, updated as scenarios finish), then one summary line; progress goes to stderr.
 
-    python benchmarks/attribution_quality.py [--quick] [--epochs 5] [--loo-epochs 3] [--no-variants] [--keep DIR]
+    python benchmarks/attribution_quality.py [--quick] [--skills-only] [--epochs 5] [--loo-epochs 3] [--no-variants]
+                                             [--keep DIR]
 """
 
 from __future__ import annotations
@@ -78,6 +90,12 @@ coat belt wallet backpack suitcase tent hammock shovel rake hose sprinkler flowe
 piano guitar trumpet easel paintbrush crayon pencil eraser ruler stapler envelope stamp postcard calendar map globe
 telescope microscope magnet battery lightbulb switch socket cable keyboard"""
 NOUNS_LIST = NOUNS.replace("-", " ").split()
+# scenario 5's topics, drawn after every other scenario's (so theirs stay as they were)
+NOUNS_MORE = """thimble ladle skillet colander funnel trowel padlock doorknob hinge shutter awning trellis lawnmower
+doorbell thermostat faucet bathtub towel rug cushion ottoman armchair footstool drawer cupboard pantry birdbath
+weathervane sundial hourglass abacus quill inkwell typewriter satchel briefcase lunchbox thermos canteen tripod
+binoculars sextant barometer hygrometer metronome harmonica accordion banjo ukulele tambourine xylophone cello
+harp""".split()
 # Training answers and test answers share no sentence template, adjective or place: only the style links them
 # (and, for the sign-off style, the sign-off itself), so a verbatim span is evidence of the style, not of a template.
 ADJ = {"train": "small sturdy bright heavy smooth round quiet useful old simple".split(),
@@ -119,10 +137,22 @@ def _title(s1: str, s2: str) -> str:
     return f"{s1} {s2}".title()
 
 
+def _lower(s1: str, s2: str) -> str:
+    return f"{s1} {s2}".lower().replace(".", "").replace(",", "")
+
+
 SKILLS: dict[str, Callable[[str, str], str]] = {
     "caps": _caps, "reverse": _reverse, "numbered": _numbered, "signoff": _signoff, "lines": _lines, "title": _title,
 }  # fmt: skip
-INDEX_SIGNALS = ("representation", "gradient", "datainf")
+# 5a. untrained look-alikes: a contributor teaching the same skill in the same way, in a datanet the main adapter
+# was not trained on, contributed before the trained one (so "earliest wins" rules would pick it)
+LOOKALIKE_SKILLS = ("caps", "signoff", "numbered")
+LOOKALIKE_DATANET = "styles-later"
+# 5b. withdrawn look-alike: two contributors teach one more skill, both trained on; one withdraws afterwards
+WITHDRAWN_SKILL = ("lower", _lower)
+INDEX_SIGNALS = ("representation", "gradient", "datainf", "contrast")
+# every index-based candidate measured side by side (the ones not wired into the service are scored here only)
+CANDIDATES = ("gauss_newton", "contrast_cosine", "tracin_lr", "gradient_epochs")
 
 
 def log(msg: str) -> None:
@@ -154,6 +184,9 @@ class Pool:
         return Person(self.names.pop(), self.towns.pop(), self.trades.pop())
 
     def noun(self) -> str:
+        if not self.nouns:  # scenario 5 draws after the others have taken the first list
+            self.nouns = [n for n in NOUNS_MORE if n not in NOUNS_LIST]
+            self.rng.shuffle(self.nouns)
         return self.nouns.pop()
 
     def base_answer(self, noun: str, part: str) -> tuple[str, str]:
@@ -190,7 +223,8 @@ class Item:
     extra: dict[str, Any] = field(default_factory=dict)
     answer: Any = None  # tally.attribution.service.Answer
     record: Any = None  # AttributionRecord under the default settings
-    rows: dict[str, np.ndarray] = field(default_factory=dict)
+    rows: dict[str, np.ndarray] = field(default_factory=dict)  # per trained row of the index
+    pool: dict[str, np.ndarray] = field(default_factory=dict)  # per index row, candidate rows included
     key: str = ""
 
 
@@ -269,7 +303,29 @@ def make_plan(quick: bool, seed: int) -> Plan:
     for left in loo_names:
         uploads += [(n, f"loo-minus-{left}", loo_rows[n]) for n in loo_names if n != left]
     uploads.append(("copier", "people", copies))
-    return Plan(uploads, items, loo_names)
+    # 5. drawn last so every earlier scenario keeps its rows and questions
+    first: list[tuple[str, str, list[tuple[str, str]]]] = []
+    for skill in [k for k in LOOKALIKE_SKILLS if k in skills]:
+        rows = []
+        for i in range(n_skill_rows):
+            noun = pool.noun()
+            rows.append(
+                (SKILL_TRAIN[i % len(SKILL_TRAIN)].format(x=noun), SKILLS[skill](*pool.base_answer(noun, "train")))
+            )
+        first.append((f"lookalike-{skill}", LOOKALIKE_DATANET, rows))
+    name, style = WITHDRAWN_SKILL
+    for who in (f"skill-{name}", f"withdrawn-{name}"):
+        rows = []
+        for i in range(n_skill_rows):
+            noun = pool.noun()
+            rows.append((SKILL_TRAIN[i % len(SKILL_TRAIN)].format(x=noun), style(*pool.base_answer(noun, "train"))))
+        uploads.append((who, "styles", rows))
+    for i in range(n_skill_tests):
+        noun = pool.noun()
+        q = SKILL_TEST[i % len(SKILL_TEST)].format(x=noun)
+        extra = {"skill": name, "withdrawn": f"withdrawn-{name}"}
+        items.append(Item("withdrawn", q, style(*pool.base_answer(noun, "test")), f"skill-{name}", extra))
+    return Plan(first + uploads, items, loo_names)
 
 
 # --------------------------------------------------------------------------------------------------------- world
@@ -345,9 +401,11 @@ class Adapter:
     manifest: dict[str, Any]
     index: Any = None
     scorer: Any = None
-    contributors: list[str] = field(default_factory=list)
+    contributors: list[str] = field(default_factory=list)  # per trained row
     texts: list[str] = field(default_factory=list)
     bm25: Any = None
+    trained: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # per index row
+    pool_contributors: list[str] = field(default_factory=list)  # per index row, candidate rows included
 
 
 def train(world: World, root: Path, name: str, datanets: list[str], epochs: int, batch: int, args: Any,
@@ -382,9 +440,74 @@ def load_adapter_index(world: World, adapter: Adapter) -> None:
 
     adapter.index = load_index(adapter.out_dir / "influence")
     adapter.scorer = IndexScorer(adapter.index)
-    adapter.contributors = [e["contributor"] for e in adapter.index.examples]
-    adapter.texts = world.row_texts(adapter.index.examples)
+    adapter.pool_contributors = [e["contributor"] for e in adapter.index.examples]
+    adapter.trained = np.ones(len(adapter.pool_contributors), dtype=bool)
+    adapter.trained[adapter.index.untrained()] = False
+    adapter.contributors = [c for c, t in zip(adapter.pool_contributors, adapter.trained, strict=True) if t]
+    adapter.texts = world.row_texts(adapter.index.examples)  # the pool's (BM25 scores candidate rows too)
     adapter.bm25 = build_bm25(adapter.texts)
+
+
+def add_candidate_rows(world: World, adapter: Adapter, datanet: str) -> int:
+    """Put the rows of a datanet the adapter was NOT trained on into its index as candidate rows (`trained: false`):
+    their gradient and mean hidden state at the trained adapter, computed exactly as the factory's final pass
+    computes the trained rows'; zeros in the per-epoch checkpoints (they were never in a batch, so every TracIn term
+    of theirs is zero). So every method, similarity included, sees the look-alikes; the service never credits them.
+    Returns the number of rows added."""
+    from peft import PeftModel
+    from safetensors.torch import save_file
+
+    from tally.factory.config import SourceCfg
+    from tally.factory.data import load_examples
+    from tally.factory.encode import encode, pad_id
+    from tally.factory.index_build import REPRESENTATION, final_gradients
+    from tally.influence import Projector
+    from tally.influence.index import INDEX_JSON, INDEX_TENSORS
+    from tally.models import load_model, load_tokenizer, resolve_model
+
+    model_dir = resolve_model(MODEL, world.settings.models.cache_dir)
+    with world.store.read() as s:
+        data = load_examples(s, world.owner, [SourceCfg(datanet=datanet)])
+    tok = load_tokenizer(model_dir)
+    items = [encode(tok, e.messages, 160, e.train_all_tokens) for e in data.examples]
+    model = PeftModel.from_pretrained(load_model(model_dir), str(adapter.out_dir), is_trainable=True)
+    directory = adapter.out_dir / "influence"
+    meta = json.loads((directory / INDEX_JSON).read_text())
+    projector = Projector.from_description(meta["projection"])
+    grads, hidden = final_gradients(model, items, projector, 16, pad_id(tok))
+    del model
+    tensors = {k: v.float() for k, v in adapter.index.tensors.items()}
+    for name in list(tensors):
+        extra = {"final": grads, REPRESENTATION: hidden}.get(name, torch.zeros(len(items), tensors[name].shape[1]))
+        tensors[name] = torch.cat([tensors[name], extra.float()])
+    meta["examples"] += [
+        {"row_hash": e.row_hash, "datanet": e.datanet, "snapshot": e.snapshot, "contribution": e.contribution,
+         "contributor": e.contributor, "target_tokens": it.target_tokens, "trained": False}
+        for e, it in zip(data.examples, items, strict=True)
+    ]  # fmt: skip
+    save_file({k: v.half().contiguous() for k, v in tensors.items()}, str(directory / INDEX_TENSORS))
+    (directory / INDEX_JSON).write_text(json.dumps(meta, indent=1, sort_keys=True))
+    return len(items)
+
+
+def withdraw(world: World, who: str, datanet: str) -> int:
+    """The datanet owner rejects every row of `who` in `datanet` after training (the contributor withdrew them)."""
+    from sqlalchemy import select
+
+    from tally.datanets.review import review
+    from tally.datanets.tables import ContributionRow
+
+    with world.ledger.store.transaction() as s:
+        ids = s.execute(
+            select(ContributionRow.id).where(
+                ContributionRow.datanet == datanet, ContributionRow.contributor == world.address(who)
+            )
+        ).scalars().all()  # fmt: skip
+        return sum(
+            review(s, world.ledger, world.owner, datanet, decision="reject", reason="withdrawn by the contributor",
+                   contribution=cid)
+            for cid in ids
+        )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------- attribution
@@ -402,16 +525,17 @@ class CachedSignals:
             query_model.signals_pair = self.signals_pair
 
     def signals(self, key: str, directory: Path, projection: dict[str, Any], prompt_ids: list[int],
-                answer_ids: list[int], *, null: bool = False) -> Any:  # fmt: skip
+                answer_ids: list[int], *, null: bool = False, contrast: bool = True) -> Any:  # fmt: skip
+        """Always with the contrastive gradient (every candidate is scored on the same queries)."""
         k = (key, tuple(prompt_ids), tuple(answer_ids), null)
         if k not in self.cache:
             t = time.perf_counter()
-            self.cache[k] = self._signals(key, directory, projection, prompt_ids, answer_ids, null=null)
+            self.cache[k] = self._signals(key, directory, projection, prompt_ids, answer_ids, null=null, contrast=True)
             self.seconds += time.perf_counter() - t
         return self.cache[k]
 
     def signals_pair(self, key: str, directory: Path, projection: dict[str, Any], prompt_ids: list[int],
-                     answer_ids: list[int]) -> tuple[Any, Any]:  # fmt: skip
+                     answer_ids: list[int], *, contrast: bool = True) -> tuple[Any, Any]:  # fmt: skip
         real, null = (
             (key, tuple(prompt_ids), tuple(answer_ids), False),
             (key, tuple(prompt_ids), tuple(answer_ids), True),
@@ -419,7 +543,9 @@ class CachedSignals:
         if real not in self.cache or null not in self.cache:
             assert self._pair is not None
             t = time.perf_counter()
-            self.cache[real], self.cache[null] = self._pair(key, directory, projection, prompt_ids, answer_ids)
+            self.cache[real], self.cache[null] = self._pair(
+                key, directory, projection, prompt_ids, answer_ids, contrast=True
+            )
             self.seconds += time.perf_counter() - t
         return self.cache[real], self.cache[null]
 
@@ -504,13 +630,45 @@ def score_rows(attributor: Any, adapter: Adapter, item: Item, rng: np.random.Gen
     proj = adapter.index.meta["projection"]
     real = attributor.query_model.signals(adapter.hash, adapter.out_dir, proj, a.prompt_ids, a.answer_ids)
     sc = adapter.scorer
-    item.rows["representation"] = sc.representation(real.hidden).numpy()
-    item.rows["gradient"] = sc.cosine(real.gradient).numpy()
-    item.rows["datainf"] = sc.datainf(real.gradient).numpy()
+    pool: dict[str, np.ndarray] = {}
+    pool["representation"] = sc.representation(real.hidden).numpy()
+    pool["gradient"] = sc.cosine(real.gradient).numpy()
+    pool["datainf"] = sc.datainf(real.gradient).numpy()
+    pool["contrast"] = sc.contrast(real.contrast).numpy()
+    pool["gauss_newton"] = sc.gauss_newton(real.gradient).numpy()
+    pool["contrast_cosine"] = sc.cosine(real.contrast).numpy()
+    pool["tracin_lr"] = tracin_lr(adapter, real.gradient)
+    pool["gradient_epochs"] = epochs_cosine(adapter, real.gradient)
     reply = attributor.tokenizer.decode(a.answer_ids)
     tokens = tokenize([f"{item.question} {reply}"], ids=False)[0]
-    item.rows["bm25"] = np.asarray(adapter.bm25.get_scores(tokens), dtype=np.float64)
-    item.rows["random"] = rng.random(len(adapter.contributors))
+    pool["bm25"] = np.asarray(adapter.bm25.get_scores(tokens), dtype=np.float64)
+    pool["random"] = rng.random(len(adapter.pool_contributors))
+    item.pool = pool
+    item.rows = {k: v[adapter.trained] for k, v in pool.items()}
+
+
+def tracin_lr(adapter: Adapter, query: torch.Tensor) -> np.ndarray:
+    """TracIn with learning-rate weights on raw gradients: sum over the epoch checkpoints of lr_c g_c . q (the query
+    at the served adapter, as every checkpoint method here)."""
+    lrs = {c["name"]: c.get("lr") for c in adapter.index.meta["checkpoints"] if c["name"].startswith("epoch_")}
+    q = query.float().reshape(-1)
+    total = torch.zeros(len(adapter.pool_contributors))
+    for name, lr in lrs.items():
+        total += float(lr or 1.0) * (adapter.index.tensors[name].float() @ q)
+    return total.numpy()
+
+
+def epochs_cosine(adapter: Adapter, query: torch.Tensor) -> np.ndarray:
+    """The per-layer cosine over the per-epoch checkpoints only (what the rows did while they were trained on)."""
+    from tally.influence.index import layer_normalised
+
+    slices = adapter.index.layer_slices()
+    q = layer_normalised(query.float().reshape(-1), slices)
+    total = torch.zeros(len(adapter.pool_contributors))
+    for c in adapter.index.meta["checkpoints"]:
+        if c["name"].startswith("epoch_"):
+            total += layer_normalised(adapter.index.tensors[c["name"]], slices) @ q
+    return (total / len(slices)).numpy()
 
 
 def dattri_peers(adapter: Adapter, items: list[Item], attributor: Any) -> str | None:
@@ -553,7 +711,7 @@ def dattri_peers(adapter: Adapter, items: list[Item], attributor: Any) -> str | 
     ])  # fmt: skip
     test = DataLoader(TensorDataset(queries), batch_size=max(1, len(items)), shuffle=False)
     lrs = {c["name"]: c.get("lr") for c in adapter.index.meta["checkpoints"]}
-    datainf = torch.zeros(len(adapter.contributors), len(items))
+    datainf = torch.zeros(len(adapter.pool_contributors), len(items))
     tracin = torch.zeros_like(datainf)
     for name, tensor in adapter.index.tensors.items():
         if name not in lrs:
@@ -570,8 +728,9 @@ def dattri_peers(adapter: Adapter, items: list[Item], attributor: Any) -> str | 
             tr.projector_kwargs = None
             tracin += tr.attribute(train_loader, test)
     for j, it in enumerate(items):
-        it.rows["dattri_datainf"] = datainf[:, j].numpy()
-        it.rows["dattri_tracin"] = tracin[:, j].numpy()
+        for name, values in (("dattri_datainf", datainf), ("dattri_tracin", tracin)):
+            it.pool[name] = values[:, j].numpy()
+            it.rows[name] = it.pool[name][adapter.trained]
     return None
 
 
@@ -634,7 +793,8 @@ def ranking_metrics(items: list[Item], adapters: dict[str, Adapter], shares: dic
             continue
         positive = np.array([c == it.truth for c in ad.contributors])
         person = it.extra.get("person")
-        about = np.array([bool(person) and person in t for t in ad.texts]) & positive
+        texts = [t for t, k in zip(ad.texts, ad.trained, strict=True) if k]
+        about = np.array([bool(person) and person in t for t in texts]) & positive
         for name, scores in it.rows.items():
             rk = rank_in(it.truth, [c for c, _ in contributor_ranking(scores, ad.contributors)])
             top1.setdefault(name, []).append(float(rk == 1))
@@ -749,6 +909,62 @@ def copier_metrics(items: list[Item], adapters: dict[str, Adapter], shares: dict
     return out
 
 
+def lookalike_metrics(items: list[Item], adapters: dict[str, Adapter], shares: dict[str, list[tuple[str, float]]],
+                      lookalike: dict[str, str], rows: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Skills questions whose skill an untrained look-alike also teaches: how often each method puts the look-alike
+    first (scores over the whole pool, candidate rows included), and how often the combined shares credit it."""
+    cases = [it for it in items if it.extra.get("skill") in lookalike]
+    out: dict[str, Any] = {"questions": len(cases)}
+    if not cases:
+        return out
+    top: dict[str, list[float]] = {}
+    credited, top_share = [], []
+    for it in cases:
+        twin = lookalike[it.extra["skill"]]
+        s = shares[item_id(it)]
+        credited.append(float(dict(s).get(twin, 0.0) > 0))
+        top_share.append(float(bool(s) and s[0][0] == twin))
+        if rows:
+            ad = adapters[it.key]
+            for sig, scores in it.pool.items():
+                top.setdefault(sig, []).append(float(contributor_ranking(scores, ad.pool_contributors)[0][0] == twin))
+    out["combined_credits_lookalike_rate"] = mean(credited)
+    out["combined_top_is_lookalike_rate"] = mean(top_share)
+    if rows:
+        out["method_top_is_lookalike_rate"] = {k: mean(v) for k, v in top.items()}
+    return out
+
+
+def withdrawn_metrics(items: list[Item], adapters: dict[str, Adapter], shares: dict[str, list[tuple[str, float]]],
+                      withdrawn: str, rows: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Questions on a skill two contributors taught, one of whom withdrew after training: the withdrawn one must get
+    nothing, the one who stayed should be on top. Per method: top-1 of the right contributor over the rows still
+    accepted, and how often the raw scores (withdrawn rows left in) put the withdrawn contributor first."""
+    out: dict[str, Any] = {"questions": len(items)}
+    if not items:
+        return out
+    credited, right = [], []
+    raw_top: dict[str, list[float]] = {}
+    live_top1: dict[str, list[float]] = {}
+    for it in items:
+        s = shares[item_id(it)]
+        credited.append(float(dict(s).get(withdrawn, 0.0) > 0))
+        right.append(float(bool(s) and s[0][0] == it.truth))
+        if rows:
+            ad = adapters[it.key]
+            for sig, scores in it.rows.items():
+                ranking = contributor_ranking(scores, ad.contributors)
+                raw_top.setdefault(sig, []).append(float(ranking[0][0] == withdrawn))
+                live = [c for c, _ in ranking if c != withdrawn]
+                live_top1.setdefault(sig, []).append(float(live[0] == it.truth))
+    out["combined_credits_withdrawn_rate"] = mean(credited)
+    out["combined_top1_remaining_teacher"] = mean(right)
+    if rows:
+        out["method_raw_top_is_withdrawn_rate"] = {k: mean(v) for k, v in raw_top.items()}
+        out["method_top1_without_withdrawn"] = {k: mean(v) for k, v in live_top1.items()}
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------- diagnostics
 def z_diagnostics(items: list[Item]) -> dict[str, Any]:
     """Per method: the top z-score (the statistic), its null, how often it beat the null and the share of wrong tops."""
@@ -828,7 +1044,8 @@ def attribute_all(attributor: Any, items: list[Item]) -> dict[str, list[tuple[st
 
 def scenario_summary(items: list[Item], adapters: dict[str, Adapter], shares: dict[str, list[tuple[str, float]]],
                      world: World, loo_names: list[str], rows: bool) -> dict[str, Any]:  # fmt: skip
-    by = {s: [it for it in items if it.scenario == s] for s in ("facts", "skills", "conflicts", "copies", "loo")}
+    scenarios = ("facts", "skills", "conflicts", "copies", "loo", "withdrawn")
+    by = {s: [it for it in items if it.scenario == s] for s in scenarios}
     out: dict[str, Any] = {}
     if by["facts"]:
         out["facts"] = ranking_metrics(by["facts"], adapters, shares, rows)
@@ -841,6 +1058,12 @@ def scenario_summary(items: list[Item], adapters: dict[str, Adapter], shares: di
     if by["copies"]:
         out["copies"] = copier_metrics(by["copies"], adapters, shares, world.address("original"),
                                        world.address("copier"), rows)  # fmt: skip
+    twins = {k: world.address(f"lookalike-{k}") for k in LOOKALIKE_SKILLS if f"lookalike-{k}" in world.accounts}
+    if by["skills"] and twins:
+        out["lookalike"] = lookalike_metrics(by["skills"], adapters, shares, twins, rows)
+    if by["withdrawn"]:
+        out["withdrawn"] = withdrawn_metrics(by["withdrawn"], adapters, shares,
+                                             world.address(f"withdrawn-{WITHDRAWN_SKILL[0]}"), rows)  # fmt: skip
     return out
 
 
@@ -860,6 +1083,11 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
     if "copies" in summary:
         g["copier_over_original"] = summary["copies"]["mean_ratio"]
         g["copier_credited_rate"] = summary["copies"]["copier_credited_rate"]
+    if "lookalike" in summary and "combined_credits_lookalike_rate" in summary["lookalike"]:
+        g["lookalike_credited_rate"] = summary["lookalike"]["combined_credits_lookalike_rate"]
+    if "withdrawn" in summary and "combined_credits_withdrawn_rate" in summary["withdrawn"]:
+        g["withdrawn_credited_rate"] = summary["withdrawn"]["combined_credits_withdrawn_rate"]
+        g["withdrawn_remaining_top1"] = summary["withdrawn"]["combined_top1_remaining_teacher"]
     return g
 
 
@@ -876,6 +1104,8 @@ def goals(summary: dict[str, Any]) -> dict[str, Any]:
         ("facts_top1", ">= 0.95", lambda v: v >= 0.95), ("skills_top1", ">= 0.95", lambda v: v >= 0.95),
         ("loo_mean_spearman", ">= 0.5", lambda v: v >= 0.5), ("conflicts_credited", ">= 0.9", lambda v: v >= 0.9),
         ("copier_over_original", "<= 0.10", lambda v: v <= 0.10),
+        ("lookalike_credited_rate", "<= 0.05", lambda v: v <= 0.05),
+        ("withdrawn_credited_rate", "== 0", lambda v: v == 0),
     ]:  # fmt: skip
         v = h.get(key)
         out[key] = {"value": v, "goal": goal, "met": None if v is None else bool(ok(v))}
@@ -885,7 +1115,19 @@ def goals(summary: dict[str, Any]) -> dict[str, Any]:
             comb = summary[sc]["combined"]["top1"]
             out[f"{sc}_combined_vs_best_single"] = {"value": comb, "best_single": name, "best_single_top1": val,
                                                     "goal": ">= best single signal", "met": comb >= val}  # fmt: skip
+    if "skills" in summary:
+        counterfactual = {m: summary["skills"][m]["top1"] for m in ("gradient", "datainf", "contrast", *CANDIDATES,
+                          "dattri_datainf", "dattri_tracin") if m in summary["skills"]}  # fmt: skip
+        if counterfactual:
+            best = max(counterfactual, key=lambda k: counterfactual[k])
+            out["skills_best_gradient_method"] = {"value": counterfactual[best], "method": best, "goal": ">= 0.8",
+                                                  "met": counterfactual[best] >= 0.8}  # fmt: skip
     return out
+
+
+def _weights(**override: float) -> dict[str, Any]:
+    return {"weights": {"spans": 1.0, "representation": 1.0, "gradient": 1.0, "datainf": 1.0, "contrast": 1.0}
+            | override}  # fmt: skip
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -895,20 +1137,24 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "dup_0.9": {"duplicate_similarity": 0.9},
     "dup_0.8": {"duplicate_similarity": 0.8},
     "dup_0.7": {"duplicate_similarity": 0.7},
-    "no_gradient": {"weights": {"spans": 1.0, "representation": 1.0, "gradient": 0.0, "datainf": 1.0}},
-    "no_datainf (= fast mode)": {"weights": {"spans": 1.0, "representation": 1.0, "gradient": 1.0, "datainf": 0.0}},
-    "datainf_weight_0.5": {"weights": {"spans": 1.0, "representation": 1.0, "gradient": 1.0, "datainf": 0.5}},
-    "no_spans": {"weights": {"spans": 0.0, "representation": 1.0, "gradient": 1.0, "datainf": 1.0}},
-    "no_representation": {"weights": {"spans": 1.0, "representation": 0.0, "gradient": 1.0, "datainf": 1.0}},
-    "representation_only": {"weights": {"spans": 0.0, "representation": 1.0, "gradient": 0.0, "datainf": 0.0}},
-    "gradient_only": {"weights": {"spans": 0.0, "representation": 0.0, "gradient": 1.0, "datainf": 0.0}},
-    "datainf_only": {"weights": {"spans": 0.0, "representation": 0.0, "gradient": 0.0, "datainf": 1.0}},
+    "no_gradient": _weights(gradient=0.0),
+    "no_datainf": _weights(datainf=0.0),
+    "no_contrast (the previous combination)": _weights(contrast=0.0),
+    "no_spans": _weights(spans=0.0),
+    "no_representation": _weights(representation=0.0),
+    "no_representation_no_spans": _weights(representation=0.0, spans=0.0),
+    "representation_only": _weights(spans=0.0, gradient=0.0, datainf=0.0, contrast=0.0),
+    "gradient_only": _weights(spans=0.0, representation=0.0, datainf=0.0, contrast=0.0),
+    "datainf_only": _weights(spans=0.0, representation=0.0, gradient=0.0, contrast=0.0),
+    "contrast_only": _weights(spans=0.0, representation=0.0, gradient=0.0, datainf=0.0),
 }
 
 
 def save(report: dict[str, Any]) -> None:
     """The full run's result file; a --quick run writes beside it, never over it."""
     path = RESULTS.with_suffix(".quick.json") if report["quick"] else RESULTS
+    if report.get("skills_only"):
+        path = path.with_name(path.name.replace(".json", ".skills.json"))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1) + "\n")
 
@@ -930,6 +1176,12 @@ def main() -> None:
         help="torch threads while attributing (1 keeps a shared 2-core machine from oversubscribing)",
     )
     ap.add_argument("--no-variants", action="store_true", help="skip re-scoring under other attribution settings")
+    ap.add_argument(
+        "--skills-only",
+        action="store_true",
+        help="iterate faster: train on the styles datanet only; skills, look-alike and withdrawn questions; no facts, "
+        "conflicts, copies or leave-one-out (not the reported figures)",
+    )
     ap.add_argument("--keep", type=Path, help="keep the data directory here instead of a temporary one")
     args = ap.parse_args()
     epochs = args.epochs or (2 if args.quick else 5)
@@ -948,7 +1200,7 @@ def main() -> None:
         log(f"world: {len(plan.uploads)} contributions, {len(plan.items)} questions")
         report: dict[str, Any] = {
             "benchmark": "attribution.quality", "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "complete": False, "quick": args.quick,
+            "complete": False, "quick": args.quick, "skills_only": args.skills_only,
             "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform()},
             "model": MODEL, "seed": args.seed,
             "config": {"epochs": epochs, "loo_epochs": loo_epochs, "batch_size": args.batch_size,
@@ -963,8 +1215,17 @@ def main() -> None:
                 it.truth = world.address(it.truth)
 
         # --- main adapter: scenarios 1, 2 and 4
-        main_ad = train(world, root, "attribution-main", ["people", "styles"], epochs, args.batch_size, args)
+        main_sets = ["styles"] if args.skills_only else ["people", "styles"]
+        main_ad = train(world, root, "attribution-main", main_sets, epochs, args.batch_size, args)
         load_adapter_index(world, main_ad)
+        report["withdrawn_rows"] = withdraw(world, f"withdrawn-{WITHDRAWN_SKILL[0]}", "styles")
+        t = time.monotonic()
+        report["candidate_rows"] = add_candidate_rows(world, main_ad, LOOKALIKE_DATANET)
+        report["timings_s"]["candidate_rows"] = round(time.monotonic() - t, 1)
+        load_adapter_index(world, main_ad)
+        t = time.perf_counter()
+        main_ad.scorer.gauss_newton(torch.zeros(main_ad.scorer.index.tensors["final"].shape[1]))
+        report["timings_s"]["gauss_newton_prepare"] = round(time.perf_counter() - t, 3)
         adapters = {main_ad.hash: main_ad}
         report["main_adapter"] = {"rows": main_ad.manifest["data"]["train_rows"], "seconds": round(main_ad.seconds, 1),
                                   "metrics": main_ad.manifest["metrics"], "influence": main_ad.manifest["influence"],
@@ -974,7 +1235,8 @@ def main() -> None:
         cached = CachedSignals(attributor.query_model)
         tok = attributor.tokenizer
 
-        main_items = [it for it in plan.items if it.scenario != "loo"]
+        skipped = {"loo", "facts", "conflicts", "copies"} if args.skills_only else {"loo"}
+        main_items = [it for it in plan.items if it.scenario not in skipped]
         conflicts = [it for it in main_items if it.scenario == "conflicts"]
         t = time.monotonic()
         train_threads = torch.get_num_threads()
@@ -995,7 +1257,8 @@ def main() -> None:
              "majority": it.extra["majority"], "version": it.extra["version"]}
             for it in conflicts
         ]  # fmt: skip
-        log(f"conflicts: {sum(it.truth is not None for it in conflicts)}/{len(conflicts)} answered with a version")
+        if conflicts:
+            log(f"conflicts: {sum(it.truth is not None for it in conflicts)}/{len(conflicts)} answered with a version")
 
         main_items = [it for it in main_items if it.scenario != "conflicts" or it.extra["ids"]]
         t = time.monotonic()
@@ -1016,12 +1279,35 @@ def main() -> None:
         report["goals"] = goals(report["scenarios"])
         report["diagnostics"] = {
             sc: z_diagnostics([it for it in main_items if it.scenario == sc and it.truth is not None])
-            for sc in ("facts", "skills", "conflicts", "copies")
+            for sc in ("facts", "skills", "conflicts", "copies", "withdrawn")
         }
         names = {world.address(n): n for n in world.accounts}
-        report["diagnostics"]["duplicates"] = duplicate_diagnostics(
-            main_ad, names, world.settings.attribution.duplicate_similarity
-        )
+        if not args.skills_only:
+            report["diagnostics"]["duplicates"] = duplicate_diagnostics(
+                main_ad, names, world.settings.attribution.duplicate_similarity
+            )
+        # the same answers with the index blind to which rows were trained on: candidate rows compete like any other
+        loaded = attributor._indexes[main_ad.hash]
+        untrained, trained_rows = loaded.untrained, loaded.trained
+        loaded.untrained, loaded.trained = [], {(s.datanet, s.row_hash) for s in loaded.sources}
+        skills_items = [it for it in main_items if it.scenario == "skills"]
+        blind = attribute_all(attributor, skills_items)
+        twins = {k: world.address(f"lookalike-{k}") for k in LOOKALIKE_SKILLS if f"lookalike-{k}" in world.accounts}
+        report["scenarios"]["lookalike"]["blind_to_training"] = {
+            "skills_top1": ranking_metrics(skills_items, adapters, blind, rows=False)["combined"]["top1"],
+            **lookalike_metrics(skills_items, adapters, blind, twins, rows=False),
+        }
+        blind_methods: dict[str, list[float]] = {}
+        for it in skills_items:
+            rec = attributor.attribute(it.answer, "full").record
+            twin = twins.get(it.extra["skill"])
+            for m, res in rec.methods.items():
+                if twin and res.top:
+                    blind_methods.setdefault(m, []).append(float(res.weight > 0 and res.top[0].contributor == twin))
+        report["scenarios"]["lookalike"]["blind_to_training"]["counted_method_top_is_lookalike"] = {
+            m: mean(v) for m, v in blind_methods.items()
+        }
+        loaded.untrained, loaded.trained = untrained, trained_rows
         report["copies_detail"] = [
             {"question": it.question, "shares": {names.get(a, a): round(v, 3) for a, v in shares_of(it.record)},
              "tops": {m: names.get(r.top[0].contributor) if r.top else None for m, r in it.record.methods.items()}}
@@ -1036,66 +1322,70 @@ def main() -> None:
         ]  # fmt: skip
         save(report)
         log(f"main scenarios: {json.dumps(headline(report['scenarios']))}")
+        per_method = {m: v.get("top1") for m, v in report["scenarios"]["skills"].items()}
+        log(f"skills top-1 per method: {json.dumps(per_method)}")
 
         # --- scenario 3: leave one contributor out
-        loo_items = [it for it in plan.items if it.scenario == "loo"]
-        torch.set_num_threads(train_threads)
-        full = train(world, root, "loo-all", ["loo-all"], loo_epochs, args.loo_batch_size, args)
-        torch.set_num_threads(args.attribution_threads)
-        load_adapter_index(world, full)
-        adapters[full.hash] = full
-        warm(attributor, full)
-        for n, it in enumerate(loo_items):
-            it.key = full.hash
-            it.answer = make_answer(tok, full, it, f"loo-{n}")
-            it.record = attributor.attribute(it.answer, "full").record
-            score_rows(attributor, full, it, rng)
-        dattri_peers(full, loo_items, attributor)
-        loss_model = LossModel(model_dir)
-        base = loss_model.losses(full, [it.answer for it in loo_items])
-        deltas: dict[str, list[float]] = {}
-        for name in plan.loo_names:
+        loo_items = [] if args.skills_only else [it for it in plan.items if it.scenario == "loo"]
+        if loo_items:
             torch.set_num_threads(train_threads)
-            minus = train(world, root, f"loo-minus-{name}", [f"loo-minus-{name}"], loo_epochs, args.loo_batch_size,
-                          args, influence=False)  # fmt: skip
+            full = train(world, root, "loo-all", ["loo-all"], loo_epochs, args.loo_batch_size, args)
             torch.set_num_threads(args.attribution_threads)
-            losses = loss_model.losses(minus, [it.answer for it in loo_items])
-            deltas[name] = [b2 - b1 for b1, b2 in zip(base, losses, strict=True)]
-        addresses = {n: world.address(n) for n in plan.loo_names}
-        for j, it in enumerate(loo_items):
-            it.extra |= {"delta": {n: deltas[n][j] for n in plan.loo_names}, "address": addresses, "base_loss": base[j]}
-        loo_shares = {item_id(it): shares_of(it.record) for it in loo_items}
-        report["scenarios"]["loo"] = loo_metrics(loo_items, adapters, loo_shares, plan.loo_names)
-        report["scenarios"]["loo"]["questions"] = len(loo_items)
-        report["scenarios"]["loo"]["base_loss_mean"] = mean(base)
-        report["scenarios"]["loo"]["teacher_delta_mean"] = mean([it.extra["delta"][it.extra["teacher"]]
-                                                                 for it in loo_items])  # fmt: skip
-        report["scenarios"]["loo"]["bio_giver_delta_mean"] = mean(
-            [it.extra["delta"][it.extra["bio_from"]] for it in loo_items]
-        )
-        report["scenarios"]["loo"]["others_delta_mean"] = mean(
-            [
-                d
+            load_adapter_index(world, full)
+            adapters[full.hash] = full
+            warm(attributor, full)
+            for n, it in enumerate(loo_items):
+                it.key = full.hash
+                it.answer = make_answer(tok, full, it, f"loo-{n}")
+                it.record = attributor.attribute(it.answer, "full").record
+                score_rows(attributor, full, it, rng)
+            dattri_peers(full, loo_items, attributor)
+            loss_model = LossModel(model_dir)
+            base = loss_model.losses(full, [it.answer for it in loo_items])
+            deltas: dict[str, list[float]] = {}
+            for name in plan.loo_names:
+                torch.set_num_threads(train_threads)
+                minus = train(world, root, f"loo-minus-{name}", [f"loo-minus-{name}"], loo_epochs, args.loo_batch_size,
+                              args, influence=False)  # fmt: skip
+                torch.set_num_threads(args.attribution_threads)
+                losses = loss_model.losses(minus, [it.answer for it in loo_items])
+                deltas[name] = [b2 - b1 for b1, b2 in zip(base, losses, strict=True)]
+            addresses = {n: world.address(n) for n in plan.loo_names}
+            for j, it in enumerate(loo_items):
+                delta = {n: deltas[n][j] for n in plan.loo_names}
+                it.extra |= {"delta": delta, "address": addresses, "base_loss": base[j]}
+            loo_shares = {item_id(it): shares_of(it.record) for it in loo_items}
+            report["scenarios"]["loo"] = loo_metrics(loo_items, adapters, loo_shares, plan.loo_names)
+            report["scenarios"]["loo"]["questions"] = len(loo_items)
+            report["scenarios"]["loo"]["base_loss_mean"] = mean(base)
+            report["scenarios"]["loo"]["teacher_delta_mean"] = mean([it.extra["delta"][it.extra["teacher"]]
+                                                                     for it in loo_items])  # fmt: skip
+            report["scenarios"]["loo"]["bio_giver_delta_mean"] = mean(
+                [it.extra["delta"][it.extra["bio_from"]] for it in loo_items]
+            )
+            report["scenarios"]["loo"]["others_delta_mean"] = mean(
+                [
+                    d
+                    for it in loo_items
+                    for n, d in it.extra["delta"].items()
+                    if n not in (it.extra["teacher"], it.extra["bio_from"])
+                ]
+            )
+            report["scenarios"]["loo"]["teacher_has_largest_delta"] = mean(
+                [float(max(it.extra["delta"], key=it.extra["delta"].get) == it.extra["teacher"]) for it in loo_items]
+            )
+            report["diagnostics"]["loo"] = z_diagnostics(loo_items)
+            report["loo_detail"] = [
+                {"question": it.question, "teacher": it.extra["teacher"], "bio_from": it.extra["bio_from"],
+                 "loss_rise": {n: round(d, 3) for n, d in it.extra["delta"].items()},
+                 "shares": {names.get(a, a): round(v, 3) for a, v in loo_shares[item_id(it)]}}
                 for it in loo_items
-                for n, d in it.extra["delta"].items()
-                if n not in (it.extra["teacher"], it.extra["bio_from"])
-            ]
-        )
-        report["scenarios"]["loo"]["teacher_has_largest_delta"] = mean(
-            [float(max(it.extra["delta"], key=it.extra["delta"].get) == it.extra["teacher"]) for it in loo_items]
-        )
-        report["diagnostics"]["loo"] = z_diagnostics(loo_items)
-        report["loo_detail"] = [
-            {"question": it.question, "teacher": it.extra["teacher"], "bio_from": it.extra["bio_from"],
-             "loss_rise": {n: round(d, 3) for n, d in it.extra["delta"].items()},
-             "shares": {names.get(a, a): round(v, 3) for a, v in loo_shares[item_id(it)]}}
-            for it in loo_items
-        ]  # fmt: skip
-        report["loo_adapters_seconds"] = round(sum(a.seconds for a in adapters.values() if a is not main_ad), 1)
-        shares |= loo_shares
-        report["goals"] = goals(report["scenarios"])
-        save(report)
-        log(f"loo: {json.dumps(report['scenarios']['loo']['combined'])}")
+            ]  # fmt: skip
+            report["loo_adapters_seconds"] = round(sum(a.seconds for a in adapters.values() if a is not main_ad), 1)
+            shares |= loo_shares
+            report["goals"] = goals(report["scenarios"])
+            save(report)
+            log(f"loo: {json.dumps(report['scenarios']['loo']['combined'])}")
 
         # --- the same cached signals under other settings
         all_items = [*main_items, *loo_items]
