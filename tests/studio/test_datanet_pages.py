@@ -165,14 +165,30 @@ def test_snapshots_and_their_diff(site: Site) -> None:
 
 
 def test_access_requests_and_grants(site: Site) -> None:
-    site.as_("carl")
-    assert site.client.get("/studio/datanets/secrets/access").status_code == 404  # private: not even its name
     site.as_("olga")
-    public = site.client.get("/studio/datanets/recipes/access")
-    assert "no request is needed" in public.text
-    # oscar's private datanet: carl cannot see it, so he cannot ask; alice is invited to ask through the API's path
-    site.as_("admin")
-    assert site.client.get("/studio/datanets/secrets/access").status_code == 200
+    assert "no request is needed" in site.client.get("/studio/datanets/recipes/access").text
+    site.as_("carl")
+    assert site.client.get("/studio/datanets/secrets").status_code == 404  # private: not even its name
+    form = site.client.get("/studio/datanets/secrets/access")
+    assert form.status_code == 200 and "You cannot read a datanet named" in form.text
+    assert form.text == form.text.replace("secrets for tests", "")  # nothing of the datanet shows
+    same = site.client.get("/studio/datanets/no-such-one/access")
+    assert same.status_code == 200 and "You cannot read a datanet named" in same.text  # no existence oracle
+    no_purpose = site.post("/studio/datanets/secrets/access", {"uses": ["train"], "purpose": " "})
+    assert no_purpose.status_code == 400 and 'aria-describedby="purpose-error"' in no_purpose.text
+    sent = site.post("/studio/datanets/secrets/access", {"uses": ["train"], "purpose": "fine-tune a helper"})
+    assert sent.status_code == 200 and "request #1 sent" in sent.text and "pending" in sent.text
+    site.as_("olga")
+    assert site.post("/studio/datanets/secrets/access/1", {"decision": "grant"}).status_code == 404  # not hers
+    site.as_("oscar")
+    queue = site.client.get("/studio/datanets/secrets/access")
+    assert "fine-tune a helper" in queue.text and "Grant" in queue.text
+    no_reason = site.post("/studio/datanets/secrets/access/1", {"decision": "deny"})
+    assert no_reason.status_code == 400 and "a denial needs a reason" in no_reason.text
+    granted = site.post("/studio/datanets/secrets/access/1", {"decision": "grant"})
+    assert granted.status_code == 200 and "request #1 granted" in granted.text
+    site.as_("carl")
+    assert site.client.get("/studio/datanets/secrets").status_code == 200  # the grant lets carl read it
 
 
 def test_leaderboard(site: Site) -> None:

@@ -77,9 +77,17 @@ def create(
 
 
 @router.get("")
-def list_all(who: Principal = Depends(policy.allow("key")), state: AppState = Depends(app_state)) -> Any:
+def list_all(
+    q: str = Query(
+        "",
+        max_length=service.MAX_QUERY_CHARS,
+        description="words the name, description, tags or license must all contain",
+    ),
+    who: Principal = Depends(policy.allow("key")),
+    state: AppState = Depends(app_state),
+) -> Any:
     with state.store.read() as s:
-        return {"data": [_json(d) for d in service.list_datanets(s, who)]}
+        return {"data": [_json(d) for d in service.search_datanets(s, who, q)]}
 
 
 @router.get("/{slug}")

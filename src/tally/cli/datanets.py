@@ -52,11 +52,14 @@ def create(
 
 
 @app.command("list")
-def list_(as_: str = AS) -> None:
+def list_(
+    search: str = typer.Option("", "--search", help="words the name, description, tags or license must all contain"),
+    as_: str = AS,
+) -> None:
     """Datanets the acting account may see (public ones, and private ones it owns, joined or was granted)."""
     with opened_ledger() as (store, _), cli_errors(), store.read() as s:
         table = Table("name", "kind", "license", "uses", "visibility", "policy", "owner")
-        for d in service.list_datanets(s, acting_principal(s, as_)):
+        for d in service.search_datanets(s, acting_principal(s, as_), search):
             table.add_row(d.slug, d.kind, d.license, ",".join(d.uses), d.visibility, d.policy, d.owner)
     console.print(table)
 

@@ -262,7 +262,23 @@ def list_rows(
         query = query.where(DataRow.status == _choice("status", status, ("pending", "accepted", "rejected")))
     if not is_manager(principal, dn):
         query = query.where((DataRow.status == "accepted") | (ContributionRow.contributor == principal.address))
-    query = query.order_by(DataRow.created_at, DataRow.contribution, DataRow.position).limit(limit).offset(offset)
+    # The page's keys first (a sort of narrow rows), then those rows in full: sorting whole rows (their content) to
+    # skip an offset costs far more at depth.
+    page = (
+        query.with_only_columns(DataRow.row_hash)
+        .order_by(DataRow.created_at, DataRow.contribution, DataRow.position)
+        .limit(limit)
+        .offset(offset)
+    )
+    hashes = list(session.execute(page).scalars())
+    if not hashes:
+        return []
+    full = (
+        select(DataRow, ContributionRow.contributor)
+        .join(ContributionRow, ContributionRow.id == DataRow.contribution)
+        .where(DataRow.datanet == slug, DataRow.row_hash.in_(hashes))
+    )
+    found = {r.row_hash: (r, contributor) for r, contributor in session.execute(full)}
     return [
         {
             "row_hash": r.row_hash,
@@ -275,7 +291,7 @@ def list_rows(
             "near_dup_score": r.near_dup_score,
             "content": json.loads(r.content),
         }
-        for r, contributor in session.execute(query)
+        for r, contributor in (found[h] for h in hashes)
     ]
 
 
@@ -335,17 +351,27 @@ def contributor_leaderboard(
 ) -> list[ContributorStanding]:
     """A datanet's contributors ranked by accepted rows (then pending, then address), counted in the database."""
     get_datanet(session, principal, slug)
-    accepted = func.sum(case((DataRow.status == "accepted", 1), else_=0))
-    pending = func.sum(case((DataRow.status == "pending", 1), else_=0))
-    rejected = func.sum(case((DataRow.status == "rejected", 1), else_=0))
+    # rows counted per contribution first (the rows' own index), then contributions summed per contributor
+    per_contribution = (
+        select(
+            DataRow.contribution.label("contribution"),
+            func.sum(case((DataRow.status == "accepted", 1), else_=0)).label("accepted"),
+            func.sum(case((DataRow.status == "pending", 1), else_=0)).label("pending"),
+            func.sum(case((DataRow.status == "rejected", 1), else_=0)).label("rejected"),
+        )
+        .where(DataRow.datanet == slug)
+        .group_by(DataRow.contribution)
+        .subquery()
+    )
+    accepted = func.sum(per_contribution.c.accepted)
+    pending = func.sum(per_contribution.c.pending)
     statement = (
         select(
-            ContributionRow.contributor, AccountRow.name, accepted, pending, rejected,
-            func.count(func.distinct(ContributionRow.id)), func.min(ContributionRow.created_at),
+            ContributionRow.contributor, AccountRow.name, accepted, pending, func.sum(per_contribution.c.rejected),
+            func.count(ContributionRow.id), func.min(ContributionRow.created_at),
         )
-        .join(DataRow, DataRow.contribution == ContributionRow.id)
+        .join(per_contribution, per_contribution.c.contribution == ContributionRow.id)
         .outerjoin(AccountRow, AccountRow.address == ContributionRow.contributor)
-        .where(ContributionRow.datanet == slug)
         .group_by(ContributionRow.contributor, AccountRow.name)
         .order_by(accepted.desc(), pending.desc(), ContributionRow.contributor)
         .limit(limit)

@@ -147,27 +147,33 @@ def diff_page(
         raise DatanetError(f"side {side!r} is not one of {', '.join(DIFF_SIDES)}", param="side")
     a, b = get_snapshot(session, principal, slug, old), get_snapshot(session, principal, slug, new)
     there, gone = (b, a) if side == "added" else (a, b)
-
-    def members(snap: Snapshot) -> Any:
-        return select(SnapshotMember.row_hash).where(SnapshotMember.datanet == slug, SnapshotMember.snapshot == snap.id)
-
-    def only_in(keep: Snapshot, other: Snapshot) -> Any:
-        return members(keep).where(SnapshotMember.row_hash.not_in(members(other)))
-
-    counts = {
-        name: session.execute(select(func.count()).select_from(only_in(x, y).subquery())).scalar_one()
-        for name, x, y in (("added", b, a), ("removed", a, b))
-    }
-    query = only_in(there, gone)
+    mine, theirs = SnapshotMember.__table__.alias("mine"), SnapshotMember.__table__.alias("theirs")
+    # rows in both, by primary-key lookups: added = |b| - both, removed = |a| - both
+    both = session.execute(
+        select(func.count())
+        .select_from(mine)
+        .join(
+            theirs,
+            (theirs.c.datanet == mine.c.datanet) & (theirs.c.snapshot == a.id) & (theirs.c.row_hash == mine.c.row_hash),
+        )
+        .where(mine.c.datanet == slug, mine.c.snapshot == b.id)
+    ).scalar_one()
+    counts = {"added": b.row_count - both, "removed": a.row_count - both}
+    elsewhere = (
+        select(theirs.c.row_hash)
+        .where(theirs.c.datanet == slug, theirs.c.snapshot == gone.id, theirs.c.row_hash == mine.c.row_hash)
+        .exists()
+    )
+    query = select(mine.c.row_hash).where(mine.c.datanet == slug, mine.c.snapshot == there.id, ~elsewhere)
     if after is not None:
-        query = query.where(SnapshotMember.row_hash > after)
-    hashes = list(session.execute(query.order_by(SnapshotMember.row_hash).limit(limit)).scalars())
+        query = query.where(mine.c.row_hash > after)
+    hashes = list(session.execute(query.order_by(mine.c.row_hash).limit(limit)).scalars())
     found = session.execute(
         select(DataRow.row_hash, DataRow.content).where(DataRow.datanet == slug, DataRow.row_hash.in_(hashes))
     )
     stored = {row_hash: content for row_hash, content in found}
     rows = [{"row_hash": h, "content": json.loads(stored[h]) if h in stored else None} for h in hashes]
-    unchanged = b.row_count - counts["added"]
+    unchanged = both
     return {"from": a, "to": b, "side": side, "rows": rows, "unchanged": unchanged, **counts}
 
 

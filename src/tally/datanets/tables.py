@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, LargeBinary, String, Text
+from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tally.store import Base, BigInt
@@ -54,6 +54,12 @@ class ContributionRow(Base):
 
 class DataRow(Base):
     __tablename__ = "datanet_rows"
+    __table_args__ = (
+        # a datanet's rows in upload order, with the status readers filter on: pages of rows without a sort
+        Index("ix_datanet_rows_order", "datanet", "created_at", "contribution", "position", "status"),
+        # counts per contribution and status (the contributor leaderboard) from the index alone
+        Index("ix_datanet_rows_tally", "datanet", "contribution", "status"),
+    )
 
     datanet: Mapped[str] = mapped_column(ForeignKey("datanets.slug"), primary_key=True)
     row_hash: Mapped[str] = mapped_column(String(64), primary_key=True)

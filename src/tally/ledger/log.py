@@ -357,7 +357,16 @@ class Ledger:
                     .limit(limit)
                 ).scalars()
             )
-        return [self.entry(seq, session) for seq in seqs]
+        # one read per tile the entries fall in (a page of a common type is a tile or two; a rare type, a few more)
+        by_tile: dict[int, list[int]] = {}
+        for seq in seqs:
+            by_tile.setdefault(seq >> self.tile_height, []).append(seq)
+        found: dict[int, bytes] = {}
+        for group in by_tile.values():
+            low, high = min(group), max(group)
+            run = self.entries(low, high - low + 1, session)
+            found.update((seq, run[seq - low]) for seq in group if seq - low < len(run))
+        return [found[seq] for seq in seqs if seq in found]
 
     def inclusion_proof(self, index: int, size: int | None = None, session: Session | None = None) -> list[bytes]:
         with self._reader(session) as conn:

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 
 from tally.config.errors import TallyError
 from tally.datanets import access, contribute, review, service, snapshots
+from tally.datanets.errors import NotFoundError
 from tally.identity import AccountError, load_local_key
 from tally.studio.pages import View, page, redirect, render, status_of
 
@@ -407,14 +408,22 @@ def snapshot_diff(
 
 
 def _access_page(request: Request, view: View, slug: str, status: int = 200, **context: Any) -> Response:
+    """A reader sees the datanet's requests (all of them, for its owner); someone who may not read it (a private
+    datanet, or no datanet of that name: the page does not tell which) sees a request form and their own requests."""
     assert view.who is not None
     with view.runtime.store.read() as s:
-        dn = service.get_datanet(s, view.who, slug)
-        requests = access.list_access_requests(s, view.who, slug)
-        manager = service.is_manager(view.who, dn)
+        try:
+            dn: service.Datanet | None = service.get_datanet(s, view.who, slug)
+        except NotFoundError:
+            dn = None
+        try:
+            requests = access.list_access_requests(s, view.who, slug)
+        except NotFoundError:
+            requests = []
+        manager = dn is not None and service.is_manager(view.who, dn)
     return render(
-        request, view, "datanets/access.html", status, nav=NAV, dn=dn, requests=requests[::-1], manager=manager,
-        uses=dn.uses, **context,
+        request, view, "datanets/access.html", status, nav=NAV, dn=dn, slug=slug, requests=requests[::-1],
+        manager=manager, uses=dn.uses if dn is not None else service.USES, **context,
     )  # fmt: skip
 
 

@@ -21,7 +21,6 @@ from tally.studio.pages import View, page, render
 router = APIRouter()
 
 NAV = "rewards"
-ADDRESS = Query("", max_length=64, description="0x address; default: the signed-in account's")
 
 
 def _address(view: View, address: str) -> str | None:
@@ -34,7 +33,7 @@ def _address(view: View, address: str) -> str | None:
 @router.get("/rewards")
 async def rewards(
     request: Request,
-    address: str = ADDRESS,
+    address: str = Query("", max_length=64, description="0x address; default: the signed-in account's"),
     before: int | None = Query(None, ge=0, le=2**62),
     view: View = Depends(page("anonymous")),
 ) -> Response:
@@ -79,7 +78,7 @@ def epochs(request: Request, view: View = Depends(page("anonymous"))) -> Respons
 @router.get("/rewards/claim")
 async def claim(
     request: Request,
-    address: str = ADDRESS,
+    address: str = Query("", max_length=64, description="0x address; default: the signed-in account's"),
     epoch: int = Query(..., ge=1, le=2**31),
     view: View = Depends(page("anonymous")),
 ) -> Response:
