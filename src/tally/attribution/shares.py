@@ -1,8 +1,8 @@
 """From each signal's scores to contributor shares: null baselines, originality, and the weighted combination.
 
-Index signals (representation, gradient, DataInf) give one score per training row. Scores are standardised over
-the rows still in the index (z-scores), so methods on different scales combine; a row is evidence only when it
-stands `min_z` above the rest. Influence methods (`null_gated`: gradient, DataInf, and spans and context with
+Index signals (representation, gradient, DataInf, contrast) give one score per training row. Scores are standardised
+over the rows still in the index (z-scores), so methods on different scales combine; a row is evidence only when it
+stands `min_z` above the rest. Influence methods (`null_gated`: gradient, DataInf, contrast, and spans and context with
 their own nulls) count only if they beat their null baseline: the top z-score a randomly initialised adapter of
 the same shape reaches (calibrated per adapter on its first answers, see the service). Representation similarity
 is reported against that null too, but counts on `min_z` alone: a random LoRA is close to the base model, which

@@ -1,6 +1,7 @@
-"""Training-data influence for LoRA adapters: per-example gradients, seeded per-layer projection, the index file.
+"""Training-data influence for LoRA adapters: per-example gradients, seeded per-layer projection, the index file,
+and scoring (cosine, DataInf, Gauss-Newton; the contrastive query's token weights in `contrast`).
 
-Imports only `tally.models` and `tally.config`. See docs/factory.md ("Training-data index").
+Imports only `tally.models` and `tally.config`. See docs/factory.md ("Training-data index") and docs/influence.md.
 """
 
 from tally.influence.capture import GradCapture, example_gradients
