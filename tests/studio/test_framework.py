@@ -173,3 +173,36 @@ def test_the_studio_can_be_turned_off(settings: Settings) -> None:
     with TestClient(create_app(off), base_url=BASE) as client:
         assert client.get("/studio/").status_code == 404
         assert client.get("/health").status_code == 200
+
+
+def test_each_page_renders_for_the_right_role_and_not_for_the_wrong_one(site: Site) -> None:
+    """Every page of the datanets, ledger and rewards sections: 200 for whom it is meant, with one h1 inside the
+    main landmark; the owner's pages refused to a contributor; key pages send a visitor to sign in."""
+    olga = site.addresses["olga"]
+    site.as_("olga")
+    site.post("/studio/datanets/recipes/snapshots")
+    pages = {
+        "olga": [
+            "/studio/", "/studio/datanets", "/studio/datanets/-/new", "/studio/datanets/recipes",
+            "/studio/datanets/recipes/contribute", "/studio/datanets/recipes/review",
+            "/studio/datanets/recipes/snapshots", "/studio/datanets/recipes/diff?from=v1&to=v1",
+            "/studio/datanets/recipes/access", "/studio/datanets/recipes/contributors", "/studio/ledger",
+            "/studio/ledger/entries/0", "/studio/ledger/anchors", "/studio/rewards", "/studio/rewards/epochs",
+        ],
+        None: ["/studio/", "/studio/sign-in", "/studio/ledger", "/studio/ledger/entries/0", "/studio/ledger/anchors",
+               f"/studio/rewards?address={olga}", "/studio/rewards/epochs"],
+    }  # fmt: skip
+    for who, paths in pages.items():
+        site.as_(who)
+        for path in paths:
+            page = site.client.get(path)
+            assert page.status_code == 200, (who, path, page.status_code)
+            main = page.text.split('<main id="main"', 1)[1].split("</main>", 1)[0]
+            assert main.count("<h1>") == 1 and page.text.count("<h1>") == 1, (who, path)
+    site.as_("alice")
+    for path in ("/studio/datanets/recipes/review", "/studio/datanets/-/new"):
+        assert site.client.get(path).status_code == 403, path
+    assert site.post("/studio/datanets/recipes/snapshots").status_code == 403
+    site.as_(None)
+    for path in ("/studio/datanets", "/studio/datanets/recipes", "/studio/datanets/recipes/contribute"):
+        assert site.client.get(path, follow_redirects=False).status_code == 303, path
