@@ -9,8 +9,10 @@ from collections.abc import Iterator
 import pytest
 from tests.rewards.conftest import make_record
 from tests.studio.conftest import Site, make_site
+from typer.testing import CliRunner
 
 from tally.chain import Chain, anchor_head, claim_payout, claim_transaction, settle_epoch
+from tally.cli.main import app as cli
 from tally.config import Settings, load_settings
 from tally.ledger import open_ledger
 from tally.rewards import DEFAULT_POLICY, accrue, close_epoch, payout_proof
@@ -40,6 +42,10 @@ def test_anchors_and_a_claim_on_the_embedded_chain(chained: tuple[Site, Settings
     anchored = anchor_head(chain, ledger)
     settle_epoch(chain, epoch)
 
+    listed = site.client.get("/v1/chain/anchors").json()["data"]  # the API reads the same service
+    assert [a["size"] for a in listed] == [anchored.size]
+    printed = CliRunner().invoke(cli, ["chain", "anchors"])
+    assert printed.exit_code == 0 and f"size {anchored.size} root" in printed.output
     page = site.client.get("/studio/ledger/anchors")
     assert page.status_code == 200 and "Chain disabled" not in page.text
     assert "LedgerAnchor" in page.text and f'<th scope="row" class="num">{anchored.size}</th>' in page.text

@@ -19,6 +19,7 @@ from tally.chain import (
     chain_status,
     claim_transaction,
     onchain_balance,
+    recorded_anchors,
     settle_epoch,
     verify_anchors,
 )
@@ -44,6 +45,17 @@ async def status(state: AppState = Depends(app_state)) -> dict[str, Any]:
         "anchors_sent": anchorer.anchors, "last_error": anchorer.last_error,
     }  # fmt: skip
     return result
+
+
+@router.get("/v1/chain/anchors", dependencies=[Depends(policy.allow("anonymous"))])
+def anchors(
+    below: int | None = Query(None, ge=0, le=2**62, description="anchors of tree sizes below this (paging)"),
+    limit: int = Query(50, ge=1, le=500),
+    state: AppState = Depends(app_state),
+) -> dict[str, Any]:
+    """The log's anchors recorded here, newest first (no chain connection; the studio's anchors page shows them)."""
+    found = recorded_anchors(state.store, state.ledger, below_size=below, limit=limit)
+    return {"object": "list", "data": found}
 
 
 @router.post("/v1/chain/anchor", dependencies=[Depends(policy.allow("admin"))])

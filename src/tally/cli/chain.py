@@ -34,6 +34,20 @@ def status() -> None:
 
 
 @app.command()
+def anchors(limit: int = typer.Option(20, min=1, help="how many, newest first")) -> None:
+    """The log's anchors recorded here (tree size, root, transaction, block), newest first."""
+    from tally.chain import recorded_anchors
+
+    with cli_errors(), opened_ledger() as (store, ledger):
+        found = recorded_anchors(store, ledger, limit=limit)
+    for a in found:
+        console.print(f"size {a['size']} root {a['root']} tx {a['transaction']} block {a['block_number']} "
+                      f"({a['network']}, {a['anchored_at']})", highlight=False)  # fmt: skip
+    if not found:
+        console.print("no anchor recorded yet")
+
+
+@app.command()
 def deploy() -> None:
     """Deploy the contracts not yet on this chain (LedgerAnchor, RewardToken, RewardDistributor,
     ContributionVerifier) and print their addresses: put them in tally.toml's [chain] for a real chain."""
