@@ -9,6 +9,11 @@ import re
 
 from tests.studio.conftest import Site
 
+from tally.config import Settings
+from tally.identity import create_account, create_api_key
+from tally.ledger import open_ledger
+from tally.store import open_store
+
 
 def _jsonl(*rows: dict[str, str]) -> bytes:
     return "".join(json.dumps(r) + "\n" for r in rows).encode()
@@ -200,3 +205,48 @@ def test_leaderboard(site: Site) -> None:
     assert board.status_code == 200
     text = board.text
     assert text.index("olga") < text.index("alice")  # olga's row is accepted; alice's two wait for review
+
+
+def test_signing_in_the_browser_wallet_or_on_the_server(site: Site, settings: Settings) -> None:
+    from eth_account import Account
+    from eth_account.messages import encode_typed_data
+
+    store = open_store(settings)
+    ledger = open_ledger(settings, store)
+    with store.transaction() as s:
+        account, private_key = create_account(
+            s, ledger, "wendy", ["contributor"], keys_dir=settings.account_keys_dir
+        )  # the server keeps her key: `tally accounts create` on this machine
+        _, site.tokens["wendy"] = create_api_key(s, ledger, account)
+    store.dispose()
+    assert private_key is not None
+    site.as_("wendy")
+    form = site.client.get("/studio/datanets/recipes/contribute")
+    assert "Sign with my account’s key kept on this server" in form.text or "key kept on this server" in form.text
+    data = _jsonl(_row(1), _row(2))
+    prepared = site.client.post(
+        "/studio/datanets/recipes/contribute/prepare", headers={"X-CSRF-Token": site.csrf()},
+        files={"file": ("rows.jsonl", data, "application/jsonl")},
+    )  # fmt: skip
+    assert prepared.status_code == 200, prepared.text
+    body = prepared.json()
+    typed = body["typed_data"]
+    assert typed["domain"] == {"name": "Tally", "version": "1", "chainId": settings.chain_id}
+    assert typed["primaryType"] == "Contribution" and typed["message"]["nonce"] == body["nonce"]
+    assert isinstance(body["nonce"], str) and body["rows"] == 2 and body["address"] == account.address
+    # what eth_signTypedData_v4 does in the wallet, over the JSON the page hands it
+    signed = Account.sign_message(encode_typed_data(full_message=typed), private_key).signature.hex()
+    ok = upload(site, "recipes", data, signature="0x" + signed.removeprefix("0x"), nonce=body["nonce"])
+    assert ok.status_code == 201 and ", signed" in ok.text
+    other = Account.create()
+    forged = Account.sign_message(encode_typed_data(full_message=typed), other.key).signature.hex()
+    refused = upload(site, "recipes", _jsonl(_row(3)), signature="0x" + forged.removeprefix("0x"), nonce="7")
+    assert refused.status_code == 400 and "signature" in refused.text
+    on_server = upload(site, "recipes", _jsonl(_row(4)), sign_on_server="true")
+    assert on_server.status_code == 201 and ", signed" in on_server.text
+    assert (
+        site.client.post(
+            "/studio/datanets/recipes/contribute/prepare", files={"file": ("rows.jsonl", data, "application/jsonl")}
+        ).status_code
+        == 403
+    )  # the CSRF token is needed here too
