@@ -80,14 +80,19 @@ class DataRow(Base):
 class RowBand(Base):
     """A row's LSH band keys (one per band of the layout, see `dedup.BandLayout`): a new row's near-duplicate
     candidates are the stored rows sharing a key, found by the primary key's index, so no per-row state lives in a
-    server's memory. Derived from `datanet_rows.minhash`: rebuilt from it when missing (another layout, older data)."""
+    server's memory. Derived from `datanet_rows.minhash`: rebuilt from it when missing (another layout, older data).
+
+    Small on purpose, since keys are random and every upload touches a page per key: the row is named by the first
+    8 bytes of its hash (`row_ref`, enough to find it among the datanet's rows), and on SQLite the table is its own
+    primary-key index (WITHOUT ROWID)."""
 
     __tablename__ = "datanet_row_bands"
+    __table_args__ = ({"sqlite_with_rowid": False},)
 
     datanet: Mapped[str] = mapped_column(String(64), primary_key=True)
     layout: Mapped[str] = mapped_column(String(16), primary_key=True)  # "<bands>x<rows>"
     key: Mapped[int] = mapped_column(BigInt, primary_key=True, autoincrement=False)
-    row_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    row_ref: Mapped[int] = mapped_column(BigInt, primary_key=True, autoincrement=False)
 
 
 class SnapshotRow(Base):

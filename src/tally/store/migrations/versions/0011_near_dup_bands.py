@@ -24,7 +24,8 @@ def upgrade() -> None:
         sa.Column("datanet", sa.String(64), primary_key=True),
         sa.Column("layout", sa.String(16), primary_key=True),
         sa.Column("key", BigInt, primary_key=True, autoincrement=False),
-        sa.Column("row_hash", sa.String(64), primary_key=True),
+        sa.Column("row_ref", BigInt, primary_key=True, autoincrement=False),  # the row hash's first 8 bytes
+        sqlite_with_rowid=False,
     )
 
 
