@@ -23,7 +23,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from tally.answers import Declared, RuleName, Runtime, decide, make_rule
+from tally.answers import Declared, RuleName, Runtime, decide, make_rule, needs_caller
 from tally.config.errors import ErrorKind, TallyError
 from tally.identity import AuthError, Principal, principal_of_key
 from tally.studio.session import COOKIE, BrowserSession, same_token
@@ -148,11 +148,8 @@ class Page(Declared):
 
     def __call__(self, request: Request) -> View:
         view = view_of(request)
-        if view.who is None and self.rule.name != "anonymous":
-            from tally.answers import needs_caller
-
-            if needs_caller(view.runtime, self.rule):
-                raise SignInNeeded()
+        if view.who is None and needs_caller(view.runtime, self.rule):
+            raise SignInNeeded()
         decide(view.runtime, self.rule, view.who, request.path_params)
         return view
 
