@@ -58,7 +58,7 @@ def raw_config(values: dict[str, Any], model: str) -> dict[str, Any]:
 
 
 def config_yaml(raw: dict[str, Any]) -> str:
-    return yaml.safe_dump(raw, sort_keys=False, default_flow_style=None, width=100)
+    return yaml.safe_dump(raw, sort_keys=False, default_flow_style=False, width=100)
 
 
 def train_command(raw: dict[str, Any], who: str) -> str:
@@ -101,7 +101,8 @@ def _runs_context(view: View, offset: int = 0) -> dict[str, Any]:
     if view.who is None:
         return {"runs": [], "pipelines": []}
     with view.runtime.store.read() as s:
-        runs = [job_object(r) | {"runner": r.runner} for r in list_jobs(s, view.who, view.page_size, offset)]
+        runs = [job_object(r) | {"runner": r.runner, "created": r.created_at[:16].replace("T", " ")}
+                for r in list_jobs(s, view.who, view.page_size, offset)]  # fmt: skip
     return {"runs": runs, "pipelines": pipeline_status(view.runtime.ledger, None, limit=10)}
 
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,7 @@ class Studio:
     env: dict[str, str]
     tokens: dict[str, str] = field(default_factory=dict)
     addresses: dict[str, str] = field(default_factory=dict)
-    tiny_model: Path | None = None
+    model: str = ""  # the base model it serves: a directory or a pulled model's name
 
     def url(self, path: str) -> str:
         return self.base + path
@@ -149,15 +150,16 @@ def _audit(env: dict[str, str]) -> str | None:
     return None if report.divergence is None else report.divergence.describe()
 
 
-@pytest.fixture(scope="session")
-def studio(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[Studio]:  # noqa: F811
-    """`tally serve` with one worker, serving the tiny test model, for the whole browser session."""
-    root = tmp_path_factory.mktemp("studio")
+@contextmanager
+def serve_studio(root: Path, model: Path | str) -> Iterator[Studio]:
+    """`tally serve` with one worker on a free loopback port, serving `model`, with a seeded data directory under
+    `root`; stopped (SIGTERM, as an operator stops it) and its database audited on the way out. `model`: a model
+    directory, or the name of a pulled model."""
     port = _free_port()
     env = {
         **os.environ,
         "TALLY_DATA_DIR": str(root / "data"),
-        "TALLY_MODELS__DEFAULT": str(tiny_model),
+        "TALLY_MODELS__DEFAULT": str(model),
         "TALLY_FACTORY__WORKERS": "1",
         "TALLY_CHAIN__ENABLED": "false",
         # the tiny random model quotes only short spans of its training data, and its influence signals stand out
@@ -168,7 +170,7 @@ def studio(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterat
     env.pop("TALLY_CONFIG", None)
     env.pop("TALLY_DATABASE_URL", None)
     studio = Studio(base=f"http://127.0.0.1:{port}", data_dir=root / "data", log=root / "serve.log", env=env)
-    studio.tiny_model = tiny_model
+    studio.model = str(model)
     _seed(env, studio)
     with studio.log.open("ab") as out:
         proc = subprocess.Popen(
@@ -196,6 +198,13 @@ def studio(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterat
                 proc.wait()
     divergence = _audit(env)
     assert divergence is None, f"the state audit after the browser tests failed: {divergence}"
+
+
+@pytest.fixture(scope="session")
+def studio(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[Studio]:  # noqa: F811
+    """`tally serve` with one worker, serving the tiny test model, for the whole browser session."""
+    with serve_studio(tmp_path_factory.mktemp("studio"), tiny_model) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")
@@ -249,7 +258,8 @@ def sign_in(page: Any, studio: Studio, who: str) -> None:
 
 def run_axe(page: Any) -> list[dict[str, Any]]:
     """axe-core (npm) in the page: the serious and critical violations."""
-    page.add_script_tag(path=str(AXE))
+    if not page.evaluate("() => typeof window.axe !== 'undefined'"):  # once per page load, not per width
+        page.add_script_tag(path=str(AXE))
     result = page.evaluate("async () => await axe.run(document, {resultTypes: ['violations']})")
     return [
         {"id": v["id"], "impact": v["impact"], "help": v["help"], "nodes": [n["target"] for n in v["nodes"]][:5]}

@@ -81,12 +81,12 @@ def approve_and_snapshot(page: Any) -> None:
     expect(page.get_by_text("v1", exact=False).first).to_be_visible()
 
 
-def train(page: Any) -> None:
+def train(page: Any, dims: str = "16") -> None:
     page.goto("/studio/factory")
     page.get_by_label("Datanet").select_option(SLUG)
     page.get_by_label("Adapter name").fill(ADAPTER)
     for label, value in (("Rank", "2"), ("Alpha", "4"), ("Epochs", "2"), ("Batch size", "1"), ("Max length", "64"),
-                         ("Influence dims", "16")):  # fmt: skip
+                         ("Influence dims", dims)):  # fmt: skip
         page.get_by_label(label, exact=True).fill(value)
     # the form's YAML config and `tally train` command follow the form
     expect(page.locator("#train-yaml")).to_contain_text(f"datanet: {SLUG}")
@@ -98,7 +98,9 @@ def train(page: Any) -> None:
     # the curve grows as the worker's events arrive over server-sent events: 8 rows x 2 epochs at batch 1
     expect(chart).to_have_attribute("data-points", re.compile(r"^[1-9]"), timeout=TRAINING_MS)
     expect(chart.locator("polyline.train-line")).to_have_count(1)
-    expect(page.locator("#run-status")).to_have_attribute("data-final", "succeeded", timeout=TRAINING_MS)
+    status = page.locator("#run-status")
+    expect(status).to_have_attribute("data-final", re.compile("succeeded|failed|cancelled"), timeout=TRAINING_MS)
+    assert status.get_attribute("data-final") == "succeeded", page.locator("main").inner_text()
     expect(chart).to_have_attribute("data-points", "16")
     expect(page.locator("#run-log")).to_contain_text("step 16/16")
     page.reload()
@@ -148,7 +150,10 @@ def verify_receipt(page: Any, inference: str) -> None:
 
 def statement(page: Any, inference: str) -> None:
     page.goto("/studio/rewards")
-    expect(page.get_by_text(re.compile(re.escape(inference[:20]))).first).to_be_visible()
+    statement = page.get_by_role("region", name="Statement, answer by answer")
+    row = statement.get_by_role("row").filter(has_text=inference[:16])  # the answer's fee, accrued by her share
+    expect(row).to_have_count(1)
+    expect(row.get_by_role("cell").nth(2)).to_have_text("data")  # her role in it: a data contributor
 
 
 def test_user_journey(studio: Studio, new_page: Any, tmp_path: Path) -> None:
