@@ -105,6 +105,11 @@ def test_a_job_whose_worker_keeps_dying_fails_instead_of_looping(store: Store) -
     assert lease.claim(store, "new-owner") is None
     row = _row(store, "ftjob-x")
     assert row.status == "failed" and "interrupted 5 times" in (row.error or "")
+    _job(store, "ftjob-y", status="running", lease_owner=_dead_owner(), heartbeat_at=0.0, attempts=2)
+    assert lease.claim(store, "new-owner", max_attempts=3) is not None  # the setting factory.max_job_attempts
+    _job(store, "ftjob-z", status="running", lease_owner=_dead_owner(), heartbeat_at=0.0, attempts=2)
+    assert lease.claim(store, "new-owner", max_attempts=2) is None
+    assert _row(store, "ftjob-z").status == "failed"
 
 
 def test_cancel_queued_running_and_orphaned(store: Store) -> None:

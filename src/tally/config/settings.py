@@ -192,6 +192,9 @@ class FactoryLimits(_Section):
     workers: int = Field(
         1, ge=0, le=64, description="worker processes `tally serve` starts to run jobs; 0: none (run `tally worker`)"
     )
+    max_job_attempts: int = Field(
+        5, ge=1, le=100, description="a job whose worker died this many times is failed instead of claimed again"
+    )
 
 
 class LogSettings(_Section):

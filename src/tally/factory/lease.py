@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 5.0  # how often an owner writes its heartbeat (and reads the cancel flag)
 LEASE_S = 60.0  # a heartbeat older than this and the job is another worker's to take
-MAX_ATTEMPTS = 5  # a job whose owner died this many times is failed rather than claimed again
+MAX_ATTEMPTS = 5  # default of factory.max_job_attempts: a job whose owner died this often is failed
 ACTIVE = ("queued", "running")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -117,11 +117,16 @@ def insert_job(session: Session, row: JobRow) -> JobRow:
 
 
 def claim(
-    store: Store, owner: str, *, lease_s: float = LEASE_S, kinds: tuple[str, ...] = ("train", "pipeline")
+    store: Store,
+    owner: str,
+    *,
+    lease_s: float = LEASE_S,
+    kinds: tuple[str, ...] = ("train", "pipeline"),
+    max_attempts: int = MAX_ATTEMPTS,
 ) -> JobRow | None:
     """Take the oldest queued job, or a running one whose owner died, for `owner`; None when there is none.
 
-    A dead owner's job that was asked to cancel is cancelled instead; one that died `MAX_ATTEMPTS` times fails."""
+    A dead owner's job that was asked to cancel is cancelled instead; one that died `max_attempts` times fails."""
     now = time.time()
     with store.transaction() as s:
         candidates = s.execute(
@@ -136,7 +141,7 @@ def claim(
                 continue
             same = [JobRow.id == c.id, JobRow.status == c.status]
             same.append(JobRow.lease_owner.is_(None) if c.lease_owner is None else JobRow.lease_owner == c.lease_owner)
-            if c.status == "running" and (c.cancel_requested or c.attempts >= MAX_ATTEMPTS):
+            if c.status == "running" and (c.cancel_requested or c.attempts >= max_attempts):
                 status, error = ("cancelled", None) if c.cancel_requested else (
                     "failed", f"interrupted {c.attempts} times (its worker stopped each time); not retried again"
                 )  # fmt: skip
@@ -182,7 +187,7 @@ def finish(store: Store, job_id: str, owner: str, status: str, **fields: Any) ->
 
 def release(store: Store, job_id: str, owner: str) -> bool:
     """Put a running job back in the queue (its worker is stopping; the next one resumes from the checkpoint).
-    The attempt does not count towards `MAX_ATTEMPTS`: the worker stopped cleanly."""
+    The attempt does not count towards `max_attempts`: the worker stopped cleanly."""
     with store.transaction() as s:
         done = s.execute(
             update(JobRow).where(JobRow.id == job_id, JobRow.lease_owner == owner, JobRow.status == "running")

@@ -98,7 +98,10 @@ class Worker:
         try:
             _recover(self.settings, self.store)
             while not self.stopping.is_set():
-                row = claim(self.store, self.owner, lease_s=self.lease_s)
+                row = claim(
+                    self.store, self.owner, lease_s=self.lease_s,
+                    max_attempts=self.settings.factory.max_job_attempts,
+                )  # fmt: skip
                 if row is None:
                     if until_idle:
                         break
