@@ -49,7 +49,11 @@
   }
 
   async function checkSignature(checkpoint, verifierKey) {
-    const [name, keyIdHex, blob] = verifierKey.split("+");
+    // NAME+KEYID+BASE64: the base64 part may itself hold "+", so only the first two separate
+    const first = verifierKey.indexOf("+"), second = verifierKey.indexOf("+", first + 1);
+    if (first < 0 || second < 0) return { ok: false, why: "the log key is not NAME+KEYID+BASE64" };
+    const name = verifierKey.slice(0, first), keyIdHex = verifierKey.slice(first + 1, second);
+    const blob = verifierKey.slice(second + 1);
     const raw = b64(blob);
     if (raw.length !== 33 || raw[0] !== 1) return { ok: false, why: "the log key is not an Ed25519 key" };
     const line = checkpoint.signatures.split("\n").find((l) => l.startsWith("\u2014 " + name + " "));

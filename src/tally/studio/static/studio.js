@@ -19,6 +19,15 @@
     }
   });
 
+  // A checkbox with data-tick-all="NAME" ticks or clears every checkbox named NAME in its form.
+  document.addEventListener("change", function (event) {
+    const box = event.target;
+    if (!box || !box.dataset || !box.dataset.tickAll || !box.form) return;
+    for (const other of box.form.querySelectorAll('input[type="checkbox"][name="' + box.dataset.tickAll + '"]')) {
+      other.checked = box.checked;
+    }
+  });
+
   function hex(bytes) {
     return Array.from(new Uint8Array(bytes), (b) => b.toString(16).padStart(2, "0")).join("");
   }
