@@ -179,6 +179,7 @@ def main() -> None:
     parser.add_argument("--big-rows", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rag-only", action="store_true", help="only the RAG context and citation costs")
+    parser.add_argument("--rag-sizes", default="3,8,16", help="retrieved chunk counts timed (comma-separated)")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="tally-attr-latency-"))
@@ -195,7 +196,7 @@ def main() -> None:
     store = open_store(settings)
     model_dir = resolve_model(args.model, settings.models.cache_dir)
     if args.rag_only:
-        rag = rag_costs(model_dir, settings, args.repeats)
+        rag = rag_costs(model_dir, settings, args.repeats, tuple(int(k) for k in args.rag_sizes.split(",")))
         print(json.dumps({"benchmark": "attribution_latency", "machine": f"{platform.machine()}, {os.cpu_count()} "
                           f"cpus, torch {torch.__version__}", "model": args.model, "rag": rag}, indent=1))  # fmt: skip
         summary = [
@@ -244,7 +245,7 @@ def main() -> None:
         print(f"timing scoring against {rows} rows ...", file=sys.stderr)
         write_index(tmp / f"idx-{rows}", projection, rows, 576)
         scoring[str(rows)] = time_scorer(IndexScorer(load_index(tmp / f"idx-{rows}" / "influence")), args.repeats)
-    rag = rag_costs(model_dir, settings, args.repeats)
+    rag = rag_costs(model_dir, settings, args.repeats, tuple(int(k) for k in args.rag_sizes.split(",")))
     result = {
         "benchmark": "attribution_latency", "rag": rag,
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}",

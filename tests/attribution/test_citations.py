@@ -92,6 +92,19 @@ def test_sentences_cite_the_chunk_they_lean_on_and_wrong_markers_are_flagged(tin
     assert got[(35, 64), 3].method == "leave_one_out" and got[(35, 64), 3].measured
 
 
+def test_a_question_cites_nothing_however_much_it_copied(tiny: tuple[Any, Any]) -> None:  # noqa: F811
+    _, tok = tiny
+    answer = "Question: Where was Ilsa Varn born [2]? Ilsa Varn was born in Korvath."
+    ids, ctx = _planted(tok, answer, {(0, 1): 9.0, (1, 0): 6.0})
+    measured = sentence_drops(tok, ids, 3, ctx, 0.0)
+    assert [s.claim for s in measured.sentences] == [False, True]
+    assert measured.drops[0, 1] == pytest.approx(9.0, abs=1e-4)  # measured, but a question makes no claim
+    cites = {(c.sentence[0], c.source): c for c in citations_from(measured, measured.text, CHUNKS, min_drop=4.0)}
+    assert set(cites) == {(0, 2), (40, 1)}
+    assert cites[0, 2].marker and cites[0, 2].measured is False and cites[0, 2].marker_agrees is False
+    assert cites[40, 1].measured and cites[40, 1].drop == pytest.approx(6.0, abs=1e-4)
+
+
 def test_marker_tokens_are_not_part_of_the_sentence_target(tiny: tuple[Any, Any]) -> None:  # noqa: F811
     _, tok = tiny
     ids = tok("Born in Korvath [2]. Yes [9].", add_special_tokens=False)["input_ids"]
@@ -118,12 +131,14 @@ def test_the_real_model_cites_the_chunk_a_sentence_copies() -> None:
     ):
         measured = sentence_drops(tok, ids, 3, ctx, 0.02)
         first, second = measured.drops
-        # chunk 3 mentions Korvath too (its drop is about 1 nat); the copied chunk carries many times more
-        assert first.argmax() == 1 and first[1] > 5 * max(first[0], first[2], 1.0), (ctx.method, first)
+        # chunk 3 mentions Korvath too: about 1 nat left out, about 6 under the surrogate, which averages over
+        # contexts without chunk 2 (where chunk 3 is the only source of "Korvath"); the copied chunk carries far more
+        assert first.argmax() == 1 and first[1] > 4 * max(first[0], first[2], 1.0), (ctx.method, first)
         assert second.argmax() == 0 and second[0] > 5 * max(second[1], second[2], 1.0), (ctx.method, second)
-        cites = citations_from(measured, measured.text, chunks, min_drop=3.0)
+        cites = citations_from(measured, measured.text, chunks, min_drop=4.0)  # the calibrated default
         sentence_one = {c.source: c for c in cites if c.sentence[0] == 0}
-        assert sentence_one[2].measured and sentence_one[1].marker_agrees is False and 3 not in sentence_one
+        assert sentence_one[2].measured and sentence_one[1].marker_agrees is False
+        assert ctx.method == "surrogate" or 3 not in sentence_one
 
 
 def test_a_reader_who_cannot_read_a_datanet_sees_its_citations_masked() -> None:

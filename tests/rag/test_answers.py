@@ -88,3 +88,15 @@ def test_sentences_split_on_line_breaks_and_keep_spans() -> None:
     assert split_sentences("") == [] and split_sentences("   \n ") == []
     pi = "Pi is 3.14 today. Done"
     assert [pi[s.start : s.end] for s in split_sentences(pi)] == ["Pi is 3.14 today.", "Done"]
+
+
+def test_questions_are_not_claims() -> None:
+    from tally.rag.answers import is_question, split_sentences
+
+    assert is_question("Question: What is Oda's favourite drink?")
+    assert is_question("[3] Question: What is Oda's occupation")  # an echoed source line, cut off
+    assert is_question("Where was Ilsa born [1]?") and is_question("how so")
+    assert not is_question("Answer: Oda loves eating apple pie.")
+    assert not is_question("Ilsa was born in Quiveth [1].") and not is_question("What a lovely town it is.")
+    text = "Question: Where was Ilsa born?\nAnswer: Ilsa was born in Quiveth."
+    assert [s.claim for s in split_sentences(text)] == [False, True]

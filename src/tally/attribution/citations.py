@@ -10,9 +10,11 @@ no extra forward:
   the keep/blank mask; the weight of chunk j is its drop.
 
 A chunk is cited for a sentence when its drop is at least `attribution.citation_min_drop` nats (calibrated on
-held-out questions, see docs/attribution.md). Marker tokens ([n]) are left out of a sentence's target: a marker
-would otherwise make the measurement echo what the model claimed. The model's own markers are then checked: a
-marker whose source was not measured to carry its sentence is kept, flagged `marker_agrees: false`.
+held-out questions, see docs/attribution.md) and the sentence states something: a question (the small model often
+echoes a source's "Question: ..." line) makes no claim, so it cites nothing, however much it copied. Marker tokens
+([n]) are left out of a sentence's target: a marker would otherwise make the measurement echo what the model
+claimed. The model's own markers are then checked: a marker whose source was not measured to carry its sentence is
+kept, flagged `marker_agrees: false`.
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ def citations_from(
         for j, chunk in enumerate(chunks):
             marker = j + 1 in sentence.markers
             drop = None if measured is None else float(measured.drops[s_index, j])
-            supported = None if drop is None else drop >= min_drop
+            supported = None if drop is None else drop >= min_drop and sentence.claim
             if not (marker or supported):
                 continue
             out.append(

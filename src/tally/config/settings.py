@@ -128,7 +128,7 @@ class AttributionSettings(_Section):
     min_z: float = Field(2.0, ge=0, description="a row counts as evidence only this many std above the mean score")
     context_min_drop: float = Field(0.5, ge=0, description="nats; a chunk's leave-one-out drop that counts")
     citation_min_drop: float = Field(
-        1.0, ge=0, description="nats; a sentence cites a chunk whose removal lowers it this much (calibrated)"
+        4.0, ge=0, description="nats; a sentence cites a chunk whose removal lowers it this much (calibrated)"
     )
     citation_loo_max_chunks: int = Field(
         8, ge=0, description="up to this many chunks: leave-one-out; more: a Lasso surrogate on random ablations"

@@ -134,6 +134,7 @@ class Sentence:
     start: int
     end: int
     markers: tuple[int, ...]  # source numbers the model cited inside this sentence
+    claim: bool = True  # False: a question (is_question), which no source can support
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,20 @@ def check_markers(answer_text: str, sources: int) -> CheckedText:
     return CheckedText("".join(parts), markers, tuple(edits))
 
 
+_LABEL = re.compile(r"^\s*(?:\[\d+\]\s*)*(?:[A-Za-z]+:\s*)?")  # leading markers and a label such as "Question:"
+_ASKING = frozenset("what which where who whom whose when why how".split())
+
+
+def is_question(sentence: str) -> bool:
+    """A sentence that asks rather than states (ends with "?", or opens with an interrogative word after any leading
+    markers and a label such as "Question:"): it makes no claim, so it needs no citation."""
+    bare = _MARK.sub("", sentence).strip()
+    if bare.endswith("?"):
+        return True
+    words = _WORD.findall(_LABEL.sub("", bare, count=1).lower())
+    return bool(words) and words[0] in _ASKING and words[:2] not in (["what", "a"], ["what", "an"])  # not "What a day"
+
+
 def split_sentences(text: str, markers: Sequence[Marker] = ()) -> list[Sentence]:
     """Sentences by end punctuation (markers right after the end belong to the sentence before) and line breaks."""
     spans: list[tuple[int, int]] = []
@@ -199,5 +214,5 @@ def split_sentences(text: str, markers: Sequence[Marker] = ()) -> list[Sentence]
         start += len(piece) - len(piece.lstrip())
         end -= len(piece) - len(piece.rstrip())
         cited = tuple(dict.fromkeys(n for mk in markers if start <= mk.start < end for n in mk.sources))
-        sentences.append(Sentence(start, end, cited))
+        sentences.append(Sentence(start, end, cited, not is_question(text[start:end])))
     return sentences
