@@ -186,3 +186,20 @@ def answer_record(
     context = _record_context(view, inference_id)
     template = "playground/_record.html" if partial else "playground/record.html"
     return render(request, view, template, nav="playground", inference_id=inference_id, **context)
+
+
+@router.get("/playground/rows/{slug}/{row_hash}")
+def cited_row(request: Request, slug: str, row_hash: str, view: View = Depends(page("key"))) -> Response:
+    """One datanet row an answer cites or its evidence names, as the datanet's page would show it to the reader
+    (`datanets.service.rows_by_hash`: the same visibility; a row they may not see is not found)."""
+    from tally.datanets.service import rows_by_hash
+    from tally.identity import list_accounts
+
+    assert view.who is not None
+    with view.runtime.store.read() as s:
+        row = rows_by_hash(s, view.who, slug, [row_hash]).get(row_hash)
+        names = {a.address: a.name for a in list_accounts(s)}
+    if row is None:
+        raise TallyError(f"no row {row_hash[:12]} you may see in datanet {slug!r}", kind="not_found", param="row")
+    return render(request, view, "playground/row.html", nav="playground", slug=slug, row=row, names=names,
+                  content=json.dumps(row["content"], indent=1, ensure_ascii=False))  # fmt: skip

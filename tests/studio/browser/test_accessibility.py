@@ -107,6 +107,11 @@ def test_every_studio_page_has_no_serious_accessibility_violation(browser: Any, 
         page.get_by_role("link", name="attribution record").click()
         expect(page.get_by_role("heading", level=1)).to_have_text("Attribution record")
         checker.check(page, "the attribution record page")
+        # a row as an answer's record links it (the journey clicks such a link)
+        listed = studio.api("GET", "/v1/datanets/glass-facts/rows", "olga").json()["data"]
+        page.goto(f"/studio/playground/rows/glass-facts/{listed[0]['row_hash']}")
+        expect(page.get_by_role("heading", level=1)).to_contain_text("of glass-facts")
+        checker.check(page, "a row an answer cites")
     finally:
         for context in contexts:
             context.close()

@@ -134,6 +134,11 @@ def verify_receipt(page: Any, inference: str) -> None:
     result = page.locator(".receipt-result")
     expect(result).to_have_attribute("data-state", "ok")
     expect(result).to_contain_text("attribution.inference_attributed")
+    record_url = page.url
+    page.locator(".record a[href*='/playground/rows/']").first.click()  # the evidence links to the row it names
+    expect(page.get_by_role("heading", level=1)).to_contain_text(f"of {SLUG}")
+    expect(page.locator("main")).to_contain_text("alice")
+    page.goto(record_url)
     # the check is real: one changed byte of the proof and the same button refuses the receipt
     page.evaluate("""() => {
         const el = document.querySelector('script[type="application/json"][id^="receipt-json-"]');
