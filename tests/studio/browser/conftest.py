@@ -41,9 +41,13 @@ PEOPLE = {
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The user journey runs first, so the page checks after it also see pages with data (a run, an adapter, an
-    attribution record). Each test passes alone as well."""
-    items.sort(key=lambda item: 0 if "test_user_journey" in item.nodeid else 1)
+    """Among the browser tests (which keep their place in the whole run), the user journey runs first, so the page
+    checks after it also see pages with data (a run, an adapter, an attribution record). Each passes alone too."""
+    here = Path(__file__).parent
+    places = [i for i, item in enumerate(items) if here in Path(item.path).parents]
+    ordered = sorted((items[i] for i in places), key=lambda item: 0 if "test_user_journey" in item.nodeid else 1)
+    for i, item in zip(places, ordered, strict=True):
+        items[i] = item
 
 
 def _free_port() -> int:
