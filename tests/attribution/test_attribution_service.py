@@ -101,7 +101,7 @@ def test_fast_record_has_every_signal_and_shares_summing_to_one(people, trained,
     assert record.credits.base_model == manifest["base_model"]["name"]
     assert record.completion_tokens == len(answer.answer_ids)
     full = attributor.attribute(answer, "full").record
-    assert set(full.methods) == {"spans", "representation", "gradient", "datainf", "contrast"}
+    assert set(full.methods) == {"spans", "representation", "gradient", "datainf"}  # contrast: only when weighted
     _assert_consistent(full, attributor, stored)
     # the added method changes nothing the fast record measured (timings aside)
     assert full.methods["spans"].model_dump(exclude={"seconds"}) == spans.model_dump(exclude={"seconds"})
@@ -134,7 +134,8 @@ def test_a_contributor_whose_rows_left_the_index_gets_nothing(people, trained, t
             c for (c,) in s.query(ContributionRow.id).filter(ContributionRow.contributor == people.alice.address)
         ]
         s.execute(update(DataRow).where(DataRow.contribution.in_(alice_contributions)).values(status="rejected"))
-    attributor = _attributor(people, tiny_model, min_z=0.0)
+    weights = {**people.settings.attribution.weights, "contrast": 1.0}  # every index method, contrast included
+    attributor = _attributor(people, tiny_model, min_z=0.0, weights=weights)
     record = attributor.attribute(
         _answer(attributor, trained, "Where was Ilsa Varn born?", "Where was Ilsa Varn born? Korvath"), "full"
     ).record

@@ -23,7 +23,8 @@ def trained(people, tiny_model: Path, tmp_path: Path):
 
 
 def test_full_mode_adds_the_contrastive_method_with_its_own_calibrated_null(people, trained, tiny_model) -> None:
-    attributor = _attributor(people, tiny_model, null_probes=2, null_quantile=1.0)
+    weights = {**people.settings.attribution.weights, "contrast": 1.0}  # off unless weighted
+    attributor = _attributor(people, tiny_model, null_probes=2, null_quantile=1.0, weights=weights)
     questions = ["Where was Ilsa Varn born?", "Who is Tomas Quell?", "Where does Ilsa Varn live?"]
     fast = attributor.attribute(_answer(attributor, trained, questions[0], "Korvath", "chatcmpl-f"), "fast").record
     assert "contrast" not in fast.methods
@@ -68,7 +69,7 @@ def test_candidate_rows_of_the_index_are_scored_but_never_credited(people, train
         if e["contributor"] == people.alice.address:
             e["trained"] = False
     path.write_text(json.dumps(meta))
-    attributor = _attributor(people, tiny_model, min_z=0.0, weights={"spans": 0.0})
+    attributor = _attributor(people, tiny_model, min_z=0.0, weights={"spans": 0.0, "contrast": 1.0})
     record = attributor.attribute(
         _answer(attributor, trained, "Where was Ilsa Varn born?", "Where was Ilsa Varn born? Korvath"), "full"
     ).record

@@ -1,8 +1,9 @@
 """Attribute one answer: run the signals the mode asks for, combine them into shares, commit the record.
 
 `fast`: verbatim spans, RAG context (when sources were retrieved), representation similarity and gradient cosine
-on the index's cached projection. `full` adds DataInf and `contrast` (the query weighted toward the answer tokens
-the adapter made likelier than the base model, Gauss-Newton scored; docs/influence.md). Rows the adapter was not
+on the index's cached projection. `full` adds DataInf, and `contrast` when `attribution.weights` gives it a weight
+(the query weighted toward the answer tokens the adapter made likelier than the base model, Gauss-Newton scored;
+docs/influence.md; off by default until the full quality benchmark has measured it). Rows the adapter was not
 trained on (withdrawn, or an index's candidate rows) earn nothing. Index signals need the adapter's training-data index
 (answers of the base model have spans and context only). Their null is calibrated per adapter: its first
 `null_probes` answers also run a randomly initialised twin (in the same mixed batch) and the null is the
@@ -273,7 +274,8 @@ class Attributor:
         valid = loaded.valid(withdrawn_rows(session, loaded.datanets))
         args = (answer.adapter_hash, answer.adapter_dir, loaded.projection, answer.prompt_ids, answer.answer_ids)
         scorer = loaded.scorer
-        contrast = mode == "full"  # the contrastive query: one more forward (base) and a second row in the batch
+        # the contrastive query (one more forward of the base, a second row in the batch): `full` mode, when weighted
+        contrast = mode == "full" and self.cfg.weights.get("contrast", 0.0) > 0
         needed = ("gradient", "contrast") if contrast else ("gradient",)
         if min(loaded.calibrated(m) for m in needed) < self.cfg.null_probes:  # calibrating: the twin rides along
             real, twin = self.query_model.signals_pair(*args, contrast=contrast)
