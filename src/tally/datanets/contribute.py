@@ -229,10 +229,7 @@ def contribute(
     if dn.visibility == "private" and not can_read(session, principal, dn):
         raise ForbiddenError(f"datanet {slug!r} is private; you need its owner's invitation or a grant")
 
-    if len(filename) > MAX_FILENAME:
-        raise DatanetError(f"the file name is {len(filename)} characters; at most {MAX_FILENAME}", param="file")
-    parsed = parse_for(dn.kind, data, filename, format, upload_limits(dn, settings), drop_duplicates=drop_duplicates)
-    rows, dropped = _without_existing(session, slug, filename, parsed, drop=drop_duplicates)
+    parsed, rows, dropped = _kept_rows(session, dn, data, filename, settings, format, drop=drop_duplicates)
     _check_daily_limit(session, slug, principal.address, len(rows), dn.max_rows_per_day)
 
     root = content_root([r.row_hash for r in rows])
@@ -340,12 +337,30 @@ def prepare_signing(
     dn = _load(session, slug)
     if not can_read(session, principal, dn):
         raise DatanetError(f"no datanet named {slug!r}", kind="not_found")
-    parsed = parse_for(dn.kind, data, filename, format, upload_limits(dn, settings), drop_duplicates=drop_duplicates)
-    rows, dropped = _without_existing(session, slug, filename, parsed, drop=drop_duplicates)
+    _, rows, dropped = _kept_rows(session, dn, data, filename, settings, format, drop=drop_duplicates)
     root = content_root([r.row_hash for r in rows])
     nonce = secrets.randbits(64) if nonce is None else nonce
     typed = contribution_typed_data(slug, root, dn.license, nonce, chain_id)
     return SigningRequest(slug, root, dn.license, nonce, chain_id, len(rows), [asdict(d) for d in dropped], typed)
+
+
+def _kept_rows(
+    session: Session,
+    dn: DatanetRow,
+    data: bytes,
+    filename: str,
+    settings: DatanetSettings,
+    fmt: str | None,
+    *,
+    drop: bool,
+) -> tuple[ParsedUpload, list[Row], list[DroppedRow]]:
+    """An upload parsed and checked as `contribute` stores it and `prepare_signing` signs it: the rows kept (repeats
+    left out with `drop`, else refused) and those dropped."""
+    if len(filename) > MAX_FILENAME:
+        raise DatanetError(f"the file name is {len(filename)} characters; at most {MAX_FILENAME}", param="file")
+    parsed = parse_for(dn.kind, data, filename, fmt, upload_limits(dn, settings), drop_duplicates=drop)
+    rows, dropped = _without_existing(session, dn.slug, filename, parsed, drop=drop)
+    return parsed, rows, dropped
 
 
 def _contribution_id(slug: str, contributor: str, root: str, nonce: int | None) -> str:
