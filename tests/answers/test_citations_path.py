@@ -106,7 +106,7 @@ def test_the_service_the_api_and_the_cli_give_the_same_measured_citations(
     assert served["choices"][0]["message"]["content"] == direct.text
     strip = lambda cs: [{k: v for k, v in x.items() if k != "drop"} for x in cs]  # noqa: E731
     assert strip(served["citations"]) == strip(direct.citations)
-    assert [x["drop"] for x in served["citations"]] == pytest.approx([x["drop"] for x in direct.citations], abs=1e-4)
+    assert [x["drop"] for x in served["citations"]] == pytest.approx([x["drop"] for x in direct.citations], abs=1e-3)
 
     out = run("ask", QUESTION, "--rag", "towns", "--top-k", "3", "--max-tokens", "24", "--attribution", "fast",
               "--as", world.consumer.name)  # fmt: skip

@@ -49,10 +49,12 @@ def test_masked_rows_score_as_independent_forwards(tiny: tuple[Any, Any]) -> Non
     assert logp.shape == (3, len(answer)) and shared > 0
     for row, keep in zip(logp, masks.tolist(), strict=True):
         chunks = [c if k else Chunk("", c.row_hash) for c, k in zip(CHUNKS, keep, strict=True)]
-        assert float(row.sum()) == pytest.approx(independent(model, tok, chunks, answer), abs=1e-4)
+        assert float(row.sum()) == pytest.approx(independent(model, tok, chunks, answer), rel=1e-5, abs=1e-3)
     surrogate = context_surrogate(model, tok, QUESTION, CHUNKS, answer, ablations=8, alpha=0.01, seed=3)
     assert surrogate.method == SURROGATE and surrogate.masks is not None and surrogate.masks.shape == (9, 3)
-    assert bool(surrogate.masks[0].all()) and surrogate.full_logprob == pytest.approx(float(logp[0].sum()), abs=1e-4)
+    assert bool(surrogate.masks[0].all())
+    # sums of a dozen fp32 log-probs from differently shaped batches: kernels differ between CPUs
+    assert surrogate.full_logprob == pytest.approx(float(logp[0].sum()), rel=1e-5, abs=1e-3)
     again = context_surrogate(model, tok, QUESTION, CHUNKS, answer, ablations=8, alpha=0.01, seed=3)
     assert torch.equal(again.masks, surrogate.masks)  # type: ignore[arg-type] # seeded: the record is reproducible
 
