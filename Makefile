@@ -15,7 +15,7 @@ POSTGRES_SUITES := tests/store tests/ledger tests/datanets tests/rewards tests/c
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,replicas]'
 	@touch $(STAMP)
 
 $(NPM_STAMP): package.json package-lock.json

@@ -34,16 +34,21 @@ from tally.config import Settings, load_settings
 
 
 def create_app(
-    settings: Settings | None = None, *, with_engine: bool = False, runtime: Runtime | None = None
+    settings: Settings | None = None,
+    *,
+    with_engine: bool = False,
+    runtime: Runtime | None = None,
+    anchoring: bool = True,
 ) -> FastAPI:
     """The app. `with_engine` loads the base model and starts the inference engine (`tally serve` does); without
     it, or when the base model is not pulled, everything else serves and the inference routes answer 503. A given
-    `runtime` is used as it is (started with the app, closed after)."""
+    `runtime` is used as it is (started with the app, closed after). `anchoring` false: this process never anchors
+    (replicas leave that to the one process that started them)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         rt = runtime or build_runtime(settings or load_settings(), with_engine=with_engine)
-        app.state.runtime = rt.start(anchoring=True)
+        app.state.runtime = rt.start(anchoring=anchoring)
         studio.start_studio(studio_app, rt)
         try:
             yield

@@ -19,6 +19,7 @@ from tally.cli import (
     worker,
 )
 from tally.cli.common import console, fail, load_cli_settings
+from tally.config import Settings
 
 app = typer.Typer(help="Tally: attribution-native AI.", no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(ledger.app, name="ledger")
@@ -61,14 +62,27 @@ def serve(
     port: int = typer.Option(None, help="port (default: settings server.port)"),
     log_format: str = typer.Option(None, help="text | json (default: settings log.format)"),
     log_level: str = typer.Option(None, help="DEBUG | INFO | WARNING | ERROR (default: settings log.level)"),
+    replicas: int = typer.Option(
+        None,
+        min=1,
+        help="engine replicas behind one ingress, on Ray Serve (default: server.replicas; 1: no Ray)",
+    ),
+    ray_address: str = typer.Option(None, help="with replicas: join this Ray cluster (default: a local one)"),
+    replica_threads: int = typer.Option(
+        None, min=1, help="with replicas: torch threads per replica (default: settings server.replica_threads)"
+    ),
 ) -> None:
-    """Start the API server."""
+    """Start the API server: one process, or with --replicas N an ingress over N engine replicas (docs/scaling.md)."""
     import uvicorn
 
     from tally.api import create_app
     from tally.config.logs import configure_logging
 
     settings = load_cli_settings()
+    overrides = {"replicas": replicas, "ray_address": ray_address, "replica_threads": replica_threads}
+    given = {key: value for key, value in overrides.items() if value is not None}
+    if given:
+        settings = settings.model_copy(update={"server": settings.server.model_copy(update=given)})
     _fix_mmap_threshold(settings.server.malloc_mmap_threshold)
     fmt, level = log_format or settings.log.format, (log_level or settings.log.level).upper()
     if fmt not in ("text", "json"):
@@ -76,6 +90,7 @@ def serve(
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise fail(f"--log-level {level!r} is not one of DEBUG, INFO, WARNING, ERROR")
     configure_logging(level, fmt)  # type: ignore[arg-type]
+    settings = settings.model_copy(update={"log": settings.log.model_copy(update={"level": level, "format": fmt})})
     bind_host = host or settings.server.host
     bind_port = port or settings.server.port
     console.print(f"Tally starting on http://{bind_host}:{bind_port} (data in {settings.data_dir})")
@@ -89,12 +104,35 @@ def serve(
     signal.signal(signal.SIGTERM, stop_after_uvicorn)
     workers = WorkerPool(settings, settings.factory.workers).start()  # jobs run there, never in this process
     try:
-        # uvicorn's own access log would repeat the request line without the request id: Tally writes that line
-        uvicorn.run(
-            create_app(settings, with_engine=True), host=bind_host, port=bind_port, log_level="info", access_log=False
-        )
+        if settings.server.replicas > 1:
+            _serve_replicas(settings, bind_host, bind_port)
+        else:
+            # uvicorn's own access log would repeat the request line without the request id: Tally writes that line
+            uvicorn.run(
+                create_app(settings, with_engine=True),
+                host=bind_host,
+                port=bind_port,
+                log_level="info",
+                access_log=False,
+            )
     finally:
         workers.stop()
+
+
+def _serve_replicas(settings: Settings, host: str, port: int) -> None:
+    """Ray is imported only here: the one-process server never needs it."""
+    from tally.config.errors import TallyError
+
+    try:
+        from tally.api import replicas
+    except ImportError as exc:
+        raise fail(f"--replicas needs Ray Serve ({exc}): pip install 'tally[replicas]'") from None
+    server = settings.server
+    console.print(f"{server.replicas} replicas x {server.replica_threads} threads, on Ray Serve")
+    try:
+        replicas.serve_replicas(settings, host, port)
+    except TallyError as exc:
+        raise fail(str(exc)) from None
 
 
 def _fix_mmap_threshold(size: int) -> None:

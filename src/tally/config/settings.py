@@ -63,6 +63,25 @@ class ServerSettings(_Section):
         description="tally serve: allocations this large or larger get their own pages, returned when freed (glibc); "
         "0 leaves glibc's adaptive threshold (see docs/reliability.md)",
     )
+    replicas: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="engine replicas `tally serve` runs behind one ingress on Ray Serve (docs/scaling.md); "
+        "1: one process, no Ray",
+    )
+    ray_address: str | None = Field(
+        None, description="with replicas: the Ray cluster to join (e.g. 10.0.0.5:6379); unset: a local one"
+    )
+    replica_threads: int = Field(
+        1, ge=1, le=1024, description="with replicas: torch threads of each replica, and the Ray CPUs it reserves"
+    )
+    replica_retries: int = Field(
+        2, ge=0, le=16, description="with replicas: resends of a request whose replica died before it answered"
+    )
+    replica_drain_s: float = Field(
+        60.0, gt=0, description="with replicas: how long a stopping replica waits for its requests in flight"
+    )
 
 
 class LedgerSettings(_Section):

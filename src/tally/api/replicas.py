@@ -1,0 +1,264 @@
+"""Scale-out: `tally serve --replicas N` runs N engine replicas behind one HTTP ingress, on Ray Serve.
+
+Each replica is a whole Tally app (its own engine) in its own process, over the same data directory and database:
+writes take the database's write lock, so the ledger's appends stay one at a time across processes. The process
+that runs `tally serve` migrates the database, anchors and starts the factory workers; replicas do none of these.
+
+The ingress reads `model` from a completion's JSON body and calls the replicas with it as Ray's multiplexed model
+id, so the requests for an adapter go to a replica that already holds it. A replica that dies before it answered
+gets the request sent again to another (`server.replica_retries` times); once the first bytes went to the client a
+failure cuts the response, as it would in one process. A stopping replica takes no new requests and finishes the
+ones in flight (`server.replica_drain_s`). Every response names its replica in the `x-tally-replica` header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import threading
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import ray
+from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Message, Receive, Scope, Send
+
+from tally.answers import build_runtime
+from tally.api.app import create_app
+from tally.api.errors import error_body
+from tally.api.limits import body_cap
+from tally.config import Settings
+from tally.config.errors import TallyError
+from tally.config.logs import configure_logging
+
+logger = logging.getLogger(__name__)
+APP_NAME = "tally"
+REPLICA_HEADER = "x-tally-replica"
+MODEL_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})  # the routes whose body names an adapter
+# How many adapters a replica reports as held (Ray fixes this when the class is defined): the engine's default
+# adapter slots. A replica asked for more still serves them; routing just prefers it for the latest ones.
+ADAPTERS_PER_REPLICA = 16
+# What of the ingress's ASGI scope a replica's app needs (the rest is Ray's and does not cross processes).
+SCOPE_KEYS = (
+    "type", "asgi", "http_version", "method", "scheme", "path", "raw_path", "query_string", "root_path", "headers",
+    "client", "server",
+)  # fmt: skip
+REPLICA_DIED = (RayActorError, ActorUnavailableError)  # the replica's process is gone or unreachable
+# Ray's own lines: warnings only, no access log (each replica writes Tally's request log, with the request id)
+SERVE_LOGS = {"log_level": "WARNING", "enable_access_log": False}
+
+
+class ReplicaError(TallyError):
+    kind = "unavailable"
+
+
+class TallyReplica:
+    """One Tally app with its own engine, answering the ASGI requests the ingress forwards."""
+
+    async def __init__(self, settings_json: str) -> None:  # type: ignore[misc]  # Ray awaits an async __init__
+        settings = Settings.model_validate_json(settings_json)
+        configure_logging(settings.log.level, settings.log.format)  # Tally's request log, as in one process
+        context = serve.get_replica_context()
+        self.name = context.replica_id.unique_id
+        self.app = create_app(settings, with_engine=True, anchoring=False)
+        self._lifespan = self.app.router.lifespan_context(self.app)
+        await self._lifespan.__aenter__()  # builds the runtime and starts the engine, as uvicorn would
+
+    async def __del__(self) -> None:
+        # Serve calls this after the requests in flight finished (or replica_drain_s passed)
+        if hasattr(self, "_lifespan"):  # not when __init__ failed
+            await self._lifespan.__aexit__(None, None, None)
+
+    @serve.multiplexed(max_num_models_per_replica=ADAPTERS_PER_REPLICA)
+    async def hold(self, model: str) -> str:
+        """Marks `model` as held here, for routing; the engine loads an adapter's weights on its first request."""
+        return model
+
+    async def handle(self, scope: dict[str, Any], body: bytes) -> AsyncIterator[Message]:
+        """Run one request through the app, yielding its ASGI messages as the app sends them."""
+        model = serve.get_multiplexed_model_id()
+        if model:
+            await self.hold(model)
+        messages: asyncio.Queue[Message | None] = asyncio.Queue()
+        gone = asyncio.Event()  # the ingress stopped listening: the app sees a disconnect
+        body_sent = False
+
+        async def receive() -> Message:
+            nonlocal body_sent
+            if not body_sent:
+                body_sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", []), (REPLICA_HEADER.encode(), self.name.encode())]
+                message = {**message, "headers": headers}
+            await messages.put(message)
+
+        task = asyncio.create_task(self._run({**scope, "state": {}}, receive, send, messages))
+        try:
+            while (message := await messages.get()) is not None:
+                yield message
+        finally:
+            gone.set()
+            if not task.done():
+                task.cancel()
+
+    async def _run(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        messages: asyncio.Queue[Message | None],
+    ) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except Exception:  # the app already answered 500 where it could; the ingress answers where it could not
+            logger.exception("request %s %s failed in replica %s", scope.get("method"), scope.get("path"), self.name)
+        finally:
+            await messages.put(None)
+
+
+class TallyIngress:
+    """The HTTP door: reads the body, picks the multiplexed id, forwards to a replica and relays its answer."""
+
+    def __init__(self, replicas: DeploymentHandle, settings_json: str) -> None:
+        self.settings = Settings.model_validate_json(settings_json)
+        self.replicas = replicas
+
+    async def __call__(self, request: Request) -> Response:
+        body = await _read_capped(request, body_cap(self.settings, request.url.path))
+        scope = {key: request.scope[key] for key in SCOPE_KEYS if key in request.scope}
+        handle = self.replicas.options(method_name="handle", stream=True, multiplexed_model_id=_model_of(request, body))
+        failure: Exception | None = None
+        for attempt in range(self.settings.server.replica_retries + 1):
+            stream = cast(DeploymentResponseGenerator, handle.remote(scope, body))
+            try:
+                start = await anext(stream)
+                first = await anext(stream) if start["type"] == "http.response.start" else start
+            except REPLICA_DIED as exc:
+                failure = exc
+                logger.warning("replica died before answering %s (attempt %d): %s", request.url.path, attempt + 1, exc)
+                continue
+            except StopAsyncIteration:
+                return _error(500, "the replica ended the request without an answer")
+            return _relay(start, first, stream)
+        return _error(503, f"no replica answered after {self.settings.server.replica_retries + 1} attempts: {failure}")
+
+
+def _model_of(request: Request, body: bytes) -> str:
+    """The multiplexed id: the `model` a completion asks for ("" for every other route, or a body that names none;
+    the replica's app then answers it as it would any other)."""
+    if request.method != "POST" or request.url.path not in MODEL_PATHS:
+        return ""
+    try:
+        model = json.loads(body).get("model")
+    except (ValueError, AttributeError):
+        return ""
+    return model if isinstance(model, str) else ""
+
+
+async def _read_capped(request: Request, cap: int) -> bytes:
+    """The body, up to one byte past `cap`: the replica's limit middleware then refuses it (413) as it always does."""
+    chunks, size, more = [], 0, True
+    while more and size <= cap:
+        message = await request.receive()
+        if message["type"] != "http.request":  # the client left: the replica sees what arrived, then the end
+            break
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        more = message.get("more_body", False)
+    return b"".join(chunks)[: cap + 1]
+
+
+def _relay(start: dict[str, Any], first: dict[str, Any], rest: AsyncIterator[dict[str, Any]]) -> Response:
+    """The replica's answer as the ingress's: whole when it came in one piece, else streamed as it comes."""
+    if not first.get("more_body", False):
+        response = Response(first.get("body", b""), status_code=start["status"])
+    else:
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield first.get("body", b"")
+            async for message in rest:
+                if message["type"] == "http.response.body":
+                    yield message.get("body", b"")
+
+        response = StreamingResponse(chunks(), status_code=start["status"])
+    # as sent, repeats included; but x-request-id, which Ray's proxy adds itself (the same id: it passed it on)
+    response.raw_headers = [(bytes(k), bytes(v)) for k, v in start.get("headers", []) if bytes(k) != b"x-request-id"]
+    return response
+
+
+def _error(status: int, message: str) -> Response:
+    body = error_body(message, "server_error")
+    return Response(json.dumps(body), status_code=status, media_type="application/json")
+
+
+def serve_replicas(settings: Settings, host: str, port: int) -> None:
+    """Start (or join) a Ray cluster, deploy the ingress and `server.replicas` replicas on host:port, and serve until
+    SIGINT or SIGTERM; then stop taking requests, let the replicas finish theirs, and leave Ray."""
+    server = settings.server
+    ray.init(address=server.ray_address, include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        if server.ray_address is None:
+            cpus = int(ray.cluster_resources().get("CPU", 0))
+            if server.replicas * server.replica_threads > cpus:
+                raise ReplicaError(
+                    f"server.replicas ({server.replicas}) x server.replica_threads ({server.replica_threads}) needs "
+                    f"{server.replicas * server.replica_threads} CPUs; this machine has {cpus}",
+                    param="server.replicas",
+                )
+        # This process migrates the database, makes the ledger's key and anchors before any replica opens them.
+        runtime = build_runtime(settings).start(anchoring=True)
+        try:
+            serve.start(http_options={"host": host, "port": port}, logging_config=SERVE_LOGS)
+            serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
+            _wait_for_signal()
+            serve.delete(APP_NAME)  # replicas drain: requests in flight finish, new ones are refused
+        finally:
+            runtime.close()
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def build_app(settings: Settings) -> Any:
+    """The Serve application: the ingress over `server.replicas` replicas with `server.replica_threads` each."""
+    server, engine = settings.server, settings.engine
+    replica_settings = settings.model_copy(
+        update={"engine": engine.model_copy(update={"threads": server.replica_threads})}
+    ).model_dump_json()
+    replicas = serve.deployment(
+        name="TallyReplica",
+        num_replicas=server.replicas,
+        ray_actor_options={"num_cpus": server.replica_threads},
+        # what the engine runs plus what it queues: past that it answers 503 itself
+        max_ongoing_requests=engine.max_num_seqs + engine.max_waiting,
+        graceful_shutdown_timeout_s=server.replica_drain_s,
+        graceful_shutdown_wait_loop_s=0.5,
+        logging_config=SERVE_LOGS,
+    )(TallyReplica).bind(replica_settings)
+    ingress = serve.deployment(
+        name="TallyIngress",
+        ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=10_000,
+        graceful_shutdown_timeout_s=server.replica_drain_s,  # it relays what the replicas finish while draining
+        graceful_shutdown_wait_loop_s=0.5,
+        logging_config=SERVE_LOGS,
+    )
+    return ingress(TallyIngress).bind(replicas, settings.model_dump_json())
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda _signum, _frame: stop.set())
+    stop.wait()

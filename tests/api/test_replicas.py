@@ -1,0 +1,161 @@
+"""Two engine replicas behind the Ray Serve ingress, on loopback, over the tiny model: adapter affinity, a replica
+killed under load losing no request, the same answers through the ingress as from one process."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tests.engine.conftest import TinySetup, tiny  # noqa: F401 (tiny is a fixture)
+
+from tally.config import Settings
+from tally.engine.registry import add as register_adapter
+from tally.engine.registry import registry_path
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+replicas = pytest.importorskip("tally.api.replicas")
+
+ADAPTERS = ("ad0-r4", "ad1-r8", "ad2-r16")
+WAIT_S = 300.0  # a generous bound on a loaded 2-core machine; every wait ends as soon as its condition holds
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_settings(tiny: TinySetup, data: Path) -> Settings:  # noqa: F811
+    settings = Settings.model_validate(
+        {
+            "data_dir": str(data),
+            "models": {"default": str(tiny.model_dir)},
+            "engine": {"max_num_seqs": 8, "max_model_len": 192, "max_tokens_per_step": 64, "max_rank": 16},
+            "server": {
+                "anonymous_inference": True,
+                "replicas": 2,
+                "replica_threads": 1,
+                "max_request_bytes": 64 * 1024,
+            },
+            "attribution": {"default_mode": "off"},
+            "chain": {"enabled": False},
+            "studio": {"enabled": False},
+        }
+    )
+    for name in ADAPTERS:
+        register_adapter(registry_path(data), name, tiny.adapters[name])
+    return settings
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny: TinySetup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Settings]]:  # noqa: F811
+    settings = make_settings(tiny, tmp_path_factory.mktemp("replicas") / "data")
+    port = free_port()
+    # two logical CPUs whatever the machine has: one per replica thread
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(replicas.build_app(settings), name=replicas.APP_NAME, route_prefix="/")
+        yield f"http://127.0.0.1:{port}", settings
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def complete(base: str, model: str, max_tokens: int = 8, **extra: Any) -> httpx.Response:
+    body = {"model": model, "prompt": "Once upon a time", "max_tokens": max_tokens, "temperature": 0, **extra}
+    return httpx.post(f"{base}/v1/completions", json=body, timeout=WAIT_S)
+
+
+def replica_of(response: httpx.Response) -> str:
+    assert response.status_code == 200, response.text
+    return response.headers[replicas.REPLICA_HEADER]
+
+
+def controller_knows(model: str, replica: str) -> bool:
+    """Ray's controller has recorded `model` as held by `replica` (it tells the ingress's router next)."""
+    from ray.serve._private.common import DeploymentID
+    from ray.serve.context import _get_global_client
+
+    controller = _get_global_client()._controller
+    states = ray.get(
+        controller._dump_replica_states_for_testing.remote(DeploymentID("TallyReplica", replicas.APP_NAME))
+    )
+    return any(r.replica_id.unique_id == replica and model in r.multiplexed_model_ids for r in states.get())
+
+
+def running_replicas() -> int:
+    status = serve.status().applications[replicas.APP_NAME]
+    deployment = status.deployments["TallyReplica"]
+    return int(deployment.replica_states.get("RUNNING", 0)) if status.status == "RUNNING" else 0
+
+
+def test_replicas(cluster: tuple[str, Settings]) -> None:
+    base, settings = cluster
+    wait_for(lambda: running_replicas() == 2, "two running replicas")
+
+    # (c) the same models through the ingress, whichever replica answers
+    listings = [httpx.get(f"{base}/v1/models", timeout=WAIT_S) for _ in range(4)]
+    ids = [sorted(m["id"] for m in r.json()["data"]) for r in listings]
+    assert all(r.status_code == 200 for r in listings)
+    assert ids[0] == sorted([str(Path(settings.models.default)), *ADAPTERS])
+    assert all(i == ids[0] for i in ids)
+
+    # (a) adapter affinity: once Ray knows where an adapter is held, its requests go there
+    for adapter in ADAPTERS[:2]:
+        first = replica_of(complete(base, adapter))
+        wait_for(lambda a=adapter, r=first: controller_knows(a, r), f"the controller to record {adapter}")
+        again = [replica_of(complete(base, adapter)) for _ in range(3)]
+        assert again == [first] * 3, f"{adapter}: first on {first}, then on {again}"
+
+    # the app's own refusals pass through: an unknown adapter (404), a body over the cap (413)
+    assert complete(base, "no-such-adapter").status_code == 404
+    big = httpx.post(f"{base}/v1/completions", content=b"x" * (100 * 1024), timeout=WAIT_S)
+    assert big.status_code == 413 and big.json()["error"]["type"] == "invalid_request_error"
+
+    # streaming passes through as SSE, chunk by chunk, ending in [DONE]
+    with httpx.stream(
+        "POST",
+        f"{base}/v1/chat/completions",
+        json={"model": ADAPTERS[0], "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "stream": True},
+        timeout=WAIT_S,
+    ) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]" and json.loads(events[0])["object"] == "chat.completion.chunk"
+
+    # (b) the replica holding an adapter is killed while requests for it are in flight: every request the client
+    # sent is answered 200 (the ingress resends those the dead replica never answered to the other replica)
+    victim = replica_of(complete(base, ADAPTERS[0]))
+    actor = ray.get_actor(f"SERVE_REPLICA::{replicas.APP_NAME}#TallyReplica#{victim}", namespace="serve")
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(complete, base, ADAPTERS[0], 64) for _ in range(8)]
+        wait_for(lambda: ray.get(actor.get_num_ongoing_requests.remote()) > 0, "requests in flight on the victim")
+        ray.kill(actor)
+        answers = [f.result() for f in futures]
+    served_by = {a.headers.get(replicas.REPLICA_HEADER) for a in answers}
+    assert [a.status_code for a in answers] == [200] * len(answers), [a.text for a in answers if a.is_error]
+    assert all(a.json()["choices"][0]["text"] is not None for a in answers)
+    assert served_by - {victim}, "no request was answered by the surviving replica"
+
+    # Serve replaces the dead replica: two running again, and both answer
+    wait_for(lambda: running_replicas() == 2, "the killed replica to be replaced")
+    assert complete(base, ADAPTERS[2]).status_code == 200
