@@ -131,6 +131,10 @@ def test_replicas(cluster: tuple[str, Settings]) -> None:
     big = httpx.post(f"{base}/v1/completions", content=b"x" * (100 * 1024), timeout=WAIT_S)
     assert big.status_code == 413 and big.json()["error"]["type"] == "invalid_request_error"
 
+    # an adapter loaded through one replica's route would be served by that replica only: refused, saying what works
+    refused = httpx.post(f"{base}/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": "/x"}, timeout=WAIT_S)
+    assert refused.status_code == 409 and "tally adapters add" in refused.json()["error"]["message"]
+
     # streaming passes through as SSE, chunk by chunk, ending in [DONE]
     with httpx.stream(
         "POST",

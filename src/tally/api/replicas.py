@@ -41,6 +41,12 @@ logger = logging.getLogger(__name__)
 APP_NAME = "tally"
 REPLICA_HEADER = "x-tally-replica"
 MODEL_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})  # the routes whose body names an adapter
+# Loading or unloading through one replica's route would change that replica only: refused, saying what works
+ONE_PROCESS_PATHS = frozenset({"/v1/load_lora_adapter", "/v1/unload_lora_adapter"})
+ONE_PROCESS_MESSAGE = (
+    "with server.replicas > 1 adapters are not loaded or unloaded through the API: register one with `tally adapters "
+    "add NAME PATH` (or publish it from the factory) and every replica serves it from its first request"
+)
 # How many adapters a replica reports as held (Ray fixes this when the class is defined): the engine's default
 # adapter slots. A replica asked for more still serves them; routing just prefers it for the latest ones.
 ADAPTERS_PER_REPLICA = 16
@@ -135,6 +141,8 @@ class TallyIngress:
         self.replicas = replicas
 
     async def __call__(self, request: Request) -> Response:
+        if request.url.path in ONE_PROCESS_PATHS:
+            return _error(409, ONE_PROCESS_MESSAGE, "invalid_request_error")
         body = await _read_capped(request, body_cap(self.settings, request.url.path))
         scope = {key: request.scope[key] for key in SCOPE_KEYS if key in request.scope}
         handle = self.replicas.options(method_name="handle", stream=True, multiplexed_model_id=_model_of(request, body))
@@ -197,8 +205,8 @@ def _relay(start: dict[str, Any], first: dict[str, Any], rest: AsyncIterator[dic
     return response
 
 
-def _error(status: int, message: str) -> Response:
-    body = error_body(message, "server_error")
+def _error(status: int, message: str, type_: str = "server_error") -> Response:
+    body = error_body(message, type_)
     return Response(json.dumps(body), status_code=status, media_type="application/json")
 
 

@@ -69,7 +69,9 @@ def serve(
     ),
     ray_address: str = typer.Option(None, help="with replicas: join this Ray cluster (default: a local one)"),
     replica_threads: int = typer.Option(
-        None, min=1, help="with replicas: torch threads per replica (default: settings server.replica_threads)"
+        None,
+        min=1,
+        help="torch threads per replica (default: server.replica_threads; with one process: engine.threads)",
     ),
 ) -> None:
     """Start the API server: one process, or with --replicas N an ingress over N engine replicas (docs/scaling.md)."""
@@ -83,6 +85,10 @@ def serve(
     given = {key: value for key, value in overrides.items() if value is not None}
     if given:
         settings = settings.model_copy(update={"server": settings.server.model_copy(update=given)})
+    if replica_threads is not None and settings.server.replicas == 1:  # the one process is the one replica
+        settings = settings.model_copy(
+            update={"engine": settings.engine.model_copy(update={"threads": replica_threads})}
+        )
     _fix_mmap_threshold(settings.server.malloc_mmap_threshold)
     fmt, level = log_format or settings.log.format, (log_level or settings.log.level).upper()
     if fmt not in ("text", "json"):
