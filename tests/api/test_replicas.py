@@ -27,13 +27,13 @@ ADAPTERS = ("ad0-r4", "ad1-r8", "ad2-r16")
 WAIT_S = 300.0  # a generous bound on a loaded 2-core machine; every wait ends as soon as its condition holds
 
 
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = WAIT_S, every: float = 0.2) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
-        time.sleep(0.2)
+        time.sleep(every)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
@@ -48,7 +48,7 @@ def make_settings(tiny: TinySetup, data: Path) -> Settings:  # noqa: F811
         {
             "data_dir": str(data),
             "models": {"default": str(tiny.model_dir)},
-            "engine": {"max_num_seqs": 8, "max_model_len": 192, "max_tokens_per_step": 64, "max_rank": 16},
+            "engine": {"max_num_seqs": 8, "max_model_len": 256, "max_tokens_per_step": 64, "max_rank": 16},
             "server": {
                 "anonymous_inference": True,
                 "replicas": 2,
@@ -90,16 +90,17 @@ def replica_of(response: httpx.Response) -> str:
     return response.headers[replicas.REPLICA_HEADER]
 
 
-def controller_knows(model: str, replica: str) -> bool:
-    """Ray's controller has recorded `model` as held by `replica` (it tells the ingress's router next)."""
+def routers_told(model: str, replica: str) -> bool:
+    """Ray's controller has told the routers (the ingress's among them) that `replica` holds `model`: the snapshot
+    its long poll hands out, read the way a router reads it."""
     from ray.serve._private.common import DeploymentID
+    from ray.serve._private.long_poll import LongPollNamespace
     from ray.serve.context import _get_global_client
 
-    controller = _get_global_client()._controller
-    states = ray.get(
-        controller._dump_replica_states_for_testing.remote(DeploymentID("TallyReplica", replicas.APP_NAME))
-    )
-    return any(r.replica_id.unique_id == replica and model in r.multiplexed_model_ids for r in states.get())
+    key = (LongPollNamespace.DEPLOYMENT_TARGETS, DeploymentID("TallyReplica", replicas.APP_NAME))
+    updates = ray.get(_get_global_client()._controller.listen_for_change.remote({key: -1}))
+    targets = updates[key].object_snapshot
+    return any(r.replica_id.unique_id == replica and model in r.multiplexed_model_ids for r in targets.running_replicas)
 
 
 def running_replicas() -> int:
@@ -122,7 +123,7 @@ def test_replicas(cluster: tuple[str, Settings]) -> None:
     # (a) adapter affinity: once Ray knows where an adapter is held, its requests go there
     for adapter in ADAPTERS[:2]:
         first = replica_of(complete(base, adapter))
-        wait_for(lambda a=adapter, r=first: controller_knows(a, r), f"the controller to record {adapter}")
+        wait_for(lambda a=adapter, r=first: routers_told(a, r), f"the routers to learn where {adapter} is")
         again = [replica_of(complete(base, adapter)) for _ in range(3)]
         assert again == [first] * 3, f"{adapter}: first on {first}, then on {again}"
 
@@ -150,9 +151,10 @@ def test_replicas(cluster: tuple[str, Settings]) -> None:
     # sent is answered 200 (the ingress resends those the dead replica never answered to the other replica)
     victim = replica_of(complete(base, ADAPTERS[0]))
     actor = ray.get_actor(f"SERVE_REPLICA::{replicas.APP_NAME}#TallyReplica#{victim}", namespace="serve")
-    with ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(complete, base, ADAPTERS[0], 64) for _ in range(8)]
-        wait_for(lambda: ray.get(actor.get_num_ongoing_requests.remote()) > 0, "requests in flight on the victim")
+    with ThreadPoolExecutor(16) as pool:  # twice the engine's batch: some run, some wait in its queue
+        futures = [pool.submit(complete, base, ADAPTERS[0], 128) for _ in range(16)]
+        ongoing = lambda: ray.get(actor.get_num_ongoing_requests.remote()) >= 4  # noqa: E731
+        wait_for(ongoing, "requests in flight on the victim", every=0.01)
         ray.kill(actor)
         answers = [f.result() for f in futures]
     served_by = {a.headers.get(replicas.REPLICA_HEADER) for a in answers}
