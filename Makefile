@@ -10,7 +10,7 @@ export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 # The suites that run a second time against PostgreSQL (tests/postgres/run.sh: a throwaway cluster, a database per test)
 POSTGRES_SUITES := tests/store tests/ledger tests/datanets tests/rewards tests/chain tests/e2e tests/postgres
 
-.PHONY: run test lint install model bench clean postgres chromium
+.PHONY: run test lint install model bench clean postgres chromium compiler
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,7 +40,12 @@ chromium:
 	@test -x /usr/bin/chromium || \
 		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 
-test: model $(NPM_STAMP) postgres chromium
+# A C compiler for the int8 decode kernel (engine.weights = int8 builds it on first use).
+compiler:
+	@command -v cc >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1 || \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y gcc libc6-dev; }
+
+test: model $(NPM_STAMP) postgres chromium compiler
 	$(BIN)/python -m pytest -q
 	tests/postgres/run.sh $(BIN)/python -m pytest -q $(POSTGRES_SUITES)
 

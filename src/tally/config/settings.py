@@ -198,6 +198,10 @@ class EngineSettings(_Section):
     load_workers: int = Field(1, ge=1, le=64, description="threads reading adapters from disk")
     threads: int = Field(0, ge=0, le=1024, description="torch threads for inference; 0: torch's default")
     max_waiting: int = Field(256, ge=1, description="requests queued for a KV cache row; more answer 503")
+    weights: Literal["fp32", "int8"] = Field(
+        "fp32", description="base weights: fp32, or int8 (1.125 bytes a weight: faster CPU decode, docs/engine.md)"
+    )
+    int8_max_tokens: int = Field(16, ge=0, le=4096, description="steps of at most this many tokens use the int8 kernel")
 
 
 class FactoryLimits(_Section):
