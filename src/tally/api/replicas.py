@@ -29,7 +29,6 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from tally.answers import build_runtime
 from tally.api.app import create_app
 from tally.api.errors import error_body
 from tally.api.limits import body_cap
@@ -222,17 +221,22 @@ def serve_replicas(settings: Settings, host: str, port: int) -> None:
                 raise ReplicaError(
                     f"server.replicas ({server.replicas}) x server.replica_threads ({server.replica_threads}) needs "
                     f"{server.replicas * server.replica_threads} CPUs; this machine has {cpus}",
+                    kind="limit",
                     param="server.replicas",
                 )
-        # This process migrates the database, makes the ledger's key and anchors before any replica opens them.
-        runtime = build_runtime(settings).start(anchoring=True)
+        # This process starts the app without an engine and serves nothing with it: its start migrates the database
+        # and makes the ledger's and the studio's keys before any replica opens them, and it alone anchors.
+        app, loop = create_app(settings, anchoring=True), asyncio.new_event_loop()
+        lifespan = app.router.lifespan_context(app)
+        loop.run_until_complete(lifespan.__aenter__())
         try:
             serve.start(http_options={"host": host, "port": port}, logging_config=SERVE_LOGS)
             serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
             _wait_for_signal()
             serve.delete(APP_NAME)  # replicas drain: requests in flight finish, new ones are refused
         finally:
-            runtime.close()
+            loop.run_until_complete(lifespan.__aexit__(None, None, None))
+            loop.close()
     finally:
         serve.shutdown()
         ray.shutdown()
