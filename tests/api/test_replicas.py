@@ -165,3 +165,32 @@ def test_replicas(cluster: tuple[str, Settings]) -> None:
     # Serve replaces the dead replica: two running again, and both answer
     wait_for(lambda: running_replicas() == 2, "the killed replica to be replaced")
     assert complete(base, ADAPTERS[2]).status_code == 200
+
+
+def test_the_ingress_prefers_a_replica_for_adapters_only(tmp_path: Path) -> None:
+    from starlette.requests import Request
+
+    settings = Settings.model_validate(
+        {
+            "data_dir": str(tmp_path),
+            "models": {"default": "base"},
+            "rag": {
+                "aliases": {
+                    "docs": {"model": "ad", "datanets": ["d"]},
+                    "base-docs": {"model": "base", "datanets": ["d"]},
+                }
+            },
+        }
+    )
+
+    def held(model: object, path: str = "/v1/chat/completions", method: str = "POST") -> str:
+        request = Request({"type": "http", "method": method, "path": path, "headers": [], "query_string": b""})
+        return replicas._held_model(settings, request, json.dumps({"model": model}).encode())
+
+    assert held("ad") == "ad" and held("ad", "/v1/completions") == "ad"
+    assert held("docs") == "ad"  # a RAG alias: its adapter
+    assert held("base") == "" and held("base-docs") == ""  # every replica has the base model
+    assert held("ad", "/v1/models", "GET") == "" and held("ad", "/v1/load_lora_adapter") == ""
+    assert held(None) == "" and held(["ad"]) == ""
+    request = Request({"type": "http", "method": "POST", "path": "/v1/completions", "headers": [], "query_string": b""})
+    assert replicas._held_model(settings, request, b"not json") == ""

@@ -24,6 +24,7 @@ from typing import Any, cast
 import ray
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -144,7 +145,8 @@ class TallyIngress:
             return _error(409, ONE_PROCESS_MESSAGE, "invalid_request_error")
         body = await _read_capped(request, body_cap(self.settings, request.url.path))
         scope = {key: request.scope[key] for key in SCOPE_KEYS if key in request.scope}
-        handle = self.replicas.options(method_name="handle", stream=True, multiplexed_model_id=_model_of(request, body))
+        model = _held_model(self.settings, request, body)
+        handle = self.replicas.options(method_name="handle", stream=True, multiplexed_model_id=model)
         failure: Exception | None = None
         for attempt in range(self.settings.server.replica_retries + 1):
             stream = cast(DeploymentResponseGenerator, handle.remote(scope, body))
@@ -157,20 +159,29 @@ class TallyIngress:
                 continue
             except StopAsyncIteration:
                 return _error(500, "the replica ended the request without an answer")
+            except BackPressureError:
+                waiting = self.settings.engine.max_waiting
+                busy = f"all replicas are busy and {waiting} requests wait (engine.max_waiting); retry shortly"
+                return _error(503, busy, headers={"Retry-After": "1"})
             return _relay(start, first, stream)
         return _error(503, f"no replica answered after {self.settings.server.replica_retries + 1} attempts: {failure}")
 
 
-def _model_of(request: Request, body: bytes) -> str:
-    """The multiplexed id: the `model` a completion asks for ("" for every other route, or a body that names none;
-    the replica's app then answers it as it would any other)."""
+def _held_model(settings: Settings, request: Request, body: bytes) -> str:
+    """The multiplexed id: the adapter a completion asks for (a RAG alias's own model). "" when there is none to
+    prefer a replica for: the base model (every replica has it), other routes, a body that names no model (the
+    replica's app then answers it as it would any other)."""
     if request.method != "POST" or request.url.path not in MODEL_PATHS:
         return ""
     try:
         model = json.loads(body).get("model")
     except (ValueError, AttributeError):
         return ""
-    return model if isinstance(model, str) else ""
+    if not isinstance(model, str):
+        return ""
+    alias = settings.rag.aliases.get(model)
+    model = alias.model if alias is not None else model
+    return "" if model == settings.models.default else model
 
 
 async def _read_capped(request: Request, cap: int) -> bytes:
@@ -204,9 +215,9 @@ def _relay(start: dict[str, Any], first: dict[str, Any], rest: AsyncIterator[dic
     return response
 
 
-def _error(status: int, message: str, type_: str = "server_error") -> Response:
+def _error(status: int, message: str, type_: str = "server_error", headers: dict[str, str] | None = None) -> Response:
     body = error_body(message, type_)
-    return Response(json.dumps(body), status_code=status, media_type="application/json")
+    return Response(json.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
 def serve_replicas(settings: Settings, host: str, port: int) -> None:
@@ -252,8 +263,10 @@ def build_app(settings: Settings) -> Any:
         name="TallyReplica",
         num_replicas=server.replicas,
         ray_actor_options={"num_cpus": server.replica_threads},
-        # what the engine runs plus what it queues: past that it answers 503 itself
-        max_ongoing_requests=engine.max_num_seqs + engine.max_waiting,
+        # A replica takes what its engine runs at once; more for an adapter go to another replica (Ray's routing
+        # prefers the one holding it while it has room) or wait in the ingress, up to the engine's queue size.
+        max_ongoing_requests=engine.max_num_seqs,
+        max_queued_requests=engine.max_waiting,
         graceful_shutdown_timeout_s=server.replica_drain_s,
         graceful_shutdown_wait_loop_s=0.5,
         logging_config=SERVE_LOGS,
