@@ -71,7 +71,7 @@ def test_engine_section_sizes_the_engine(tmp_path: Path, monkeypatch: pytest.Mon
     assert config.adapter_slots == EngineConfig().adapter_slots  # unset fields keep the engine's defaults
     monkeypatch.setenv("TALLY_ENGINE__THREADS", "1")
     assert load_settings().engine.threads == 1
-    (tmp_path / "tally.toml").write_text("[engine]\nmax_num_seqs = 0\n")
+    (tmp_path / "tally.toml").write_text("[engine]\nmax_num_seqs = -1\n")
     with pytest.raises(ValidationError, match="engine.max_num_seqs"):
         load_settings()
     (tmp_path / "tally.toml").write_text("[engine]\nmax_seqs = 8\n")

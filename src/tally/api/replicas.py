@@ -255,10 +255,19 @@ def serve_replicas(settings: Settings, host: str, port: int) -> None:
 
 def build_app(settings: Settings) -> Any:
     """The Serve application: the ingress over `server.replicas` replicas with `server.replica_threads` each."""
+    from tally.engine.sizing import resolve_num_seqs
+    from tally.models import resolve_model
+
     server, engine = settings.server, settings.engine
-    replica_settings = settings.model_copy(
-        update={"engine": engine.model_copy(update={"threads": server.replica_threads})}
-    ).model_dump_json()
+    model_dir = resolve_model(settings.models.default, settings.models.cache_dir)
+    # sized once here, so every replica and the ingress's limits agree
+    engine = engine.model_copy(
+        update={
+            "threads": server.replica_threads,
+            "max_num_seqs": resolve_num_seqs(engine.max_num_seqs, model_dir, engine.max_model_len),
+        }
+    )
+    replica_settings = settings.model_copy(update={"engine": engine}).model_dump_json()
     replicas = serve.deployment(
         name="TallyReplica",
         num_replicas=server.replicas,

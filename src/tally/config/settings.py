@@ -187,7 +187,9 @@ class AttributionSettings(_Section):
 class EngineSettings(_Section):
     """Sizes the inference engine allocates at start (docs/engine.md has the memory arithmetic)."""
 
-    max_num_seqs: int = Field(16, ge=1, le=4096, description="sequences decoded together (KV cache rows)")
+    max_num_seqs: int = Field(
+        0, ge=0, le=4096, description="sequences decoded together (KV cache rows); 0: sized from the memory available"
+    )
     max_model_len: int = Field(1024, ge=16, le=1 << 17, description="tokens per sequence, prompt plus output")
     max_tokens_per_step: int = Field(512, ge=1, description="token budget of one step (prefill chunks + decodes)")
     adapter_slots: int = Field(16, ge=1, le=1024, description="adapters resident in the stacked slot tensors")
@@ -196,7 +198,7 @@ class EngineSettings(_Section):
     host_cache_bytes: int = Field(1 << 30, ge=0, description="bytes of adapter weights kept in host memory (LRU)")
     fairness_steps: int = Field(8, ge=1, description="steps a blocked adapter waits before it goes first")
     load_workers: int = Field(1, ge=1, le=64, description="threads reading adapters from disk")
-    threads: int = Field(0, ge=0, le=1024, description="torch threads for inference; 0: torch's default")
+    threads: int = Field(0, ge=0, le=1024, description="torch threads for inference; 0: every core")
     max_waiting: int = Field(256, ge=1, description="requests queued for a KV cache row; more answer 503")
     weights: Literal["fp32", "int8"] = Field(
         "fp32", description="base weights: fp32, or int8 (1.125 bytes a weight: faster CPU decode, docs/engine.md)"

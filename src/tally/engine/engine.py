@@ -59,6 +59,10 @@ class EngineConfig:
     kernel_dir: Path | None = None  # where the int8 kernel is built (None: next to the model cache)
     device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
 
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1:  # 0 ("auto") is a setting; build_engine resolves it before an engine exists
+            raise ValueError(f"max_num_seqs must be at least 1, got {self.max_num_seqs}")
+
     def scheduler(self) -> SchedulerConfig:
         return SchedulerConfig(
             max_num_seqs=self.max_num_seqs,
@@ -483,12 +487,17 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
 def build_engine(settings: Any, config: EngineConfig | None = None, model: str | None = None) -> Engine:
     """The engine for the server: the default base model from settings, adapters from the CLI's registry file,
     sizes from the `[engine]` section of the settings."""
+    from tally.engine.sizing import auto_threads, resolve_num_seqs
     from tally.models import load_model, load_tokenizer, resolve_model
 
     name = model or settings.models.default
     path = resolve_model(name, settings.models.cache_dir)
     if config is None:
-        config = EngineConfig(**settings.engine.model_dump(), kernel_dir=settings.models.cache_dir.parent / "kernels")
+        sizes = settings.engine.model_dump()
+        sizes["max_num_seqs"] = resolve_num_seqs(sizes["max_num_seqs"], path, sizes["max_model_len"])
+        sizes["threads"] = sizes["threads"] or auto_threads()
+        config = EngineConfig(**sizes, kernel_dir=settings.models.cache_dir.parent / "kernels")
+        logger.info("engine: %d sequences, %d threads, %s weights", config.max_num_seqs, config.threads, config.weights)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     engine = Engine(load_model(path), load_tokenizer(path), name, config)
