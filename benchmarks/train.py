@@ -7,13 +7,25 @@ model and the adapter on the paraphrases through `tally.factory.evaluation.evalu
 training-data index: for each paraphrased question, does the highest-scoring training row's contributor match
 the contributor who taught that person? Prints one JSON document, then one summary line.
 
-    python benchmarks/train.py [--people 20] [--epochs 5] [--batch-size 8] [--lr 2e-3] [--tracin] [--model NAME]
+Speed, in the same run: Hugging Face `Trainer` + PEFT trains the same rows (tokenised the same way), model, LoRA
+rank/alpha/dropout/targets, batch size, epochs, max length, learning rate and schedule, with the same torch thread
+count, right before `tally train` (the service path, ledger and training-data index on, as a user gets it). Tokens
+are counted the same way for both (non-padding input tokens of every step); tokens/s is over each one's wall time
+from loading the model to a saved adapter (tally's also holds the index, the manifest and the ledger entry). Goals:
+tally/HF tokens/s >= 1.0, the final index pass <= 10% of tally's wall time.
+
+    python benchmarks/train.py [--quick] [--people 20] [--epochs 5] [--batch-size 8] [--lr 2e-3] [--tracin]
+                               [--threads N] [--skip-eval] [--skip-hf] [--model NAME]
+
+`--quick`: 16 people (128 rows), 2 epochs, batch 16, rank 16, per-epoch capture on (the default a user gets).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import platform
 import random
 import tempfile
@@ -31,6 +43,7 @@ from tally.factory import service as factory
 from tally.factory.config import SourceCfg, parse_config
 from tally.identity import Principal, create_account
 from tally.ledger import Ledger, open_ledger
+from tally.models import load_model, resolve_model
 from tally.store import open_store
 
 FIRST = "Ilsa Tomas Brina Oskar Mirel Dagny Fenna Corin Halvard Jessa Kaito Liora Maelis Nerys Orrin Pella".split()
@@ -100,8 +113,13 @@ def build_world(settings: Settings, ledger: Ledger, people: list[tuple[str, str,
     return dev, teacher
 
 
-def attribution_check(out_dir: Path, cfg: Any, model_name: str, settings: Settings, people: list, teacher: dict):
-    """Right-contributor rate of the index on the paraphrased questions: final-only vs summed over epochs."""
+def attribution_check(
+    out_dir: Path, cfg: Any, model_name: str, settings: Settings, people: list, teacher: dict,
+    train_items: list[Any] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Right-contributor rate of the index on the paraphrased questions: final-only vs summed over epochs. With
+    `train_items`, also for `final` from a separate pass over them at the trained adapter (what the index held
+    before its final checkpoint came from the last epoch's steps), on the same adapter and questions."""
     from peft import PeftModel
 
     from tally.factory.encode import encode, pad_id
@@ -126,6 +144,14 @@ def attribution_check(out_dir: Path, cfg: Any, model_name: str, settings: Settin
     epochs = sorted(k for k in index.tensors if k.startswith("epoch_"))
     if epochs:  # TracIn-style: in-run gradients of each epoch, compared with the query at the final adapter
         variants |= {"epochs_sum": epochs, "epochs_and_final": [*epochs, "final"]}
+    if train_items is not None:
+        start = time.monotonic()
+        grads, _ = final_gradients(model, train_items, projector, 16, pad_id(tok))
+        index.tensors["final_pass"] = grads.half()  # stored as the index stores it
+        result["final_pass_seconds"] = round(time.monotonic() - start, 1)
+        variants |= {"final_pass": ["final_pass"]}
+        if epochs:
+            variants |= {"epochs_and_final_pass": [*epochs, "final_pass"]}
     for label, ckpts in variants.items():
         s = scores(index, dict.fromkeys(ckpts, q), ckpts)
         top = s.argmax(dim=1).tolist()
@@ -135,19 +161,102 @@ def attribution_check(out_dir: Path, cfg: Any, model_name: str, settings: Settin
     return result
 
 
+def training_items(settings: Settings, ledger: Ledger, dev: Any, cfg: Any) -> tuple[list[Any], int]:
+    """The training rows as tally's service path encodes them, in the index's order, and the pad id."""
+    from tally.factory.data import load_examples, split
+    from tally.factory.encode import encode, pad_id
+    from tally.models import load_tokenizer
+
+    with ledger.store.read() as s:
+        data = load_examples(s, dev, cfg.data.datanets)
+    rows, _ = split(data.examples, cfg.data.eval_fraction, cfg.train.seed)
+    tok = load_tokenizer(resolve_model(cfg.model.name, settings.models.cache_dir))
+    return [encode(tok, e.messages, cfg.data.max_length, e.train_all_tokens) for e in rows], pad_id(tok)
+
+
+def hf_train(settings: Settings, ledger: Ledger, dev: Any, cfg: Any, out: Path) -> dict[str, Any]:
+    """The same run with Hugging Face Trainer + PEFT: same rows and tokens, same hyperparameters."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer, TrainingArguments
+
+    from tally.factory.encode import Encoded, collate
+
+    start = time.monotonic()  # from the rows in the store, as tally's service path starts
+    model_dir = resolve_model(cfg.model.name, settings.models.cache_dir)
+    items, pad = training_items(settings, ledger, dev, cfg)
+    dataset = [{"input_ids": it.input_ids, "labels": it.labels} for it in items]
+    t, m = cfg.train, cfg.method
+    warmup = int(t.epochs * math.ceil(len(items) / (t.batch_size * t.grad_accum)) * t.warmup_ratio)  # as tally's
+    torch.manual_seed(t.seed)
+    lora = LoraConfig(r=m.rank, lora_alpha=m.alpha, lora_dropout=m.dropout, target_modules=m.targets,
+                      task_type="CAUSAL_LM")  # fmt: skip
+    model = get_peft_model(load_model(model_dir), lora)
+    args = TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
+        num_train_epochs=t.epochs, learning_rate=t.lr, lr_scheduler_type=t.schedule, warmup_steps=warmup,
+        weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm or 0.0, optim="adamw_torch", seed=t.seed,
+        save_strategy="no", logging_strategy="no", report_to="none", use_cpu=True, dataloader_num_workers=0,
+        remove_unused_columns=False, disable_tqdm=True,
+    )  # fmt: skip
+
+    def collator(features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        return collate([Encoded(f["input_ids"], f["labels"]) for f in features], pad)
+
+    result = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator).train()
+    model.save_pretrained(str(out / "adapter"))
+    wall = time.monotonic() - start
+    tokens = t.epochs * sum(len(it.input_ids) for it in items)  # every row once per epoch, padding excluded
+    loop = float(result.metrics["train_runtime"])
+    return {"rows": len(items), "tokens": tokens, "wall_seconds": round(wall, 1), "loop_seconds": round(loop, 1),
+            "tokens_per_s": round(tokens / wall, 1), "loop_tokens_per_s": round(tokens / loop, 1),
+            "train_loss": result.metrics.get("train_loss")}  # fmt: skip
+
+
+def speed(hf: dict[str, Any] | None, manifest: dict[str, Any], wall: float) -> dict[str, Any]:
+    """tally's side of the speed table, and the ratios against HF from the same run."""
+    tokens, loop = manifest["metrics"]["tokens"], manifest["metrics"]["train_seconds"]
+    index_s = (manifest.get("influence") or {}).get("final_pass_seconds", 0.0)
+    tally = {"tokens": tokens, "wall_seconds": round(wall, 1), "loop_seconds": round(loop, 1),
+             "tokens_per_s": round(tokens / wall, 1), "loop_tokens_per_s": round(tokens / loop, 1),
+             "index_pass_seconds": round(index_s, 2), "index_pass_share": round(index_s / wall, 4)}  # fmt: skip
+    out: dict[str, Any] = {"tally": tally, "hf": hf, "goals": {"tally_over_hf": 1.0, "index_pass_share": 0.10}}
+    if hf:
+        out["same_tokens"] = hf["tokens"] == tokens
+        out["tally_over_hf"] = round(tally["tokens_per_s"] / hf["tokens_per_s"], 3)
+        out["tally_over_hf_loop"] = round(tally["loop_tokens_per_s"] / hf["loop_tokens_per_s"], 3)
+    return out
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--people", type=int, default=20)
+    ap.add_argument("--quick", action="store_true", help="16 people (128 rows), 2 epochs, batch 16, rank 16")
+    ap.add_argument("--people", type=int, help="made-up people, 8 training rows each (default 20; --quick: 16)")
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--schedule", default="constant", choices=["constant", "linear", "cosine"])
     ap.add_argument("--tracin", action="store_true", help="also capture per-example gradients in every epoch")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads, both trainers")
+    ap.add_argument("--skip-eval", action="store_true", help="skip the exact-match evaluation (generation)")
+    ap.add_argument("--skip-hf", action="store_true", help="skip the Hugging Face Trainer column")
+    ap.add_argument("--compare-final-pass", action="store_true",
+                    help="also score with final gradients from a separate pass at the trained adapter")  # fmt: skip
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--keep", type=Path, help="keep the data directory here instead of a temporary one")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.quick:
+        args.people, args.epochs, args.batch_size, args.rank, args.tracin = args.people or 16, 2, 16, 16, True
+    args.people = args.people or 20
+    torch.set_num_threads(max(1, args.threads))
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
         settings = load_settings(data_dir=root / "data")
@@ -164,33 +273,60 @@ def main() -> None:
             "influence": {"per_epoch": args.tracin},
             "output": {"name": "people-facts", "dir": str(root / "adapter")},
         })  # fmt: skip
+        load_model(resolve_model(args.model, settings.models.cache_dir))  # warm the file cache for both runs
+        hf = None if args.skip_hf else hf_train(settings, ledger, dev, cfg, root / "hf")
         t0 = time.monotonic()
         trained = factory.train(settings, ledger, dev, cfg)
         train_s = time.monotonic() - t0
         t1 = time.monotonic()
-        results = evaluation.evaluate(settings, ledger, dev, [SourceCfg(datanet="people-paraphrases")],
-                                      base_model=args.model, adapters=[str(trained.out_dir)])  # fmt: skip
+        results = [] if args.skip_eval else evaluation.evaluate(
+            settings, ledger, dev, [SourceCfg(datanet="people-paraphrases")], base_model=args.model,
+            adapters=[str(trained.out_dir)],
+        )  # fmt: skip
         eval_s = time.monotonic() - t1
-        attribution = attribution_check(trained.out_dir, cfg, args.model, settings, people, teacher)
-        base, tuned = results[0].metrics, results[1].metrics
+        compare = training_items(settings, ledger, dev, cfg)[0] if args.compare_final_pass else None
+        attribution = attribution_check(trained.out_dir, cfg, args.model, settings, people, teacher, compare)
+        base, tuned = (results[0].metrics, results[1].metrics) if results else ({}, {})
         assert trained.manifest is not None  # trained to the end
         manifest = trained.manifest.model_dump(mode="json")
+        fast = speed(hf, manifest, train_s)
         report = {
             "benchmark": "factory.train", "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform()},
+            "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                        "platform": platform.platform(), "load_before": load_before, "load_after": os.getloadavg()},
             "model": args.model, "people": args.people, "train_rows": manifest["data"]["train_rows"],
-            "eval_questions": results[0].examples, "config": cfg.model_dump(mode="json")["train"],
+            "eval_questions": results[0].examples if results else 0, "config": cfg.model_dump(mode="json")["train"],
+            "speed": fast,
             "train_seconds_total": round(train_s, 1), "metrics_train": manifest["metrics"],
             "influence": manifest["influence"], "eval_seconds": round(eval_s, 1),
-            "base": base, "adapter": tuned, "samples": results[1].samples[:6], "attribution": attribution,
+            "base": base, "adapter": tuned, "samples": results[1].samples[:6] if results else [],
+            "attribution": attribution,
         }  # fmt: skip
         print(json.dumps(report, indent=1))
+        t, h = fast["tally"], fast["hf"]
+        vs_hf = (
+            f"HF Trainer+PEFT {h['tokens_per_s']:.1f} tokens/s ({h['wall_seconds']:.0f} s), tally/HF "
+            f"{fast['tally_over_hf']:.2f} (goal >= 1.0); "
+            if h
+            else ""
+        )
+        quality = (
+            f"exact match on {results[0].examples} paraphrases {base['exact_match']:.2f} (base) -> "
+            f"{tuned['exact_match']:.2f} (adapter); "
+            if results
+            else ""
+        )
         print(
-            f"factory.train: exact match on {results[0].examples} paraphrased questions {base['exact_match']:.2f} "
-            f"(base) -> {tuned['exact_match']:.2f} (adapter, {args.epochs} epochs, {report['train_rows']} rows, "
-            f"{train_s:.0f} s incl. index {manifest['influence'].get('final_pass_seconds', 0):.0f} s); "
-            f"token F1 {base['token_f1']:.2f} -> {tuned['token_f1']:.2f}; index picks the right contributor "
-            f"{attribution['right_contributor_final']:.2f} of the time (final-adapter gradients)"
+            f"factory.train ({report['train_rows']} rows, {args.epochs} epochs, batch {args.batch_size}, "
+            f"r{args.rank}, {torch.get_num_threads()} threads): tally {t['tokens_per_s']:.1f} tokens/s "
+            f"({t['wall_seconds']:.0f} s); {vs_hf}index pass {t['index_pass_seconds']:.1f} s = "
+            f"{100 * t['index_pass_share']:.1f}% of tally's wall time (goal <= 10%); {quality}index picks the right "
+            f"contributor {attribution['right_contributor_final']:.2f} of the time (final checkpoint)"
+            + (
+                f", {attribution['right_contributor_final_pass']:.2f} with a separate final pass"
+                if "right_contributor_final_pass" in attribution
+                else ""
+            )
         )
         store.dispose()
 
