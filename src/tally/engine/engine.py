@@ -28,6 +28,7 @@ from tally.engine.errors import AdapterNotFoundError, EngineBusyError, EngineClo
 from tally.engine.kv_cache import KVCache
 from tally.engine.lora_layers import PROJECTIONS, LoraKernels, wrap_model
 from tally.engine.metrics import EngineMetrics
+from tally.engine.prefix_cache import PrefixCache
 from tally.engine.registry import read_registry, registry_path
 from tally.engine.runner import LlamaRunner, head_dim
 from tally.engine.sampling import SamplingParams, make_generator, sample
@@ -57,6 +58,7 @@ class EngineConfig:
     weights: str = "fp32"  # base weights: fp32, or int8 (quant.py: faster decode on a CPU, a measured quality cost)
     int8_max_tokens: int = 16  # steps of at most this many tokens use the int8 kernel; larger ones fp32 GEMM
     kernel_dir: Path | None = None  # where the int8 kernel is built (None: next to the model cache)
+    prefix_cache_bytes: int = 0  # keys and values of prompt prefixes kept for reuse (prefix_cache.py); 0: off
     device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
 
     def __post_init__(self) -> None:
@@ -125,7 +127,8 @@ class Engine:
             self.metrics,
             load_workers=config.load_workers,
         )
-        self.scheduler = Scheduler(config.scheduler(), self.cache, self.store, self.metrics)
+        self.prefixes = PrefixCache(self.cache, config.prefix_cache_bytes)
+        self.scheduler = Scheduler(config.scheduler(), self.cache, self.store, self.metrics, self.prefixes)
         self.detok = Detokenizer(tokenizer, _eos_ids(model, tokenizer))
         self._inbox: list[Sequence] = []
         self._by_id: dict[str, Sequence] = {}
@@ -403,6 +406,7 @@ class Engine:
             s.computed = item.start + len(item.tokens)
             if i >= len(decode) and not s.in_prefill:
                 self.metrics.prompt_tokens.inc(len(s.prompt))
+                self.prefixes.store(s.adapter_id, s.prompt, item.row)
         new_tokens = 0
         greedy = torch.argmax(logits, dim=-1).tolist()  # one op and one device sync for every greedy row
         for row, owner in enumerate(owners):

@@ -34,6 +34,10 @@ class EngineMetrics:
         )
         self.prompt_tokens = Counter("tally_engine_prompt_tokens", "Prompt tokens processed", registry=r)
         self.generated_tokens = Counter("tally_engine_generation_tokens", "Tokens generated", registry=r)
+        self.prefix_cached_tokens = Counter(
+            "tally_engine_prefix_cached_tokens", "Prompt tokens whose keys and values came from the prefix cache",
+            registry=r,
+        )  # fmt: skip
         self.requests = Counter("tally_engine_requests", "Finished requests by reason", ["finish_reason"], registry=r)
         self.tokens_per_second = Gauge(
             "tally_engine_tokens_per_second", "Generated tokens per second over the last 10 s", registry=r

@@ -20,6 +20,7 @@ from tally.engine.adapters import AdapterWeights
 from tally.engine.errors import AdapterNotFoundError, AdapterValidationError, EngineError
 from tally.engine.kv_cache import KVCache
 from tally.engine.metrics import EngineMetrics
+from tally.engine.prefix_cache import PrefixCache
 from tally.engine.runner import StepItem
 from tally.engine.sequence import SeqState, Sequence
 from tally.engine.store import AdapterStore
@@ -45,9 +46,17 @@ class StepPlan:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, cache: KVCache, store: AdapterStore, metrics: EngineMetrics) -> None:
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        cache: KVCache,
+        store: AdapterStore,
+        metrics: EngineMetrics,
+        prefixes: PrefixCache | None = None,
+    ) -> None:
         self.config = config
         self.cache = cache
+        self.prefixes = prefixes or PrefixCache(cache, 0)
         self.store = store
         self.metrics = metrics
         self.waiting: deque[Sequence] = deque()
@@ -123,6 +132,9 @@ class Scheduler:
                 adapters.add(weights.adapter_id)
             self.waiting.remove(seq)
             seq.row = self.cache.allocate(id(seq))
+            seq.computed = self.prefixes.restore(seq.adapter_id, seq.prompt, seq.row)
+            if seq.computed:
+                self.metrics.prefix_cached_tokens.inc(seq.computed)
             seq.state = SeqState.RUNNING
             self.running.append(seq)
             budget -= 1

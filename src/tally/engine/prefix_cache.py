@@ -1,0 +1,113 @@
+"""Prefix caching: keys and values of prompt prefixes seen before, copied into a new sequence's row instead of
+computed again (chat templates and system prompts open every request; a RAG context is often asked about twice).
+
+A finished prompt's keys and values are kept for its longest prefix of whole blocks (`BLOCK` tokens) that leaves at
+least one token to compute (the step needs the last token's logits). Every block boundary of that prefix is
+indexed, so a later prompt that shares only the first blocks (the system prompt) still finds them. Keys and values
+depend on the adapter (LoRA changes k_proj and v_proj), so the adapter's content hash is part of every key; a prefix
+computed under one adapter is never reused under another. Entries are evicted least recently used first, within
+`capacity_bytes`. The copy into a row is exact: the sequence then decodes exactly as if it had computed the prefix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+
+from tally.engine.kv_cache import KVCache
+
+BLOCK = 16
+
+
+@dataclass
+class _Entry:
+    keys: list[torch.Tensor]  # per layer [kv_heads, tokens, head_dim]
+    values: list[torch.Tensor]
+    boundaries: list[bytes]  # the index keys that point here
+    nbytes: int
+
+
+class PrefixCache:
+    def __init__(self, cache: KVCache, capacity_bytes: int) -> None:
+        self.cache = cache
+        self.capacity_bytes = capacity_bytes
+        self.nbytes = 0
+        self._entries: OrderedDict[int, _Entry] = OrderedDict()  # LRU: oldest first
+        self._index: dict[bytes, tuple[int, int]] = {}  # boundary key -> (entry id, tokens)
+        self._next_id = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.capacity_bytes > 0
+
+    @staticmethod
+    def _boundaries(adapter_id: str | None, tokens: list[int], limit: int) -> list[tuple[int, bytes]]:
+        """(length, key) for every whole-block prefix of `tokens` up to `limit` tokens, shortest first."""
+        digest = hashlib.blake2b((adapter_id or "").encode(), digest_size=16)
+        out = []
+        for end in range(BLOCK, limit + 1, BLOCK):
+            digest.update(b"".join(t.to_bytes(4, "little") for t in tokens[end - BLOCK : end]))
+            out.append((end, digest.copy().digest()))
+        return out
+
+    @staticmethod
+    def _reusable(prompt_len: int) -> int:
+        """Tokens of a prompt that may come from the cache: whole blocks, leaving at least one to compute."""
+        return (prompt_len - 1) // BLOCK * BLOCK
+
+    def restore(self, adapter_id: str | None, prompt: list[int], row: int) -> int:
+        """Copy the longest cached prefix of `prompt` into `row`; returns its length in tokens (0: none)."""
+        if not self.enabled:
+            return 0
+        best: tuple[int, int] | None = None
+        for _, key in self._boundaries(adapter_id, prompt, self._reusable(len(prompt))):
+            found = self._index.get(key)
+            if found is not None:  # no early stop: an evicted entry may have taken a shorter boundary with it
+                best = found
+        if best is None:
+            return 0
+        entry_id, length = best
+        entry = self._entries[entry_id]
+        self._entries.move_to_end(entry_id)
+        for layer, (k, v) in enumerate(zip(entry.keys, entry.values, strict=True)):
+            self.cache.k[layer][row, :, :length].copy_(k[:, :length])
+            self.cache.v[layer][row, :, :length].copy_(v[:, :length])
+        self.cache.lengths[row] = length
+        return length
+
+    def store(self, adapter_id: str | None, prompt: list[int], row: int) -> None:
+        """Keep the keys and values of `prompt`'s reusable prefix, just computed in `row`."""
+        length = self._reusable(len(prompt))
+        if not self.enabled or length == 0:
+            return
+        boundaries = self._boundaries(adapter_id, prompt, length)
+        known = self._index.get(boundaries[-1][1])
+        if known is not None and known[1] == length:  # already cached whole: just mark it used
+            self._entries.move_to_end(known[0])
+            return
+        keys = [k[row, :, :length].clone() for k in self.cache.k]
+        values = [v[row, :, :length].clone() for v in self.cache.v]
+        nbytes = sum(t.numel() * t.element_size() for t in (*keys, *values))
+        if nbytes > self.capacity_bytes:
+            return
+        while self.nbytes + nbytes > self.capacity_bytes:
+            self._evict_oldest()
+        entry_id, self._next_id = self._next_id, self._next_id + 1
+        entry = _Entry(keys, values, [], nbytes)
+        for end, key in boundaries:
+            previous = self._index.get(key)
+            if previous is None or previous[1] <= end:  # a boundary points at the entry holding it most recently
+                self._index[key] = (entry_id, end)
+                entry.boundaries.append(key)
+        self._entries[entry_id] = entry
+        self.nbytes += nbytes
+
+    def _evict_oldest(self) -> None:
+        entry_id, entry = self._entries.popitem(last=False)
+        self.nbytes -= entry.nbytes
+        for key in entry.boundaries:
+            if self._index.get(key, (None, 0))[0] == entry_id:
+                del self._index[key]
