@@ -194,3 +194,9 @@ def test_the_ingress_prefers_a_replica_for_adapters_only(tmp_path: Path) -> None
     assert held(None) == "" and held(["ad"]) == ""
     request = Request({"type": "http", "method": "POST", "path": "/v1/completions", "headers": [], "query_string": b""})
     assert replicas._held_model(settings, request, b"not json") == ""
+
+
+def test_a_replica_with_an_auto_sized_engine_may_take_as_many_requests_as_it_could_have_rows() -> None:
+    from tally.engine.sizing import AUTO_MAX_SEQS
+
+    assert replicas.AUTO_SEQS_CEILING == AUTO_MAX_SEQS

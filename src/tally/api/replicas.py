@@ -50,6 +50,9 @@ ONE_PROCESS_MESSAGE = (
 # How many adapters a replica reports as held (Ray fixes this when the class is defined): the engine's default
 # adapter slots. A replica asked for more still serves them; routing just prefers it for the latest ones.
 ADAPTERS_PER_REPLICA = 16
+# The most KV cache rows an engine sizes itself (tally.engine.sizing.AUTO_MAX_SEQS, which a test keeps equal): with
+# engine.max_num_seqs at 0 a replica may take that many requests at once, so none of its rows goes unused.
+AUTO_SEQS_CEILING = 64
 # What of the ingress's ASGI scope a replica's app needs (the rest is Ray's and does not cross processes).
 SCOPE_KEYS = (
     "type", "asgi", "http_version", "method", "scheme", "path", "raw_path", "query_string", "root_path", "headers",
@@ -255,26 +258,18 @@ def serve_replicas(settings: Settings, host: str, port: int) -> None:
 
 def build_app(settings: Settings) -> Any:
     """The Serve application: the ingress over `server.replicas` replicas with `server.replica_threads` each."""
-    from tally.engine.sizing import resolve_num_seqs
-    from tally.models import resolve_model
-
     server, engine = settings.server, settings.engine
-    model_dir = resolve_model(settings.models.default, settings.models.cache_dir)
-    # sized once here, so every replica and the ingress's limits agree
-    engine = engine.model_copy(
-        update={
-            "threads": server.replica_threads,
-            "max_num_seqs": resolve_num_seqs(engine.max_num_seqs, model_dir, engine.max_model_len),
-        }
-    )
+    engine = engine.model_copy(update={"threads": server.replica_threads})
     replica_settings = settings.model_copy(update={"engine": engine}).model_dump_json()
+    # With engine.max_num_seqs at 0 each replica sizes its own KV cache; it is then at most AUTO_SEQS_CEILING rows
+    rows = engine.max_num_seqs or AUTO_SEQS_CEILING
     replicas = serve.deployment(
         name="TallyReplica",
         num_replicas=server.replicas,
         ray_actor_options={"num_cpus": server.replica_threads},
         # A replica takes what its engine runs at once; more for an adapter go to another replica (Ray's routing
         # prefers the one holding it while it has room) or wait in the ingress, up to the engine's queue size.
-        max_ongoing_requests=engine.max_num_seqs,
+        max_ongoing_requests=rows,
         max_queued_requests=engine.max_waiting,
         graceful_shutdown_timeout_s=server.replica_drain_s,
         graceful_shutdown_wait_loop_s=0.5,
