@@ -70,7 +70,7 @@ def cluster(tiny: TinySetup, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     settings = make_settings(tiny, tmp_path_factory.mktemp("replicas") / "data")
     port = free_port()
     # two logical CPUs whatever the machine has: one per replica thread
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    replicas.init_ray(None, num_cpus=2)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(replicas.build_app(settings), name=replicas.APP_NAME, route_prefix="/")

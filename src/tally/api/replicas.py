@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import threading
 from collections.abc import AsyncIterator
@@ -227,7 +228,7 @@ def serve_replicas(settings: Settings, host: str, port: int) -> None:
     """Start (or join) a Ray cluster, deploy the ingress and `server.replicas` replicas on host:port, and serve until
     SIGINT or SIGTERM; then stop taking requests, let the replicas finish theirs, and leave Ray."""
     server = settings.server
-    ray.init(address=server.ray_address, include_dashboard=False, logging_level=logging.WARNING)
+    init_ray(server.ray_address)
     try:
         if server.ray_address is None:
             cpus = int(ray.cluster_resources().get("CPU", 0))
@@ -254,6 +255,13 @@ def serve_replicas(settings: Settings, host: str, port: int) -> None:
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def init_ray(address: str | None, **options: Any) -> None:
+    """Join the cluster at `address`, or start a local one (the machine's CPUs unless `options` say otherwise):
+    dashboard off, Ray's warnings only, and no usage statistics sent anywhere unless the environment asks for them."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, **options)
 
 
 def build_app(settings: Settings) -> Any:
