@@ -24,8 +24,6 @@ STATE_TENSORS = "state.safetensors"
 STATE_JSON = "state.json"
 _BEST = "best/"  # tensor names: best/<parameter>, infl/epoch_<n> (the names checkpoints have always used)
 _EPOCH = re.compile(r"infl/epoch_([1-9][0-9]*)")
-_HIDDEN = "infl/hidden"  # the last epoch's per-row mean hidden states captured so far
-_FINAL_ROWS = "infl/final_rows"  # which rows the last epoch has captured so far
 
 
 @dataclass
@@ -40,8 +38,6 @@ class TrainState:
     stopped_early: bool = False
     best_weights: dict[str, torch.Tensor] = field(default_factory=dict)  # trainable parameter -> value at best eval
     epoch_grads: dict[int, torch.Tensor] = field(default_factory=dict)  # epoch (from 1) -> (examples, dims) fp16
-    hidden: torch.Tensor | None = None  # (examples, hidden) from the last epoch's forwards, for the index
-    final_rows: torch.Tensor | None = None  # (examples,) bool: rows the last epoch's steps captured so far
 
     def counters(self) -> dict[str, Any]:
         return {"step": self.step, "tokens": self.tokens, "log_lines": self.log_lines, "best_eval": self.best_eval,
@@ -49,8 +45,6 @@ class TrainState:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         named = {f"{_BEST}{name}": value for name, value in self.best_weights.items()}
-        named |= {_HIDDEN: self.hidden} if self.hidden is not None else {}
-        named |= {_FINAL_ROWS: self.final_rows} if self.final_rows is not None else {}
         return named | {f"infl/epoch_{epoch}": grads for epoch, grads in self.epoch_grads.items()}
 
     @classmethod
@@ -62,10 +56,6 @@ class TrainState:
                 state.best_weights[key.removeprefix(_BEST)] = value
             elif epoch:
                 state.epoch_grads[int(epoch.group(1))] = value
-            elif key == _HIDDEN:
-                state.hidden = value
-            elif key == _FINAL_ROWS:
-                state.final_rows = value.bool()
             else:
                 raise FactoryError(f"checkpoint {path} holds a tensor {key!r} this version does not know")
         return state

@@ -1,18 +1,14 @@
 """Build the training-data index for attribution at the end of training (see tally.influence).
 
-`final` holds each row's projected gradient of its own mean answer loss and its mean hidden state (representation
-similarity) as the last epoch's training steps captured them: the forward and backward that trained on the row,
-at that step's weights, with dropout as trained. A separate pass over all rows at the trained adapter would cost
-as much as most of an epoch; the last epoch's capture costs the hooks only. Rows the last epoch did not reach
-(`max_steps` ended it early) and every row of a run whose weights went back to an earlier best (early stopping) get
-that pass instead: one batched backward per batch with per-example capture hooks, without dropout.
+The final pass runs every training row through the trained adapter without dropout, one batched backward per
+batch with per-example capture hooks, and stores the projections beside those captured during each epoch, and
+each row's mean hidden state (representation similarity) from the same forward.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +20,6 @@ from tally.factory.provenance import directory_hash
 from tally.influence import HiddenCapture, Projector, example_gradients, save_index
 
 REPRESENTATION = "hidden_mean"
-
-
-@dataclass
-class TrainedCapture:
-    """What the last epoch's training steps captured: (examples, dims) projected gradients, (examples, hidden) mean
-    hidden states, and (examples,) which rows they reached."""
-
-    grads: torch.Tensor
-    hidden: torch.Tensor
-    rows: torch.Tensor
 
 
 def final_gradients(
@@ -72,13 +58,10 @@ def build_index(
     batch_size: int,
     pad: int,
     progress: Callable[[int, int], None] | None = None,
-    captured: TrainedCapture | None = None,
 ) -> dict[str, Any]:
-    """Write `<out>/influence/`; returns its summary (hash, dims, checkpoints, cost) for the manifest.
-
-    With `captured`, rows it reached keep what training captured; the rest get a pass at the current weights."""
+    """Write `<out>/influence/`; returns its summary (hash, dims, checkpoints, cost) for the manifest."""
     start = time.monotonic()
-    final, hidden, missing = _complete(model, items, projector, batch_size, pad, progress, captured)
+    final, hidden = final_gradients(model, items, projector, batch_size, pad, progress)
     seconds = time.monotonic() - start
     tensors = {**epoch_grads, "final": final, REPRESENTATION: hidden}
     meta = {
@@ -96,12 +79,6 @@ def build_index(
             }
             for e, it in zip(examples, items, strict=True)
         ],
-        "final": {
-            "from_training": len(items) - len(missing),
-            "recomputed": len(missing),
-            "how": "last epoch's training steps (their weights, dropout as trained); recomputed rows: a pass at "
-            "the trained adapter without dropout",
-        },
         "cost": {"final_pass_seconds": seconds, "examples": len(items)},
     }
     directory = save_index(out_dir / "influence", tensors, meta)
@@ -112,26 +89,3 @@ def build_index(
         "final_pass_seconds": round(seconds, 3),
         "bytes": sum(p.stat().st_size for p in directory.iterdir()),
     }
-
-
-def _complete(
-    model: Any,
-    items: list[Encoded],
-    projector: Projector,
-    batch_size: int,
-    pad: int,
-    progress: Callable[[int, int], None] | None,
-    captured: TrainedCapture | None,
-) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """`final` gradients and hidden states for every row: the captured ones, and a pass for the rows it lacks."""
-    if captured is None:
-        grads, hidden = final_gradients(model, items, projector, batch_size, pad, progress)
-        return grads, hidden, list(range(len(items)))
-    missing = (~captured.rows).nonzero().flatten().tolist()
-    grads, hidden = captured.grads.float().clone(), captured.hidden.float().clone()
-    if missing:
-        g, h = final_gradients(model, [items[i] for i in missing], projector, batch_size, pad, None)
-        grads[missing], hidden[missing] = g, h
-    if progress:
-        progress(len(items), len(items))
-    return grads, hidden, missing

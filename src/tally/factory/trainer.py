@@ -1,9 +1,5 @@
 """A small, exactly resumable LoRA training loop (torch + PEFT) with eval, early stopping and gradient capture.
 
-The last epoch's steps also capture what the training-data index's `final` checkpoint holds (each row's projected
-gradient and mean hidden state, from the forward and backward that train on it), so the index needs no separate
-pass over the data after training (see `tally.factory.index_build`).
-
 Our own loop rather than HF Trainer because resume must be exact: the data order of each epoch is a pure
 function of (seed, epoch), the learning rate a pure function of the step, and the only other randomness
 (dropout) comes from the global torch RNG, whose state every checkpoint stores. So a run resumed from step k
@@ -25,9 +21,8 @@ from tally.factory.checkpoint import TrainState, latest_checkpoint, load_checkpo
 from tally.factory.config import TrainConfig
 from tally.factory.encode import Encoded, collate, mean_token_loss, token_losses
 from tally.factory.errors import FactoryError
-from tally.factory.index_build import TrainedCapture
 from tally.factory.trainlog import TrainLog
-from tally.influence import GradCapture, HiddenCapture, Projector
+from tally.influence import GradCapture, Projector
 
 
 @dataclass
@@ -41,7 +36,6 @@ class LoopResult:
     seconds: float
     influence: dict[str, torch.Tensor] = field(default_factory=dict)  # epoch_N -> (examples, dims)
     influence_lr: dict[str, float] = field(default_factory=dict)
-    final: TrainedCapture | None = None  # the last epoch's capture for the index (None: the index takes a pass)
 
 
 def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
@@ -99,7 +93,6 @@ class Loop:
         )
         self.projector = Projector.for_model(model, cfg.influence.dims, cfg.influence.seed)
         self.capture_epochs = cfg.influence.enabled and cfg.influence.per_epoch
-        self.last_epoch = (self.total - 1) // self.steps_per_epoch  # 0-based; its steps capture the index's final
         self.state = TrainState()
 
     def resume(self) -> int:
@@ -129,7 +122,7 @@ class Loop:
         patience = self.cfg.eval.early_stopping_patience
         return patience is not None and self.state.bad_evals >= patience
 
-    def _step(self, step: int, capture: GradCapture, hidden: HiddenCapture) -> tuple[float, int]:
+    def _step(self, step: int, capture: GradCapture) -> tuple[float, int]:
         epoch, k = divmod(step, self.steps_per_epoch)
         order = epoch_order(len(self.train), self.cfg.train.seed, epoch)
         idx = order[k * self.per_step : (k + 1) * self.per_step]
@@ -138,24 +131,18 @@ class Loop:
         targets = sum(self.train[i].target_tokens for i in idx)
         loss_total, tokens = 0.0, 0
         grads = self.state.epoch_grads
-        final = self.cfg.influence.enabled and epoch == self.last_epoch
-        grabbing = self.capture_epochs or final
-        if grabbing and epoch + 1 not in grads:
+        if self.capture_epochs and epoch + 1 not in grads:
             grads[epoch + 1] = torch.zeros(len(self.train), self.projector.dims, dtype=torch.float16)
         for chunk in chunks:
             batch = collate([self.train[i] for i in chunk], self.pad)
-            if grabbing:
+            if self.capture_epochs:
                 counts = torch.tensor([max(1, self.train[i].target_tokens) for i in chunk], dtype=torch.float32)
                 capture.begin(len(chunk), targets / counts)
-            if final:
-                hidden.begin(batch["labels"])
             sums, _ = token_losses(self.model, batch)
             loss = sums.sum() / max(1, targets)
             loss.backward()
-            if grabbing:
+            if self.capture_epochs:
                 grads[epoch + 1][chunk] = capture.result().to(torch.float16)
-            if final:
-                self._keep_hidden(chunk, hidden.result())
             loss_total += float(loss.detach())
             tokens += int(batch["attention_mask"].sum())
         if self.cfg.train.max_grad_norm:
@@ -168,14 +155,6 @@ class Loop:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         return loss_total, tokens
-
-    def _keep_hidden(self, chunk: list[int], h: torch.Tensor) -> None:
-        state = self.state
-        if state.hidden is None or state.final_rows is None:
-            state.hidden = torch.zeros(len(self.train), h.shape[1])
-            state.final_rows = torch.zeros(len(self.train), dtype=torch.bool)
-        state.hidden[chunk] = h
-        state.final_rows[chunk] = True
 
     def _checkpoint(self, step: int) -> None:
         self.state.log_lines = self.log.lines()
@@ -197,9 +176,9 @@ class Loop:
         save = self.cfg.train.save_steps
         start, start_step, last_loss = time.monotonic(), step, None
         self.model.train()
-        with GradCapture(self.model, self.projector) as capture, HiddenCapture(self.model) as hidden:
+        with GradCapture(self.model, self.projector) as capture:
             while step < self.total and not self.state.stopped_early:
-                loss, tokens = self._step(step, capture, hidden)
+                loss, tokens = self._step(step, capture)
                 step += 1
                 self.state.step = step
                 self.state.tokens += tokens
@@ -235,20 +214,11 @@ class Loop:
                 for name, value in self.state.best_weights.items():
                     params[name].copy_(value)
         # an epoch's gradients are taken at the learning rate of its last step (TracIn weighs them by it)
-        epochs = sorted(self.state.epoch_grads) if self.capture_epochs else []  # however many came from a checkpoint
+        epochs = sorted(self.state.epoch_grads)  # in epoch order, however many came from a checkpoint
         infl = {f"epoch_{e}": self.state.epoch_grads[e] for e in epochs}
         lrs = {f"epoch_{e}": lr_at(self.cfg, min(e * self.steps_per_epoch, self.total) - 1, self.total) for e in epochs}
         final_eval = eval_loss(self.model, self.evals, self.cfg.train.batch_size, self.pad)
         return LoopResult(
             step, self.state.tokens, last_loss, final_eval, self.state.best_eval, self.state.stopped_early,
-            seconds, infl, lrs, self._final_capture(),
+            seconds, infl, lrs,
         )  # fmt: skip
-
-    def _final_capture(self) -> TrainedCapture | None:
-        """What the last epoch captured for the index, unless the weights it ended with are not the adapter's (early
-        stopping went back to the best ones: the index then takes its own pass at those)."""
-        s = self.state
-        grads = s.epoch_grads.get(self.last_epoch + 1)
-        if s.stopped_early or grads is None or s.hidden is None or s.final_rows is None:
-            return None
-        return TrainedCapture(grads, s.hidden, s.final_rows)
