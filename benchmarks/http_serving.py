@@ -26,7 +26,8 @@ numbers where it gives them, else the streamed text tokenised again); the prompt
 every request runs to 64.
 
 `--replicas N` (needs a `tally serve --replicas` option) also runs `tally serve --replicas N` and `tally serve` with
-one replica, both at `--threads-per-replica` torch threads per replica, and reports the ratio.
+one replica, both at `--threads-per-replica` torch threads per replica (the engine section's threads, and
+`--replica-threads` where `tally serve` has it), and reports the ratio per level, both servers up together.
 
 Prints one JSON document and a one-line summary. `--quick` runs fewer requests per level (a few minutes, plus the
 llama.cpp build on first use).
