@@ -168,7 +168,10 @@ class TallyIngress:
                 busy = f"all replicas are busy and {waiting} requests wait (engine.max_waiting); retry shortly"
                 return _error(503, busy, headers={"Retry-After": "1"})
             return _relay(start, first, stream)
-        return _error(503, f"no replica answered after {self.settings.server.replica_retries + 1} attempts: {failure}")
+        logger.error("no replica answered %s: %s", request.url.path, failure)  # Ray's text names hosts: logged only
+        attempts = self.settings.server.replica_retries + 1
+        gone = f"no replica answered after {attempts} attempts; retry shortly"
+        return _error(503, gone, headers={"Retry-After": "1"})
 
 
 def _held_model(settings: Settings, request: Request, body: bytes) -> str:
