@@ -18,6 +18,8 @@ from tests.engine.conftest import TinySetup, tiny  # noqa: F401 (tiny is a fixtu
 from tally.config import Settings
 from tally.engine.registry import add as register_adapter
 from tally.engine.registry import registry_path
+from tally.ledger import open_ledger, verify_ledger
+from tally.store import open_store
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
@@ -55,7 +57,7 @@ def make_settings(tiny: TinySetup, data: Path) -> Settings:  # noqa: F811
                 "replica_threads": 1,
                 "max_request_bytes": 64 * 1024,
             },
-            "attribution": {"default_mode": "off"},
+            "attribution": {"default_mode": "fast"},  # every answer appends its record: both replicas write
             "chain": {"enabled": False},
             "studio": {"enabled": False},
         }
@@ -165,6 +167,14 @@ def test_replicas(cluster: tuple[str, Settings]) -> None:
     # Serve replaces the dead replica: two running again, and both answer
     wait_for(lambda: running_replicas() == 2, "the killed replica to be replaced")
     assert complete(base, ADAPTERS[2]).status_code == 200
+
+    # both replicas appended to one ledger, one writer at a time: it verifies whole, from its first entry
+    store = open_store(settings)
+    try:
+        report = verify_ledger(open_ledger(settings, store))
+    finally:
+        store.dispose()
+    assert report.size > len(answers)
 
 
 def test_the_ingress_prefers_a_replica_for_adapters_only(tmp_path: Path) -> None:
