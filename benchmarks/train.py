@@ -23,6 +23,8 @@ tally/HF tokens/s >= 1.0, the final index pass <= 10% of tally's wall time.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import os
@@ -114,12 +116,9 @@ def build_world(settings: Settings, ledger: Ledger, people: list[tuple[str, str,
 
 
 def attribution_check(
-    out_dir: Path, cfg: Any, model_name: str, settings: Settings, people: list, teacher: dict,
-    train_items: list[Any] | None = None,
-) -> dict[str, Any]:  # fmt: skip
-    """Right-contributor rate of the index on the paraphrased questions: final-only vs summed over epochs. With
-    `train_items`, also for `final` from a separate pass over them at the trained adapter (what the index held
-    before its final checkpoint came from the last epoch's steps), on the same adapter and questions."""
+    out_dir: Path, cfg: Any, model_name: str, settings: Settings, people: list, teacher: dict
+) -> dict[str, Any]:
+    """Right-contributor rate of the index on the paraphrased questions: final-only vs summed over epochs."""
     from peft import PeftModel
 
     from tally.factory.encode import encode, pad_id
@@ -144,14 +143,6 @@ def attribution_check(
     epochs = sorted(k for k in index.tensors if k.startswith("epoch_"))
     if epochs:  # TracIn-style: in-run gradients of each epoch, compared with the query at the final adapter
         variants |= {"epochs_sum": epochs, "epochs_and_final": [*epochs, "final"]}
-    if train_items is not None:
-        start = time.monotonic()
-        grads, _ = final_gradients(model, train_items, projector, 16, pad_id(tok))
-        index.tensors["final_pass"] = grads.half()  # stored as the index stores it
-        result["final_pass_seconds"] = round(time.monotonic() - start, 1)
-        variants |= {"final_pass": ["final_pass"]}
-        if epochs:
-            variants |= {"epochs_and_final_pass": [*epochs, "final_pass"]}
     for label, ckpts in variants.items():
         s = scores(index, dict.fromkeys(ckpts, q), ckpts)
         top = s.argmax(dim=1).tolist()
@@ -202,7 +193,8 @@ def hf_train(settings: Settings, ledger: Ledger, dev: Any, cfg: Any, out: Path) 
     def collator(features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
         return collate([Encoded(f["input_ids"], f["labels"]) for f in features], pad)
 
-    result = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator).train()
+    with contextlib.redirect_stdout(io.StringIO()):  # Trainer prints its metrics; stdout is the JSON report's
+        result = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator).train()
     model.save_pretrained(str(out / "adapter"))
     wall = time.monotonic() - start
     tokens = t.epochs * sum(len(it.input_ids) for it in items)  # every row once per epoch, padding excluded
@@ -247,8 +239,6 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads, both trainers")
     ap.add_argument("--skip-eval", action="store_true", help="skip the exact-match evaluation (generation)")
     ap.add_argument("--skip-hf", action="store_true", help="skip the Hugging Face Trainer column")
-    ap.add_argument("--compare-final-pass", action="store_true",
-                    help="also score with final gradients from a separate pass at the trained adapter")  # fmt: skip
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--keep", type=Path, help="keep the data directory here instead of a temporary one")
     args = ap.parse_args()
@@ -284,8 +274,7 @@ def main() -> None:
             adapters=[str(trained.out_dir)],
         )  # fmt: skip
         eval_s = time.monotonic() - t1
-        compare = training_items(settings, ledger, dev, cfg)[0] if args.compare_final_pass else None
-        attribution = attribution_check(trained.out_dir, cfg, args.model, settings, people, teacher, compare)
+        attribution = attribution_check(trained.out_dir, cfg, args.model, settings, people, teacher)
         base, tuned = (results[0].metrics, results[1].metrics) if results else ({}, {})
         assert trained.manifest is not None  # trained to the end
         manifest = trained.manifest.model_dump(mode="json")
@@ -322,11 +311,6 @@ def main() -> None:
             f"({t['wall_seconds']:.0f} s); {vs_hf}index pass {t['index_pass_seconds']:.1f} s = "
             f"{100 * t['index_pass_share']:.1f}% of tally's wall time (goal <= 10%); {quality}index picks the right "
             f"contributor {attribution['right_contributor_final']:.2f} of the time (final checkpoint)"
-            + (
-                f", {attribution['right_contributor_final_pass']:.2f} with a separate final pass"
-                if "right_contributor_final_pass" in attribution
-                else ""
-            )
         )
         store.dispose()
 
