@@ -324,15 +324,22 @@ class TallyServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def cpu(self) -> float:
-        """CPU seconds of the server's whole process group (replicas may be child processes)."""
+        """CPU seconds of the server and every process under it (replicas run in child processes, some of which
+        leave the server's process group)."""
         if self.proc is None:
             return 0.0
-        total = 0.0
+        parent, own = {}, {}
         for stat in Path("/proc").glob("[0-9]*/stat"):
             with contextlib.suppress(OSError, ValueError, IndexError):
                 fields = stat.read_text().rsplit(")", 1)[1].split()
-                if int(fields[2]) == self.proc.pid:  # field 5: process group id
-                    total += sum(int(x) for x in fields[11:13]) / os.sysconf("SC_CLK_TCK")
+                pid = int(stat.parent.name)
+                parent[pid] = int(fields[1])
+                own[pid] = sum(int(x) for x in fields[11:13]) / os.sysconf("SC_CLK_TCK")
+        total, todo = 0.0, [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            total += own.get(pid, 0.0)
+            todo += [child for child, p in parent.items() if p == pid]
         return total
 
     def stop(self) -> None:
