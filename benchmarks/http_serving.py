@@ -361,7 +361,9 @@ def stop_group(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def tally_toml(data_dir: Path, max_num_seqs: int, budget: int, threads: int, max_model_len: int) -> str:
+def tally_toml(
+    data_dir: Path, max_num_seqs: int, budget: int, threads: int, max_model_len: int, weights: str = "fp32"
+) -> str:
     return textwrap.dedent(
         f"""\
         data_dir = "{data_dir}"
@@ -374,6 +376,7 @@ def tally_toml(data_dir: Path, max_num_seqs: int, budget: int, threads: int, max
         max_tokens_per_step = {budget}
         threads = {threads}
         max_model_len = {max_model_len}
+        weights = "{weights}"
 
         [attribution]
         default_mode = "off"
@@ -550,6 +553,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--max-tokens-per-step", type=int, default=512, help="engine token budget per step")
     ap.add_argument("--requests-per-client", type=int, default=None, help="default 4, --quick 2")
     ap.add_argument("--skip-llama-cpp", action="store_true")
+    ap.add_argument("--weights", choices=("fp32", "int8"), default="fp32", help="Tally's engine.weights (both paths)")
     ap.add_argument("--replicas", type=int, default=None, help="also run `tally serve --replicas N` against 1 replica")
     ap.add_argument("--threads-per-replica", type=int, default=None, help="default: --threads / --replicas")
     ap.add_argument("--seed", type=int, default=0)
@@ -648,7 +652,9 @@ def main() -> None:
         def count_tokens(text: str) -> int:
             return len(tokenizer.encode(text, add_special_tokens=False))
 
-        toml = tally_toml(tmp / "tally" / "data", max_num_seqs, args.max_tokens_per_step, threads, max_model_len)
+        toml = tally_toml(
+            tmp / "tally" / "data", max_num_seqs, args.max_tokens_per_step, threads, max_model_len, args.weights
+        )
         server = TallyServer(tmp / "tally", toml, adapters, [], threads)
         servers.append(server)
         server.setup()
@@ -727,6 +733,7 @@ def main() -> None:
             "levels": args.levels,
             "requests_per_client": per_client,
             "threads": threads,
+            "weights": args.weights,
             "max_num_seqs": max_num_seqs,
             "max_tokens_per_step": args.max_tokens_per_step,
             "max_model_len": max_model_len,
@@ -841,7 +848,9 @@ def run_replicas(
     off = {"attribution": "off"}
     pair: dict[str, TallyServer] = {}
     for label, n in (("1_replica", 1), (f"{args.replicas}_replicas", args.replicas)):
-        toml = tally_toml(tmp / label / "data", max_num_seqs, args.max_tokens_per_step, per, max_model_len)
+        toml = tally_toml(
+            tmp / label / "data", max_num_seqs, args.max_tokens_per_step, per, max_model_len, args.weights
+        )
         server = pair[label] = TallyServer(tmp / label, toml, adapters, ["--replicas", str(n), *extra], per)
         servers.append(server)
         server.setup()
