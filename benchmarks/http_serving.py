@@ -206,13 +206,7 @@ async def drive_http(
         tpot = (last - first) / (n - 1) if n > 1 else None
         level.done.append(Done(model, n, first - t0, tpot, source))
 
-    async def client_loop(requests: list[tuple[str, str]]) -> None:
-        for model, text in requests:
-            await one(model, text)
-
-    t = time.perf_counter()
-    await asyncio.gather(*(client_loop(r) for r in clients))
-    level.wall_s = time.perf_counter() - t
+    level.wall_s = await run_clients(one, clients)
     await client.close()
     return level
 
@@ -243,14 +237,20 @@ async def drive_engine(engine: Any, clients: list[list[tuple[str, str]]]) -> Lev
             return
         level.done.append(Done(model, n, first - t0, (last - first) / (n - 1) if n > 1 else None, "usage"))
 
+    level.wall_s = await run_clients(one, clients)
+    return level
+
+
+async def run_clients(one: Any, clients: list[list[tuple[str, str]]]) -> float:
+    """Every client sends its requests one after the other, all clients at once; returns the wall time."""
+
     async def client_loop(requests: list[tuple[str, str]]) -> None:
         for model, text in requests:
             await one(model, text)
 
     t = time.perf_counter()
     await asyncio.gather(*(client_loop(r) for r in clients))
-    level.wall_s = time.perf_counter() - t
-    return level
+    return time.perf_counter() - t
 
 
 # --- tally serve -------------------------------------------------------------------------------------------------
