@@ -79,15 +79,31 @@ def test_the_cache_stays_within_its_bytes_and_evicts_the_oldest(tiny: TinySetup)
         for layer in range(layers):  # something recognisable in the row
             engine.cache.k[layer][row].fill_(float(prompt[0]))
             engine.cache.v[layer][row].fill_(-float(prompt[0]))
-        cache.store(None, prompt, row)
+        cache.store(None, None, prompt, row)
         assert cache.nbytes <= cache.capacity_bytes
     other = engine.cache.allocate(1)
-    assert cache.restore(None, prompts[0], other) == 0  # the oldest went first
+    assert cache.restore(None, None, prompts[0], other) == 0  # the oldest went first
     for prompt in prompts[1:]:
-        assert cache.restore(None, prompt, other) == 2 * BLOCK
+        assert cache.restore(None, None, prompt, other) == 2 * BLOCK
         assert bool((engine.cache.k[0][other, :, : 2 * BLOCK] == float(prompt[0])).all())
         assert bool((engine.cache.v[-1][other, :, : 2 * BLOCK] == -float(prompt[0])).all())
-    assert cache.restore(None, prompts[1][: 2 * BLOCK], other) == BLOCK  # one token must be left to compute
-    assert PrefixCache(engine.cache, 0).restore(None, prompts[1], other) == 0  # off
+    assert cache.restore(None, None, prompts[1][: 2 * BLOCK], other) == BLOCK  # one token must be left to compute
+    assert PrefixCache(engine.cache, 0).restore(None, None, prompts[1], other) == 0  # off
     torch.testing.assert_close(torch.tensor(engine.cache.lengths[other]), torch.tensor(BLOCK))
     engine.stop()
+
+
+def test_a_prefix_is_reused_only_under_the_same_salt(tiny: TinySetup) -> None:
+    """The answer path salts with the requester: one caller's prompt never makes another's answer faster."""
+    from dataclasses import replace
+
+    cached = make_engine(tiny, prefix_cache_bytes=1 << 22)
+    plain = make_engine(tiny)
+    alice, bob = replace(PARAMS, cache_salt="account:alice"), replace(PARAMS, cache_salt="account:bob")
+    cached.generate(SHARED, alice)
+    _same(cached.generate(SHARED, bob), plain.generate(SHARED, PARAMS), "another salt")
+    assert _cached(cached) == 0
+    _same(cached.generate(SHARED, alice), plain.generate(SHARED, PARAMS), "the same salt")
+    assert _cached(cached) == 2 * BLOCK
+    for engine in (cached, plain):
+        engine.stop()

@@ -153,7 +153,7 @@ def prepare(runtime: Runtime, request: AnswerRequest) -> Prepared:
     )
     params = SamplingParams(
         max_tokens=sampling.max_tokens or default, temperature=sampling.temperature, top_p=sampling.top_p,
-        seed=sampling.seed, stop=sampling.stop,
+        seed=sampling.seed, stop=sampling.stop, cache_salt=_cache_salt(request),
     )  # fmt: skip
     engine.validate(prompt, params, model)
     hold = None
@@ -164,6 +164,13 @@ def prepare(runtime: Runtime, request: AnswerRequest) -> Prepared:
     inference_id = request.id or f"ans-{uuid.uuid4().hex}"
     note(model=model, inference=inference_id, attribution=mode, rag=rag is not None)
     return Prepared(request, inference_id, model, prompt, params, mode, chunks, question, hold)
+
+
+def _cache_salt(request: AnswerRequest) -> str:
+    """Prefix caching within one requester only (a shared cache would let a caller time others' prompts); an
+    anonymous request shares with nobody."""
+    requester = request.requester
+    return f"account:{requester.address}" if requester is not None else f"once:{uuid.uuid4().hex}"
 
 
 def _retrieve(

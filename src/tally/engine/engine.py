@@ -406,7 +406,7 @@ class Engine:
             s.computed = item.start + len(item.tokens)
             if i >= len(decode) and not s.in_prefill:
                 self.metrics.prompt_tokens.inc(len(s.prompt))
-                self.prefixes.store(s.adapter_id, s.prompt, item.row)
+                self.prefixes.store(s.adapter_id, s.params.cache_salt, s.prompt, item.row)
         new_tokens = 0
         greedy = torch.argmax(logits, dim=-1).tolist()  # one op and one device sync for every greedy row
         for row, owner in enumerate(owners):

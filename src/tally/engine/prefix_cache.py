@@ -5,8 +5,11 @@ A finished prompt's keys and values are kept for its longest prefix of whole blo
 least one token to compute (the step needs the last token's logits). Every block boundary of that prefix is
 indexed, so a later prompt that shares only the first blocks (the system prompt) still finds them. Keys and values
 depend on the adapter (LoRA changes k_proj and v_proj), so the adapter's content hash is part of every key; a prefix
-computed under one adapter is never reused under another. Entries are evicted least recently used first, within
-`capacity_bytes`. The copy into a row is exact: the sequence then decodes exactly as if it had computed the prefix.
+computed under one adapter is never reused under another. A request's `cache_salt` is part of the key too: a cached
+prefix answers faster, so sharing one between callers would let a caller time whether someone else sent a prompt
+(a private RAG context, say); the answer path salts with the requester. Entries are evicted least recently used
+first, within `capacity_bytes`. The copy into a row is exact: the sequence then decodes exactly as if it had
+computed the prefix.
 """
 
 from __future__ import annotations
@@ -44,9 +47,9 @@ class PrefixCache:
         return self.capacity_bytes > 0
 
     @staticmethod
-    def _boundaries(adapter_id: str | None, tokens: list[int], limit: int) -> list[tuple[int, bytes]]:
+    def _boundaries(adapter_id: str | None, salt: str | None, tokens: list[int], limit: int) -> list[tuple[int, bytes]]:
         """(length, key) for every whole-block prefix of `tokens` up to `limit` tokens, shortest first."""
-        digest = hashlib.blake2b((adapter_id or "").encode(), digest_size=16)
+        digest = hashlib.blake2b(f"{adapter_id or ''}\x00{salt or ''}".encode(), digest_size=16)
         out = []
         for end in range(BLOCK, limit + 1, BLOCK):
             digest.update(b"".join(t.to_bytes(4, "little") for t in tokens[end - BLOCK : end]))
@@ -58,12 +61,12 @@ class PrefixCache:
         """Tokens of a prompt that may come from the cache: whole blocks, leaving at least one to compute."""
         return (prompt_len - 1) // BLOCK * BLOCK
 
-    def restore(self, adapter_id: str | None, prompt: list[int], row: int) -> int:
+    def restore(self, adapter_id: str | None, salt: str | None, prompt: list[int], row: int) -> int:
         """Copy the longest cached prefix of `prompt` into `row`; returns its length in tokens (0: none)."""
         if not self.enabled:
             return 0
         best: tuple[int, int] | None = None
-        for _, key in self._boundaries(adapter_id, prompt, self._reusable(len(prompt))):
+        for _, key in self._boundaries(adapter_id, salt, prompt, self._reusable(len(prompt))):
             found = self._index.get(key)
             if found is not None:  # no early stop: an evicted entry may have taken a shorter boundary with it
                 best = found
@@ -78,12 +81,12 @@ class PrefixCache:
         self.cache.lengths[row] = length
         return length
 
-    def store(self, adapter_id: str | None, prompt: list[int], row: int) -> None:
+    def store(self, adapter_id: str | None, salt: str | None, prompt: list[int], row: int) -> None:
         """Keep the keys and values of `prompt`'s reusable prefix, just computed in `row`."""
         length = self._reusable(len(prompt))
         if not self.enabled or length == 0:
             return
-        boundaries = self._boundaries(adapter_id, prompt, length)
+        boundaries = self._boundaries(adapter_id, salt, prompt, length)
         known = self._index.get(boundaries[-1][1])
         if known is not None and known[1] == length:  # already cached whole: just mark it used
             self._entries.move_to_end(known[0])

@@ -19,6 +19,8 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False  # benchmarks: generate exactly max_tokens
     record_logits: bool = False  # tests: keep each step's logits
+    # prefix caching reuses keys and values only between requests with the same salt (None: shared by all)
+    cache_salt: str | None = None
     extra: dict[str, object] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:

@@ -132,7 +132,7 @@ class Scheduler:
                 adapters.add(weights.adapter_id)
             self.waiting.remove(seq)
             seq.row = self.cache.allocate(id(seq))
-            seq.computed = self.prefixes.restore(seq.adapter_id, seq.prompt, seq.row)
+            seq.computed = self.prefixes.restore(seq.adapter_id, seq.params.cache_salt, seq.prompt, seq.row)
             if seq.computed:
                 self.metrics.prefix_cached_tokens.inc(seq.computed)
             seq.state = SeqState.RUNNING
