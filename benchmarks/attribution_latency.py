@@ -10,7 +10,10 @@ Measured in one run, on one machine state:
                 the final pass, 576-dim representation)
   rag           a RAG answer of exactly 64 tokens from the base model with 3, 8 and 16 retrieved chunks: its
                 generation, the context signal (leave-one-out up to 8 chunks, the 32-ablation surrogate above) and the
-                sentence citations computed from that pass (token offsets, sentence drops, the Lasso fits)
+                sentence citations computed from that pass (token offsets, sentence drops, the Lasso fits); beside
+                the context pass, the same prompts scored by the earlier plan (one prefix shared by all, the rest of
+                every prompt batched: `reuse_prefixes=False`), timed in alternation with it, and the token positions
+                each plan runs through the model
 The adapter is randomly initialised and the index rows are random vectors of the right shapes: cost does not
 depend on what the numbers are. Goals: fast <= 20% of the answer's latency; full <= one backward + 50 ms at 10k
 rows; scoring 100k rows <= 50 ms. Prints one JSON document and a one-line summary (`--rag-only`: the rag part).
@@ -106,10 +109,19 @@ RAG_FACTS = [
 ]
 
 
-def rag_costs(model_dir: Path, settings: Any, repeats: int, sizes: tuple[int, ...] = (3, 8, 16)) -> dict[str, Any]:
-    """Per chunk count: the 64-token RAG answer, the context pass, and the sentence citations on top of it."""
+def rag_costs(
+    model_dir: Path, settings: Any, repeats: int, sizes: tuple[int, ...] = (3, 8, 16), earlier: bool = True
+) -> dict[str, Any]:
+    """Per chunk count: the 64-token RAG answer, the context pass (and the earlier plan's, if `earlier`), and the
+    sentence citations on top of it."""
     from tally.attribution.citations import citations_from, sentence_drops
-    from tally.attribution.context import context_drops, context_surrogate
+    from tally.attribution.context import (
+        context_drops,
+        context_surrogate,
+        forward_tokens,
+        masked_logprobs,
+        masked_prompts,
+    )
     from tally.engine import Engine, EngineConfig, SamplingParams
     from tally.models import load_model, load_tokenizer
     from tally.rag import build_rag_messages
@@ -152,7 +164,22 @@ def rag_costs(model_dir: Path, settings: Any, repeats: int, sizes: tuple[int, ..
                 return context_drops(model, tok, question, chunks, answer)
 
             ctx = context()
-            context_ms = _median_ms(context, repeats)
+            assert ctx.masks is not None
+            prompts = masked_prompts(tok, question, chunks, ctx.masks)
+            tokens = forward_tokens(prompts, len(answer))
+            earlier_tokens = forward_tokens(prompts, len(answer), reuse_prefixes=False)
+
+            def earlier_plan(chunks: list[Chunk] = chunks, answer: list[int] = answer, masks: Any = ctx.masks) -> Any:
+                return masked_logprobs(model, tok, question, chunks, answer, masks, reuse_prefixes=False)
+
+            # alternated, so both plans see the same spread of machine states
+            context_times, earlier_times = [], []
+            for _ in range(repeats):
+                context_times.append(_median_ms(context, 1))
+                if earlier:
+                    earlier_times.append(_median_ms(earlier_plan, 1))
+            context_ms = round(statistics.median(context_times), 2)
+            earlier_ms = round(statistics.median(earlier_times), 2) if earlier else None
 
             def cite(chunks: list[Chunk] = chunks, answer: list[int] = answer, ctx: Any = ctx) -> None:
                 per = sentence_drops(tok, answer, len(chunks), ctx, cfg.citation_lasso_alpha)
@@ -164,6 +191,9 @@ def rag_costs(model_dir: Path, settings: Any, repeats: int, sizes: tuple[int, ..
                 "prompt_tokens": len(prompt), "answer_tokens": len(answer), "generate_ms": generate_ms,
                 "context_ms": context_ms, "citations_ms": citations_ms,
                 "context_over_generate": round(context_ms / generate_ms, 3),
+                "context_tokens": tokens, "earlier_plan_tokens": earlier_tokens, "earlier_plan_ms": earlier_ms,
+                "earlier_plan_over_generate": round(earlier_ms / generate_ms, 3) if earlier_ms else None,
+                "context_times_ms": context_times, "earlier_plan_times_ms": earlier_times,
                 "citations_over_generate": round(citations_ms / generate_ms, 4),
             }  # fmt: skip
             print(f"rag k={k}: {out[str(k)]}", file=sys.stderr, flush=True)
@@ -180,7 +210,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rag-only", action="store_true", help="only the RAG context and citation costs")
     parser.add_argument("--rag-sizes", default="3,8,16", help="retrieved chunk counts timed (comma-separated)")
+    parser.add_argument(
+        "--no-earlier-plan", action="store_true", help="do not time the earlier context plan beside the current one"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads for everything timed (0: torch's default); one "
+        "thread on a machine whose other core is busy, where two wait on each other at every operation",
+    )
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     tmp = Path(tempfile.mkdtemp(prefix="tally-attr-latency-"))
     os.environ["TALLY_DATA_DIR"] = str(tmp / "data")
@@ -195,13 +237,17 @@ def main() -> None:
     settings = load_settings()
     store = open_store(settings)
     model_dir = resolve_model(args.model, settings.models.cache_dir)
+    sizes = tuple(int(k) for k in args.rag_sizes.split(","))
     if args.rag_only:
-        rag = rag_costs(model_dir, settings, args.repeats, tuple(int(k) for k in args.rag_sizes.split(",")))
+        rag = rag_costs(model_dir, settings, args.repeats, sizes, not args.no_earlier_plan)
         print(json.dumps({"benchmark": "attribution_latency", "machine": f"{platform.machine()}, {os.cpu_count()} "
-                          f"cpus, torch {torch.__version__}", "model": args.model, "rag": rag}, indent=1))  # fmt: skip
+                          f"cpus, torch {torch.__version__}", "threads": torch.get_num_threads(),
+                          "load_average": os.getloadavg(), "model": args.model, "rag": rag}, indent=1))  # fmt: skip
         summary = [
             f"k={k} answer {r['generate_ms']:.0f} ms, context +{r['context_ms']:.0f} ms "
-            f"({r['context_over_generate']:.0%}), citations +{r['citations_ms']:.1f} ms"
+            f"({r['context_over_generate']:.0%}, {r['context_tokens']} tokens; earlier plan "
+            f"{r['earlier_plan_ms'] or 0:.0f} ms, {r['earlier_plan_tokens']} tokens), "
+            f"citations +{r['citations_ms']:.1f} ms"
             for k, r in rag.items()
         ]
         print("attribution_latency (rag): " + "; ".join(summary))
@@ -245,7 +291,7 @@ def main() -> None:
         print(f"timing scoring against {rows} rows ...", file=sys.stderr)
         write_index(tmp / f"idx-{rows}", projection, rows, 576)
         scoring[str(rows)] = time_scorer(IndexScorer(load_index(tmp / f"idx-{rows}" / "influence")), args.repeats)
-    rag = rag_costs(model_dir, settings, args.repeats, tuple(int(k) for k in args.rag_sizes.split(",")))
+    rag = rag_costs(model_dir, settings, args.repeats, sizes, not args.no_earlier_plan)
     result = {
         "benchmark": "attribution_latency", "rag": rag,
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}",

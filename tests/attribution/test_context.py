@@ -1,4 +1,5 @@
-"""The context signal: one cached, batched pass gives the same log-probabilities as k + 1 independent forwards."""
+"""The context signal: every prompt run on the full prompt's key/value cache, packed, gives the same log-probabilities
+as independent forwards, while running fewer tokens."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ import pytest
 import torch
 from tests.factory.conftest import _real_model_dir, tiny_model  # noqa: F401 - re-exported fixture
 
-from tally.attribution.context import context_drops, rag_prompt_ids
+from tally.attribution import context
+from tally.attribution.context import (
+    context_drops,
+    forward_tokens,
+    masked_logprobs,
+    masked_prompts,
+    rag_prompt_ids,
+)
 from tally.models.load import load_model, load_tokenizer
 
 
@@ -32,13 +40,17 @@ CHUNKS = [
 QUESTION = "Where was Ilsa Varn born?"
 
 
-def independent(model: Any, tok: Any, chunks: list[Chunk], answer: list[int]) -> float:
-    """The answer's summed log-probability from one plain full forward (the reference)."""
+def independent_tokens(model: Any, tok: Any, chunks: list[Chunk], answer: list[int]) -> torch.Tensor:
+    """The answer's per-token log-probabilities from one plain full forward (the reference)."""
     prompt = rag_prompt_ids(tok, QUESTION, chunks)
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([prompt + answer])).logits[0].float()
-    logp = torch.log_softmax(logits[len(prompt) - 1 : -1], dim=-1)
-    return float(logp.gather(1, torch.tensor(answer)[:, None]).sum())
+    return torch.log_softmax(logits[len(prompt) - 1 : -1], dim=-1).gather(1, torch.tensor(answer)[:, None])[:, 0]
+
+
+def independent(model: Any, tok: Any, chunks: list[Chunk], answer: list[int]) -> float:
+    """The answer's summed log-probability from one plain full forward."""
+    return float(independent_tokens(model, tok, chunks, answer).sum())
 
 
 def without(chunks: list[Chunk], j: int) -> list[Chunk]:
@@ -64,6 +76,47 @@ def test_batched_drops_equal_independent_forwards(tiny: tuple[Any, Any]) -> None
         assert d.logprob_without == pytest.approx(alone, abs=1e-4)
         assert d.drop == pytest.approx(full - alone, abs=1e-4)
     assert result.answer_tokens == len(answer) and result.seconds > 0
+
+
+LEAVE_ONE_OUT_MASKS = torch.tensor([[True] * 3, [False, True, True], [True, False, True], [True, True, False]])
+# random-looking subsets, one repeated and one the full context again: repeats are scored once and copied
+RANDOM_MASKS = torch.tensor(
+    [[True] * 3, [False, True, False], [True, False, False], [False, False, True], [False, True, False], [True] * 3]
+)
+
+
+@pytest.mark.parametrize("masks", [LEAVE_ONE_OUT_MASKS, RANDOM_MASKS], ids=["leave-one-out", "random"])
+@pytest.mark.parametrize("packing", [(512, 8), (48, 2)], ids=["one-forward", "padded-bins-in-several-forwards"])
+def test_rows_run_on_the_full_prompts_cache_score_as_independent_forwards(
+    tiny: tuple[Any, Any], masks: torch.Tensor, packing: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, tok = tiny
+    monkeypatch.setattr(context, "BIN_TOKENS", packing[0])
+    monkeypatch.setattr(context, "BINS_PER_PASS", packing[1])
+    answer = tok("Ilsa Varn was born in Korvath [1].", add_special_tokens=False)["input_ids"]
+    prompts = masked_prompts(tok, QUESTION, CHUNKS, masks)
+    sizes = [len(prompts[row]) - keep + len(answer) - 1 for row, keep in context._reuse_plan(prompts)]
+    assert (len(context._passes(sizes)) > 1) == (packing[0] < 100)  # small bins: padding, several forwards
+    logp, _ = masked_logprobs(model, tok, QUESTION, CHUNKS, answer, masks)
+    earlier, _ = masked_logprobs(model, tok, QUESTION, CHUNKS, answer, masks, reuse_prefixes=False)
+    assert logp.shape == earlier.shape == (len(masks), len(answer))
+    for row, keep in zip(logp, masks.tolist(), strict=True):
+        chunks = [c if k else Chunk("", c.row_hash) for c, k in zip(CHUNKS, keep, strict=True)]
+        assert torch.allclose(row, independent_tokens(model, tok, chunks, answer), rtol=1e-5, atol=1e-4)
+    assert torch.allclose(logp, earlier, rtol=1e-5, atol=1e-4)
+
+
+def test_each_row_runs_only_what_differs_from_the_full_prompt(tiny: tuple[Any, Any]) -> None:
+    _, tok = tiny
+    prompts = masked_prompts(tok, QUESTION, CHUNKS, LEAVE_ONE_OUT_MASKS)
+    full, answer = prompts[0], 10
+    # row j keeps the full prompt's tokens up to chunk j's text; these rows fit one bin, so nothing is padding
+    starts = [next(i for i, (a, b) in enumerate(zip(full, p, strict=False)) if a != b) for p in prompts[1:]]
+    expected = len(full) + answer - 1 + sum(len(p) - s + answer - 1 for p, s in zip(prompts[1:], starts, strict=True))
+    assert forward_tokens(prompts, answer) == expected
+    assert expected < forward_tokens(prompts, answer, reuse_prefixes=False)
+    # a repeated prompt runs nothing; no answer, nothing at all
+    assert forward_tokens([*prompts, full], answer) == expected and forward_tokens(prompts, 0) == 0
 
 
 def test_the_shared_prefix_ends_where_the_first_chunk_begins(tiny: tuple[Any, Any]) -> None:
