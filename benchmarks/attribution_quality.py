@@ -150,7 +150,7 @@ LOOKALIKE_SKILLS = ("caps", "signoff", "numbered")
 LOOKALIKE_DATANET = "styles-later"
 # 5b. withdrawn look-alike: two contributors teach one more skill, both trained on; one withdraws afterwards
 WITHDRAWN_SKILL = ("lower", _lower)
-INDEX_SIGNALS = ("representation", "gradient", "datainf", "contrast")
+INDEX_SIGNALS = ("representation", "gradient", "datainf", "contrast", "tracin")
 # every index-based candidate measured side by side (the ones not wired into the service are scored here only)
 CANDIDATES = ("gauss_newton", "contrast_cosine", "tracin_lr", "gradient_epochs")
 
@@ -513,10 +513,12 @@ def withdraw(world: World, who: str, datanet: str) -> int:
 # --------------------------------------------------------------------------------------------------- attribution
 class CachedSignals:
     """Wraps the query model's `signals` (and `signals_pair`, where it has one): every (adapter, prompt, answer,
-    null) query runs once, whatever the settings the answer is later re-scored under."""
+    null) query runs once, whatever the settings the answer is later re-scored under; always with the contrastive
+    gradient and the gradients at the adapter's training checkpoints (every candidate scored on the same queries)."""
 
     def __init__(self, query_model: Any) -> None:
         self.cache: dict[tuple[Any, ...], Any] = {}
+        self.checkpoints: dict[Path, dict[str, Path]] = {}
         self.seconds = 0.0
         self._signals = query_model.signals
         query_model.signals = self.signals
@@ -524,18 +526,29 @@ class CachedSignals:
         if self._pair is not None:
             query_model.signals_pair = self.signals_pair
 
+    def checkpoints_of(self, directory: Path) -> dict[str, Path]:
+        from tally.influence import load_index
+
+        if directory not in self.checkpoints:
+            self.checkpoints[directory] = load_index(directory / "influence").checkpoint_adapters()
+        return self.checkpoints[directory]
+
     def signals(self, key: str, directory: Path, projection: dict[str, Any], prompt_ids: list[int],
-                answer_ids: list[int], *, null: bool = False, contrast: bool = True) -> Any:  # fmt: skip
-        """Always with the contrastive gradient (every candidate is scored on the same queries)."""
+                answer_ids: list[int], *, null: bool = False, contrast: bool = True,
+                checkpoints: Any = None) -> Any:  # fmt: skip
         k = (key, tuple(prompt_ids), tuple(answer_ids), null)
         if k not in self.cache:
             t = time.perf_counter()
-            self.cache[k] = self._signals(key, directory, projection, prompt_ids, answer_ids, null=null, contrast=True)
+            at = None if null else self.checkpoints_of(directory)
+            self.cache[k] = self._signals(
+                key, directory, projection, prompt_ids, answer_ids, null=null, contrast=True, checkpoints=at
+            )
             self.seconds += time.perf_counter() - t
         return self.cache[k]
 
     def signals_pair(self, key: str, directory: Path, projection: dict[str, Any], prompt_ids: list[int],
-                     answer_ids: list[int], *, contrast: bool = True) -> tuple[Any, Any]:  # fmt: skip
+                     answer_ids: list[int], *, contrast: bool = True,
+                     checkpoints: Any = None) -> tuple[Any, Any]:  # fmt: skip
         real, null = (
             (key, tuple(prompt_ids), tuple(answer_ids), False),
             (key, tuple(prompt_ids), tuple(answer_ids), True),
@@ -544,8 +557,9 @@ class CachedSignals:
             assert self._pair is not None
             t = time.perf_counter()
             self.cache[real], self.cache[null] = self._pair(
-                key, directory, projection, prompt_ids, answer_ids, contrast=True
-            )
+                key, directory, projection, prompt_ids, answer_ids, contrast=True,
+                checkpoints=self.checkpoints_of(directory),
+            )  # fmt: skip
             self.seconds += time.perf_counter() - t
         return self.cache[real], self.cache[null]
 
@@ -635,6 +649,7 @@ def score_rows(attributor: Any, adapter: Adapter, item: Item, rng: np.random.Gen
     pool["gradient"] = sc.cosine(real.gradient).numpy()
     pool["datainf"] = sc.datainf(real.gradient).numpy()
     pool["contrast"] = sc.contrast(real.contrast).numpy()
+    pool["tracin"] = sc.tracin({**real.checkpoints, "final": real.gradient}).numpy()
     pool["gauss_newton"] = sc.gauss_newton(real.gradient).numpy()
     pool["contrast_cosine"] = sc.cosine(real.contrast).numpy()
     pool["tracin_lr"] = tracin_lr(adapter, real.gradient)
@@ -1102,7 +1117,7 @@ def goals(summary: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, goal, ok in [
         ("facts_top1", ">= 0.95", lambda v: v >= 0.95), ("skills_top1", ">= 0.95", lambda v: v >= 0.95),
-        ("loo_mean_spearman", ">= 0.5", lambda v: v >= 0.5), ("conflicts_credited", ">= 0.9", lambda v: v >= 0.9),
+        ("loo_mean_spearman", ">= 0.65", lambda v: v >= 0.65), ("conflicts_credited", ">= 0.9", lambda v: v >= 0.9),
         ("copier_over_original", "<= 0.10", lambda v: v <= 0.10),
         ("lookalike_credited_rate", "<= 0.05", lambda v: v <= 0.05),
         ("withdrawn_credited_rate", "== 0", lambda v: v == 0),
@@ -1116,8 +1131,8 @@ def goals(summary: dict[str, Any]) -> dict[str, Any]:
             out[f"{sc}_combined_vs_best_single"] = {"value": comb, "best_single": name, "best_single_top1": val,
                                                     "goal": ">= best single signal", "met": comb >= val}  # fmt: skip
     if "skills" in summary:
-        counterfactual = {m: summary["skills"][m]["top1"] for m in ("gradient", "datainf", "contrast", *CANDIDATES,
-                          "dattri_datainf", "dattri_tracin") if m in summary["skills"]}  # fmt: skip
+        gradient_based = ("gradient", "datainf", "contrast", "tracin", *CANDIDATES, "dattri_datainf", "dattri_tracin")
+        counterfactual = {m: summary["skills"][m]["top1"] for m in gradient_based if m in summary["skills"]}
         if counterfactual:
             best = max(counterfactual, key=lambda k: counterfactual[k])
             out["skills_best_gradient_method"] = {"value": counterfactual[best], "method": best, "goal": ">= 0.8",
@@ -1126,8 +1141,8 @@ def goals(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def _weights(**override: float) -> dict[str, Any]:
-    return {"weights": {"spans": 1.0, "representation": 1.0, "gradient": 1.0, "datainf": 1.0, "contrast": 1.0}
-            | override}  # fmt: skip
+    base = {"spans": 1.0, "representation": 1.0, "gradient": 1.0, "datainf": 1.0, "contrast": 1.0, "tracin": 1.0}
+    return {"weights": base | override}
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -1139,14 +1154,18 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "dup_0.7": {"duplicate_similarity": 0.7},
     "no_gradient": _weights(gradient=0.0),
     "no_datainf": _weights(datainf=0.0),
-    "no_contrast (the previous combination)": _weights(contrast=0.0),
+    "no_contrast": _weights(contrast=0.0),
+    "no_tracin": _weights(tracin=0.0),
+    "no_tracin_no_contrast (the previous combination)": _weights(tracin=0.0, contrast=0.0),
+    "no_datainf_no_contrast": _weights(datainf=0.0, contrast=0.0),
     "no_spans": _weights(spans=0.0),
     "no_representation": _weights(representation=0.0),
     "no_representation_no_spans": _weights(representation=0.0, spans=0.0),
-    "representation_only": _weights(spans=0.0, gradient=0.0, datainf=0.0, contrast=0.0),
-    "gradient_only": _weights(spans=0.0, representation=0.0, datainf=0.0, contrast=0.0),
-    "datainf_only": _weights(spans=0.0, representation=0.0, gradient=0.0, contrast=0.0),
-    "contrast_only": _weights(spans=0.0, representation=0.0, gradient=0.0, datainf=0.0),
+    "representation_only": _weights(spans=0.0, gradient=0.0, datainf=0.0, contrast=0.0, tracin=0.0),
+    "gradient_only": _weights(spans=0.0, representation=0.0, datainf=0.0, contrast=0.0, tracin=0.0),
+    "datainf_only": _weights(spans=0.0, representation=0.0, gradient=0.0, contrast=0.0, tracin=0.0),
+    "contrast_only": _weights(spans=0.0, representation=0.0, gradient=0.0, datainf=0.0, tracin=0.0),
+    "tracin_only": _weights(spans=0.0, representation=0.0, gradient=0.0, datainf=0.0, contrast=0.0),
 }
 
 
@@ -1408,14 +1427,18 @@ def main() -> None:
         print(json.dumps(report, indent=1))
         g = report["goals"]
 
+        best = g.get("skills_best_gradient_method", {})
+
         def fmt(key: str) -> str:
             v = g[key]["value"]
             return f"{v:.2f}" if isinstance(v, float) else str(v)
 
         print(
             f"attribution.quality: facts top-1 {fmt('facts_top1')} (goal >= 0.95), skills top-1 {fmt('skills_top1')} "
-            f"(>= 0.95), leave-one-out Spearman {fmt('loo_mean_spearman')} (>= 0.5), conflicts credited "
-            f"{fmt('conflicts_credited')} (>= 0.9), copier/original {fmt('copier_over_original')} (<= 0.10); "
+            f"(>= 0.95), leave-one-out Spearman {fmt('loo_mean_spearman')} (>= 0.65), conflicts credited "
+            f"{fmt('conflicts_credited')} (>= 0.9), copier/original {fmt('copier_over_original')} (<= 0.10), "
+            f"look-alike credited {fmt('lookalike_credited_rate')} (<= 0.05), best gradient-based method alone on "
+            f"skills {best.get('method')} {best.get('value')} (>= 0.8); "
             f"{report['main_adapter']['rows']} rows, {report['main_adapter']['contributors']} contributors, "
             f"{report['timings_s']['total']:.0f} s"
         )

@@ -56,7 +56,7 @@ def test_answer_carries_summary_and_receipt_and_the_record_reads_back(client: Te
     body = r.json()
     summary = body["attribution"]
     assert summary["id"] == body["id"] and summary["mode"] == "full"
-    assert set(summary["methods"]) == {"spans", "representation", "gradient", "datainf"}
+    assert set(summary["methods"]) == {"spans", "representation", "gradient", "datainf", "tracin"}
     seq = int(r.headers["X-Tally-Receipt"])
     assert summary["receipt"] == seq
     full = client.get(f"/v1/attributions/{body['id']}", headers=consumer).json()

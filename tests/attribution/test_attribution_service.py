@@ -45,7 +45,7 @@ def _answer(attributor: Attributor, trained, question: str, reply: str, rid: str
     )  # fmt: skip
 
 
-INDEX_METHODS = ("representation", "gradient", "datainf", "contrast")
+INDEX_METHODS = ("representation", "gradient", "datainf", "contrast", "tracin")
 
 
 def _stored_rows(world) -> dict[str, tuple[str, str]]:
@@ -101,7 +101,8 @@ def test_fast_record_has_every_signal_and_shares_summing_to_one(people, trained,
     assert record.credits.base_model == manifest["base_model"]["name"]
     assert record.completion_tokens == len(answer.answer_ids)
     full = attributor.attribute(answer, "full").record
-    assert set(full.methods) == {"spans", "representation", "gradient", "datainf"}  # contrast: only when weighted
+    # contrast only when weighted; tracin: the index kept epoch 1's weights (epoch 2 ended at the served ones)
+    assert set(full.methods) == {"spans", "representation", "gradient", "datainf", "tracin"}
     _assert_consistent(full, attributor, stored)
     # the added method changes nothing the fast record measured (timings aside)
     assert full.methods["spans"].model_dump(exclude={"seconds"}) == spans.model_dump(exclude={"seconds"})

@@ -1,5 +1,5 @@
-"""The contrastive influence method in the service, and rows the adapter was not trained on: candidate rows of the
-index and look-alike rows of other datanets earn nothing, whatever their resemblance or ledger order."""
+"""The contrastive and TracIn influence methods in the service, and rows the adapter was not trained on: candidate rows
+of the index and look-alike rows of other datanets earn nothing, whatever their resemblance or ledger order."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from tests.factory.conftest import make_config
 
 from tally.datanets.tables import ContributionRow
 from tally.factory import service
+from tally.influence import load_index
 
 
 @pytest.fixture
@@ -60,6 +61,26 @@ def test_the_contrastive_gradient_in_the_mixed_batch_equals_its_own_run(people, 
     assert_close(real.gradient, plain.gradient, "gradient")  # the second row leaves the plain gradient as it was
     assert null.contrast is not None and not torch.allclose(real.contrast, null.contrast)
     assert not torch.allclose(real.gradient, real.contrast)
+
+
+def test_tracin_queries_take_the_gradient_at_each_checkpoints_weights(people, trained, tiny_model) -> None:
+    import torch
+
+    attributor = _attributor(people, tiny_model)
+    a = _answer(attributor, trained, "Where was Ilsa Varn born?", "Korvath in the north")
+    projection = json.loads((trained.out_dir / "influence" / "index.json").read_text())["projection"]
+    args = (trained.adapter_hash, trained.out_dir, projection, a.prompt_ids, a.answer_ids)
+    kept = load_index(trained.out_dir / "influence").checkpoint_adapters()
+    assert set(kept) == {"epoch_1"}
+    plain = attributor.query_model.signals(*args)
+    # the served adapter's own directory as a checkpoint: its gradient there is the served gradient
+    real, null = attributor.query_model.signals_pair(*args, checkpoints={**kept, "served": trained.out_dir})
+    assert_close(real.checkpoints["served"], plain.gradient, "gradient at the served weights")
+    assert_close(real.gradient, plain.gradient, "gradient")  # the checkpoints' rows leave it as it was
+    assert not torch.allclose(real.checkpoints["epoch_1"], plain.gradient, atol=1e-4)  # epoch 1 had other weights
+    assert null.checkpoints == {}  # the random twin has no training checkpoints
+    alone = attributor.query_model.signals(*args, checkpoints=kept)
+    assert_close(alone.checkpoints["epoch_1"], real.checkpoints["epoch_1"], "epoch 1, alone or in the mixed batch")
 
 
 def test_candidate_rows_of_the_index_are_scored_but_never_credited(people, trained, tiny_model) -> None:

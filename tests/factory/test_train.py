@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file
 from tests.datanets.conftest import World
 from tests.factory.conftest import make_config
@@ -56,6 +57,12 @@ def test_train_writes_adapter_card_manifest_index_and_ledger_entry(people: World
     assert index.tensors["final"].shape == (6, 64) and index.tensors["final"].abs().sum() > 0
     assert index.tensors["epoch_1"].abs().sum(dim=1).min() > 0  # every row was captured in epoch 1
     assert {e["contributor"] for e in index.examples} == {people.alice.address, people.bob.address}
+    # epoch 1's weights are kept for TracIn queries; epoch 2 ended at the served weights, so it needs no copy
+    assert index.checkpoint_adapters() == {"epoch_1": out / "influence" / "checkpoints" / "epoch_1"}
+    early = load_file(str(out / "influence" / "checkpoints" / "epoch_1" / "adapter_model.safetensors"))
+    served = _weights(out)
+    assert early.keys() == served.keys() and early[next(iter(early))].dtype == torch.float16
+    assert any(not torch.allclose(early[k].float(), served[k], atol=1e-3) for k in served)
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(people: World, tiny_model: Path, tmp_path: Path):
@@ -74,6 +81,11 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(people: World, ti
     assert steps == list(range(1, 13))  # the log reads like an uninterrupted run
     ia, ib = load_index(full.out_dir / "influence"), load_index(resumed.out_dir / "influence")
     assert all((ia.tensors[k] == ib.tensors[k]).all() for k in ia.tensors)
+    # the epochs' weights survive the interruption (epoch 2 ended after the checkpoint the run resumed from)
+    assert set(ia.checkpoint_adapters()) == set(ib.checkpoint_adapters()) == {"epoch_1", "epoch_2"}
+    for name, path in ia.checkpoint_adapters().items():
+        wa, wb = load_file(str(path / "adapter_model.safetensors")), _weights(ib.checkpoint_adapters()[name])
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_early_stopping_keeps_the_best_weights(people: World, tiny_model: Path, tmp_path: Path):

@@ -30,6 +30,17 @@ def test_folded_cosine_equals_the_per_checkpoint_sum() -> None:
     assert torch.allclose(IndexScorer(index).cosine(q), expected, atol=2e-2)
 
 
+def test_tracin_takes_each_checkpoints_own_query() -> None:
+    index = _index()
+    q1, q2 = torch.randn(12), torch.randn(12)
+    scorer = IndexScorer(index)
+    got = scorer.tracin({"epoch_1": q1, "final": q2})
+    assert torch.allclose(got, scores(index, {"epoch_1": q1, "final": q2}), atol=2e-2)
+    assert not torch.allclose(got, scorer.cosine(q2), atol=5e-2)  # not the served adapter's query everywhere
+    # a checkpoint without its own query gradient uses the served adapter's: then it is the folded cosine
+    assert torch.allclose(scorer.tracin({"final": q2}), scorer.cosine(q2), atol=2e-2)
+
+
 def test_datainf_equals_the_closed_form_written_row_by_row() -> None:
     index = _index()
     q = torch.randn(12)

@@ -15,7 +15,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,6 +38,8 @@ class QuerySignals:
     hidden: torch.Tensor  # (hidden,) mean over answer-predicting positions
     logprob: float  # sum of the answer's token log-probabilities
     contrast: torch.Tensor | None = None  # (dims,) projected gradient of the contrast-weighted loss (see influence)
+    # checkpoint name -> (dims,) the answer's gradient at that training checkpoint's weights (TracIn)
+    checkpoints: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _as_default(adapter: str) -> Callable[[str], str]:
@@ -58,6 +60,7 @@ class QueryModel:
         self.model_dir, self.max_adapters = model_dir, max_adapters
         self._peft: Any = None
         self._loaded: OrderedDict[str, str] = OrderedDict()  # adapter key -> null twin key
+        self._checkpoints: dict[str, dict[str, str]] = {}  # adapter key -> checkpoint name -> loaded adapter name
         self._lock = threading.Lock()
         self._base: Any = None
         self._projectors: dict[str, Projector] = {}
@@ -85,9 +88,21 @@ class QueryModel:
         self._loaded[key] = null
         while len(self._loaded) > self.max_adapters:
             old, old_null = self._loaded.popitem(last=False)
-            self._peft.delete_adapter(old)
-            self._peft.delete_adapter(old_null)
+            for name in [old, old_null, *self._checkpoints.pop(old, {}).values()]:
+                self._peft.delete_adapter(name)
         self._peft.eval()
+
+    def _ensure_checkpoints(self, key: str, checkpoints: dict[str, Path]) -> dict[str, str]:
+        """Load the adapter's training checkpoints (after `_ensure(key, ...)`) as adapters of their own; returns
+        checkpoint name -> loaded adapter name. Evicted with the adapter."""
+        loaded = self._checkpoints.setdefault(key, {})
+        for name, directory in sorted(checkpoints.items()):
+            if name not in loaded:
+                adapter = f"{key}_ckpt{len(loaded)}"
+                self._peft.load_adapter(str(directory), adapter_name=adapter)
+                loaded[name] = adapter
+        self._peft.eval()
+        return {name: loaded[name] for name in checkpoints}
 
     def run(self, key: str | None, directory: Path | None, fn: Callable[[Any], T]) -> T:
         """`fn(model)` with that adapter active (or none: the base model), under the lock, without gradients."""
@@ -117,10 +132,12 @@ class QueryModel:
         *,
         null: bool = False,
         contrast: bool = False,
+        checkpoints: dict[str, Path] | None = None,
     ) -> QuerySignals:
         """The answer's signals through the adapter (or, with `null`, through its random twin); with `contrast`,
-        also the gradient of the answer's loss weighted by each token's log-probability rise over the base model."""
-        return self._signals(key, directory, projection, prompt_ids, answer_ids, [not null], contrast)[0]
+        also the gradient of the answer's loss weighted by each token's log-probability rise over the base model;
+        with `checkpoints` (name -> adapter directory), also the answer's gradient at each checkpoint's weights."""
+        return self._signals(key, directory, projection, prompt_ids, answer_ids, [not null], contrast, checkpoints)[0]
 
     def signals_pair(
         self,
@@ -131,9 +148,12 @@ class QueryModel:
         answer_ids: list[int],
         *,
         contrast: bool = False,
+        checkpoints: dict[str, Path] | None = None,
     ) -> tuple[QuerySignals, QuerySignals]:
         """The signals through the adapter and through its random twin (the null), in one mixed batch."""
-        real, null = self._signals(key, directory, projection, prompt_ids, answer_ids, [True, False], contrast)
+        real, null = self._signals(
+            key, directory, projection, prompt_ids, answer_ids, [True, False], contrast, checkpoints
+        )
         return real, null
 
     def _signals(
@@ -145,16 +165,18 @@ class QueryModel:
         answer_ids: list[int],
         trained: list[bool],
         contrast: bool = False,
+        checkpoints: dict[str, Path] | None = None,
     ) -> list[QuerySignals]:
         if not answer_ids:
             raise ValueError("the answer has no tokens to attribute")
         with self._lock:
             self._ensure(key, directory)
+            at = self._ensure_checkpoints(key, checkpoints) if checkpoints else {}
             projector = self._projectors.get(key)
             if projector is None:
                 projector = self._projectors[key] = Projector.from_description(projection)
             names = [key if t else self._loaded[key] for t in trained]
-            return self._run(names, projector, prompt_ids, answer_ids, contrast)
+            return self._run(names, projector, prompt_ids, answer_ids, contrast, at if trained[0] else {})
 
     def _base_logprobs(self, prompt_ids: list[int], answer_ids: list[int]) -> torch.Tensor:
         """(answer tokens,) the base model's log-probability of each answer token given the prompt."""
@@ -170,18 +192,22 @@ class QueryModel:
         prompt_ids: list[int],
         answer_ids: list[int],
         contrast: bool = False,
+        checkpoints: dict[str, str] | None = None,
     ) -> list[QuerySignals]:
         """One forward and backward of a batch holding the same sequence once per adapter (PEFT's mixed batch):
         each adapter's LoRA weights get the gradient of its own row only. With `contrast` each adapter has a second
         row whose loss weighs the answer's tokens by their log-probability rise over the base model (one more
-        forward, of the base model, without gradients)."""
+        forward, of the base model, without gradients). `checkpoints` (checkpoint name -> loaded adapter) add one
+        row each, whose gradients go to the first adapter's signals."""
+        checkpoints = checkpoints or {}
         peft = self._peft
         # first: leaving PEFT's disable_adapter() re-activates one adapter, which resets which weights take gradients
         base = self._base_logprobs(prompt_ids, answer_ids) if contrast else None
+        with_grad = [*names, *checkpoints.values()]
         for param_name, param in peft.named_parameters():
-            param.requires_grad_(any(f".{n}." in param_name for n in names))
+            param.requires_grad_(any(f".{n}." in param_name for n in with_grad))
         per = 2 if contrast else 1
-        batch_names = [n for n in names for _ in range(per)]
+        batch_names = [n for n in names for _ in range(per)] + list(checkpoints.values())
         rows = len(batch_names)
         ids = torch.tensor([prompt_ids + answer_ids] * rows)
         labels = torch.tensor([[IGNORE] * len(prompt_ids) + answer_ids] * rows)
@@ -193,6 +219,12 @@ class QueryModel:
                     raise ValueError(f"adapter {name} has no trainable LoRA modules")
                 captures.append(stack.enter_context(capture))
                 capture.begin(per)
+            at_checkpoint = {}
+            for ckpt, name in checkpoints.items():
+                at_checkpoint[ckpt] = stack.enter_context(
+                    GradCapture(peft, projector, rename=_as_default(name), only=_of_adapter(name))
+                )
+                at_checkpoint[ckpt].begin(1)
             hidden = stack.enter_context(HiddenCapture(peft))
             hidden.begin(labels)
             logits = peft(input_ids=ids, adapter_names=batch_names).logits[:, :-1].float()
@@ -201,7 +233,9 @@ class QueryModel:
             losses = losses.view(rows, -1)
             weights = torch.full_like(losses, 1.0 / losses.shape[1])
             if base is not None:
-                weights[1::2] = contrast_weights(-losses[1::2], base.expand(len(names), -1))
+                weights[1 : len(names) * per : 2] = contrast_weights(
+                    -losses[1 : len(names) * per : 2], base.expand(len(names), -1)
+                )
             (losses * weights).sum().backward()
             means = hidden.result()
             out = []
@@ -211,6 +245,7 @@ class QueryModel:
                     QuerySignals(
                         grads[0], means[i * per], -float(losses[i * per].detach().sum()),
                         grads[1] if contrast else None,
+                        {ckpt: c.result()[0] for ckpt, c in at_checkpoint.items()} if i == 0 else {},
                     )
                 )  # fmt: skip
         peft.zero_grad(set_to_none=True)

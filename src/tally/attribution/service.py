@@ -77,6 +77,7 @@ class _Loaded:
     sources: list[Source]
     projection: dict[str, Any]
     untrained: list[int] = field(default_factory=list)  # candidate rows the adapter was not trained on
+    checkpoints: dict[str, Path] = field(default_factory=dict)  # training checkpoints' adapters (TracIn queries)
     null_stats: list[dict[str, float]] = field(default_factory=list)  # the random twin's top z, first answers
     position: dict[tuple[str, str], int] = field(default_factory=dict)  # (datanet, row hash) -> index row
 
@@ -142,7 +143,7 @@ class Attributor:
                 index = load_index(directory)
                 self._indexes[adapter_hash] = _Loaded(
                     IndexScorer(index), index_sources(session, index.examples), index.meta["projection"],
-                    index.untrained(),
+                    index.untrained(), index.checkpoint_adapters(),
                 )  # fmt: skip
             return self._indexes[adapter_hash]
 
@@ -276,17 +277,22 @@ class Attributor:
         scorer = loaded.scorer
         # the contrastive query (one more forward of the base, a second row in the batch): `full` mode, when weighted
         contrast = mode == "full" and self.cfg.weights.get("contrast", 0.0) > 0
-        needed = ("gradient", "contrast") if contrast else ("gradient",)
+        # TracIn: one more row per kept training checkpoint, the answer's gradient at its weights; `full` mode
+        tracin = mode == "full" and self.cfg.weights.get("tracin", 0.0) > 0 and bool(loaded.checkpoints)
+        checkpoints = loaded.checkpoints if tracin else None
+        needed = ("gradient",) + (("contrast",) if contrast else ()) + (("tracin",) if tracin else ())
         if min(loaded.calibrated(m) for m in needed) < self.cfg.null_probes:  # calibrating: the twin rides along
-            real, twin = self.query_model.signals_pair(*args, contrast=contrast)
+            real, twin = self.query_model.signals_pair(*args, contrast=contrast, checkpoints=checkpoints)
             null_scores = {"gradient": scorer.cosine(twin.gradient), "datainf": scorer.datainf(twin.gradient)}
             if twin.contrast is not None:
                 null_scores["contrast"] = scorer.contrast(twin.contrast)
+            if tracin:  # the twin learned nothing, so it has no checkpoints: its one gradient at every one
+                null_scores["tracin"] = scorer.tracin({"final": twin.gradient})
             if scorer.has_representation:
                 null_scores["representation"] = scorer.representation(twin.hidden)
             loaded.null_stats.append({m: top_z(x, valid) for m, x in null_scores.items()})
         else:
-            real = self.query_model.signals(*args, contrast=contrast)
+            real = self.query_model.signals(*args, contrast=contrast, checkpoints=checkpoints)
         query_s = time.perf_counter() - start
         dup = scorer.row_similarity if scorer.has_representation else None
         methods: list[tuple[str, Any]] = [("gradient", scorer.cosine)]
@@ -297,6 +303,8 @@ class Attributor:
             query = real.contrast
             if query is not None:
                 methods.append(("contrast", lambda _: scorer.contrast(query)))
+            if tracin:
+                methods.append(("tracin", lambda g: scorer.tracin({**real.checkpoints, "final": g})))
         influence: list[tuple[Source, float]] = []
         for name, fn in methods:
             t = time.perf_counter()

@@ -132,7 +132,7 @@ class RagSettingsSection(_Section):
     aliases: dict[str, RagAlias] = Field(default_factory=dict, description="model names with RAG on by default")
 
 
-ATTRIBUTION_METHODS = ("spans", "context", "representation", "gradient", "datainf", "contrast")
+ATTRIBUTION_METHODS = ("spans", "context", "representation", "gradient", "datainf", "contrast", "tracin")
 
 
 class AttributionSettings(_Section):
@@ -168,7 +168,7 @@ class AttributionSettings(_Section):
     )
     null_quantile: float = Field(0.9, ge=0, le=1, description="the null: this quantile of the twin's top z-scores")
     null_gated: list[str] = Field(
-        default_factory=lambda: ["spans", "context", "gradient", "datainf", "contrast"],
+        default_factory=lambda: ["spans", "context", "gradient", "datainf", "contrast", "tracin"],
         description="methods that count only when they beat their null baseline (the others: on min_z alone)",
     )
     max_adapters: int = Field(4, ge=1, description="adapters kept loaded for attribution")

@@ -24,6 +24,7 @@ STATE_TENSORS = "state.safetensors"
 STATE_JSON = "state.json"
 _BEST = "best/"  # tensor names: best/<parameter>, infl/epoch_<n> (the names checkpoints have always used)
 _EPOCH = re.compile(r"infl/epoch_([1-9][0-9]*)")
+_EPOCH_WEIGHTS = re.compile(r"weights/epoch_([1-9][0-9]*)/(.+)")  # weights/epoch_<n>/<parameter>
 
 
 @dataclass
@@ -38,6 +39,8 @@ class TrainState:
     stopped_early: bool = False
     best_weights: dict[str, torch.Tensor] = field(default_factory=dict)  # trainable parameter -> value at best eval
     epoch_grads: dict[int, torch.Tensor] = field(default_factory=dict)  # epoch (from 1) -> (examples, dims) fp16
+    # epoch (from 1) -> trainable parameter -> its value at that epoch's end (fp16): the query side of TracIn
+    epoch_weights: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def counters(self) -> dict[str, Any]:
         return {"step": self.step, "tokens": self.tokens, "log_lines": self.log_lines, "best_eval": self.best_eval,
@@ -45,17 +48,25 @@ class TrainState:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         named = {f"{_BEST}{name}": value for name, value in self.best_weights.items()}
-        return named | {f"infl/epoch_{epoch}": grads for epoch, grads in self.epoch_grads.items()}
+        weights = {
+            f"weights/epoch_{epoch}/{name}": value
+            for epoch, values in self.epoch_weights.items()
+            for name, value in values.items()
+        }
+        return named | weights | {f"infl/epoch_{epoch}": grads for epoch, grads in self.epoch_grads.items()}
 
     @classmethod
     def restore(cls, path: Path, counters: dict[str, Any], tensors: dict[str, torch.Tensor]) -> TrainState:
         state = cls(**{key: counters[key] for key in cls().counters()})
         for key, value in tensors.items():
             epoch = _EPOCH.fullmatch(key)
+            weights = _EPOCH_WEIGHTS.fullmatch(key)
             if key.startswith(_BEST):
                 state.best_weights[key.removeprefix(_BEST)] = value
             elif epoch:
                 state.epoch_grads[int(epoch.group(1))] = value
+            elif weights:
+                state.epoch_weights.setdefault(int(weights.group(1)), {})[weights.group(2)] = value
             else:
                 raise FactoryError(f"checkpoint {path} holds a tensor {key!r} this version does not know")
         return state

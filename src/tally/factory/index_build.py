@@ -7,19 +7,34 @@ each row's mean hidden state (representation similarity) from the same forward.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
+from tally.engine.files import CONFIG_FILE as ADAPTER_CONFIG
+from tally.engine.files import WEIGHTS_FILE as ADAPTER_WEIGHTS
 from tally.factory.data import Example
 from tally.factory.encode import Encoded, collate, token_losses
 from tally.factory.provenance import directory_hash
 from tally.influence import HiddenCapture, Projector, example_gradients, save_index
 
 REPRESENTATION = "hidden_mean"
+CHECKPOINTS = "checkpoints"  # influence/checkpoints/<epoch_N>/: that epoch's adapter weights (PEFT format)
+
+
+def save_checkpoint_adapter(model: Any, weights: dict[str, torch.Tensor], out_dir: Path, target: Path) -> None:
+    """One epoch's LoRA weights as a PEFT adapter directory (the trained adapter's config, these weights)."""
+    from peft.utils import get_peft_model_state_dict
+
+    target.mkdir(parents=True, exist_ok=True)
+    state = get_peft_model_state_dict(model, state_dict=dict(weights))
+    save_file({k: v.contiguous() for k, v in state.items()}, str(target / ADAPTER_WEIGHTS))
+    shutil.copyfile(out_dir / ADAPTER_CONFIG, target / ADAPTER_CONFIG)
 
 
 def final_gradients(
@@ -58,16 +73,33 @@ def build_index(
     batch_size: int,
     pad: int,
     progress: Callable[[int, int], None] | None = None,
+    epoch_weights: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
-    """Write `<out>/influence/`; returns its summary (hash, dims, checkpoints, cost) for the manifest."""
+    """Write `<out>/influence/`; returns its summary (hash, dims, checkpoints, cost) for the manifest.
+
+    `epoch_weights` (checkpoint name -> trainable parameter -> value) are written as PEFT adapter directories
+    under `influence/checkpoints/<name>/`, so attribution can take the query's gradient at each checkpoint's
+    weights, not only at the served adapter's (TracIn)."""
     start = time.monotonic()
     final, hidden = final_gradients(model, items, projector, batch_size, pad, progress)
     seconds = time.monotonic() - start
     tensors = {**epoch_grads, "final": final, REPRESENTATION: hidden}
+    # an epoch that ended at the served weights (the last one, unless early stopping went back) needs no copy:
+    # its query gradient is the served adapter's own
+    current = {n: p.detach().to(torch.float16) for n, p in model.named_parameters() if p.requires_grad}
+    kept = {
+        name: w
+        for name, w in (epoch_weights or {}).items()
+        if name in epoch_grads and not all(torch.equal(v, current[n]) for n, v in w.items() if n in current)
+    }
     meta = {
         "projection": projector.describe(),
         "representation": {"tensor": REPRESENTATION, "pooling": "mean final hidden state, answer-predicting positions"},
-        "checkpoints": [{"name": k, "lr": epoch_lrs.get(k)} for k in sorted(epoch_grads)] + [{"name": "final"}],
+        "checkpoints": [
+            {"name": k, "lr": epoch_lrs.get(k)} | ({"adapter": f"{CHECKPOINTS}/{k}"} if k in kept else {})
+            for k in sorted(epoch_grads)
+        ]
+        + [{"name": "final"}],
         "examples": [
             {
                 "row_hash": e.row_hash,
@@ -82,10 +114,12 @@ def build_index(
         "cost": {"final_pass_seconds": seconds, "examples": len(items)},
     }
     directory = save_index(out_dir / "influence", tensors, meta)
+    for name, weights in sorted(kept.items()):
+        save_checkpoint_adapter(model, weights, out_dir, directory / CHECKPOINTS / name)
     return {
         "hash": directory_hash(directory),
         "dims": projector.dims,
         "checkpoints": sorted(set(tensors) - {REPRESENTATION}),
         "final_pass_seconds": round(seconds, 3),
-        "bytes": sum(p.stat().st_size for p in directory.iterdir()),
+        "bytes": sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()),
     }

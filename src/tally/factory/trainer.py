@@ -36,6 +36,7 @@ class LoopResult:
     seconds: float
     influence: dict[str, torch.Tensor] = field(default_factory=dict)  # epoch_N -> (examples, dims)
     influence_lr: dict[str, float] = field(default_factory=dict)
+    influence_weights: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # epoch_N -> parameter -> value
 
 
 def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
@@ -192,6 +193,11 @@ class Loop:
                     "eta_s": (self.total - step) / rate if rate else None,
                 })  # fmt: skip
                 epoch_end = step % self.steps_per_epoch == 0 or step == self.total
+                if epoch_end and self.capture_epochs:  # before the checkpoint below, so a resume keeps them
+                    trained = (item for item in self.model.named_parameters() if item[1].requires_grad)
+                    self.state.epoch_weights[math.ceil(step / self.steps_per_epoch)] = {
+                        n: p.detach().to(torch.float16).clone() for n, p in trained
+                    }
                 if ((every and step % every == 0) or (not every and epoch_end)) and self._eval(step):
                     self.state.stopped_early = True
                     self.log.emit({"type": "early_stop", "step": step, "best_eval_loss": self.state.best_eval})
@@ -218,7 +224,8 @@ class Loop:
         infl = {f"epoch_{e}": self.state.epoch_grads[e] for e in epochs}
         lrs = {f"epoch_{e}": lr_at(self.cfg, min(e * self.steps_per_epoch, self.total) - 1, self.total) for e in epochs}
         final_eval = eval_loss(self.model, self.evals, self.cfg.train.batch_size, self.pad)
+        weights = {f"epoch_{e}": self.state.epoch_weights[e] for e in epochs if e in self.state.epoch_weights}
         return LoopResult(
             step, self.state.tokens, last_loss, final_eval, self.state.best_eval, self.state.stopped_early,
-            seconds, infl, lrs,
+            seconds, infl, lrs, weights,
         )  # fmt: skip

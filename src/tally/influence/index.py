@@ -10,11 +10,16 @@ Format versions: `tally.influence/2` adds an optional per-row `trained` flag: `f
 adapter was not trained on (its gradient and representation at the trained adapter are in `final` and the
 representation tensor so that methods can be compared on it; its per-epoch rows are zero, as it was never in a
 batch). Such rows are scored but never credited. Version 1 indexes (every row trained) load unchanged.
+
+A per-epoch checkpoint may name an `adapter`: `checkpoints/epoch_<n>`, a PEFT adapter directory inside
+`influence/` with the weights at that epoch's end, so a query's gradient can be taken at the weights each
+checkpoint's rows were trained at (TracIn). Older indexes have none; only that exact relative form is followed.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,12 +31,27 @@ INDEX_TENSORS = "index.safetensors"
 INDEX_JSON = "index.json"
 FORMAT = "tally.influence/2"
 READABLE = ("tally.influence/1", FORMAT)
+CHECKPOINT_ADAPTER = re.compile(r"checkpoints/epoch_[1-9][0-9]{0,5}")
 
 
 @dataclass
 class InfluenceIndex:
     tensors: dict[str, torch.Tensor]  # checkpoint name -> (examples, dims) fp16
     meta: dict[str, Any]
+    directory: Path | None = None  # where it was loaded from (checkpoint adapters are found under it)
+
+    def checkpoint_adapters(self) -> dict[str, Path]:
+        """Checkpoint name -> its adapter directory, for the per-epoch checkpoints that kept their weights."""
+        if self.directory is None:
+            return {}
+        found = {}
+        for c in self.meta.get("checkpoints", []):
+            rel = c.get("adapter")
+            if isinstance(rel, str) and CHECKPOINT_ADAPTER.fullmatch(rel) and c["name"] in self.tensors:
+                path = self.directory / rel
+                if (path / "adapter_config.json").is_file() and (path / "adapter_model.safetensors").is_file():
+                    found[str(c["name"])] = path
+        return found
 
     @property
     def examples(self) -> list[dict[str, Any]]:
@@ -59,7 +79,7 @@ def load_index(directory: Path) -> InfluenceIndex:
             f"{directory / INDEX_JSON}: unknown index format {meta.get('format')!r} (this version reads "
             f"{', '.join(READABLE)}; rebuild the index by training the adapter again with this version)"
         )
-    return InfluenceIndex(load_file(str(directory / INDEX_TENSORS)), meta)
+    return InfluenceIndex(load_file(str(directory / INDEX_TENSORS)), meta, directory)
 
 
 def layer_normalised(x: torch.Tensor, slices: list[tuple[int, int]]) -> torch.Tensor:

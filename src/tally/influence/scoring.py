@@ -15,6 +15,11 @@ Built once per index and kept in memory, so each query costs one pass over a mat
   the directions every row shares (the common "what any answer looks like" gradient), which dominate the plain
   cosine. W = F^-1/2 is a small d_l x d_l matrix per layer and the same for every checkpoint, so the whitened rows
   fold over checkpoints into one matrix and a query is one product, as the cosine's.
+- **TracIn** (Pruthi et al., 2020, checkpoint form): the per-layer-normalised cosine of each checkpoint's rows with
+  the query's gradient taken at *that checkpoint's* weights, summed over checkpoints. A trained adapter has
+  already learned what its rows taught, so at its weights the answer's gradient is mostly about what is still
+  unknown (new words); at an early checkpoint it still points along what the rows were teaching. Needs one query
+  gradient per checkpoint (the index's `adapter` checkpoints); the matrices are kept per checkpoint.
 - **Representation**: cosine of mean final hidden states, centred on the index mean (hidden states share a
   large common direction that would otherwise make every row look alike).
 Matrices are kept in bfloat16 (half the memory traffic of fp32; CPUs with bf16 units do it at full speed).
@@ -48,6 +53,7 @@ class IndexScorer:
         self._datainf: list[tuple[torch.Tensor, list[tuple[torch.Tensor, float]]]] = []
         self._gn: torch.Tensor | None = None  # whitened rows, summed over checkpoints
         self._gn_whiten: list[torch.Tensor] = []  # F^-1/2 per layer
+        self._per_checkpoint: dict[str, torch.Tensor] = {}  # TracIn: each checkpoint's layer-normalised rows
         self._hidden: torch.Tensor | None = None
         self._hidden_mean: torch.Tensor | None = None
         rep = index.meta.get("representation")
@@ -132,6 +138,21 @@ class IndexScorer:
         """(rows,) the `contrast` method: the contrastive query gradient (see `tally.influence.contrast`) scored by
         Gauss-Newton (whitened per-layer cosine, summed over checkpoints)."""
         return self.gauss_newton(query)
+
+    def tracin(self, queries: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(rows,) TracIn: sum over checkpoints of the per-layer cosine of the checkpoint's rows with the query
+        gradient taken at that checkpoint (`queries`: checkpoint name -> (dims,); a checkpoint without its own
+        query gradient uses `final`'s), mean over layers."""
+        if not self._per_checkpoint:
+            self._per_checkpoint = {
+                c: layer_normalised(self.index.tensors[c], self.slices).to(torch.bfloat16).contiguous()
+                for c in self.checkpoints
+            }
+        total = torch.zeros(self.rows)
+        for c, rows in self._per_checkpoint.items():
+            q = queries.get(c, queries["final"])
+            total += (rows @ layer_normalised(q.reshape(-1), self.slices).to(torch.bfloat16)).float()
+        return total / len(self.slices)
 
     def representation(self, hidden: torch.Tensor) -> torch.Tensor:
         """(rows,) centred cosine between the query's mean hidden state and each row's."""
