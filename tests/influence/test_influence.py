@@ -92,3 +92,27 @@ def test_example_gradients_and_a_projector_rebuilt_from_its_description() -> Non
         capture.begin(6)
         _per_example_loss(model, x).sum().backward()
         assert_close(grads, capture.result(), "captured")
+
+
+def test_checkpoint_adapters_are_followed_only_inside_the_index(tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    meta = {
+        "checkpoints": [
+            {"name": "epoch_1", "adapter": "checkpoints/epoch_1"},
+            {"name": "epoch_2", "adapter": "../elsewhere"},  # not the one form followed
+            {"name": "epoch_3", "adapter": "checkpoints/epoch_3"},  # a link out of the index
+            {"name": "epoch_4", "adapter": "checkpoints/epoch_4"},  # no weights file
+            {"name": "final"},
+        ]
+    }
+    tensors = {name: torch.zeros(2, 4) for name in ("epoch_1", "epoch_2", "epoch_3", "epoch_4", "final")}
+    directory = save_index(tmp_path / "influence", tensors, meta)
+    for where in (directory / "checkpoints" / "epoch_1", outside, directory / "checkpoints" / "epoch_4"):
+        where.mkdir(parents=True, exist_ok=True)
+        (where / "adapter_config.json").write_text("{}")
+    for where in (directory / "checkpoints" / "epoch_1", outside):
+        (where / "adapter_model.safetensors").write_bytes(b"")
+    (directory / "checkpoints" / "epoch_3").symlink_to(outside)
+    index = load_index(directory)
+    assert index.checkpoint_adapters() == {"epoch_1": directory / "checkpoints" / "epoch_1"}

@@ -49,7 +49,12 @@ class InfluenceIndex:
             rel = c.get("adapter")
             if isinstance(rel, str) and CHECKPOINT_ADAPTER.fullmatch(rel) and c["name"] in self.tensors:
                 path = self.directory / rel
-                if (path / "adapter_config.json").is_file() and (path / "adapter_model.safetensors").is_file():
+                inside = path.resolve().is_relative_to(self.directory.resolve())  # no link out of the index
+                if (
+                    inside
+                    and (path / "adapter_config.json").is_file()
+                    and (path / "adapter_model.safetensors").is_file()
+                ):
                     found[str(c["name"])] = path
         return found
 
