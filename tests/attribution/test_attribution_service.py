@@ -60,7 +60,8 @@ def _stored_rows(world) -> dict[str, tuple[str, str]]:
 def _assert_consistent(record: AttributionRecord, attributor: Attributor, stored: dict[str, tuple[str, str]]) -> None:
     """What every record must satisfy: evidence names the stored row's contribution and contributor, best first;
     an index method beats its null exactly when its top z-score reaches min_z and exceeds the null; a method
-    weighs in exactly when it counts and has evidence; shares go only to contributors some weighed method names."""
+    weighs in exactly when it counts, has evidence and a weight in the settings; shares go only to contributors
+    some weighed method names."""
     cfg = attributor.cfg
     credited: set[str] = set()
     for name, method in record.methods.items():
@@ -71,7 +72,8 @@ def _assert_consistent(record: AttributionRecord, attributor: Attributor, stored
             assert method.beat_null == (method.score >= cfg.min_z and method.score > method.null_score), name
             assert all(e.score >= cfg.min_z for e in method.top), name
         counts = method.beat_null if name in cfg.null_gated else method.score >= cfg.min_z
-        assert (method.weight > 0) == (counts and bool(method.top)), name
+        weighted = cfg.weights.get(name, 0.0) > 0  # a method weighted 0 is reported, never in the shares
+        assert (method.weight > 0) == (counts and bool(method.top) and weighted), name
         if method.weight > 0:
             credited |= {e.contributor for e in method.top}
     assert set(record.share_map()) <= credited
@@ -101,7 +103,7 @@ def test_fast_record_has_every_signal_and_shares_summing_to_one(people, trained,
     assert record.credits.base_model == manifest["base_model"]["name"]
     assert record.completion_tokens == len(answer.answer_ids)
     full = attributor.attribute(answer, "full").record
-    # contrast only when weighted; tracin: the index kept epoch 1's weights (epoch 2 ended at the served ones)
+    # contrast only when weighted; tracin: the index kept the weights each epoch started from
     assert set(full.methods) == {"spans", "representation", "gradient", "datainf", "tracin"}
     _assert_consistent(full, attributor, stored)
     # the added method changes nothing the fast record measured (timings aside)

@@ -71,13 +71,13 @@ def test_tracin_queries_take_the_gradient_at_each_checkpoints_weights(people, tr
     projection = json.loads((trained.out_dir / "influence" / "index.json").read_text())["projection"]
     args = (trained.adapter_hash, trained.out_dir, projection, a.prompt_ids, a.answer_ids)
     kept = load_index(trained.out_dir / "influence").checkpoint_adapters()
-    assert set(kept) == {"epoch_1"}
+    assert set(kept) == {"epoch_1", "epoch_2"}  # the weights each epoch started from
     plain = attributor.query_model.signals(*args)
     # the served adapter's own directory as a checkpoint: its gradient there is the served gradient
     real, null = attributor.query_model.signals_pair(*args, checkpoints={**kept, "served": trained.out_dir})
     assert_close(real.checkpoints["served"], plain.gradient, "gradient at the served weights")
     assert_close(real.gradient, plain.gradient, "gradient")  # the checkpoints' rows leave it as it was
-    assert not torch.allclose(real.checkpoints["epoch_1"], plain.gradient, atol=1e-4)  # epoch 1 had other weights
+    assert not torch.allclose(real.checkpoints["epoch_2"], plain.gradient, atol=1e-4)  # epoch 2 had other weights
     assert null.checkpoints == {}  # the random twin has no training checkpoints
     alone = attributor.query_model.signals(*args, checkpoints=kept)
     assert_close(alone.checkpoints["epoch_1"], real.checkpoints["epoch_1"], "epoch 1, alone or in the mixed batch")

@@ -39,7 +39,7 @@ class TrainState:
     stopped_early: bool = False
     best_weights: dict[str, torch.Tensor] = field(default_factory=dict)  # trainable parameter -> value at best eval
     epoch_grads: dict[int, torch.Tensor] = field(default_factory=dict)  # epoch (from 1) -> (examples, dims) fp16
-    # epoch (from 1) -> trainable parameter -> its value at that epoch's end (fp16): the query side of TracIn
+    # epoch (from 1) -> trainable parameter -> its value when that epoch started (fp16): the query side of TracIn
     epoch_weights: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def counters(self) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from tally.factory.provenance import directory_hash
 from tally.influence import HiddenCapture, Projector, example_gradients, save_index
 
 REPRESENTATION = "hidden_mean"
-CHECKPOINTS = "checkpoints"  # influence/checkpoints/<epoch_N>/: that epoch's adapter weights (PEFT format)
+CHECKPOINTS = "checkpoints"  # influence/checkpoints/<epoch_N>/: the adapter epoch N started from (PEFT format)
 
 
 def save_checkpoint_adapter(model: Any, weights: dict[str, torch.Tensor], out_dir: Path, target: Path) -> None:
@@ -77,15 +77,15 @@ def build_index(
 ) -> dict[str, Any]:
     """Write `<out>/influence/`; returns its summary (hash, dims, checkpoints, cost) for the manifest.
 
-    `epoch_weights` (checkpoint name -> trainable parameter -> value) are written as PEFT adapter directories
-    under `influence/checkpoints/<name>/`, so attribution can take the query's gradient at each checkpoint's
-    weights, not only at the served adapter's (TracIn)."""
+    `epoch_weights` (checkpoint name -> trainable parameter -> its value when that epoch started) are written as
+    PEFT adapter directories under `influence/checkpoints/<name>/`, so attribution can take the query's gradient
+    at the weights each epoch's rows were trained from, not only at the served adapter's (TracIn)."""
     start = time.monotonic()
     final, hidden = final_gradients(model, items, projector, batch_size, pad, progress)
     seconds = time.monotonic() - start
     tensors = {**epoch_grads, "final": final, REPRESENTATION: hidden}
-    # an epoch that ended at the served weights (the last one, unless early stopping went back) needs no copy:
-    # its query gradient is the served adapter's own
+    # an epoch that started from the served weights (possible only when training did not move them) needs no
+    # copy: its query gradient is the served adapter's own
     current = {n: p.detach().to(torch.float16) for n, p in model.named_parameters() if p.requires_grad}
     kept = {
         name: w

@@ -36,7 +36,8 @@ class LoopResult:
     seconds: float
     influence: dict[str, torch.Tensor] = field(default_factory=dict)  # epoch_N -> (examples, dims)
     influence_lr: dict[str, float] = field(default_factory=dict)
-    influence_weights: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # epoch_N -> parameter -> value
+    # epoch_N -> parameter -> its value when epoch N started
+    influence_weights: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
@@ -179,6 +180,12 @@ class Loop:
         self.model.train()
         with GradCapture(self.model, self.projector) as capture:
             while step < self.total and not self.state.stopped_early:
+                epoch = step // self.steps_per_epoch + 1
+                if self.capture_epochs and epoch not in self.state.epoch_weights:
+                    # the weights this epoch starts from (epoch 1: the initial adapter): its rows' gradients are
+                    # taken on the way from them, so TracIn takes the query's gradient there
+                    trained = (item for item in self.model.named_parameters() if item[1].requires_grad)
+                    self.state.epoch_weights[epoch] = {n: p.detach().to(torch.float16).clone() for n, p in trained}
                 loss, tokens = self._step(step, capture)
                 step += 1
                 self.state.step = step
@@ -193,11 +200,6 @@ class Loop:
                     "eta_s": (self.total - step) / rate if rate else None,
                 })  # fmt: skip
                 epoch_end = step % self.steps_per_epoch == 0 or step == self.total
-                if epoch_end and self.capture_epochs:  # before the checkpoint below, so a resume keeps them
-                    trained = (item for item in self.model.named_parameters() if item[1].requires_grad)
-                    self.state.epoch_weights[math.ceil(step / self.steps_per_epoch)] = {
-                        n: p.detach().to(torch.float16).clone() for n, p in trained
-                    }
                 if ((every and step % every == 0) or (not every and epoch_end)) and self._eval(step):
                     self.state.stopped_early = True
                     self.log.emit({"type": "early_stop", "step": step, "best_eval_loss": self.state.best_eval})

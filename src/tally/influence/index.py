@@ -12,8 +12,9 @@ representation tensor so that methods can be compared on it; its per-epoch rows 
 batch). Such rows are scored but never credited. Version 1 indexes (every row trained) load unchanged.
 
 A per-epoch checkpoint may name an `adapter`: `checkpoints/epoch_<n>`, a PEFT adapter directory inside
-`influence/` with the weights at that epoch's end, so a query's gradient can be taken at the weights each
-checkpoint's rows were trained at (TracIn). Older indexes have none; only that exact relative form is followed.
+`influence/` with the weights that epoch started from (epoch 1: the initial adapter), so a query's gradient can be
+taken where each checkpoint's rows were trained from (TracIn). Older indexes have none; only that exact relative
+form is followed.
 """
 
 from __future__ import annotations
