@@ -171,12 +171,12 @@ class QueryModel:
             raise ValueError("the answer has no tokens to attribute")
         with self._lock:
             self._ensure(key, directory)
-            at = self._ensure_checkpoints(key, checkpoints) if checkpoints else {}
+            at = self._ensure_checkpoints(key, checkpoints) if checkpoints and trained[0] else {}
             projector = self._projectors.get(key)
             if projector is None:
                 projector = self._projectors[key] = Projector.from_description(projection)
             names = [key if t else self._loaded[key] for t in trained]
-            return self._run(names, projector, prompt_ids, answer_ids, contrast, at if trained[0] else {})
+            return self._run(names, projector, prompt_ids, answer_ids, contrast, at)
 
     def _base_logprobs(self, prompt_ids: list[int], answer_ids: list[int]) -> torch.Tensor:
         """(answer tokens,) the base model's log-probability of each answer token given the prompt."""

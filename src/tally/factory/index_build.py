@@ -84,14 +84,7 @@ def build_index(
     final, hidden = final_gradients(model, items, projector, batch_size, pad, progress)
     seconds = time.monotonic() - start
     tensors = {**epoch_grads, "final": final, REPRESENTATION: hidden}
-    # an epoch that started from the served weights (possible only when training did not move them) needs no
-    # copy: its query gradient is the served adapter's own
-    current = {n: p.detach().to(torch.float16) for n, p in model.named_parameters() if p.requires_grad}
-    kept = {
-        name: w
-        for name, w in (epoch_weights or {}).items()
-        if name in epoch_grads and not all(torch.equal(v, current[n]) for n, v in w.items() if n in current)
-    }
+    kept = {name: w for name, w in (epoch_weights or {}).items() if name in epoch_grads}
     meta = {
         "projection": projector.describe(),
         "representation": {"tensor": REPRESENTATION, "pooling": "mean final hidden state, answer-predicting positions"},
