@@ -39,6 +39,15 @@ def test_kernel_equals_fp32_gemm_over_dequantised_weights(kernel: Q8Kernel, toke
     assert_close(kernel(x, q, scale), F.linear(x, dequantize(q, scale)), f"{tokens} tokens")
 
 
+@pytest.mark.parametrize("tokens", [1, 5])
+def test_many_weights_in_one_call_equal_one_call_each(kernel: Q8Kernel, tokens: int) -> None:
+    torch.manual_seed(tokens)
+    weights = [quantize(torch.randn(rows, 4 * BLOCK)) for rows in (96, 32, 32)]  # a layer's q, k, v shapes
+    x = torch.randn(tokens, 4 * BLOCK)
+    for got, (q, scale) in zip(kernel.many(x, weights), weights, strict=True):
+        assert torch.equal(got, kernel(x, q, scale))
+
+
 def test_q8_linear_switches_to_gemm_above_max_tokens(kernel: Q8Kernel) -> None:
     torch.manual_seed(1)
     base = torch.nn.Linear(2 * BLOCK, 24, bias=True)

@@ -206,6 +206,9 @@ class EngineSettings(_Section):
         "fp32", description="base weights: fp32, or int8 (1.125 bytes a weight: faster CPU decode, docs/engine.md)"
     )
     int8_max_tokens: int = Field(16, ge=0, le=4096, description="steps of at most this many tokens use the int8 kernel")
+    native_decode: bool = Field(
+        True, description="a CPU decode step's norms, rotary and attention in compiled C (needs gcc; else torch's ops)"
+    )
     prefix_cache_bytes: int = Field(
         256 << 20, ge=0, description="keys and values of prompt prefixes kept for reuse (LRU); 0: no prefix caching"
     )

@@ -28,6 +28,7 @@ from tally.engine.errors import AdapterNotFoundError, EngineBusyError, EngineClo
 from tally.engine.kv_cache import KVCache
 from tally.engine.lora_layers import PROJECTIONS, LoraKernels, wrap_model
 from tally.engine.metrics import EngineMetrics
+from tally.engine.native import DecodeOps, KernelUnavailable, default_kernel_dir
 from tally.engine.prefix_cache import PrefixCache
 from tally.engine.registry import read_registry, registry_path
 from tally.engine.runner import LlamaRunner, head_dim
@@ -57,7 +58,8 @@ class EngineConfig:
     max_waiting: int = 256  # requests queued for a KV cache row; more are refused (EngineBusyError), never queued
     weights: str = "fp32"  # base weights: fp32, or int8 (quant.py: faster decode on a CPU, a measured quality cost)
     int8_max_tokens: int = 16  # steps of at most this many tokens use the int8 kernel; larger ones fp32 GEMM
-    kernel_dir: Path | None = None  # where the int8 kernel is built (None: next to the model cache)
+    kernel_dir: Path | None = None  # where compiled kernels are built (None: next to the model cache)
+    native_decode: bool = True  # a decode step's norms, rotary and attention in compiled C (CPU, fp32; native.py)
     prefix_cache_bytes: int = 0  # keys and values of prompt prefixes kept for reuse (prefix_cache.py); 0: off
     device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
 
@@ -118,7 +120,7 @@ class Engine:
             dtype,
             self.device,
         )
-        self.runner = LlamaRunner(self.model, self.cache, self.context)
+        self.runner = LlamaRunner(self.model, self.cache, self.context, self._decode_ops(config))
         self.store = AdapterStore(
             self.spec,
             self.layers,
@@ -144,8 +146,18 @@ class Engine:
         self._ids = itertools.count()
         self.created = int(time.time())
 
+    def _decode_ops(self, config: EngineConfig) -> DecodeOps | None:
+        """The compiled decode helpers where they apply (CPU, fp32) and build; else torch's ops, with a warning."""
+        if not config.native_decode or self.device.type != "cpu" or self.cache.k[0].dtype != torch.float32:
+            return None
+        try:
+            return DecodeOps.load(config.kernel_dir or default_kernel_dir())
+        except KernelUnavailable as exc:
+            logger.warning("decode steps use torch's ops: %s", exc)
+            return None
+
     def _quantize(self, config: EngineConfig) -> None:
-        from tally.engine.quant import Q8Kernel, default_kernel_dir, quantize_model
+        from tally.engine.quant import Q8Kernel, quantize_model
 
         if self.device.type != "cpu":
             raise RequestValidationError("engine.weights = int8 is a CPU kernel; use fp32 on a GPU", param="weights")

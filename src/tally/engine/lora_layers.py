@@ -175,7 +175,10 @@ class MultiLoraLinear(nn.Module):
                 self._resize(0)  # padding is kept while any slot is filled (no re-allocation churn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
+        return self.add_adapters(x, self.base(x))
+
+    def add_adapters(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Add each token's adapter delta into `y`, the base layer's output for `x` (in place); returns `y`."""
         batch = self.context.batch
         if batch is None or batch.empty or self.rank == 0:
             return y

@@ -15,12 +15,7 @@ depend on what it was batched with. The quality cost of int8 is measured against
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
-import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,31 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tally.engine.native import KernelUnavailable, build_library, cpu_flags
+
 logger = logging.getLogger(__name__)
 
 BLOCK = 32
 SOURCE = Path(__file__).parent / "kernels" / "q8_linear.c"
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
 WEIGHT_FORMATS = ("fp32", "int8")
-
-
-def default_kernel_dir() -> Path:
-    """Where kernels are built when no folder is given: beside the default model cache."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tally" / "kernels"
-
-
-class KernelUnavailable(RuntimeError):
-    """The int8 kernel cannot run here (no AVX2/FMA, no C compiler, a failed build); the message says what to do."""
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 class Q8Kernel:
@@ -63,41 +41,17 @@ class Q8Kernel:
         self._fn = ctypes.CDLL(str(library)).q8_linear
         self._fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
         self._fn.restype = None
+        self._many = ctypes.CDLL(str(library)).q8_linear_many
+        self._many.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int, ctypes.c_long, ctypes.c_long, ctypes.c_int]
+        self._many.restype = None
 
     @classmethod
     def load(cls, cache_dir: Path) -> Q8Kernel:
         """Build (once per source and flags) and load the kernel; `KernelUnavailable` says why it cannot."""
-        missing = {"avx2", "fma"} - _cpu_flags()
+        missing = {"avx2", "fma"} - cpu_flags()
         if missing:
             raise KernelUnavailable(f"this CPU lacks {', '.join(sorted(missing))}; serve with engine.weights = fp32")
-        source = SOURCE.read_bytes()
-        digest = hashlib.sha256(source + " ".join(FLAGS).encode()).hexdigest()[:16]
-        library = cache_dir / f"q8_linear-{digest}.so"
-        if not library.exists():
-            compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-            if compiler is None:
-                raise KernelUnavailable(
-                    "engine.weights = int8 needs a C compiler to build its kernel (install gcc, e.g. "
-                    "`apt-get install gcc`), or serve with engine.weights = fp32"
-                )
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".so")  # built aside, renamed: never half a library
-            os.close(fd)
-            try:
-                done = subprocess.run(
-                    [compiler, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300, check=False
-                )
-                failure = done.stderr.strip()[-500:] if done.returncode != 0 else None
-            except OSError as exc:
-                failure = str(exc)
-            if failure is not None:
-                Path(tmp).unlink(missing_ok=True)
-                raise KernelUnavailable(
-                    f"building the int8 kernel with {compiler} failed: {failure}; install gcc or serve with "
-                    "engine.weights = fp32"
-                )
-            os.replace(tmp, library)
-            logger.info("built the int8 kernel %s", library)
+        library = build_library(SOURCE, FLAGS, cache_dir, "serve with engine.weights = fp32")
         return cls(library)
 
     def __call__(self, x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -107,6 +61,23 @@ class Q8Kernel:
             x.data_ptr(), q.data_ptr(), scale.data_ptr(), y.data_ptr(), n, width, q.shape[0], torch.get_num_threads()
         )
         return y
+
+    def many(self, x: torch.Tensor, weights: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+        """`x` through several int8 weights `(q, scale)` of the same input width in one call (one parallel loop
+        over all their rows): a layer's q, k and v projections, or gate and up."""
+        n, width = x.shape
+        ys = [torch.empty(n, q.shape[0], dtype=torch.float32) for q, _ in weights]
+        count = len(weights)
+        pointers = ctypes.c_void_p * count
+        self._many(
+            x.data_ptr(),
+            pointers(*(q.data_ptr() for q, _ in weights)),
+            pointers(*(s.data_ptr() for _, s in weights)),
+            pointers(*(y.data_ptr() for y in ys)),
+            (ctypes.c_long * count)(*(q.shape[0] for q, _ in weights)),
+            count, n, width, torch.get_num_threads(),
+        )  # fmt: skip
+        return ys
 
 
 def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

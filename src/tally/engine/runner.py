@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from tally.engine.kv_cache import KVCache
-from tally.engine.lora_layers import LoraBatch, LoraContext
+from tally.engine.lora_layers import LoraBatch, LoraContext, MultiLoraLinear
+from tally.engine.native import DecodeOps
+from tally.engine.quant import Q8Linear
 
 
 @dataclass
@@ -38,9 +40,9 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def _rms_norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
-    """HF's Llama RMSNorm as one fused op (HF's module runs five; per decode token they add up)."""
-    return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Llama's rotary embedding (cos / sin `[T, 1, D]` broadcast over heads)."""
+    return x * cos + _rotate_half(x) * sin
 
 
 def head_dim(config: Any) -> int:
@@ -49,9 +51,11 @@ def head_dim(config: Any) -> int:
 
 
 class LlamaRunner:
-    def __init__(self, model: Any, cache: KVCache, context: LoraContext) -> None:
+    def __init__(self, model: Any, cache: KVCache, context: LoraContext, ops: DecodeOps | None = None) -> None:
         cfg = model.config
         self.model = model
+        self.ops = ops  # compiled decode helpers (CPU fp32); None: torch's ops throughout
+        self.silu = getattr(cfg, "hidden_act", "silu") == "silu"
         self.cache = cache
         self.context = context
         self.num_heads = int(cfg.num_attention_heads)
@@ -80,6 +84,7 @@ class LlamaRunner:
             ids.extend(it.tokens)
             pos.extend(range(it.start, it.start + len(it.tokens)))
         n_dec = len(decode)
+        threads = torch.get_num_threads()
         ids_t = torch.tensor(ids, dtype=torch.long, device=dev)
         pos_t = torch.tensor(pos, dtype=torch.long, device=dev)
         self.context.batch = self._lora_batch(decode, prefill)
@@ -87,43 +92,108 @@ class LlamaRunner:
             x = self.model.model.embed_tokens(ids_t)  # [T, H]
             cos, sin = self.model.model.rotary_emb(x[None], pos_t[None])
             cos, sin = cos[0][:, None, :], sin[0][:, None, :]  # [T, 1, D]
-            dec_index = self._decode_write_index(decode)
-            dec_mask = self._decode_mask(decode) if decode else None
+            native = self._native_decode(decode, cos, sin)
+            dec_index = self._decode_write_index(decode) if decode and native is None else None
+            dec_mask = self._decode_mask(decode) if decode and native is None else None
             for index, layer in enumerate(self.model.model.layers):
-                h = _rms_norm(layer.input_layernorm, x)
+                h = self._norm(layer.input_layernorm, x)
                 attn = layer.self_attn
-                q = attn.q_proj(h).view(-1, self.num_heads, self.head_dim)
-                k = attn.k_proj(h).view(-1, self.kv_heads, self.head_dim)
-                v = attn.v_proj(h).view(-1, self.kv_heads, self.head_dim)
-                q = q * cos + _rotate_half(q) * sin
-                k = k * cos + _rotate_half(k) * sin
-                out = torch.empty_like(q)
+                q, k, v = self._project((attn.q_proj, attn.k_proj, attn.v_proj), h)
+                q = q.view(-1, self.num_heads, self.head_dim)
+                k = k.view(-1, self.kv_heads, self.head_dim)
+                v = v.view(-1, self.kv_heads, self.head_dim)
                 kc, vc = self.cache.k[index], self.cache.v[index]
-                if decode:
-                    # one index_copy_ into a flat view: advanced-index assignment is ~100x slower on CPU
-                    kc.view(-1, self.head_dim).index_copy_(0, dec_index, k[:n_dec].reshape(-1, self.head_dim))
-                    vc.view(-1, self.head_dim).index_copy_(0, dec_index, v[:n_dec].reshape(-1, self.head_dim))
-                    out[:n_dec] = self._decode_attention(q[:n_dec], kc, vc, decode, dec_mask)
+                parts: list[torch.Tensor] = []
+                if native is not None:
+                    assert self.ops is not None
+                    # rotary, the cache write and attention of the decode tokens in one call
+                    cos_d, sin_d, rows_d, positions_d, longest = native
+                    parts.append(
+                        self.ops.decode_attention(
+                            q[:n_dec], k[:n_dec], v[:n_dec], cos_d, sin_d, kc, vc, rows_d, positions_d, longest,
+                            self.scale, threads,
+                        )
+                    )  # fmt: skip
+                    if prefill:
+                        q = torch.cat([q[:n_dec], _rotate(q[n_dec:], cos[n_dec:], sin[n_dec:])])
+                        k = torch.cat([k[:n_dec], _rotate(k[n_dec:], cos[n_dec:], sin[n_dec:])])
+                else:
+                    q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+                    if decode:
+                        assert dec_index is not None
+                        # one index_copy_ into a flat view: advanced-index assignment is ~100x slower on CPU
+                        kc.view(-1, self.head_dim).index_copy_(0, dec_index, k[:n_dec].reshape(-1, self.head_dim))
+                        vc.view(-1, self.head_dim).index_copy_(0, dec_index, v[:n_dec].reshape(-1, self.head_dim))
+                        parts.append(self._decode_attention(q[:n_dec], kc, vc, decode, dec_mask))
                 offset = n_dec
                 for it in prefill:
                     c = len(it.tokens)
                     sl = slice(offset, offset + c)
                     kc[it.row, :, it.start : it.start + c] = k[sl].transpose(0, 1)
                     vc[it.row, :, it.start : it.start + c] = v[sl].transpose(0, 1)
-                    out[sl] = self._prefill_attention(q[sl], kc, vc, it)
+                    parts.append(self._prefill_attention(q[sl], kc, vc, it))
                     offset += c
+                out = parts[0] if len(parts) == 1 else torch.cat(parts)
                 x = x + attn.o_proj(out.reshape(-1, self.num_heads * self.head_dim))
-                x = x + layer.mlp(_rms_norm(layer.post_attention_layernorm, x))
+                x = x + self._mlp(layer.mlp, self._norm(layer.post_attention_layernorm, x))
             for it in items:
                 self.cache.lengths[it.row] = max(self.cache.lengths[it.row], it.start + len(it.tokens))
             rows, owners = self._logit_rows(decode, prefill, all_logits)
-            hidden = _rms_norm(
+            hidden = self._norm(
                 self.model.model.norm, x.index_select(0, torch.tensor(rows, dtype=torch.long, device=dev))
             )
             logits = self.model.lm_head(hidden)
         finally:
             self.context.batch = None
         return logits, owners
+
+    def _norm(self, norm: Any, x: torch.Tensor) -> torch.Tensor:
+        """HF's Llama RMSNorm in one call (HF's module runs five ops; per decode token they add up)."""
+        if self.ops is not None and x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous():
+            return self.ops.rms_norm(x, norm.weight, norm.variance_epsilon)
+        return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
+
+    def _project(self, layers: tuple[Any, ...], h: torch.Tensor) -> list[torch.Tensor]:
+        """Several projections of the same `h`. Where the helpers run and every base is int8 within the kernel's
+        step size, the bases go through the int8 kernel in one call and each layer's adapters are added after."""
+        bases: list[Any] = [layer.base if isinstance(layer, MultiLoraLinear) else layer for layer in layers]
+        fused = (
+            self.ops is not None
+            and all(isinstance(b, Q8Linear) and b.bias is None for b in bases)
+            and h.dim() == 2
+            and h.shape[0] <= min(b.max_tokens for b in bases)
+            and h.dtype == torch.float32
+            and h.is_contiguous()
+        )
+        if not fused:
+            return [layer(h) for layer in layers]
+        outputs = bases[0].kernel.many(h, [(b.q, b.scale) for b in bases])
+        return [
+            layer.add_adapters(h, y) if isinstance(layer, MultiLoraLinear) else y
+            for layer, y in zip(layers, outputs, strict=True)
+        ]
+
+    def _mlp(self, mlp: Any, h: torch.Tensor) -> torch.Tensor:
+        """Llama's gated MLP, down(silu(gate(h)) * up(h)), with the middle in one call where the helpers run."""
+        if self.ops is None or not self.silu or h.dtype != torch.float32 or h.device.type != "cpu":
+            return mlp(h)
+        gate, up = self._project((mlp.gate_proj, mlp.up_proj), h)
+        if not (gate.is_contiguous() and up.is_contiguous()):
+            return mlp.down_proj(F.silu(gate) * up)
+        return mlp.down_proj(self.ops.silu_mul(gate, up))
+
+    def _native_decode(
+        self, decode: list[StepItem], cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int] | None:
+        """The per-step arguments of the compiled decode attention (cos, sin, caches' rows and positions, longest
+        context), or None where torch's ops run it (no helpers, no decode tokens, not fp32 on the CPU)."""
+        if self.ops is None or not decode or self.dtype != torch.float32 or self.device.type != "cpu":
+            return None
+        n = len(decode)
+        rows = torch.tensor([it.row for it in decode], dtype=torch.long)
+        positions = torch.tensor([it.start for it in decode], dtype=torch.long)
+        longest = max(it.start for it in decode) + 1
+        return cos[:n, 0].contiguous(), sin[:n, 0].contiguous(), rows, positions, longest
 
     def _lora_batch(self, decode: list[StepItem], prefill: list[StepItem]) -> LoraBatch:
         """Routing for the wrapped layers. Decode tokens use the per-token gather (BGMV) unless they come grouped

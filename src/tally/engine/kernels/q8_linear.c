@@ -55,28 +55,45 @@ ROW_GROUP(row_2, 2, 4)
 ROW_GROUP(row_4, 4, 2)
 ROW_GROUP(row_8, 8, 1)
 
-/* x [batch, in] fp32, w [out, in] int8, scale [out, in / 32] fp32, y [batch, out] fp32. Tokens go through a row of
- * w in groups of up to 8; the row stays in L1 between groups, so w is read from memory once per call whatever the
- * batch. */
+/* One row of w (and its scales) against every token of x, in groups of up to 8; the row stays in L1 between groups,
+ * so w is read from memory once per call whatever the batch. */
+static void row_all(const float *x, const int8_t *wr, const float *sr, float *y, long batch, long in, long out) {
+    const long blocks = in / BLOCK;
+    for (long b0 = 0; b0 < batch; b0 += 8) {
+        const long nb = batch - b0 < 8 ? batch - b0 : 8;
+        const float *xg = x + b0 * in;
+        float *yg = y + b0 * out;
+        if (nb == 1)
+            row_1(xg, in, wr, sr, blocks, nb, yg, out);
+        else if (nb == 2)
+            row_2(xg, in, wr, sr, blocks, nb, yg, out);
+        else if (nb <= 4)
+            row_4(xg, in, wr, sr, blocks, nb, yg, out);
+        else
+            row_8(xg, in, wr, sr, blocks, nb, yg, out);
+    }
+}
+
+/* x [batch, in] fp32, w [out, in] int8, scale [out, in / 32] fp32, y [batch, out] fp32. */
 void q8_linear(const float *x, const int8_t *w, const float *scale, float *y, long batch, long in, long out,
                int threads) {
     const long blocks = in / BLOCK;
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (long o = 0; o < out; o++) {
-        const int8_t *wr = w + o * in;
-        const float *sr = scale + o * blocks;
-        for (long b0 = 0; b0 < batch; b0 += 8) {
-            const long nb = batch - b0 < 8 ? batch - b0 : 8;
-            const float *xg = x + b0 * in;
-            float *yg = y + b0 * out + o;
-            if (nb == 1)
-                row_1(xg, in, wr, sr, blocks, nb, yg, out);
-            else if (nb == 2)
-                row_2(xg, in, wr, sr, blocks, nb, yg, out);
-            else if (nb <= 4)
-                row_4(xg, in, wr, sr, blocks, nb, yg, out);
-            else
-                row_8(xg, in, wr, sr, blocks, nb, yg, out);
-        }
+    for (long o = 0; o < out; o++) row_all(x, w + o * in, scale + o * blocks, y + o, batch, in, out);
+}
+
+/* Several weights over the same x in one call (a layer's q, k, v projections; gate and up): count matrices, the
+ * m-th w[m] [outs[m], in] with scale[m] into y[m] [batch, outs[m]]. One parallel loop over all their rows. */
+void q8_linear_many(const float *x, const int8_t **w, const float **scale, float **y, const long *outs, int count,
+                    long batch, long in, int threads) {
+    const long blocks = in / BLOCK;
+    long total = 0;
+    for (int m = 0; m < count; m++) total += outs[m];
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long r = 0; r < total; r++) {
+        int m = 0;
+        long o = r;
+        while (o >= outs[m]) o -= outs[m++];
+        row_all(x, w[m] + o * in, scale[m] + o * blocks, y[m] + o, batch, in, outs[m]);
     }
 }

@@ -1,0 +1,105 @@
+"""The compiled decode helpers against torch's ops, and an engine whose answers do not change with them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tests.engine.conftest import TinySetup, assert_close, make_engine
+
+from tally.engine.native import DecodeOps, KernelUnavailable
+from tally.engine.quant import Q8Kernel
+from tally.engine.sampling import SamplingParams
+
+
+@pytest.fixture(scope="module")
+def ops(tmp_path_factory: pytest.TempPathFactory) -> DecodeOps:
+    try:
+        return DecodeOps.load(tmp_path_factory.mktemp("kernels"))
+    except KernelUnavailable as exc:  # no C compiler: the engine runs torch's ops, nothing to compare
+        pytest.skip(str(exc))
+
+
+@pytest.mark.parametrize("rows", [1, 5])
+def test_rms_norm_equals_torch(ops: DecodeOps, rows: int) -> None:
+    torch.manual_seed(rows)
+    x, w = torch.randn(rows, 576) * 3, torch.randn(576)
+    assert_close(ops.rms_norm(x, w, 1e-5), F.rms_norm(x, (576,), w, 1e-5), f"{rows} rows")
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return x * cos[:, None] + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin[:, None]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_decode_attention_equals_rotary_and_sdpa(ops: DecodeOps, threads: int) -> None:
+    """Three tokens in rows 4, 0 and 2 of a cache at positions 0, 7 and 30, grouped-query (3 query heads a KV head):
+    the returned output and the written cache equal torch's rotary + sdpa over each row's prefix."""
+    torch.manual_seed(threads)
+    kv_heads, rep, hd, capacity = 2, 3, 16, 40
+    rows, positions = [4, 0, 2], [0, 7, 30]
+    cache_k, cache_v = torch.randn(6, kv_heads, capacity, hd), torch.randn(6, kv_heads, capacity, hd)
+    q, k, v = torch.randn(3, kv_heads * rep, hd), torch.randn(3, kv_heads, hd), torch.randn(3, kv_heads, hd)
+    angles = torch.randn(3, hd // 2)
+    cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+    ref_k, ref_v = cache_k.clone(), cache_v.clone()
+    q_rot, k_rot = _rotate(q, cos, sin), _rotate(k, cos, sin)
+    expected = []
+    for i, (row, pos) in enumerate(zip(rows, positions, strict=True)):
+        ref_k[row, :, pos], ref_v[row, :, pos] = k_rot[i], v[i]
+        keys = ref_k[row, :, : pos + 1].repeat_interleave(rep, 0)
+        values = ref_v[row, :, : pos + 1].repeat_interleave(rep, 0)
+        expected.append(F.scaled_dot_product_attention(q_rot[i][:, None], keys, values, scale=0.25)[:, 0])
+    out = ops.decode_attention(
+        q, k, v, cos, sin, cache_k, cache_v, torch.tensor(rows), torch.tensor(positions), 31, 0.25, threads
+    )
+    assert_close(out, torch.stack(expected), "attention output")
+    assert_close(cache_k, ref_k, "keys written")
+    assert torch.equal(cache_v, ref_v)
+
+
+@pytest.mark.parametrize("weights", ["fp32", "int8"])
+def test_engine_answers_alike_with_and_without_the_helpers(tiny: TinySetup, ops: DecodeOps, weights: str) -> None:
+    """Mixed adapters in one batch: the same tokens and, step by step, the same logits within tolerance, whether the
+    decode steps run the compiled helpers (with int8 weights: q, k, v and gate, up in one kernel call each, the
+    adapters added after) or torch's ops."""
+    if weights == "int8":
+        try:
+            Q8Kernel.load(ops.library.parent)
+        except KernelUnavailable as exc:
+            pytest.skip(str(exc))
+    names = [None, *sorted(tiny.adapters)[:3]]
+    prompts = [tiny.tokenizer.encode(t) for t in ("the quick brown fox", "hello world", "what is the capital", "ok")]
+    params = SamplingParams(max_tokens=6, temperature=0.0, record_logits=True)
+    results = []
+    for native in (True, False):
+        engine = make_engine(tiny, native_decode=native, weights=weights, kernel_dir=ops.library.parent)
+        assert (engine.runner.ops is not None) is native
+        outs: list[list] = [[] for _ in prompts]
+        for i, (p, m) in enumerate(zip(prompts, names, strict=True)):
+            engine.submit(p, params, outs[i].append, model=m)
+        engine.run_until_idle()
+        results.append([engine.collect(iter(events)) for events in outs])
+        engine.stop()
+    for i, (a, b) in enumerate(zip(*results, strict=True)):
+        assert a.token_ids == b.token_ids, f"sequence {i}"
+        for step, (la, lb) in enumerate(zip(a.logits, b.logits, strict=True)):
+            assert_close(la, lb, f"sequence {i} step {step}")
+
+
+def test_without_a_compiler_the_engine_runs_torchs_ops(
+    tiny: TinySetup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    with pytest.raises(KernelUnavailable, match="native_decode = false"):
+        DecodeOps.load(tmp_path / "kernels")
+    engine = make_engine(tiny, kernel_dir=tmp_path / "kernels")
+    assert engine.runner.ops is None
+    out = engine.generate(
+        tiny.tokenizer.encode("hello"), SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
+    )
+    assert len(out.token_ids) == 3
+    engine.stop()
