@@ -4,9 +4,10 @@ side by side in the same run, and what int8 costs in quality.
 Roofline: a decode step reads every base weight once (plus the KV cache), so tokens/s for one stream cannot exceed
 measured read bandwidth / bytes per token. Measured here: read bandwidth (a sum over a 1 GiB tensor, the same
 threads), the engine's one-stream decode (64 tokens after the prompt, greedy) and a batch of `--batch` streams, for
-each weight format. Quality of int8 against the fp32 weights: greedy outputs on a fixed prompt set (how many are
-identical, where the first difference falls) and perplexity on held-out text (the project's own documentation,
-which the model never saw).
+each weight format; one stream also with the compiled decode helpers switched off on the same engine (torch's ops
+for the norms, rotary, attention and the MLP's product; `engine.native_decode`), run just before. Quality of int8
+against the fp32 weights: greedy outputs on a fixed prompt set (how many are identical, where the first difference
+falls) and perplexity on held-out text (the project's own documentation, which the model never saw).
 
     python benchmarks/decode.py [--threads N] [--batch 8] [--tokens 64] [--quick]
 """
@@ -184,12 +185,19 @@ def main() -> None:
         engine = engine_for(weights, args.threads, args.batch)
         context = len(engine.encode_chat([{"role": "user", "content": PROMPTS[0]}])) + args.tokens // 2
         nbytes = step_bytes(engine.model, context)[weights]
+        ops = engine.runner.ops
+        engine.runner.ops = None  # the same engine with torch's ops for the small per-layer work
+        torch_ops_rate = one_stream(engine, args.tokens, args.repeats)
+        engine.runner.ops = ops
         rate = one_stream(engine, args.tokens, args.repeats)
         results[weights] = {
             "bytes_per_token": nbytes,
             "roofline_tokens_per_s": round(bandwidth * 1e9 / nbytes, 1),
             "one_stream_tokens_per_s": round(rate, 1),
             "fraction_of_roofline": round(rate * nbytes / (bandwidth * 1e9), 3),
+            "native_decode": ops is not None,
+            "one_stream_torch_ops_tokens_per_s": round(torch_ops_rate, 1),
+            "native_decode_speedup": round(rate / torch_ops_rate, 2),
             f"batch_{args.batch}_tokens_per_s": round(batched(engine, args.batch, args.tokens), 1),
         }
         outputs[weights] = greedy(engine, args.tokens)
@@ -230,7 +238,8 @@ def main() -> None:
         f"decode one stream: fp32 {fp32['one_stream_tokens_per_s']} tok/s "
         f"({fp32['fraction_of_roofline']:.0%} of its roofline {fp32['roofline_tokens_per_s']}), int8 "
         f"{int8['one_stream_tokens_per_s']} tok/s ({int8['fraction_of_roofline']:.0%} of "
-        f"{int8['roofline_tokens_per_s']}), {cmp['one_stream_speedup']}x; batch {args.batch} "
+        f"{int8['roofline_tokens_per_s']}), {cmp['one_stream_speedup']}x; compiled decode helpers "
+        f"{fp32['native_decode_speedup']}x / {int8['native_decode_speedup']}x over torch's ops; batch {args.batch} "
         f"{cmp['batch_speedup']}x; perplexity {fp32['perplexity']} -> {int8['perplexity']}; greedy identical "
         f"{cmp['greedy']['identical']}/{cmp['greedy']['prompts']}"
     )

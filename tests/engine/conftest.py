@@ -57,14 +57,14 @@ def make_tokenizer() -> Any:
     return fast
 
 
-def make_model(vocab: int, eos: int, seed: int = 0) -> Any:
+def make_model(vocab: int, eos: int, seed: int = 0, intermediate: int = 112) -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=vocab,
         hidden_size=64,
-        intermediate_size=112,
+        intermediate_size=intermediate,
         num_hidden_layers=3,
         num_attention_heads=4,
         num_key_value_heads=2,

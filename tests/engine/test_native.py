@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.engine.conftest import TinySetup, assert_close, make_engine
+from tests.engine.conftest import TinySetup, assert_close, make_engine, make_model
 
 from tally.engine.native import DecodeOps, KernelUnavailable
 from tally.engine.quant import Q8Kernel
@@ -88,6 +88,40 @@ def test_engine_answers_alike_with_and_without_the_helpers(tiny: TinySetup, ops:
         assert a.token_ids == b.token_ids, f"sequence {i}"
         for step, (la, lb) in enumerate(zip(a.logits, b.logits, strict=True)):
             assert_close(la, lb, f"sequence {i} step {step}")
+
+
+def test_int8_base_decode_steps_run_every_layer_in_one_call_with_the_same_logits(
+    tiny: TinySetup, ops: DecodeOps
+) -> None:
+    """A model whose every projection is int8 (widths multiples of 32): base-model decode steps, alone and four
+    together, go through the whole-step call, and give the logits of the layer-by-layer path on the same engine."""
+    from tally.engine import Engine, EngineConfig
+
+    try:
+        Q8Kernel.load(ops.library.parent)
+    except KernelUnavailable as exc:
+        pytest.skip(str(exc))
+    model = make_model(len(tiny.tokenizer), tiny.tokenizer.convert_tokens_to_ids("<|im_end|>"), intermediate=128)
+    config = EngineConfig(max_num_seqs=4, max_model_len=64, weights="int8", kernel_dir=ops.library.parent, device="cpu")
+    engine = Engine(model, tiny.tokenizer, "tiny-int8", config)
+    decoder = engine.runner.decoder
+    assert decoder is not None
+    prompts = [tiny.tokenizer.encode(t) for t in ("the quick brown fox", "hello world", "what is the capital", "ok")]
+    params = SamplingParams(max_tokens=5, temperature=0.0, record_logits=True, ignore_eos=True)
+    runs = []
+    for whole in (True, False):
+        engine.runner.decoder = decoder if whole else None
+        alone = [engine.generate(p, params) for p in prompts]
+        outs: list[list] = [[] for _ in prompts]
+        for i, p in enumerate(prompts):
+            engine.submit(p, params, outs[i].append)
+        engine.run_until_idle()
+        runs.append(alone + [engine.collect(iter(events)) for events in outs])
+    engine.stop()
+    for i, (a, b) in enumerate(zip(*runs, strict=True)):
+        assert a.token_ids == b.token_ids, f"answer {i}"
+        for step, (la, lb) in enumerate(zip(a.logits, b.logits, strict=True)):
+            assert_close(la, lb, f"answer {i} step {step}")
 
 
 def test_without_a_compiler_the_engine_runs_torchs_ops(

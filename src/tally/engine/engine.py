@@ -30,6 +30,7 @@ from tally.engine.lora_layers import PROJECTIONS, LoraKernels, wrap_model
 from tally.engine.metrics import EngineMetrics
 from tally.engine.native import DecodeOps, KernelUnavailable, default_kernel_dir
 from tally.engine.prefix_cache import PrefixCache
+from tally.engine.quant import Q8Decoder
 from tally.engine.registry import read_registry, registry_path
 from tally.engine.runner import LlamaRunner, head_dim
 from tally.engine.sampling import SamplingParams, make_generator, sample
@@ -120,7 +121,8 @@ class Engine:
             dtype,
             self.device,
         )
-        self.runner = LlamaRunner(self.model, self.cache, self.context, self._decode_ops(config))
+        ops = self._decode_ops(config)
+        self.runner = LlamaRunner(self.model, self.cache, self.context, ops, self._decoder(config, ops))
         self.store = AdapterStore(
             self.spec,
             self.layers,
@@ -154,6 +156,16 @@ class Engine:
             return DecodeOps.load(config.kernel_dir or default_kernel_dir())
         except KernelUnavailable as exc:
             logger.warning("decode steps use torch's ops: %s", exc)
+            return None
+
+    def _decoder(self, config: EngineConfig, ops: DecodeOps | None) -> Q8Decoder | None:
+        """With int8 weights and the helpers: base-model decode steps through every layer in one native call."""
+        if ops is None or config.weights != "int8":
+            return None
+        try:
+            return Q8Decoder.for_model(ops.library.parent, self.model, self.cache, config.int8_max_tokens)
+        except KernelUnavailable as exc:
+            logger.warning("decode steps run layer by layer: %s", exc)
             return None
 
     def _quantize(self, config: EngineConfig) -> None:

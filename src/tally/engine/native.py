@@ -47,10 +47,13 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def build_library(source: Path, flags: tuple[str, ...], cache_dir: Path, otherwise: str) -> Path:
-    """The shared library of `source` built with `flags` in `cache_dir` (built on first use); `otherwise` ends
-    the error message with what the user can do instead."""
-    digest = hashlib.sha256(source.read_bytes() + " ".join(flags).encode()).hexdigest()[:16]
+def build_library(
+    source: Path, flags: tuple[str, ...], cache_dir: Path, otherwise: str, includes: tuple[Path, ...] = ()
+) -> Path:
+    """The shared library of `source` (which #includes `includes`) built with `flags` in `cache_dir` (on first use);
+    `otherwise` ends the error message with what the user can do instead."""
+    text = b"".join(p.read_bytes() for p in (source, *includes))
+    digest = hashlib.sha256(text + " ".join(flags).encode()).hexdigest()[:16]
     library = cache_dir / f"{source.stem}-{digest}.so"
     if library.exists():
         return library

@@ -23,12 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tally.engine.native import KernelUnavailable, build_library, cpu_flags
+from tally.engine.lora_layers import PROJECTIONS, MultiLoraLinear
+from tally.engine.native import KERNELS, DecodeOps, KernelUnavailable, build_library, cpu_flags
 
 logger = logging.getLogger(__name__)
 
 BLOCK = 32
-SOURCE = Path(__file__).parent / "kernels" / "q8_linear.c"
+SOURCE = KERNELS / "q8_linear.c"
+DECODE_SOURCE = KERNELS / "q8_decode.c"  # every layer of a base-model decode step in one call
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
 WEIGHT_FORMATS = ("fp32", "int8")
 
@@ -136,3 +138,84 @@ def quantize_model(model: Any, kernel: Q8Kernel, max_tokens: int) -> int:
         model.lm_head = Q8Linear(head, kernel, max_tokens)
         replaced += 1
     return replaced
+
+
+def _pointers(tensors: list[torch.Tensor]) -> Any:
+    return (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
+
+
+class Q8Decoder:
+    """A decode step through every layer in one native call (kernels/q8_decode.c), for steps of base-model decode
+    tokens only: with no adapter to add between the projections, the layer's pieces (the same ones the runner calls
+    one by one) run back to back without returning to Python. Holds pointers to the model's int8 weights, norms and
+    the KV cache, which the engine allocates once and never moves."""
+
+    def __init__(self, library: Path, model: Any, cache: Any, max_tokens: int) -> None:
+        self.library, self.max_tokens = library, max_tokens
+        self._fn = ctypes.CDLL(str(library)).q8_decode_layers
+        self._fn.argtypes = [ctypes.c_void_p, *[ctypes.c_long] * 8, ctypes.c_float, ctypes.c_float]
+        self._fn.argtypes += [ctypes.c_void_p] * 9 + [ctypes.c_long, ctypes.c_int]
+        self._fn.restype = None
+        cfg = model.config
+        layers = model.model.layers
+        norms = [w for layer in layers for w in (layer.input_layernorm.weight, layer.post_attention_layernorm.weight)]
+        bases = [_base(layer, p) for layer in layers for p in PROJECTIONS]
+        self.hidden, self.inter = int(cfg.hidden_size), int(cfg.intermediate_size)
+        self.kv_heads, self.heads = int(cfg.num_key_value_heads), int(cfg.num_attention_heads)
+        self.head_dim = int(getattr(cfg, "head_dim", None) or self.hidden // self.heads)
+        self.eps = float(layers[0].input_layernorm.variance_epsilon)
+        self.capacity = int(cache.capacity)
+        caches = [t for pair in zip(cache.k, cache.v, strict=True) for t in pair]
+        self._keep = (norms, bases, caches)  # the pointers below stay valid while these live
+        self._norms, self._caches = _pointers(norms), _pointers(caches)
+        self._weights, self._scales = _pointers([b.q for b in bases]), _pointers([b.scale for b in bases])
+        self.layers = len(layers)
+
+    @classmethod
+    def for_model(cls, cache_dir: Path, model: Any, cache: Any, max_tokens: int) -> Q8Decoder | None:
+        """The decoder where the model allows it (every projection int8 without bias, SiLU MLP, one norm epsilon,
+        an fp32 cache); None otherwise. `KernelUnavailable` when it cannot be built."""
+        cfg = model.config
+        layers = model.model.layers
+        bases = [_base(layer, p) for layer in layers for p in PROJECTIONS]
+        norms = [n for layer in layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
+        fits = (
+            getattr(cfg, "hidden_act", "silu") == "silu"
+            and all(isinstance(b, Q8Linear) and b.bias is None for b in bases)
+            and len({float(n.variance_epsilon) for n in norms}) == 1
+            and all(t.dtype == torch.float32 and t.is_contiguous() for t in (*cache.k, *cache.v))
+        )
+        if not fits:
+            return None
+        includes = (SOURCE, DecodeOps.SOURCE)
+        library = build_library(DECODE_SOURCE, FLAGS, cache_dir, "set engine.native_decode = false", includes)
+        return cls(library, model, cache, max_tokens)
+
+    def run(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        rows: torch.Tensor,
+        positions: torch.Tensor,
+        longest: int,
+        threads: int,
+    ) -> None:
+        """Every layer over the decode tokens' hidden states `x [n, hidden]` (contiguous fp32, updated in place),
+        their keys and values written into the cache (arguments as `DecodeOps.decode_attention`)."""
+        n = x.shape[0]
+        rep = self.heads // self.kv_heads
+        width = n * (2 * self.hidden + 2 * self.heads * self.head_dim + 2 * self.kv_heads * self.head_dim)
+        work = torch.empty(width + n * 2 * self.inter + n * self.kv_heads * longest, dtype=torch.float32)
+        self._fn(
+            x.data_ptr(), n, self.layers, self.hidden, self.inter, self.kv_heads, rep, self.head_dim, self.capacity,
+            self.eps, self.head_dim**-0.5, self._norms, self._weights, self._scales, self._caches, cos.data_ptr(),
+            sin.data_ptr(), rows.data_ptr(), positions.data_ptr(), work.data_ptr(), longest, threads,
+        )  # fmt: skip
+
+
+def _base(layer: Any, projection: str) -> Any:
+    """The base linear of one projection of a decoder layer, under its multi-LoRA wrapper if it has one."""
+    parent = layer.self_attn if projection in ("q_proj", "k_proj", "v_proj", "o_proj") else layer.mlp
+    module = getattr(parent, projection)
+    return module.base if isinstance(module, MultiLoraLinear) else module

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tally.engine.kv_cache import KVCache
 from tally.engine.lora_layers import LoraBatch, LoraContext, MultiLoraLinear
 from tally.engine.native import DecodeOps
-from tally.engine.quant import Q8Linear
+from tally.engine.quant import Q8Decoder, Q8Linear
 
 
 @dataclass
@@ -51,10 +51,18 @@ def head_dim(config: Any) -> int:
 
 
 class LlamaRunner:
-    def __init__(self, model: Any, cache: KVCache, context: LoraContext, ops: DecodeOps | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        cache: KVCache,
+        context: LoraContext,
+        ops: DecodeOps | None = None,
+        decoder: Q8Decoder | None = None,
+    ) -> None:
         cfg = model.config
         self.model = model
         self.ops = ops  # compiled decode helpers (CPU fp32); None: torch's ops throughout
+        self.decoder = decoder  # int8: a base-model decode step's layers in one native call
         self.silu = getattr(cfg, "hidden_act", "silu") == "silu"
         self.cache = cache
         self.context = context
@@ -95,7 +103,11 @@ class LlamaRunner:
             native = self._native_decode(decode, cos, sin)
             dec_index = self._decode_write_index(decode) if decode and native is None else None
             dec_mask = self._decode_mask(decode) if decode and native is None else None
-            for index, layer in enumerate(self.model.model.layers):
+            layers = [] if self._whole_step(decode, prefill) else self.model.model.layers
+            if not layers:
+                assert self.decoder is not None and native is not None
+                self.decoder.run(x, *native, threads)
+            for index, layer in enumerate(layers):
                 h = self._norm(layer.input_layernorm, x)
                 attn = layer.self_attn
                 q, k, v = self._project((attn.q_proj, attn.k_proj, attn.v_proj), h)
@@ -146,6 +158,18 @@ class LlamaRunner:
         finally:
             self.context.batch = None
         return logits, owners
+
+    def _whole_step(self, decode: list[StepItem], prefill: list[StepItem]) -> bool:
+        """Whether the step runs every layer in one native call: decode tokens only, none with an adapter, few
+        enough for the int8 kernel (the layer-by-layer path computes the same products)."""
+        return (
+            self.decoder is not None
+            and self.ops is not None
+            and bool(decode)
+            and not prefill
+            and len(decode) <= self.decoder.max_tokens
+            and not any(it.slot for it in decode)
+        )
 
     def _norm(self, norm: Any, x: torch.Tensor) -> torch.Tensor:
         """HF's Llama RMSNorm in one call (HF's module runs five ops; per decode token they add up)."""
