@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from tally.cli import (
@@ -90,6 +92,9 @@ def serve(
             update={"engine": settings.engine.model_copy(update={"threads": replica_threads})}
         )
     _fix_mmap_threshold(settings.server.malloc_mmap_threshold)
+    # the engine thread gives the GIL up for every native call and needs it back after: with the default 5 ms
+    # interval it can wait that long behind the event loop at each of them
+    sys.setswitchinterval(settings.server.gil_switch_interval_ms / 1000)
     fmt, level = log_format or settings.log.format, (log_level or settings.log.level).upper()
     if fmt not in ("text", "json"):
         raise fail(f"--log-format {fmt!r} is not one of text, json")

@@ -56,6 +56,13 @@ class ServerSettings(_Section):
         pattern=r"^(/[A-Za-z0-9._~-]+)*$",
         description="the path prefix a reverse proxy serves Tally under (e.g. /tally); links and cookies use it",
     )
+    gil_switch_interval_ms: float = Field(
+        0.5,
+        gt=0,
+        le=100,
+        description="tally serve: how long a Python thread may hold the GIL while another waits (Python's default 5 "
+        "ms); short, so the engine thread gets it back at once between its native calls (see docs/engine.md)",
+    )
     malloc_mmap_threshold: int = Field(
         128 * 1024,
         ge=0,
