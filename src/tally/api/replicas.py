@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import AsyncIterator
 from typing import Any, cast
@@ -74,6 +75,7 @@ class TallyReplica:
     async def __init__(self, settings_json: str) -> None:  # type: ignore[misc]  # Ray awaits an async __init__
         settings = Settings.model_validate_json(settings_json)
         configure_logging(settings.log.level, settings.log.format)  # Tally's request log, as in one process
+        sys.setswitchinterval(settings.server.gil_switch_interval_ms / 1000)  # as `tally serve` (cli/main.py)
         context = serve.get_replica_context()
         self.name = context.replica_id.unique_id
         self.app = create_app(settings, with_engine=True, anchoring=False)
