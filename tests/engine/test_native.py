@@ -61,6 +61,14 @@ def test_decode_attention_equals_rotary_and_sdpa(ops: DecodeOps, threads: int) -
     assert torch.equal(cache_v, ref_v)
 
 
+def test_decode_attention_refuses_positions_past_the_cache(ops: DecodeOps) -> None:
+    cache = torch.zeros(2, 1, 8, 4)
+    q, k, v = torch.zeros(1, 2, 4), torch.zeros(1, 1, 4), torch.zeros(1, 1, 4)
+    trig = torch.zeros(1, 4)
+    with pytest.raises(ValueError, match="outside the KV cache"):
+        ops.decode_attention(q, k, v, trig, trig, cache, cache.clone(), torch.tensor([0]), torch.tensor([8]), 9, 1.0, 1)
+
+
 @pytest.mark.parametrize("weights", ["fp32", "int8"])
 def test_engine_answers_alike_with_and_without_the_helpers(tiny: TinySetup, ops: DecodeOps, weights: str) -> None:
     """Mixed adapters in one batch: the same tokens and, step by step, the same logits within tolerance, whether the

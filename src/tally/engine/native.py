@@ -146,6 +146,8 @@ class DecodeOps:
         `positions` int64."""
         n, heads, hd = q.shape
         kv_heads, capacity = cache_k.shape[1], cache_k.shape[2]
+        if longest > capacity:  # C writes at these positions: never past the cache (the scheduler keeps within it)
+            raise ValueError(f"decode position {longest - 1} is outside the KV cache's {capacity} positions")
         out = torch.empty_like(q)
         scratch = torch.empty(n * kv_heads * longest, dtype=torch.float32)
         self._attention(

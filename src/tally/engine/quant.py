@@ -204,6 +204,8 @@ class Q8Decoder:
         """Every layer over the decode tokens' hidden states `x [n, hidden]` (contiguous fp32, updated in place),
         their keys and values written into the cache (arguments as `DecodeOps.decode_attention`)."""
         n = x.shape[0]
+        if longest > self.capacity:  # C writes at these positions: never past the cache
+            raise ValueError(f"decode position {longest - 1} is outside the KV cache's {self.capacity} positions")
         rep = self.heads // self.kv_heads
         width = n * (2 * self.hidden + 2 * self.heads * self.head_dim + 2 * self.kv_heads * self.head_dim)
         work = torch.empty(width + n * 2 * self.inter + n * self.kv_heads * longest, dtype=torch.float32)
