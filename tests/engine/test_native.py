@@ -61,6 +61,13 @@ def test_decode_attention_equals_rotary_and_sdpa(ops: DecodeOps, threads: int) -
     assert torch.equal(cache_v, ref_v)
 
 
+def test_an_unwritable_kernel_cache_says_so(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(KernelUnavailable, match="cannot write the kernel cache"):
+        DecodeOps.load(blocker / "kernels")
+
+
 def test_decode_attention_refuses_positions_past_the_cache(ops: DecodeOps) -> None:
     cache = torch.zeros(2, 1, 8, 4)
     q, k, v = torch.zeros(1, 2, 4), torch.zeros(1, 1, 4), torch.zeros(1, 1, 4)

@@ -62,15 +62,19 @@ def build_library(
         raise KernelUnavailable(
             f"{source.name} needs a C compiler to build (install gcc, e.g. `apt-get install gcc`), or {otherwise}"
         )
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".so")
-    os.close(fd)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".so")
+        os.close(fd)
+    except OSError as exc:
+        message = f"cannot write the kernel cache {cache_dir}: {exc}; fix its permissions or {otherwise}"
+        raise KernelUnavailable(message) from exc
     try:
         done = subprocess.run(
             [compiler, *flags, "-o", tmp, str(source)], capture_output=True, text=True, timeout=300, check=False
         )
         failure = done.stderr.strip()[-500:] if done.returncode != 0 else None
-    except OSError as exc:
+    except (OSError, subprocess.SubprocessError) as exc:
         failure = str(exc)
     if failure is not None:
         Path(tmp).unlink(missing_ok=True)
@@ -111,7 +115,11 @@ class DecodeOps:
         # machine with AVX2 is never loaded on one without
         extra = ("-mavx2", "-mfma") if {"avx2", "fma"} <= cpu_flags() else ()
         flags = ("-O3", *extra, "-fopenmp", "-shared", "-fPIC")
-        return cls(build_library(cls.SOURCE, flags, cache_dir, "set engine.native_decode = false"))
+        library = build_library(cls.SOURCE, flags, cache_dir, "set engine.native_decode = false")
+        try:
+            return cls(library)
+        except OSError as exc:  # a library that does not load here (another machine's build in a shared cache)
+            raise KernelUnavailable(f"loading {library} failed: {exc}; set engine.native_decode = false") from exc
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         """RMSNorm over the last dimension of a contiguous `x` (fp32, CPU)."""
