@@ -745,7 +745,11 @@ def main() -> None:
             "tally_serve_ready_s": round(server.ready_s, 1),
             "llama_cpp": None
             if gguf is None
-            else {"version": LLAMA_CPP_VERSION, "gguf": gguf.name, "weights": "Q4_1 (Tally: the same, as fp32)"},
+            else {
+                "version": LLAMA_CPP_VERSION,
+                "gguf": gguf.name,
+                "weights": f"Q4_1 (Tally: the same weights dequantised, served as {args.weights})",
+            },
         }
         report(args, machine_start, config, rows, (ratios, cpu_ratios), one_stream, llama_row, replicas)
     finally:
