@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -93,16 +94,9 @@ def test_engine_answers_alike_with_and_without_the_helpers(tiny: TinySetup, ops:
     for native in (True, False):
         engine = make_engine(tiny, native_decode=native, weights=weights, kernel_dir=ops.library.parent)
         assert (engine.runner.ops is not None) is native
-        outs: list[list] = [[] for _ in prompts]
-        for i, (p, m) in enumerate(zip(prompts, names, strict=True)):
-            engine.submit(p, params, outs[i].append, model=m)
-        engine.run_until_idle()
-        results.append([engine.collect(iter(events)) for events in outs])
+        results.append(_batched(engine, prompts, params, names))
         engine.stop()
-    for i, (a, b) in enumerate(zip(*results, strict=True)):
-        assert a.token_ids == b.token_ids, f"sequence {i}"
-        for step, (la, lb) in enumerate(zip(a.logits, b.logits, strict=True)):
-            assert_close(la, lb, f"sequence {i} step {step}")
+    _assert_same_answers(*results)
 
 
 def test_int8_base_decode_steps_run_every_layer_in_one_call_with_the_same_logits(
@@ -127,16 +121,9 @@ def test_int8_base_decode_steps_run_every_layer_in_one_call_with_the_same_logits
     for whole in (True, False):
         engine.runner.decoder = decoder if whole else None
         alone = [engine.generate(p, params) for p in prompts]
-        outs: list[list] = [[] for _ in prompts]
-        for i, p in enumerate(prompts):
-            engine.submit(p, params, outs[i].append)
-        engine.run_until_idle()
-        runs.append(alone + [engine.collect(iter(events)) for events in outs])
+        runs.append(alone + _batched(engine, prompts, params, [None] * len(prompts)))
     engine.stop()
-    for i, (a, b) in enumerate(zip(*runs, strict=True)):
-        assert a.token_ids == b.token_ids, f"answer {i}"
-        for step, (la, lb) in enumerate(zip(a.logits, b.logits, strict=True)):
-            assert_close(la, lb, f"answer {i} step {step}")
+    _assert_same_answers(*runs)
 
 
 def test_without_a_compiler_the_engine_runs_torchs_ops(
@@ -152,3 +139,20 @@ def test_without_a_compiler_the_engine_runs_torchs_ops(
     )
     assert len(out.token_ids) == 3
     engine.stop()
+
+
+def _batched(engine: Any, prompts: list[list[int]], params: SamplingParams, models: list[str | None]) -> list[Any]:
+    """The results of `prompts` submitted together (one per model), run until the engine is idle."""
+    outs: list[list] = [[] for _ in prompts]
+    for i, (p, m) in enumerate(zip(prompts, models, strict=True)):
+        engine.submit(p, params, outs[i].append, model=m)
+    engine.run_until_idle()
+    return [engine.collect(iter(events)) for events in outs]
+
+
+def _assert_same_answers(first: list[Any], second: list[Any]) -> None:
+    """The same tokens, and step by step the same logits within the suite's tolerance."""
+    for i, (a, b) in enumerate(zip(first, second, strict=True)):
+        assert a.token_ids == b.token_ids, f"answer {i}"
+        for step, (la, lb) in enumerate(zip(a.logits, b.logits, strict=True)):
+            assert_close(la, lb, f"answer {i} step {step}")
