@@ -63,6 +63,8 @@ class LlamaRunner:
         self.model = model
         self.ops = ops  # compiled decode helpers (CPU fp32); None: torch's ops throughout
         self.decoder = decoder  # int8: a base-model decode step's layers in one native call
+        # per projection group (keyed by its first module): int8 bases, their step size, their weights; or None
+        self._int8_groups: dict[int, tuple[list[Any] | None, int, list[tuple[torch.Tensor, torch.Tensor]]]] = {}
         self.silu = getattr(cfg, "hidden_act", "silu") == "silu"
         self.cache = cache
         self.context = context
@@ -180,18 +182,28 @@ class LlamaRunner:
     def _project(self, layers: tuple[Any, ...], h: torch.Tensor) -> list[torch.Tensor]:
         """Several projections of the same `h`. Where the helpers run and every base is int8 within the kernel's
         step size, the bases go through the int8 kernel in one call and each layer's adapters are added after."""
-        bases: list[Any] = [layer.base if isinstance(layer, MultiLoraLinear) else layer for layer in layers]
+        group = self._int8_groups.get(id(layers[0]))
+        if group is None:  # worked out once per group: the modules never change after the engine is built
+            found: list[Any] = [layer.base if isinstance(layer, MultiLoraLinear) else layer for layer in layers]
+            fits = all(isinstance(b, Q8Linear) and b.bias is None for b in found)
+            group = self._int8_groups[id(layers[0])] = (
+                found if fits else None,
+                min(int(b.max_tokens) for b in found) if fits else 0,
+                [(b.q, b.scale) for b in found] if fits else [],
+            )
+        bases, max_tokens, weights = group
         fused = (
             self.ops is not None
-            and all(isinstance(b, Q8Linear) and b.bias is None for b in bases)
+            and bases is not None
             and h.dim() == 2
-            and h.shape[0] <= min(b.max_tokens for b in bases)
+            and h.shape[0] <= max_tokens
             and h.dtype == torch.float32
             and h.is_contiguous()
         )
         if not fused:
             return [layer(h) for layer in layers]
-        outputs = bases[0].kernel.many(h, [(b.q, b.scale) for b in bases])
+        assert bases is not None
+        outputs = bases[0].kernel.many(h, weights)
         return [
             layer.add_adapters(h, y) if isinstance(layer, MultiLoraLinear) else y
             for layer, y in zip(layers, outputs, strict=True)
