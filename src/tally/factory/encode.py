@@ -73,6 +73,34 @@ def collate(items: list[Encoded], pad: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
+# What one more forward/backward call costs beyond its tokens (Python and per-op overhead), in padded tokens:
+# below it, splitting a batch to save padding is not worth a call.
+CALL_OVERHEAD_TOKENS = 32
+
+
+def length_groups(lengths: list[int], max_rows: int, overhead: int = CALL_OVERHEAD_TOKENS) -> list[list[int]]:
+    """Split rows (by index into `lengths`) into batches of at most `max_rows` that waste the least padding.
+
+    Rows are sorted by length and cut where the padded tokens plus `overhead` per batch are smallest (an exact
+    dynamic programme over the sorted lengths). Summed losses and gradients are the same whichever rows share a
+    batch, so this only removes padded work: on rows of 42–61 tokens a batch of 16 padded to its longest row
+    wastes a fifth of its tokens.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    sorted_lengths = [lengths[i] for i in order]
+    best, cut = [0] + [1 << 62] * len(order), [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        for start in range(max(0, end - max_rows), end):
+            cost = best[start] + (end - start) * sorted_lengths[end - 1] + overhead
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    groups, end = [], len(order)
+    while end:
+        groups.append(order[cut[end] : end])
+        end = cut[end]
+    return groups[::-1]
+
+
 def token_losses(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example summed next-token loss over targets, and the per-example target counts.
 
@@ -94,7 +122,7 @@ def mean_token_loss(model: Any, items: list[Encoded], pad: int, batch_size: int)
     """Next-token loss averaged over every target token of `items` (not per row), without gradients."""
     total, count = 0.0, 0
     with torch.no_grad():
-        for i in range(0, len(items), batch_size):
-            sums, counts = token_losses(model, collate(items[i : i + batch_size], pad))
+        for group in length_groups([len(x.input_ids) for x in items], batch_size):
+            sums, counts = token_losses(model, collate([items[i] for i in group], pad))
             total, count = total + float(sums.sum()), count + int(counts.sum())
     return total / max(1, count)

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from tally.engine.files import CONFIG_FILE as ADAPTER_CONFIG
 from tally.engine.files import WEIGHTS_FILE as ADAPTER_WEIGHTS
 from tally.factory.data import Example
-from tally.factory.encode import Encoded, collate, token_losses
+from tally.factory.encode import Encoded, collate, length_groups, token_losses
 from tally.factory.provenance import directory_hash
 from tally.influence import HiddenCapture, Projector, example_gradients, save_index
 
@@ -56,10 +56,17 @@ def final_gradients(
             hidden.append(capture.result())
             return sums / counts.clamp_min(1)
 
-        batches = (collate(items[i : i + batch_size], pad) for i in range(0, len(items), batch_size))
+        groups = length_groups([len(x.input_ids) for x in items], batch_size)
+        batches = (collate([items[i] for i in group], pad) for group in groups)
         report = (lambda done: progress(done, len(items))) if progress else None
         grads = example_gradients(model, projector, batches, mean_loss, report)
-    return grads, torch.cat(hidden) if hidden else torch.zeros(0, 0)
+    if not hidden:
+        return grads, torch.zeros(0, 0)
+    # batches ran in length order; rows go back to the order of `items`
+    order = torch.tensor([i for group in groups for i in group], dtype=torch.long)
+    back = torch.empty_like(order)
+    back[order] = torch.arange(len(order))
+    return grads[back], torch.cat(hidden)[back]
 
 
 def build_index(

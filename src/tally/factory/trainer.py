@@ -19,7 +19,7 @@ import torch
 
 from tally.factory.checkpoint import TrainState, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from tally.factory.config import TrainConfig
-from tally.factory.encode import Encoded, collate, mean_token_loss, token_losses
+from tally.factory.encode import Encoded, collate, length_groups, mean_token_loss, token_losses
 from tally.factory.errors import FactoryError
 from tally.factory.trainlog import TrainLog
 from tally.influence import GradCapture, Projector
@@ -128,8 +128,9 @@ class Loop:
         epoch, k = divmod(step, self.steps_per_epoch)
         order = epoch_order(len(self.train), self.cfg.train.seed, epoch)
         idx = order[k * self.per_step : (k + 1) * self.per_step]
-        bs = self.cfg.train.batch_size
-        chunks = [idx[i : i + bs] for i in range(0, len(idx), bs)]
+        # the step's rows in batches of at most batch_size, grouped by length (the same sum, less padding)
+        lengths = [len(self.train[i].input_ids) for i in idx]
+        chunks = [[idx[j] for j in group] for group in length_groups(lengths, self.cfg.train.batch_size)]
         targets = sum(self.train[i].target_tokens for i in idx)
         loss_total, tokens = 0.0, 0
         grads = self.state.epoch_grads
