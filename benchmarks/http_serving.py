@@ -18,8 +18,10 @@ between sessions first), so on a shared machine each system gets the same share;
 (server and client for HTTP), and tokens per CPU second beside tokens per second.
 
 A concurrency level is the number of clients; each sends its requests one after the other, so at most that many are
-in flight. Per level and system: output tokens/s (all output tokens / wall time), TTFT and TPOT p50/p99. Levels run
-HTTP then in-process, one level after the other, so the ratio at each level is paired in time.
+in flight. A level has at least `--min-requests` requests (default 32, `--quick` 16): at one client two requests
+are a few seconds, too short to tell a 10% difference on a shared machine. Per level and system: output tokens/s
+(all output tokens / wall time), TTFT and TPOT p50/p99. Levels run HTTP then in-process, one level after the
+other, so the ratio at each level is paired in time.
 
 The chat API has no ignore-EOS option, so every system counts the tokens it actually produced (the server's usage
 numbers where it gives them, else the streamed text tokenised again); the prompts ask for long answers, so nearly
@@ -136,12 +138,15 @@ def pct(xs: list[float], q: float) -> float | None:
     return round(xs[min(len(xs) - 1, int(q * len(xs)))] * 1000, 2)
 
 
-def plan(levels: list[int], per_client: int, models: list[str]) -> dict[int, list[list[tuple[str, str]]]]:
-    """Per level, per client, its (model, user message) requests: models round-robin over all requests."""
+def plan(
+    levels: list[int], per_client: int, models: list[str], min_requests: int = 0
+) -> dict[int, list[list[tuple[str, str]]]]:
+    """Per level, per client, its (model, user message) requests: models round-robin over all requests. A level
+    has at least `min_requests` requests (more per client at low levels), so a short level is not all noise."""
     out = {}
     for level in levels:
         clients: list[list[tuple[str, str]]] = [[] for _ in range(level)]
-        for k in range(level * per_client):
+        for k in range(level * max(per_client, -(-min_requests // level))):
             clients[k % level].append((models[k % len(models)], prompt_text(k)))
         out[level] = clients
     return out
@@ -552,6 +557,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--max-num-seqs", type=int, default=None, help="engine KV rows (default: the largest level)")
     ap.add_argument("--max-tokens-per-step", type=int, default=512, help="engine token budget per step")
     ap.add_argument("--requests-per-client", type=int, default=None, help="default 4, --quick 2")
+    ap.add_argument(
+        "--min-requests", type=int, default=None, help="at least this many requests per level (default 32, --quick 16)"
+    )
     ap.add_argument("--skip-llama-cpp", action="store_true")
     ap.add_argument("--weights", choices=("fp32", "int8"), default="fp32", help="Tally's engine.weights (both paths)")
     ap.add_argument("--replicas", type=int, default=None, help="also run `tally serve --replicas N` against 1 replica")
@@ -571,6 +579,7 @@ def parse_args() -> argparse.Namespace:
         "max_num_seqs",
         "max_tokens_per_step",
         "requests_per_client",
+        "min_requests",
         "replicas",
         "threads_per_replica",
     ):
@@ -627,6 +636,7 @@ def main() -> None:
     from serving import make_adapters  # the serving benchmark's PEFT-format adapters: rank 8, all seven projections
 
     per_client = args.requests_per_client or (2 if args.quick else 4)
+    min_requests = args.min_requests or (16 if args.quick else 32)
     max_num_seqs = args.max_num_seqs or max(args.levels)
     max_model_len = 256  # ~50 prompt tokens with the chat template's system line, 64 out
     machine_start = machine()
@@ -669,7 +679,7 @@ def main() -> None:
             llama = LlamaServer(llama_py, gguf, threads, tmp / "llama-server.log")
             servers.append(llama)
         models = [f"bench-{i}" for i in range(N_ADAPTERS)] + [settings.models.default]
-        work = plan(args.levels, per_client, models)
+        work = plan(args.levels, per_client, models, min_requests)
 
         def http(clients: list[list[tuple[str, str]]]) -> Level:
             return asyncio.run(drive_http(server.base_url, server.token, clients, count_tokens, {"attribution": "off"}))
@@ -732,6 +742,7 @@ def main() -> None:
             "quick": args.quick,
             "levels": args.levels,
             "requests_per_client": per_client,
+            "min_requests_per_level": min_requests,
             "threads": threads,
             "weights": args.weights,
             "max_num_seqs": max_num_seqs,
