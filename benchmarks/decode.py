@@ -5,9 +5,11 @@ Roofline: a decode step reads every base weight once (plus the KV cache), so tok
 measured read bandwidth / bytes per token. Measured here: read bandwidth (a sum over a 1 GiB tensor, the same
 threads), the engine's one-stream decode (64 tokens after the prompt, greedy) and a batch of `--batch` streams, for
 each weight format; one stream also with the compiled decode helpers switched off on the same engine (torch's ops
-for the norms, rotary, attention and the MLP's product; `engine.native_decode`), run just before. Quality of int8
-against the fp32 weights: greedy outputs on a fixed prompt set (how many are identical, where the first difference
-falls) and perplexity on held-out text (the project's own documentation, which the model never saw).
+for the norms, rotary, attention and the MLP's product; `engine.native_decode`), run just before; and one stream
+through a rank-8 adapter on all seven projections, with int8 both in one native call per step and layer by layer
+(torch adds the adapter), paired on the same engine. Quality of int8 against the fp32 weights: greedy outputs on a
+fixed prompt set (how many are identical, where the first difference falls) and perplexity on held-out text (the
+project's own documentation, which the model never saw).
 
     python benchmarks/decode.py [--threads N] [--batch 8] [--tokens 64] [--quick]
 """
@@ -21,6 +23,7 @@ import os
 import platform
 import statistics
 import subprocess
+import tempfile
 import threading
 import time
 from datetime import UTC, datetime
@@ -95,15 +98,32 @@ def engine_for(weights: str, threads: int, batch: int) -> Any:
     return build_engine(settings, config)
 
 
-def one_stream(engine: Any, tokens: int, repeats: int) -> float:
+def make_adapter(root: Path) -> Path:
+    """One rank-8 PEFT adapter on all seven projections of the base model (random weights), as the serving
+    benchmarks use."""
+    import sys
+
+    from tally.config import load_settings
+    from tally.models import load_model, resolve_model
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from serving import make_adapters
+
+    settings = load_settings()
+    base = load_model(resolve_model(settings.models.default, settings.models.cache_dir))
+    return make_adapters(root, 1, base, seed=0)[0]
+
+
+def one_stream(engine: Any, tokens: int, repeats: int, model: str | None = None) -> float:
     from tally.engine.sampling import SamplingParams
 
     prompt = engine.encode_chat([{"role": "user", "content": PROMPTS[0]}])
-    engine.generate(prompt, SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))
+    engine.generate(prompt, SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True), model=model)
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
-        out = engine.generate(prompt, SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True))
+        params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
+        out = engine.generate(prompt, params, model=model)
         rates.append(out.completion_tokens / (time.perf_counter() - start))
     return statistics.median(rates)
 
@@ -181,8 +201,11 @@ def main() -> None:
     bandwidth = read_bandwidth(args.threads)
     results: dict[str, Any] = {}
     outputs: dict[str, list[list[int]]] = {}
+    adapter_dir = tempfile.TemporaryDirectory()
+    adapter = make_adapter(Path(adapter_dir.name))
     for weights in ("fp32", "int8"):
         engine = engine_for(weights, args.threads, args.batch)
+        engine.add_adapter("rank8", adapter)
         context = len(engine.encode_chat([{"role": "user", "content": PROMPTS[0]}])) + args.tokens // 2
         nbytes = step_bytes(engine.model, context)[weights]
         ops = engine.runner.ops
@@ -190,6 +213,13 @@ def main() -> None:
         torch_ops_rate = one_stream(engine, args.tokens, args.repeats)
         engine.runner.ops = ops
         rate = one_stream(engine, args.tokens, args.repeats)
+        # one stream through the adapter: with int8, every layer in one call with the adapter added in C, and the
+        # same engine layer by layer (torch adds the adapter) just before
+        decoder = engine.runner.decoder
+        engine.runner.decoder = None
+        adapter_layers_rate = one_stream(engine, args.tokens, args.repeats, "rank8")
+        engine.runner.decoder = decoder
+        adapter_rate = one_stream(engine, args.tokens, args.repeats, "rank8")
         results[weights] = {
             "bytes_per_token": nbytes,
             "roofline_tokens_per_s": round(bandwidth * 1e9 / nbytes, 1),
@@ -198,6 +228,10 @@ def main() -> None:
             "native_decode": ops is not None,
             "one_stream_torch_ops_tokens_per_s": round(torch_ops_rate, 1),
             "native_decode_speedup": round(rate / torch_ops_rate, 2),
+            "one_step_call": decoder is not None,
+            "adapter_one_stream_tokens_per_s": round(adapter_rate, 1),
+            "adapter_one_stream_layer_by_layer_tokens_per_s": round(adapter_layers_rate, 1),
+            "adapter_one_step_call_speedup": round(adapter_rate / adapter_layers_rate, 2),
             f"batch_{args.batch}_tokens_per_s": round(batched(engine, args.batch, args.tokens), 1),
         }
         outputs[weights] = greedy(engine, args.tokens)
@@ -206,6 +240,7 @@ def main() -> None:
         )
         engine.stop()
         del engine
+    adapter_dir.cleanup()
     fp32, int8 = results["fp32"], results["int8"]
     report = {
         "benchmark": "decode",
@@ -240,7 +275,9 @@ def main() -> None:
         f"{int8['one_stream_tokens_per_s']} tok/s ({int8['fraction_of_roofline']:.0%} of "
         f"{int8['roofline_tokens_per_s']}), {cmp['one_stream_speedup']}x; compiled decode helpers "
         f"{fp32['native_decode_speedup']}x / {int8['native_decode_speedup']}x over torch's ops; batch {args.batch} "
-        f"{cmp['batch_speedup']}x; perplexity {fp32['perplexity']} -> {int8['perplexity']}; greedy identical "
+        f"{cmp['batch_speedup']}x; int8 through a rank-8 adapter {int8['adapter_one_stream_tokens_per_s']} tok/s "
+        f"({int8['adapter_one_step_call_speedup']}x layer by layer); "
+        f"perplexity {fp32['perplexity']} -> {int8['perplexity']}; greedy identical "
         f"{cmp['greedy']['identical']}/{cmp['greedy']['prompts']}"
     )
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.engine.conftest import TinySetup, assert_close, make_engine, make_model
+from tests.engine.conftest import PROJ, TinySetup, assert_close, make_adapter, make_engine, make_model
 
 from tally.engine.native import DecodeOps, KernelUnavailable
 from tally.engine.quant import Q8Kernel
@@ -124,6 +124,53 @@ def test_int8_base_decode_steps_run_every_layer_in_one_call_with_the_same_logits
         runs.append(alone + _batched(engine, prompts, params, [None] * len(prompts)))
     engine.stop()
     _assert_same_answers(*runs)
+
+
+def test_int8_decode_steps_with_mixed_adapters_run_in_one_call_with_the_same_logits(
+    tiny: TinySetup, ops: DecodeOps, tmp_path: Path
+) -> None:
+    """Decode steps whose tokens carry different adapters (ranks 4, 8 and 16 on different projections, and the base
+    model) go through the whole-step call with each adapter's delta added in C, and give the tokens and logits of
+    the layer-by-layer path, where torch adds the adapters."""
+    from tally.engine import Engine, EngineConfig
+
+    try:
+        Q8Kernel.load(ops.library.parent)
+    except KernelUnavailable as exc:
+        pytest.skip(str(exc))
+    model = make_model(len(tiny.tokenizer), tiny.tokenizer.convert_tokens_to_ids("<|im_end|>"), intermediate=128)
+    specs = {"q-v-r4": (4, 8, ("q_proj", "v_proj")), "all-r8": (8, 16, PROJ), "mlp-r16": (16, 16, PROJ[4:])}
+    adapters = {name: make_adapter(model, tmp_path / name, *spec, seed=7 + i) for i, (name, spec) in
+                enumerate(specs.items())}  # fmt: skip
+    config = EngineConfig(max_num_seqs=4, max_model_len=64, weights="int8", kernel_dir=ops.library.parent,
+                          device="cpu", adapter_slots=4, max_adapters_per_step=4, max_rank=16)  # fmt: skip
+    engine = Engine(model, tiny.tokenizer, "tiny-int8", config)
+    for name, path in adapters.items():
+        engine.add_adapter(name, path)
+    decoder = engine.runner.decoder
+    assert decoder is not None and decoder.adapters
+    calls_with_adapters = []
+    run = decoder.run
+
+    def counted(*args: Any) -> None:
+        calls_with_adapters.append(args[-1] is not None)  # the last argument: the tokens' adapter slots
+        run(*args)
+
+    decoder.run = counted  # type: ignore[method-assign]
+    prompts = [tiny.tokenizer.encode(t) for t in ("the quick brown fox", "hello world", "what is the capital", "ok")]
+    params = SamplingParams(max_tokens=5, temperature=0.0, record_logits=True, ignore_eos=True)
+    models: list[str | None] = [None, *specs]
+    runs = []
+    for whole in (True, False):
+        engine.runner.decoder = decoder if whole else None
+        alone = [engine.generate(p, params, model=m) for p, m in zip(prompts, models, strict=True)]
+        runs.append(alone + _batched(engine, prompts, params, models))
+    base = [engine.generate(p, params) for p in prompts[1:]]
+    engine.stop()
+    assert sum(calls_with_adapters) >= 3 * 4  # each adapter's answer alone, and the four together
+    _assert_same_answers(*runs)
+    for adapted, plain in zip(runs[0][1:4], base, strict=True):  # the adapters were applied: other logits
+        assert (adapted.logits[0] - plain.logits[0]).abs().max() > 1e-2
 
 
 def test_without_a_compiler_the_engine_runs_torchs_ops(

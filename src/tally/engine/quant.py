@@ -140,26 +140,32 @@ def quantize_model(model: Any, kernel: Q8Kernel, max_tokens: int) -> int:
     return replaced
 
 
-def _pointers(tensors: list[torch.Tensor]) -> Any:
-    return (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
+def _pointers(tensors: list[torch.Tensor] | list[torch.Tensor | None]) -> Any:
+    """A C array of the tensors' data pointers (NULL for None)."""
+    return (ctypes.c_void_p * len(tensors))(*(t.data_ptr() if t is not None else None for t in tensors))
 
 
 class Q8Decoder:
-    """A decode step through every layer in one native call (kernels/q8_decode.c), for steps of base-model decode
-    tokens only: with no adapter to add between the projections, the layer's pieces (the same ones the runner calls
-    one by one) run back to back without returning to Python. Holds pointers to the model's int8 weights, norms and
-    the KV cache, which the engine allocates once and never moves."""
+    """A decode step through every layer in one native call (kernels/q8_decode.c), for steps of decode tokens only,
+    each with its adapter or none: the layer's pieces (the same ones the runner calls one by one, each adapter's
+    delta added after its projection) run back to back without returning to Python. Holds pointers to the model's
+    int8 weights, norms and the KV cache, which the engine allocates once and never moves; the adapters' slot stacks
+    are re-allocated when a higher rank arrives, so their pointers are read at every step."""
 
     def __init__(self, library: Path, model: Any, cache: Any, max_tokens: int) -> None:
         self.library, self.max_tokens = library, max_tokens
         self._fn = ctypes.CDLL(str(library)).q8_decode_layers
         self._fn.argtypes = [ctypes.c_void_p, *[ctypes.c_long] * 8, ctypes.c_float, ctypes.c_float]
-        self._fn.argtypes += [ctypes.c_void_p] * 9 + [ctypes.c_long, ctypes.c_int]
+        self._fn.argtypes += [ctypes.c_void_p] * 9 + [ctypes.c_long] + [ctypes.c_void_p] * 4 + [ctypes.c_int]
         self._fn.restype = None
         cfg = model.config
         layers = model.model.layers
         norms = [w for layer in layers for w in (layer.input_layernorm.weight, layer.post_attention_layernorm.weight)]
         bases = [_base(layer, p) for layer in layers for p in PROJECTIONS]
+        wrappers = [_wrapper(layer, p) for layer in layers for p in PROJECTIONS]
+        # adapters go through the one call where every slot stack is fp32 (the runner's path adds them otherwise)
+        self.adapters = all(w is None or w.lora_a.dtype == torch.float32 for w in wrappers)
+        self._wrappers = wrappers
         self.hidden, self.inter = int(cfg.hidden_size), int(cfg.intermediate_size)
         self.kv_heads, self.heads = int(cfg.num_key_value_heads), int(cfg.num_attention_heads)
         self.head_dim = int(getattr(cfg, "head_dim", None) or self.hidden // self.heads)
@@ -200,24 +206,47 @@ class Q8Decoder:
         positions: torch.Tensor,
         longest: int,
         threads: int,
+        slots: torch.Tensor | None = None,
     ) -> None:
         """Every layer over the decode tokens' hidden states `x [n, hidden]` (contiguous fp32, updated in place),
-        their keys and values written into the cache (arguments as `DecodeOps.decode_attention`)."""
+        their keys and values written into the cache (arguments as `DecodeOps.decode_attention`); `slots [n]`
+        (long) each token's adapter slot, None where no token has one."""
         n = x.shape[0]
         if longest > self.capacity:  # C writes at these positions: never past the cache
             raise ValueError(f"decode position {longest - 1} is outside the KV cache's {self.capacity} positions")
         rep = self.heads // self.kv_heads
         width = n * (2 * self.hidden + 2 * self.heads * self.head_dim + 2 * self.kv_heads * self.head_dim)
         work = torch.empty(width + n * 2 * self.inter + n * self.kv_heads * longest, dtype=torch.float32)
+        lora_a = lora_b = ranks = None
+        if slots is not None:
+            if not self.adapters:
+                raise ValueError("this model's adapter stacks are not fp32: adapters cannot go through the one call")
+            stacks = [w if w is not None and w.rank else None for w in self._wrappers]
+            for w in stacks:
+                if w is not None and not (w.lora_a.is_contiguous() and w.lora_b.is_contiguous()):
+                    raise ValueError(f"{w.name}: adapter slot stacks must be contiguous")
+            lora_a = _pointers([w.lora_a if w is not None else None for w in stacks])
+            lora_b = _pointers([w.lora_b if w is not None else None for w in stacks])
+            ranks = (ctypes.c_long * len(stacks))(*(w.rank if w is not None else 0 for w in stacks))
         self._fn(
             x.data_ptr(), n, self.layers, self.hidden, self.inter, self.kv_heads, rep, self.head_dim, self.capacity,
             self.eps, self.head_dim**-0.5, self._norms, self._weights, self._scales, self._caches, cos.data_ptr(),
-            sin.data_ptr(), rows.data_ptr(), positions.data_ptr(), work.data_ptr(), longest, threads,
+            sin.data_ptr(), rows.data_ptr(), positions.data_ptr(), work.data_ptr(), longest,
+            slots.data_ptr() if slots is not None else None, lora_a, lora_b, ranks, threads,
         )  # fmt: skip
+
+
+def _module(layer: Any, projection: str) -> Any:
+    return getattr(layer.self_attn if projection in ("q_proj", "k_proj", "v_proj", "o_proj") else layer.mlp, projection)
+
+
+def _wrapper(layer: Any, projection: str) -> MultiLoraLinear | None:
+    """The multi-LoRA wrapper of one projection of a decoder layer, None where it has none."""
+    module = _module(layer, projection)
+    return module if isinstance(module, MultiLoraLinear) else None
 
 
 def _base(layer: Any, projection: str) -> Any:
     """The base linear of one projection of a decoder layer, under its multi-LoRA wrapper if it has one."""
-    parent = layer.self_attn if projection in ("q_proj", "k_proj", "v_proj", "o_proj") else layer.mlp
-    module = getattr(parent, projection)
+    module = _module(layer, projection)
     return module.base if isinstance(module, MultiLoraLinear) else module

@@ -108,7 +108,8 @@ class LlamaRunner:
             layers = [] if self._whole_step(decode, prefill) else self.model.model.layers
             if not layers:
                 assert self.decoder is not None and native is not None
-                self.decoder.run(x, *native, threads)
+                slots = [it.slot for it in decode]
+                self.decoder.run(x, *native, threads, torch.tensor(slots, dtype=torch.long) if any(slots) else None)
             for index, layer in enumerate(layers):
                 h = self._norm(layer.input_layernorm, x)
                 attn = layer.self_attn
@@ -162,15 +163,15 @@ class LlamaRunner:
         return logits, owners
 
     def _whole_step(self, decode: list[StepItem], prefill: list[StepItem]) -> bool:
-        """Whether the step runs every layer in one native call: decode tokens only, none with an adapter, few
-        enough for the int8 kernel (the layer-by-layer path computes the same products)."""
+        """Whether the step runs every layer in one native call: decode tokens only, few enough for the int8
+        kernel, their adapters (if any) in fp32 slot stacks (the layer-by-layer path computes the same products)."""
         return (
             self.decoder is not None
             and self.ops is not None
             and bool(decode)
             and not prefill
             and len(decode) <= self.decoder.max_tokens
-            and not any(it.slot for it in decode)
+            and (self.decoder.adapters or not any(it.slot for it in decode))
         )
 
     def _norm(self, norm: Any, x: torch.Tensor) -> torch.Tensor:
