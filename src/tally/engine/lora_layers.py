@@ -60,6 +60,7 @@ class LoraContext:
 
     def __init__(self) -> None:
         self.batch: LoraBatch | None = None
+        self.stacks_version = 0  # bumped whenever a layer re-allocates its slot stacks (native code holds pointers)
 
 
 class LoraKernels(Protocol):
@@ -150,6 +151,7 @@ class MultiLoraLinear(nn.Module):
         a[:, :, :keep].copy_(self.lora_a[:, :, :keep])
         b[:, :keep].copy_(self.lora_b[:, :keep])
         self.lora_a, self.lora_b = a, b
+        self.context.stacks_version += 1
 
     def set_slot(self, slot: int, a: torch.Tensor | None, b: torch.Tensor | None) -> None:
         """Put one adapter's `a [r, in]` and scaled `b [out, r]` into `slot` (None: this adapter skips the layer)."""

@@ -166,6 +166,8 @@ class Q8Decoder:
         # adapters go through the one call where every slot stack is fp32 (the runner's path adds them otherwise)
         self.adapters = all(w is None or w.lora_a.dtype == torch.float32 for w in wrappers)
         self._wrappers = wrappers
+        self._context = next((w.context for w in wrappers if w is not None), None)
+        self._stacks: tuple[int, Any, Any, Any] | None = None  # (stacks version, A pointers, B pointers, ranks)
         self.hidden, self.inter = int(cfg.hidden_size), int(cfg.intermediate_size)
         self.kv_heads, self.heads = int(cfg.num_key_value_heads), int(cfg.num_attention_heads)
         self.head_dim = int(getattr(cfg, "head_dim", None) or self.hidden // self.heads)
@@ -219,21 +221,32 @@ class Q8Decoder:
         work = torch.empty(width + n * 2 * self.inter + n * self.kv_heads * longest, dtype=torch.float32)
         lora_a = lora_b = ranks = None
         if slots is not None:
-            if not self.adapters:
-                raise ValueError("this model's adapter stacks are not fp32: adapters cannot go through the one call")
-            stacks = [w if w is not None and w.rank else None for w in self._wrappers]
-            for w in stacks:
-                if w is not None and not (w.lora_a.is_contiguous() and w.lora_b.is_contiguous()):
-                    raise ValueError(f"{w.name}: adapter slot stacks must be contiguous")
-            lora_a = _pointers([w.lora_a if w is not None else None for w in stacks])
-            lora_b = _pointers([w.lora_b if w is not None else None for w in stacks])
-            ranks = (ctypes.c_long * len(stacks))(*(w.rank if w is not None else 0 for w in stacks))
+            lora_a, lora_b, ranks = self._stack_pointers()
         self._fn(
             x.data_ptr(), n, self.layers, self.hidden, self.inter, self.kv_heads, rep, self.head_dim, self.capacity,
             self.eps, self.head_dim**-0.5, self._norms, self._weights, self._scales, self._caches, cos.data_ptr(),
             sin.data_ptr(), rows.data_ptr(), positions.data_ptr(), work.data_ptr(), longest,
             slots.data_ptr() if slots is not None else None, lora_a, lora_b, ranks, threads,
         )  # fmt: skip
+
+    def _stack_pointers(self) -> tuple[Any, Any, Any]:
+        """C arrays of every projection's adapter slot stacks (A, B; NULL where none) and their ranks, rebuilt only
+        when a layer has re-allocated its stacks since the last step."""
+        if not self.adapters or self._context is None:
+            raise ValueError("this model's adapter stacks are not fp32: adapters cannot go through the one call")
+        version = self._context.stacks_version
+        if self._stacks is None or self._stacks[0] != version:
+            stacks = [w if w is not None and w.rank else None for w in self._wrappers]
+            for w in stacks:
+                if w is not None and not (w.lora_a.is_contiguous() and w.lora_b.is_contiguous()):
+                    raise ValueError(f"{w.name}: adapter slot stacks must be contiguous")
+            self._stacks = (
+                version,
+                _pointers([w.lora_a if w is not None else None for w in stacks]),
+                _pointers([w.lora_b if w is not None else None for w in stacks]),
+                (ctypes.c_long * len(stacks))(*(w.rank if w is not None else 0 for w in stacks)),
+            )
+        return self._stacks[1], self._stacks[2], self._stacks[3]
 
 
 def _module(layer: Any, projection: str) -> Any:
