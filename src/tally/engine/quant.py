@@ -163,10 +163,12 @@ class Q8Decoder:
         norms = [w for layer in layers for w in (layer.input_layernorm.weight, layer.post_attention_layernorm.weight)]
         bases = [_base(layer, p) for layer in layers for p in PROJECTIONS]
         wrappers = [_wrapper(layer, p) for layer in layers for p in PROJECTIONS]
-        # adapters go through the one call where every slot stack is fp32 (the runner's path adds them otherwise)
-        self.adapters = all(w is None or w.lora_a.dtype == torch.float32 for w in wrappers)
         self._wrappers = wrappers
         self._context = next((w.context for w in wrappers if w is not None), None)
+        # adapters go through the one call where every slot stack is fp32 (the runner's path adds them otherwise)
+        self.adapters = self._context is not None and all(
+            w is None or w.lora_a.dtype == torch.float32 for w in wrappers
+        )
         self._stacks: tuple[int, Any, Any, Any] | None = None  # (stacks version, A pointers, B pointers, ranks)
         self.hidden, self.inter = int(cfg.hidden_size), int(cfg.intermediate_size)
         self.kv_heads, self.heads = int(cfg.num_key_value_heads), int(cfg.num_attention_heads)
