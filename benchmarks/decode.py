@@ -280,7 +280,7 @@ def main() -> None:
         f"{int8['roofline_tokens_per_s']}), {cmp['one_stream_speedup']}x; compiled decode helpers "
         f"{fp32['native_decode_speedup']}x / {int8['native_decode_speedup']}x over torch's ops; batch {args.batch} "
         f"{cmp['batch_speedup']}x; int8 through a rank-8 adapter {int8['adapter_one_stream_tokens_per_s']} tok/s "
-        f"({int8['adapter_one_step_call_speedup']}x layer by layer); "
+        f"({int8['adapter_one_step_call_speedup']}x the layer-by-layer rate); "
         f"perplexity {fp32['perplexity']} -> {int8['perplexity']}; greedy identical "
         f"{cmp['greedy']['identical']}/{cmp['greedy']['prompts']}"
     )

@@ -37,6 +37,8 @@ def test_length_groups_partition_the_rows_and_cut_the_padding() -> None:
     assert length_groups([5, 5, 5], 8) == [[0, 1, 2]]  # nothing to save: one batch
     assert length_groups([10, 200], 8, overhead=1000) == [[0, 1]]  # a call costs more than the padding
     assert length_groups([], 4) == []
+    with pytest.raises(ValueError, match="max_rows"):
+        length_groups([3, 4], 0)
 
 
 def test_grouped_batches_give_the_same_mean_loss(tiny_model: Path) -> None:

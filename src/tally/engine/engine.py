@@ -159,7 +159,7 @@ class Engine:
             return None
 
     def _decoder(self, config: EngineConfig, ops: DecodeOps | None) -> Q8Decoder | None:
-        """With int8 weights and the helpers: base-model decode steps through every layer in one native call."""
+        """With int8 weights and the helpers: decode steps through every layer in one native call."""
         if ops is None or config.weights != "int8":
             return None
         try:

@@ -60,7 +60,9 @@ class LoraContext:
 
     def __init__(self) -> None:
         self.batch: LoraBatch | None = None
-        self.stacks_version = 0  # bumped whenever a layer re-allocates its slot stacks (native code holds pointers)
+        # bumped whenever a layer's slot stacks change (re-allocated, an adapter placed or cleared): native code
+        # holds pointers to them and each slot's rank
+        self.stacks_version = 0
 
 
 class LoraKernels(Protocol):
@@ -167,12 +169,14 @@ class MultiLoraLinear(nn.Module):
             self.lora_a[slot, :, r:].zero_()
             self.lora_b[slot, r:].zero_()
         self.slot_rank[slot] = r
+        self.context.stacks_version += 1
 
     def clear_slot(self, slot: int) -> None:
         if self.slot_rank[slot]:
             self.lora_a[slot].zero_()
             self.lora_b[slot].zero_()
             self.slot_rank[slot] = 0
+            self.context.stacks_version += 1
             if max(self.slot_rank) == 0:
                 self._resize(0)  # padding is kept while any slot is filled (no re-allocation churn)
 
@@ -197,6 +201,11 @@ class MultiLoraLinear(nn.Module):
         if segments:
             self.kernels.sgmv(flat_y, flat_x, self.lora_a, self.lora_b, segments)
         return y
+
+
+def projection_module(layer: Any, projection: str) -> Any:
+    """One projection (`q_proj`, …, `down_proj`) of a decoder layer: its linear or its multi-LoRA wrapper."""
+    return getattr(getattr(layer, _PARENT[projection]), projection)
 
 
 def wrap_model(

@@ -23,14 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tally.engine.lora_layers import PROJECTIONS, MultiLoraLinear
+from tally.engine.lora_layers import PROJECTIONS, MultiLoraLinear, projection_module
 from tally.engine.native import KERNELS, DecodeOps, KernelUnavailable, build_library, cpu_flags
 
 logger = logging.getLogger(__name__)
 
 BLOCK = 32
 SOURCE = KERNELS / "q8_linear.c"
-DECODE_SOURCE = KERNELS / "q8_decode.c"  # every layer of a base-model decode step in one call
+DECODE_SOURCE = KERNELS / "q8_decode.c"  # every layer of a decode step in one call
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
 WEIGHT_FORMATS = ("fp32", "int8")
 
@@ -150,13 +150,14 @@ class Q8Decoder:
     each with its adapter or none: the layer's pieces (the same ones the runner calls one by one, each adapter's
     delta added after its projection) run back to back without returning to Python. Holds pointers to the model's
     int8 weights, norms and the KV cache, which the engine allocates once and never moves; the adapters' slot stacks
-    are re-allocated when a higher rank arrives, so their pointers are read at every step."""
+    are re-allocated when a higher rank arrives, so their pointers are re-read whenever the stacks change."""
 
     def __init__(self, library: Path, model: Any, cache: Any, max_tokens: int) -> None:
         self.library, self.max_tokens = library, max_tokens
         self._fn = ctypes.CDLL(str(library)).q8_decode_layers
         self._fn.argtypes = [ctypes.c_void_p, *[ctypes.c_long] * 8, ctypes.c_float, ctypes.c_float]
-        self._fn.argtypes += [ctypes.c_void_p] * 9 + [ctypes.c_long] + [ctypes.c_void_p] * 4 + [ctypes.c_int]
+        self._fn.argtypes += [ctypes.c_void_p] * 9 + [ctypes.c_long] + [ctypes.c_void_p] * 5 + [ctypes.c_long]
+        self._fn.argtypes += [ctypes.c_int]
         self._fn.restype = None
         cfg = model.config
         layers = model.model.layers
@@ -169,7 +170,7 @@ class Q8Decoder:
         self.adapters = self._context is not None and all(
             w is None or w.lora_a.dtype == torch.float32 for w in wrappers
         )
-        self._stacks: tuple[int, Any, Any, Any] | None = None  # (stacks version, A pointers, B pointers, ranks)
+        self._stacks: tuple[int, tuple[Any, ...]] | None = None  # (stacks version, the C arrays for them)
         self.hidden, self.inter = int(cfg.hidden_size), int(cfg.intermediate_size)
         self.kv_heads, self.heads = int(cfg.num_key_value_heads), int(cfg.num_attention_heads)
         self.head_dim = int(getattr(cfg, "head_dim", None) or self.hidden // self.heads)
@@ -221,19 +222,20 @@ class Q8Decoder:
         rep = self.heads // self.kv_heads
         width = n * (2 * self.hidden + 2 * self.heads * self.head_dim + 2 * self.kv_heads * self.head_dim)
         work = torch.empty(width + n * 2 * self.inter + n * self.kv_heads * longest, dtype=torch.float32)
-        lora_a = lora_b = ranks = None
+        adapters: tuple[Any, ...] = (None, None, None, None, 0)
         if slots is not None:
-            lora_a, lora_b, ranks = self._stack_pointers()
+            adapters = self._stack_pointers()
         self._fn(
             x.data_ptr(), n, self.layers, self.hidden, self.inter, self.kv_heads, rep, self.head_dim, self.capacity,
             self.eps, self.head_dim**-0.5, self._norms, self._weights, self._scales, self._caches, cos.data_ptr(),
             sin.data_ptr(), rows.data_ptr(), positions.data_ptr(), work.data_ptr(), longest,
-            slots.data_ptr() if slots is not None else None, lora_a, lora_b, ranks, threads,
+            slots.data_ptr() if slots is not None else None, *adapters, threads,
         )  # fmt: skip
 
-    def _stack_pointers(self) -> tuple[Any, Any, Any]:
-        """C arrays of every projection's adapter slot stacks (A, B; NULL where none) and their ranks, rebuilt only
-        when a layer has re-allocated its stacks since the last step."""
+    def _stack_pointers(self) -> tuple[Any, ...]:
+        """C arrays of every projection's adapter slot stacks (A, B; NULL where none), their padded ranks and each
+        slot's own rank, and the slot count; rebuilt only when an adapter was placed, cleared or re-allocated since
+        the last step."""
         if not self.adapters or self._context is None:
             raise ValueError("this model's adapter stacks are not fp32: adapters cannot go through the one call")
         version = self._context.stacks_version
@@ -242,26 +244,28 @@ class Q8Decoder:
             for w in stacks:
                 if w is not None and not (w.lora_a.is_contiguous() and w.lora_b.is_contiguous()):
                     raise ValueError(f"{w.name}: adapter slot stacks must be contiguous")
+            n_slots = next(len(w.slot_rank) for w in self._wrappers if w is not None)
+            slot_ranks = [r for w in stacks for r in (w.slot_rank if w is not None else [0] * n_slots)]
             self._stacks = (
                 version,
-                _pointers([w.lora_a if w is not None else None for w in stacks]),
-                _pointers([w.lora_b if w is not None else None for w in stacks]),
-                (ctypes.c_long * len(stacks))(*(w.rank if w is not None else 0 for w in stacks)),
+                (
+                    _pointers([w.lora_a if w is not None else None for w in stacks]),
+                    _pointers([w.lora_b if w is not None else None for w in stacks]),
+                    (ctypes.c_long * len(stacks))(*(w.rank if w is not None else 0 for w in stacks)),
+                    (ctypes.c_long * len(slot_ranks))(*slot_ranks),
+                    n_slots,
+                ),
             )
-        return self._stacks[1], self._stacks[2], self._stacks[3]
-
-
-def _module(layer: Any, projection: str) -> Any:
-    return getattr(layer.self_attn if projection in ("q_proj", "k_proj", "v_proj", "o_proj") else layer.mlp, projection)
+        return self._stacks[1]
 
 
 def _wrapper(layer: Any, projection: str) -> MultiLoraLinear | None:
     """The multi-LoRA wrapper of one projection of a decoder layer, None where it has none."""
-    module = _module(layer, projection)
+    module = projection_module(layer, projection)
     return module if isinstance(module, MultiLoraLinear) else None
 
 
 def _base(layer: Any, projection: str) -> Any:
     """The base linear of one projection of a decoder layer, under its multi-LoRA wrapper if it has one."""
-    module = _module(layer, projection)
+    module = projection_module(layer, projection)
     return module.base if isinstance(module, MultiLoraLinear) else module

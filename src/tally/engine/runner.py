@@ -62,7 +62,7 @@ class LlamaRunner:
         cfg = model.config
         self.model = model
         self.ops = ops  # compiled decode helpers (CPU fp32); None: torch's ops throughout
-        self.decoder = decoder  # int8: a base-model decode step's layers in one native call
+        self.decoder = decoder  # int8: a decode step's layers in one native call
         # per projection group (keyed by its first module): int8 bases, their step size, their weights; or None
         self._int8_groups: dict[int, tuple[list[Any] | None, int, list[tuple[torch.Tensor, torch.Tensor]]]] = {}
         self.silu = getattr(cfg, "hidden_act", "silu") == "silu"

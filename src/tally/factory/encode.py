@@ -86,6 +86,8 @@ def length_groups(lengths: list[int], max_rows: int, overhead: int = CALL_OVERHE
     batch, so this only removes padded work: on rows of 42–61 tokens a batch of 16 padded to its longest row
     wastes a fifth of its tokens.
     """
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be at least 1, got {max_rows}")
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     sorted_lengths = [lengths[i] for i in order]
     best, cut = [0] + [1 << 62] * len(order), [0] * (len(order) + 1)
