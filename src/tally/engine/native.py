@@ -88,6 +88,13 @@ def _ptr(t: torch.Tensor) -> int:
     return int(t.data_ptr())
 
 
+def check_within_cache(longest: int, capacity: int) -> None:
+    """Native code writes keys and values at the decode positions: refuse one past the cache (the scheduler keeps
+    within it; this keeps a mistake there from writing outside the cache's memory)."""
+    if longest > capacity:
+        raise ValueError(f"decode position {longest - 1} is outside the KV cache's {capacity} positions")
+
+
 class DecodeOps:
     """The entry points of kernels/decode_ops.c over contiguous fp32 CPU tensors."""
 
@@ -154,8 +161,7 @@ class DecodeOps:
         `positions` int64."""
         n, heads, hd = q.shape
         kv_heads, capacity = cache_k.shape[1], cache_k.shape[2]
-        if longest > capacity:  # C writes at these positions: never past the cache (the scheduler keeps within it)
-            raise ValueError(f"decode position {longest - 1} is outside the KV cache's {capacity} positions")
+        check_within_cache(longest, capacity)
         out = torch.empty_like(q)
         scratch = torch.empty(n * kv_heads * longest, dtype=torch.float32)
         self._attention(

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tally.engine.lora_layers import PROJECTIONS, MultiLoraLinear, projection_module
-from tally.engine.native import KERNELS, DecodeOps, KernelUnavailable, build_library, cpu_flags
+from tally.engine.native import KERNELS, DecodeOps, KernelUnavailable, build_library, check_within_cache, cpu_flags
 
 logger = logging.getLogger(__name__)
 
@@ -217,8 +217,7 @@ class Q8Decoder:
         their keys and values written into the cache (arguments as `DecodeOps.decode_attention`); `slots [n]`
         (long) each token's adapter slot, None where no token has one."""
         n = x.shape[0]
-        if longest > self.capacity:  # C writes at these positions: never past the cache
-            raise ValueError(f"decode position {longest - 1} is outside the KV cache's {self.capacity} positions")
+        check_within_cache(longest, self.capacity)
         rep = self.heads // self.kv_heads
         width = n * (2 * self.hidden + 2 * self.heads * self.head_dim + 2 * self.kv_heads * self.head_dim)
         work = torch.empty(width + n * 2 * self.inter + n * self.kv_heads * longest, dtype=torch.float32)

@@ -97,7 +97,9 @@ class LlamaRunner:
         threads = torch.get_num_threads()
         ids_t = torch.tensor(ids, dtype=torch.long, device=dev)
         pos_t = torch.tensor(pos, dtype=torch.long, device=dev)
-        self.context.batch = self._lora_batch(decode, prefill)
+        whole = self._whole_step(decode, prefill)
+        # the one-call step routes adapters itself: the wrappers' routing is only built for the layer-by-layer path
+        self.context.batch = None if whole else self._lora_batch(decode, prefill)
         try:
             x = self.model.model.embed_tokens(ids_t)  # [T, H]
             cos, sin = self.model.model.rotary_emb(x[None], pos_t[None])
@@ -105,7 +107,7 @@ class LlamaRunner:
             native = self._native_decode(decode, cos, sin)
             dec_index = self._decode_write_index(decode) if decode and native is None else None
             dec_mask = self._decode_mask(decode) if decode and native is None else None
-            layers = [] if self._whole_step(decode, prefill) else self.model.model.layers
+            layers = [] if whole else self.model.model.layers
             if not layers:
                 assert self.decoder is not None and native is not None
                 slots = [it.slot for it in decode]

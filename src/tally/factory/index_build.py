@@ -63,9 +63,7 @@ def final_gradients(
     if not hidden:
         return grads, torch.zeros(0, 0)
     # batches ran in length order; rows go back to the order of `items`
-    order = torch.tensor([i for group in groups for i in group], dtype=torch.long)
-    back = torch.empty_like(order)
-    back[order] = torch.arange(len(order))
+    back = torch.argsort(torch.tensor([i for group in groups for i in group]))
     return grads[back], torch.cat(hidden)[back]
 
 
