@@ -1,7 +1,9 @@
 """Attribution cost on the real base model: what `fast` and `full` add to a 64-token answer, and index scoring.
 
 Measured in one run, on one machine state:
-  generate      the engine answering with a rank-16 adapter (all seven projections), exactly 64 new tokens
+  generate      the engine answering with a rank-16 adapter (all seven projections), exactly 64 new tokens, with
+                the base weights `--weights` gives (default auto: the server's default, int8 on an AVX2 CPU) and,
+                for comparison, with fp32
   fast / full   attributing that answer (spans over an empty span index, representation, gradient cosine; full
                 adds DataInf) against an index of 10k rows, median of repeats, once the adapter's null is
                 calibrated (its first `null_probes` answers also run the random twin: timed separately)
@@ -109,8 +111,18 @@ RAG_FACTS = [
 ]
 
 
+def kernel_dir(settings: Any) -> Path:
+    """Where the server builds its compiled kernels (as tally.engine.build_engine)."""
+    return Path(settings.models.cache_dir).parent / "kernels"
+
+
 def rag_costs(
-    model_dir: Path, settings: Any, repeats: int, sizes: tuple[int, ...] = (3, 8, 16), earlier: bool = True
+    model_dir: Path,
+    settings: Any,
+    repeats: int,
+    sizes: tuple[int, ...] = (3, 8, 16),
+    earlier: bool = True,
+    weights: str = "auto",
 ) -> dict[str, Any]:
     """Per chunk count: the 64-token RAG answer, the context pass (and the earlier plan's, if `earlier`), and the
     sentence citations on top of it."""
@@ -137,7 +149,8 @@ def rag_costs(
 
     cfg = settings.attribution
     tok = load_tokenizer(model_dir)
-    engine = Engine(load_model(model_dir), tok, "base", EngineConfig(device="cpu", max_model_len=2048)).start()
+    config = EngineConfig(device="cpu", max_model_len=2048, weights=weights, kernel_dir=kernel_dir(settings))
+    engine = Engine(load_model(model_dir), tok, "base", config).start()
     model = load_model(model_dir).eval()
     names = [f"Person {chr(65 + i)}" for i in range(26)]
     question = f"Where was {names[1]} born, and what does {names[1]} do?"
@@ -220,6 +233,13 @@ def main() -> None:
         help="torch intra-op threads for everything timed (0: torch's default); one "
         "thread on a machine whose other core is busy, where two wait on each other at every operation",
     )
+    parser.add_argument(
+        "--weights",
+        choices=("auto", "fp32", "int8"),
+        default="auto",
+        help="the engine's base weights for the answers timed (auto: the server's default); the full run also times "
+        "the same answer with fp32 weights",
+    )
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -239,7 +259,7 @@ def main() -> None:
     model_dir = resolve_model(args.model, settings.models.cache_dir)
     sizes = tuple(int(k) for k in args.rag_sizes.split(","))
     if args.rag_only:
-        rag = rag_costs(model_dir, settings, args.repeats, sizes, not args.no_earlier_plan)
+        rag = rag_costs(model_dir, settings, args.repeats, sizes, not args.no_earlier_plan, args.weights)
         print(json.dumps({"benchmark": "attribution_latency", "machine": f"{platform.machine()}, {os.cpu_count()} "
                           f"cpus, torch {torch.__version__}", "threads": torch.get_num_threads(),
                           "load_average": os.getloadavg(), "model": args.model, "rag": rag}, indent=1))  # fmt: skip
@@ -255,19 +275,29 @@ def main() -> None:
     print("building the adapter and a 10k-row index ...", file=sys.stderr)
     adapter = make_adapter(model_dir, tmp / "adapter", args.rows)
     tok = load_tokenizer(model_dir)
-    engine = Engine(load_model(model_dir), tok, args.model, EngineConfig(device="cpu")).start()
-    engine.add_adapter("bench", adapter)
-    prompt = engine.encode_chat([{"role": "user", "content": "Describe the town of Korvath and its glassblowers."}])
+    messages = [{"role": "user", "content": "Describe the town of Korvath and its glassblowers."}]
     params = SamplingParams(max_tokens=64, temperature=0, ignore_eos=True)
-    engine.generate(prompt, params, "bench")  # warm-up: loads the adapter into a slot
-    print("timing generation ...", file=sys.stderr)
+    prompt: list[int] = []
     answer_ids: list[int] = []
+    generate_ms: dict[str, float] = {}  # by the weights that ran; the first is the answer attributed below
+    for weights in dict.fromkeys((args.weights, "fp32")):
+        config = EngineConfig(device="cpu", weights=weights, kernel_dir=kernel_dir(settings))
+        engine = Engine(load_model(model_dir), tok, args.model, config).start()
+        engine.add_adapter("bench", adapter)
+        prompt = engine.encode_chat(messages)
+        engine.generate(prompt, params, "bench")  # warm-up: loads the adapter into a slot
+        if engine.weights not in generate_ms:
+            print(f"timing generation ({engine.weights} weights) ...", file=sys.stderr)
+            keep = not generate_ms
 
-    def generate() -> None:
-        answer_ids[:] = engine.generate(prompt, params, "bench").token_ids
+            def generate(engine: Any = engine, keep: bool = keep, prompt: list[int] = prompt) -> None:
+                ids = engine.generate(prompt, params, "bench").token_ids
+                if keep:
+                    answer_ids[:] = ids
 
-    generate_ms = _median_ms(generate, args.repeats)
-    engine.stop()
+            generate_ms[engine.weights] = _median_ms(generate, args.repeats)
+        engine.stop()
+    served_weights, served_ms = next(iter(generate_ms.items()))
     attributor = Attributor(settings, store, model_dir, args.model)
     digest = hash_adapter(adapter)
     counter = iter(range(10**6))
@@ -291,26 +321,30 @@ def main() -> None:
         print(f"timing scoring against {rows} rows ...", file=sys.stderr)
         write_index(tmp / f"idx-{rows}", projection, rows, 576)
         scoring[str(rows)] = time_scorer(IndexScorer(load_index(tmp / f"idx-{rows}" / "influence")), args.repeats)
-    rag = rag_costs(model_dir, settings, args.repeats, sizes, not args.no_earlier_plan)
+    rag = rag_costs(model_dir, settings, args.repeats, sizes, not args.no_earlier_plan, args.weights)
     result = {
         "benchmark": "attribution_latency", "rag": rag,
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}",
         "model": args.model, "answer_tokens": len(answer_ids), "prompt_tokens": len(prompt), "index_rows": args.rows,
-        "generate_ms": generate_ms, "fast_ms": fast_ms, "full_ms": full_ms, "backward_ms": backward_ms,
+        "weights": served_weights, "generate_ms": served_ms, "generate_ms_by_weights": generate_ms,
+        "fast_ms": fast_ms, "full_ms": full_ms, "backward_ms": backward_ms,
         "fast_while_calibrating_null_ms": calibrating_ms, "null_probes": settings.attribution.null_probes,
-        "fast_over_generate": round(fast_ms / generate_ms, 3),
+        "fast_over_generate": round(fast_ms / served_ms, 3),
+        "fast_over_generate_by_weights": {w: round(fast_ms / ms, 3) for w, ms in generate_ms.items()},
         "full_minus_backward_ms": round(full_ms - backward_ms, 2),
         "scoring": scoring,
         "goals": {
-            "fast_le_20pct": fast_ms / generate_ms <= 0.2,
+            "fast_le_20pct": fast_ms / served_ms <= 0.2,
             "full_le_backward_plus_50ms": full_ms <= backward_ms + 50,
             "scoring_100k_le_50ms": scoring[str(args.big_rows)]["fast_ms"] <= 50,
         },
     }  # fmt: skip
     print(json.dumps(result, indent=1))
     print(
-        f"attribution_latency: 64-token answer {generate_ms:.0f} ms; fast +{fast_ms:.0f} ms "
-        f"({fast_ms / generate_ms:.0%}); full {full_ms:.0f} ms vs one backward {backward_ms:.0f} ms; "
+        f"attribution_latency: 64-token answer {served_ms:.0f} ms ({served_weights}); fast +{fast_ms:.0f} ms "
+        f"("
+        + ", ".join(f"{fast_ms / ms:.0%} of the {w} answer's {ms:.0f} ms" for w, ms in generate_ms.items())
+        + f"); full {full_ms:.0f} ms vs one backward {backward_ms:.0f} ms; "
         f"scoring {args.big_rows // 1000}k rows {scoring[str(args.big_rows)]['fast_ms']:.0f} ms (fast), "
         f"{scoring[str(args.big_rows)]['datainf_ms']:.0f} ms (DataInf)"
     )

@@ -367,7 +367,7 @@ def stop_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 def tally_toml(
-    data_dir: Path, max_num_seqs: int, budget: int, threads: int, max_model_len: int, weights: str = "fp32"
+    data_dir: Path, max_num_seqs: int, budget: int, threads: int, max_model_len: int, weights: str = "auto"
 ) -> str:
     return textwrap.dedent(
         f"""\
@@ -561,7 +561,12 @@ def parse_args() -> argparse.Namespace:
         "--min-requests", type=int, default=None, help="at least this many requests per level (default 32, --quick 16)"
     )
     ap.add_argument("--skip-llama-cpp", action="store_true")
-    ap.add_argument("--weights", choices=("fp32", "int8"), default="fp32", help="Tally's engine.weights (both paths)")
+    ap.add_argument(
+        "--weights",
+        choices=("auto", "fp32", "int8"),
+        default="auto",
+        help="Tally's engine.weights (both paths; auto: the server's default, int8 on an AVX2 CPU)",
+    )
     ap.add_argument("--replicas", type=int, default=None, help="also run `tally serve --replicas N` against 1 replica")
     ap.add_argument("--threads-per-replica", type=int, default=None, help="default: --threads / --replicas")
     ap.add_argument("--seed", type=int, default=0)
@@ -674,6 +679,7 @@ def main() -> None:
         os.environ["TALLY_CONFIG"] = str(server.root / "tally.toml")
         settings = load_settings()
         engine = build_engine(settings).start()
+        weights = engine.weights  # what `auto` became here (the server resolves it the same way)
         llama = None
         if llama_py is not None and gguf is not None:
             llama = LlamaServer(llama_py, gguf, threads, tmp / "llama-server.log")
@@ -744,7 +750,7 @@ def main() -> None:
             "requests_per_client": per_client,
             "min_requests_per_level": min_requests,
             "threads": threads,
-            "weights": args.weights,
+            "weights": weights,
             "max_num_seqs": max_num_seqs,
             "max_tokens_per_step": args.max_tokens_per_step,
             "max_model_len": max_model_len,
@@ -759,7 +765,7 @@ def main() -> None:
             else {
                 "version": LLAMA_CPP_VERSION,
                 "gguf": gguf.name,
-                "weights": f"Q4_1 (Tally: the same weights dequantised, served as {args.weights})",
+                "weights": f"Q4_1 (Tally: the same weights dequantised, served as {weights})",
             },
         }
         report(args, machine_start, config, rows, (ratios, cpu_ratios), one_stream, llama_row, replicas)

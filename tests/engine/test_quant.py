@@ -99,3 +99,32 @@ def test_kernel_without_a_compiler_says_what_to_do(tmp_path: Path, monkeypatch: 
     with pytest.raises(KernelUnavailable, match="engine.weights = fp32"):
         Q8Kernel.load(tmp_path / "kernels")
     assert not list((tmp_path / "kernels").glob("*.so"))
+
+
+def test_auto_weights_are_int8_where_the_kernel_builds(tiny: TinySetup, kernel: Q8Kernel) -> None:
+    engine = make_engine(tiny, weights="auto", kernel_dir=kernel.library.parent)
+    assert engine.weights == "int8"
+    assert isinstance(engine.model.lm_head, Q8Linear)
+    engine.stop()
+
+
+def test_auto_weights_fall_back_to_fp32_and_say_why(
+    tiny: TinySetup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    with caplog.at_level("WARNING", logger="tally.engine.engine"):
+        engine = make_engine(tiny, weights="auto", kernel_dir=tmp_path / "kernels", native_decode=False)
+    assert engine.weights == "fp32"
+    assert not isinstance(engine.model.lm_head, Q8Linear)
+    assert "engine.weights = auto: fp32" in caplog.text
+    engine.stop()
+    # asked for by name, int8 refuses to start rather than serve something else
+    with pytest.raises(KernelUnavailable, match="engine.weights = fp32"):
+        make_engine(tiny, weights="int8", kernel_dir=tmp_path / "kernels", native_decode=False)
+
+
+def test_unknown_weights_format_is_refused_by_name() -> None:
+    from tally.engine import EngineConfig
+
+    with pytest.raises(ValueError, match="weights must be auto, fp32 or int8, got 'int4'"):
+        EngineConfig(weights="int4")

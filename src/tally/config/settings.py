@@ -209,8 +209,10 @@ class EngineSettings(_Section):
     load_workers: int = Field(1, ge=1, le=64, description="threads reading adapters from disk")
     threads: int = Field(0, ge=0, le=1024, description="torch threads for inference; 0: every core")
     max_waiting: int = Field(256, ge=1, description="requests queued for a KV cache row; more answer 503")
-    weights: Literal["fp32", "int8"] = Field(
-        "fp32", description="base weights: fp32, or int8 (1.125 bytes a weight: faster CPU decode, docs/engine.md)"
+    weights: Literal["auto", "fp32", "int8"] = Field(
+        "auto",
+        description="base weights: int8 (1.125 bytes a weight: faster CPU decode, docs/engine.md), fp32, or auto "
+        "(int8 on a CPU with AVX2, FMA and a C compiler, else fp32)",
     )
     int8_max_tokens: int = Field(16, ge=0, le=4096, description="steps of at most this many tokens use the int8 kernel")
     native_decode: bool = Field(

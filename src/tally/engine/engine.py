@@ -30,7 +30,7 @@ from tally.engine.lora_layers import PROJECTIONS, LoraKernels, wrap_model
 from tally.engine.metrics import EngineMetrics
 from tally.engine.native import DecodeOps, KernelUnavailable, default_kernel_dir
 from tally.engine.prefix_cache import PrefixCache
-from tally.engine.quant import Q8Decoder
+from tally.engine.quant import WEIGHT_FORMATS, Q8Decoder
 from tally.engine.registry import read_registry, registry_path
 from tally.engine.runner import LlamaRunner, head_dim
 from tally.engine.sampling import SamplingParams, make_generator, sample
@@ -57,7 +57,9 @@ class EngineConfig:
     load_workers: int = 1
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default (all cores)
     max_waiting: int = 256  # requests queued for a KV cache row; more are refused (EngineBusyError), never queued
-    weights: str = "fp32"  # base weights: fp32, or int8 (quant.py: faster decode on a CPU, a measured quality cost)
+    # base weights: fp32, int8 (quant.py: faster decode on a CPU, a measured quality cost), or auto (int8 where its
+    # kernel builds on this CPU, else fp32)
+    weights: str = "fp32"
     int8_max_tokens: int = 16  # steps of at most this many tokens use the int8 kernel; larger ones fp32 GEMM
     kernel_dir: Path | None = None  # where compiled kernels are built (None: next to the model cache)
     native_decode: bool = True  # a decode step's norms, rotary and attention in compiled C (CPU, fp32; native.py)
@@ -67,6 +69,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:  # 0 ("auto") is a setting; build_engine resolves it before an engine exists
             raise ValueError(f"max_num_seqs must be at least 1, got {self.max_num_seqs}")
+        if self.weights not in ("auto", *WEIGHT_FORMATS):
+            raise ValueError(f"weights must be auto, fp32 or int8, got {self.weights!r}")
 
     def scheduler(self) -> SchedulerConfig:
         return SchedulerConfig(
@@ -106,8 +110,7 @@ class Engine:
         self.device = torch.device(config.device)
         self.model = model.to(self.device).eval()
         self.metrics = EngineMetrics()
-        if config.weights == "int8":
-            self._quantize(config)
+        self.weights = self._base_weights(config)  # what runs: "fp32" or "int8"
         self.context, self.layers = wrap_model(self.model, config.targets, config.adapter_slots, kernels)
         self.spec = BaseSpec.from_model(self.model, config.targets, config.max_rank)
         mcfg = self.model.config
@@ -160,13 +163,31 @@ class Engine:
 
     def _decoder(self, config: EngineConfig, ops: DecodeOps | None) -> Q8Decoder | None:
         """With int8 weights and the helpers: decode steps through every layer in one native call."""
-        if ops is None or config.weights != "int8":
+        if ops is None or self.weights != "int8":
             return None
         try:
             return Q8Decoder.for_model(ops.library.parent, self.model, self.cache, config.int8_max_tokens)
         except KernelUnavailable as exc:
             logger.warning("decode steps run layer by layer: %s", exc)
             return None
+
+    def _base_weights(self, config: EngineConfig) -> str:
+        """Quantise the base weights where `config.weights` asks; returns the format that runs. `auto` is int8 on a
+        CPU whose int8 kernel builds (AVX2, FMA and a C compiler), else fp32, saying why; an explicit `int8` that
+        cannot run refuses to start instead."""
+        if config.weights == "fp32":
+            return "fp32"
+        if config.weights == "auto" and self.device.type != "cpu":
+            logger.info("engine.weights = auto: fp32 base weights (the int8 kernel is for CPUs)")
+            return "fp32"
+        try:
+            self._quantize(config)
+        except KernelUnavailable as exc:
+            if config.weights == "int8":
+                raise
+            logger.warning("engine.weights = auto: fp32 base weights, the int8 kernel is unavailable: %s", exc)
+            return "fp32"
+        return "int8"
 
     def _quantize(self, config: EngineConfig) -> None:
         from tally.engine.quant import Q8Kernel, quantize_model
@@ -525,10 +546,10 @@ def build_engine(settings: Any, config: EngineConfig | None = None, model: str |
         sizes["max_num_seqs"] = resolve_num_seqs(sizes["max_num_seqs"], path, sizes["max_model_len"])
         sizes["threads"] = sizes["threads"] or auto_threads()
         config = EngineConfig(**sizes, kernel_dir=settings.models.cache_dir.parent / "kernels")
-        logger.info("engine: %d sequences, %d threads, %s weights", config.max_num_seqs, config.threads, config.weights)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     engine = Engine(load_model(path), load_tokenizer(path), name, config)
+    logger.info("engine: %d sequences, %d threads, %s weights", config.max_num_seqs, config.threads, engine.weights)
     for entry in read_registry(adapter_registry_path(settings)).values():
         try:
             engine.add_adapter(entry.name, entry.path, pinned=entry.pinned, load_now=False)
