@@ -210,3 +210,24 @@ def test_a_replica_with_an_auto_sized_engine_may_take_as_many_requests_as_it_cou
     from tally.engine.sizing import AUTO_MAX_SEQS
 
     assert replicas.AUTO_SEQS_CEILING == AUTO_MAX_SEQS
+
+
+def test_body_messages_waiting_together_cross_to_the_ingress_as_one() -> None:
+    start = {"type": "http.response.start", "status": 200, "headers": []}
+    chunks = [{"type": "http.response.body", "body": f"data: {i}\n\n".encode(), "more_body": True} for i in range(3)]
+    last = {"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False}
+    merged = replicas.coalesce([start, *chunks, last])
+    assert merged == [
+        start,
+        {
+            "type": "http.response.body",
+            "body": b"data: 0\n\ndata: 1\n\ndata: 2\n\ndata: [DONE]\n\n",
+            "more_body": False,
+        },
+    ]
+    # a stream still open stays open; a lone message passes as it is
+    assert replicas.coalesce(chunks[:2]) == [
+        {"type": "http.response.body", "body": b"data: 0\n\ndata: 1\n\n", "more_body": True}
+    ]
+    assert replicas.coalesce([chunks[0]]) == [chunks[0]]
+    assert replicas.coalesce([]) == []

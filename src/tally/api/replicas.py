@@ -93,7 +93,8 @@ class TallyReplica:
         return model
 
     async def handle(self, scope: dict[str, Any], body: bytes) -> AsyncIterator[Message]:
-        """Run one request through the app, yielding its ASGI messages as the app sends them."""
+        """Run one request through the app, yielding its ASGI messages as the app sends them (body messages that
+        wait here together go as one, see `coalesce`)."""
         model = serve.get_multiplexed_model_id()
         if model:
             await self.hold(model)
@@ -117,8 +118,14 @@ class TallyReplica:
 
         task = asyncio.create_task(self._run({**scope, "state": {}}, receive, send, messages))
         try:
-            while (message := await messages.get()) is not None:
-                yield message
+            ended = False
+            while not ended:
+                batch = [await messages.get()]
+                while batch[-1] is not None and not messages.empty():
+                    batch.append(messages.get_nowait())
+                ended = batch[-1] is None
+                for message in coalesce([m for m in batch if m is not None]):
+                    yield message
         finally:
             gone.set()
             if not task.done():
@@ -137,6 +144,29 @@ class TallyReplica:
             logger.exception("request %s %s failed in replica %s", scope.get("method"), scope.get("path"), self.name)
         finally:
             await messages.put(None)
+
+
+def coalesce(messages: list[Message]) -> list[Message]:
+    """`messages` with each run of body messages joined into one (their bytes in order, the last one's `more_body`).
+    Each message is a round trip through Ray from the replica to the ingress: what the app sent while the previous
+    one travelled (the SSE chunks of a stream, when the relay falls behind) goes as one."""
+    out: list[Message] = []
+    run: list[Message] = []
+
+    def flush() -> None:
+        if run:
+            body = b"".join(m.get("body", b"") for m in run)
+            out.append({"type": "http.response.body", "body": body, "more_body": run[-1].get("more_body", False)})
+            run.clear()
+
+    for message in messages:
+        if message["type"] == "http.response.body":
+            run.append(message)
+        else:
+            flush()
+            out.append(message)
+    flush()
+    return out
 
 
 class TallyIngress:
