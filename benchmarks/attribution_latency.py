@@ -201,6 +201,7 @@ def rag_costs(
             citations_ms = _median_ms(cite, repeats)
             out[str(k)] = {
                 "method": ctx.method, "scored_prompts": int(ctx.masks.shape[0]) if ctx.masks is not None else 0,
+                "weights": engine.weights,
                 "prompt_tokens": len(prompt), "answer_tokens": len(answer), "generate_ms": generate_ms,
                 "context_ms": context_ms, "citations_ms": citations_ms,
                 "context_over_generate": round(context_ms / generate_ms, 3),
@@ -297,6 +298,8 @@ def main() -> None:
 
             generate_ms[engine.weights] = _median_ms(generate, args.repeats)
         engine.stop()
+        if engine.weights == "fp32":  # the served weights were fp32 already: nothing to compare with
+            break
     served_weights, served_ms = next(iter(generate_ms.items()))
     attributor = Attributor(settings, store, model_dir, args.model)
     digest = hash_adapter(adapter)

@@ -230,4 +230,11 @@ def test_body_messages_waiting_together_cross_to_the_ingress_as_one() -> None:
         {"type": "http.response.body", "body": b"data: 0\n\ndata: 1\n\n", "more_body": True}
     ]
     assert replicas.coalesce([chunks[0]]) == [chunks[0]]
+    # another kind of message between two runs of bodies keeps its place; each run joins on its own side
+    trailers = {"type": "http.response.trailers", "headers": [], "more_trailers": False}
+    assert replicas.coalesce([chunks[0], chunks[1], trailers, chunks[2]]) == [
+        {"type": "http.response.body", "body": b"data: 0\n\ndata: 1\n\n", "more_body": True},
+        trailers,
+        chunks[2],
+    ]
     assert replicas.coalesce([]) == []

@@ -77,3 +77,10 @@ def test_engine_section_sizes_the_engine(tmp_path: Path, monkeypatch: pytest.Mon
     (tmp_path / "tally.toml").write_text("[engine]\nmax_seqs = 8\n")
     with pytest.raises(ValidationError, match="engine.max_seqs"):
         load_settings()
+
+
+def test_engine_weights_default_to_auto_and_refuse_other_formats(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path)
+    assert settings.engine.weights == "auto"  # int8 where the CPU kernel builds, else fp32 (docs/engine.md)
+    with pytest.raises(ValidationError, match="weights"):
+        load_settings(data_dir=tmp_path, engine={"weights": "int4"})

@@ -123,6 +123,34 @@ def test_auto_weights_fall_back_to_fp32_and_say_why(
         make_engine(tiny, weights="int8", kernel_dir=tmp_path / "kernels", native_decode=False)
 
 
+def test_auto_weights_fall_back_when_a_cached_kernel_does_not_load(
+    tiny: TinySetup, kernel: Q8Kernel, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # another machine's build in a shared kernel cache, say: the same name, bytes that do not load here
+    (tmp_path / kernel.library.name).write_bytes(b"not a shared library")
+    with caplog.at_level("WARNING", logger="tally.engine.engine"):
+        engine = make_engine(tiny, weights="auto", kernel_dir=tmp_path, native_decode=False)
+    assert engine.weights == "fp32" and "loading" in caplog.text and "failed" in caplog.text
+    engine.stop()
+    with pytest.raises(KernelUnavailable, match="engine.weights = fp32"):
+        Q8Kernel.load(tmp_path)
+
+
+def test_auto_weights_keep_a_model_loaded_in_another_dtype(tiny: TinySetup, kernel: Q8Kernel) -> None:
+    from tally.engine import Engine, EngineConfig
+    from tally.engine.errors import RequestValidationError
+
+    config = EngineConfig(max_num_seqs=2, max_model_len=64, device="cpu", kernel_dir=kernel.library.parent,
+                          weights="auto")  # fmt: skip
+    auto = Engine(tiny.base().to(torch.bfloat16), tiny.tokenizer, "tiny-bf16", config)
+    assert auto.weights == "bfloat16" and not isinstance(auto.model.lm_head, Q8Linear)
+    auto.stop()
+    int8 = EngineConfig(max_num_seqs=2, max_model_len=64, device="cpu", kernel_dir=kernel.library.parent,
+                        weights="int8")  # fmt: skip
+    with pytest.raises(RequestValidationError, match="needs a model loaded in float32, this one is bfloat16"):
+        Engine(tiny.base().to(torch.bfloat16), tiny.tokenizer, "tiny-bf16", int8)
+
+
 def test_unknown_weights_format_is_refused_by_name() -> None:
     from tally.engine import EngineConfig
 

@@ -148,8 +148,8 @@ class TallyReplica:
 
 def coalesce(messages: list[Message]) -> list[Message]:
     """`messages` with each run of body messages joined into one (their bytes in order, the last one's `more_body`).
-    Each message is a round trip through Ray from the replica to the ingress: what the app sent while the previous
-    one travelled (the SSE chunks of a stream, when the relay falls behind) goes as one."""
+    Each yielded message is one item Ray carries from the replica to the ingress: what the app sent before `handle`
+    got to run again (the SSE chunks of a stream, while the replica's event loop was busy) goes as one item."""
     out: list[Message] = []
     run: list[Message] = []
 

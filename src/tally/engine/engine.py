@@ -110,7 +110,7 @@ class Engine:
         self.device = torch.device(config.device)
         self.model = model.to(self.device).eval()
         self.metrics = EngineMetrics()
-        self.weights = self._base_weights(config)  # what runs: "fp32" or "int8"
+        self.weights = self._base_weights(config)  # what runs: "int8", "fp32" (or a model's own other dtype)
         self.context, self.layers = wrap_model(self.model, config.targets, config.adapter_slots, kernels)
         self.spec = BaseSpec.from_model(self.model, config.targets, config.max_rank)
         mcfg = self.model.config
@@ -175,8 +175,17 @@ class Engine:
         """Quantise the base weights where `config.weights` asks; returns the format that runs. `auto` is int8 on a
         CPU whose int8 kernel builds (AVX2, FMA and a C compiler), else fp32, saying why; an explicit `int8` that
         cannot run refuses to start instead."""
+        dtype = next(self.model.parameters()).dtype
+        own = "fp32" if dtype == torch.float32 else str(dtype).removeprefix("torch.")
         if config.weights == "fp32":
-            return "fp32"
+            return own
+        if own != "fp32":  # int8 replaces fp32 weights; a model loaded in another dtype stays as it is
+            if config.weights == "int8":
+                raise RequestValidationError(
+                    f"engine.weights = int8 needs a model loaded in float32, this one is {own}", param="weights"
+                )
+            logger.info("engine.weights = auto: the model's own %s weights (int8 replaces fp32 ones)", own)
+            return own
         if config.weights == "auto" and self.device.type != "cpu":
             logger.info("engine.weights = auto: fp32 base weights (the int8 kernel is for CPUs)")
             return "fp32"

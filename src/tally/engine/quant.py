@@ -54,7 +54,10 @@ class Q8Kernel:
         if missing:
             raise KernelUnavailable(f"this CPU lacks {', '.join(sorted(missing))}; serve with engine.weights = fp32")
         library = build_library(SOURCE, FLAGS, cache_dir, "serve with engine.weights = fp32")
-        return cls(library)
+        try:
+            return cls(library)
+        except OSError as exc:  # a library that does not load here (another machine's build in a shared cache)
+            raise KernelUnavailable(f"loading {library} failed: {exc}; serve with engine.weights = fp32") from exc
 
     def __call__(self, x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         n, width = x.shape
