@@ -238,3 +238,32 @@ def test_body_messages_waiting_together_cross_to_the_ingress_as_one() -> None:
         chunks[2],
     ]
     assert replicas.coalesce([]) == []
+
+
+def test_a_replica_yields_its_apps_messages_in_order_with_queued_bodies_joined(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+
+    sent = [
+        {"type": "http.response.start", "status": 200, "headers": []},
+        *({"type": "http.response.body", "body": f"data: {i}\n\n".encode(), "more_body": True} for i in range(3)),
+        {"type": "http.response.body", "body": b"", "more_body": False},
+    ]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert (await receive())["body"] == b"{}"
+        for message in sent:  # all at once: they wait in the replica's queue together
+            await send(message)
+
+    monkeypatch.setattr(replicas.serve, "get_multiplexed_model_id", lambda: "")
+    replica = object.__new__(replicas.TallyReplica)  # no Ray: the app and the name are all `handle` needs
+    replica.app, replica.name = app, "r1"
+
+    async def run() -> list[Any]:
+        return [m async for m in replica.handle({"type": "http", "path": "/v1/completions"}, b"{}")]
+
+    got = asyncio.run(run())
+    assert got[0]["type"] == "http.response.start"
+    assert (replicas.REPLICA_HEADER.encode(), b"r1") in got[0]["headers"]
+    assert got[1:] == [{"type": "http.response.body", "body": b"data: 0\n\ndata: 1\n\ndata: 2\n\n", "more_body": False}]
