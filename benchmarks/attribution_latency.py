@@ -111,11 +111,6 @@ RAG_FACTS = [
 ]
 
 
-def kernel_dir(settings: Any) -> Path:
-    """Where the server builds its compiled kernels (as tally.engine.build_engine)."""
-    return Path(settings.models.cache_dir).parent / "kernels"
-
-
 def rag_costs(
     model_dir: Path,
     settings: Any,
@@ -135,6 +130,7 @@ def rag_costs(
         masked_prompts,
     )
     from tally.engine import Engine, EngineConfig, SamplingParams
+    from tally.engine.engine import settings_kernel_dir
     from tally.models import load_model, load_tokenizer
     from tally.rag import build_rag_messages
 
@@ -149,7 +145,7 @@ def rag_costs(
 
     cfg = settings.attribution
     tok = load_tokenizer(model_dir)
-    config = EngineConfig(device="cpu", max_model_len=2048, weights=weights, kernel_dir=kernel_dir(settings))
+    config = EngineConfig(device="cpu", max_model_len=2048, weights=weights, kernel_dir=settings_kernel_dir(settings))
     engine = Engine(load_model(model_dir), tok, "base", config).start()
     model = load_model(model_dir).eval()
     names = [f"Person {chr(65 + i)}" for i in range(26)]
@@ -250,6 +246,7 @@ def main() -> None:
     from tally.attribution.service import Answer, Attributor
     from tally.config import load_settings
     from tally.engine import Engine, EngineConfig, SamplingParams
+    from tally.engine.engine import settings_kernel_dir
     from tally.engine.files import hash_adapter
     from tally.influence import IndexScorer, load_index
     from tally.models import load_model, load_tokenizer, resolve_model
@@ -282,7 +279,7 @@ def main() -> None:
     answer_ids: list[int] = []
     generate_ms: dict[str, float] = {}  # by the weights that ran; the first is the answer attributed below
     for weights in dict.fromkeys((args.weights, "fp32")):
-        config = EngineConfig(device="cpu", weights=weights, kernel_dir=kernel_dir(settings))
+        config = EngineConfig(device="cpu", weights=weights, kernel_dir=settings_kernel_dir(settings))
         engine = Engine(load_model(model_dir), tok, args.model, config).start()
         engine.add_adapter("bench", adapter)
         prompt = engine.encode_chat(messages)

@@ -88,12 +88,12 @@ def step_bytes(model: Any, context: int) -> dict[str, int]:
 def engine_for(weights: str, threads: int, batch: int) -> Any:
     from tally.config import load_settings
     from tally.engine import EngineConfig
-    from tally.engine.engine import build_engine
+    from tally.engine.engine import build_engine, settings_kernel_dir
 
     settings = load_settings()
     config = EngineConfig(
         max_num_seqs=max(batch, 1), threads=threads, weights=weights,
-        kernel_dir=settings.models.cache_dir.parent / "kernels",
+        kernel_dir=settings_kernel_dir(settings),
     )  # fmt: skip
     return build_engine(settings, config)
 

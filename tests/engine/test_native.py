@@ -203,3 +203,34 @@ def _assert_same_answers(first: list[Any], second: list[Any]) -> None:
         assert a.token_ids == b.token_ids, f"answer {i}"
         for step, (la, lb) in enumerate(zip(a.logits, b.logits, strict=True)):
             assert_close(la, lb, f"answer {i} step {step}")
+
+
+def test_a_one_call_library_that_does_not_load_leaves_decode_layer_by_layer(
+    tiny: TinySetup, ops: DecodeOps, tmp_path: Path
+) -> None:
+    """Another machine's build in a shared kernel cache: the step's layers run one by one, the engine still answers."""
+    import shutil
+
+    from tally.engine import Engine, EngineConfig
+
+    try:
+        Q8Kernel.load(ops.library.parent)
+    except KernelUnavailable as exc:
+        pytest.skip(str(exc))
+    model = make_model(len(tiny.tokenizer), tiny.tokenizer.convert_tokens_to_ids("<|im_end|>"), intermediate=128)
+    config = EngineConfig(max_num_seqs=2, max_model_len=64, weights="int8", kernel_dir=ops.library.parent, device="cpu")
+    assert Engine(model, tiny.tokenizer, "tiny-int8", config).runner.decoder is not None  # builds the one-call library
+    for library in ops.library.parent.glob("*.so"):
+        shutil.copy(library, tmp_path / library.name)
+    broken = list(tmp_path.glob("q8_decode-*.so"))
+    assert broken
+    broken[0].write_bytes(b"not a shared library")
+    config = EngineConfig(max_num_seqs=2, max_model_len=64, weights="int8", kernel_dir=tmp_path, device="cpu")
+    model = make_model(len(tiny.tokenizer), tiny.tokenizer.convert_tokens_to_ids("<|im_end|>"), intermediate=128)
+    engine = Engine(model, tiny.tokenizer, "tiny-int8", config)
+    assert engine.weights == "int8" and engine.runner.ops is not None and engine.runner.decoder is None
+    out = engine.generate(
+        tiny.tokenizer.encode("hello"), SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
+    )
+    assert len(out.token_ids) == 3
+    engine.stop()

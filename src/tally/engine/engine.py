@@ -554,7 +554,7 @@ def build_engine(settings: Any, config: EngineConfig | None = None, model: str |
         sizes = settings.engine.model_dump()
         sizes["max_num_seqs"] = resolve_num_seqs(sizes["max_num_seqs"], path, sizes["max_model_len"])
         sizes["threads"] = sizes["threads"] or auto_threads()
-        config = EngineConfig(**sizes, kernel_dir=settings.models.cache_dir.parent / "kernels")
+        config = EngineConfig(**sizes, kernel_dir=settings_kernel_dir(settings))
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     engine = Engine(load_model(path), load_tokenizer(path), name, config)
@@ -567,9 +567,14 @@ def build_engine(settings: Any, config: EngineConfig | None = None, model: str |
     return engine
 
 
+def settings_kernel_dir(settings: Any) -> Path:
+    """Where the server builds its compiled kernels: beside the settings' model cache."""
+    return Path(settings.models.cache_dir).parent / "kernels"
+
+
 def adapter_registry_path(settings: Any) -> Path:
     """Where `tally adapters add` keeps name -> path (read by the engine at start)."""
     return registry_path(settings.data_dir)
 
 
-__all__ = ["AdapterNotFoundError", "Engine", "EngineConfig", "GenerationResult", "build_engine"]
+__all__ = ["AdapterNotFoundError", "Engine", "EngineConfig", "GenerationResult", "build_engine", "settings_kernel_dir"]

@@ -95,14 +95,24 @@ def check_within_cache(longest: int, capacity: int) -> None:
         raise ValueError(f"decode position {longest - 1} is outside the KV cache's {capacity} positions")
 
 
+def open_library(library: Path, otherwise: str) -> ctypes.CDLL:
+    """The built `library`, loaded; `KernelUnavailable` when it does not load here (another machine's build in a
+    shared kernel cache, a missing runtime library), its message ending with `otherwise`."""
+    try:
+        return ctypes.CDLL(str(library))
+    except OSError as exc:
+        raise KernelUnavailable(f"loading {library} failed: {exc}; {otherwise}") from exc
+
+
 class DecodeOps:
     """The entry points of kernels/decode_ops.c over contiguous fp32 CPU tensors."""
 
     SOURCE = KERNELS / "decode_ops.c"
+    OTHERWISE = "set engine.native_decode = false"
 
     def __init__(self, library: Path) -> None:
         self.library = library
-        lib = ctypes.CDLL(str(library))
+        lib = open_library(library, self.OTHERWISE)
         self._rms_norm = lib.rms_norm
         self._rms_norm.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 2 + [ctypes.c_float]
         self._rms_norm.restype = None
@@ -122,11 +132,7 @@ class DecodeOps:
         # machine with AVX2 is never loaded on one without
         extra = ("-mavx2", "-mfma") if {"avx2", "fma"} <= cpu_flags() else ()
         flags = ("-O3", *extra, "-fopenmp", "-shared", "-fPIC")
-        library = build_library(cls.SOURCE, flags, cache_dir, "set engine.native_decode = false")
-        try:
-            return cls(library)
-        except OSError as exc:  # a library that does not load here (another machine's build in a shared cache)
-            raise KernelUnavailable(f"loading {library} failed: {exc}; set engine.native_decode = false") from exc
+        return cls(build_library(cls.SOURCE, flags, cache_dir, cls.OTHERWISE))
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         """RMSNorm over the last dimension of a contiguous `x` (fp32, CPU)."""

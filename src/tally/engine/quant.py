@@ -24,7 +24,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from tally.engine.lora_layers import PROJECTIONS, MultiLoraLinear, projection_module
-from tally.engine.native import KERNELS, DecodeOps, KernelUnavailable, build_library, check_within_cache, cpu_flags
+from tally.engine.native import (
+    KERNELS,
+    DecodeOps,
+    KernelUnavailable,
+    build_library,
+    check_within_cache,
+    cpu_flags,
+    open_library,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +41,7 @@ SOURCE = KERNELS / "q8_linear.c"
 DECODE_SOURCE = KERNELS / "q8_decode.c"  # every layer of a decode step in one call
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
 WEIGHT_FORMATS = ("fp32", "int8")
+INT8_OTHERWISE = "serve with engine.weights = fp32"  # what a refusal of the int8 kernel tells the user to do
 
 
 class Q8Kernel:
@@ -40,10 +49,11 @@ class Q8Kernel:
 
     def __init__(self, library: Path) -> None:
         self.library = library
-        self._fn = ctypes.CDLL(str(library)).q8_linear
+        lib = open_library(library, INT8_OTHERWISE)
+        self._fn = lib.q8_linear
         self._fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
         self._fn.restype = None
-        self._many = ctypes.CDLL(str(library)).q8_linear_many
+        self._many = lib.q8_linear_many
         self._many.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int, ctypes.c_long, ctypes.c_long, ctypes.c_int]
         self._many.restype = None
 
@@ -52,12 +62,8 @@ class Q8Kernel:
         """Build (once per source and flags) and load the kernel; `KernelUnavailable` says why it cannot."""
         missing = {"avx2", "fma"} - cpu_flags()
         if missing:
-            raise KernelUnavailable(f"this CPU lacks {', '.join(sorted(missing))}; serve with engine.weights = fp32")
-        library = build_library(SOURCE, FLAGS, cache_dir, "serve with engine.weights = fp32")
-        try:
-            return cls(library)
-        except OSError as exc:  # a library that does not load here (another machine's build in a shared cache)
-            raise KernelUnavailable(f"loading {library} failed: {exc}; serve with engine.weights = fp32") from exc
+            raise KernelUnavailable(f"this CPU lacks {', '.join(sorted(missing))}; {INT8_OTHERWISE}")
+        return cls(build_library(SOURCE, FLAGS, cache_dir, INT8_OTHERWISE))
 
     def __call__(self, x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         n, width = x.shape
@@ -157,7 +163,7 @@ class Q8Decoder:
 
     def __init__(self, library: Path, model: Any, cache: Any, max_tokens: int) -> None:
         self.library, self.max_tokens = library, max_tokens
-        self._fn = ctypes.CDLL(str(library)).q8_decode_layers
+        self._fn = open_library(library, DecodeOps.OTHERWISE).q8_decode_layers
         self._fn.argtypes = [ctypes.c_void_p, *[ctypes.c_long] * 8, ctypes.c_float, ctypes.c_float]
         self._fn.argtypes += [ctypes.c_void_p] * 9 + [ctypes.c_long] + [ctypes.c_void_p] * 5 + [ctypes.c_long]
         self._fn.argtypes += [ctypes.c_int]
@@ -202,7 +208,7 @@ class Q8Decoder:
         if not fits:
             return None
         includes = (SOURCE, DecodeOps.SOURCE)
-        library = build_library(DECODE_SOURCE, FLAGS, cache_dir, "set engine.native_decode = false", includes)
+        library = build_library(DECODE_SOURCE, FLAGS, cache_dir, DecodeOps.OTHERWISE, includes)
         return cls(library, model, cache, max_tokens)
 
     def run(
