@@ -474,7 +474,8 @@ def add_candidate_rows(world: World, adapter: Adapter, datanet: str) -> int:
     directory = adapter.out_dir / "influence"
     meta = json.loads((directory / INDEX_JSON).read_text())
     projector = Projector.from_description(meta["projection"])
-    grads, hidden = final_gradients(model, items, projector, 16, pad_id(tok))
+    precision = meta["cost"].get("final_pass_precision", "fp32")  # as the factory's pass ran for the trained rows
+    grads, hidden = final_gradients(model, items, projector, 16, pad_id(tok), precision=precision)
     del model
     tensors = {k: v.float() for k, v in adapter.index.tensors.items()}
     for name in list(tensors):

@@ -240,6 +240,10 @@ def main() -> None:
     ap.add_argument("--skip-eval", action="store_true", help="skip the exact-match evaluation (generation)")
     ap.add_argument("--skip-hf", action="store_true", help="skip the Hugging Face Trainer column")
     ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument(
+        "--index-precision", choices=("auto", "fp32", "bf16"), default="auto",
+        help="influence.precision of the final index pass (auto: bf16 where the CPU has native bf16)",
+    )  # fmt: skip
     ap.add_argument("--keep", type=Path, help="keep the data directory here instead of a temporary one")
     args = ap.parse_args()
     if args.quick:
@@ -260,7 +264,7 @@ def main() -> None:
             "data": {"datanets": [{"datanet": "people"}], "max_length": 128},
             "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": 0,
                       "schedule": args.schedule},
-            "influence": {"per_epoch": args.tracin},
+            "influence": {"per_epoch": args.tracin, "precision": args.index_precision},
             "output": {"name": "people-facts", "dir": str(root / "adapter")},
         })  # fmt: skip
         load_model(resolve_model(args.model, settings.models.cache_dir))  # warm the file cache for both runs
@@ -279,6 +283,8 @@ def main() -> None:
         assert trained.manifest is not None  # trained to the end
         manifest = trained.manifest.model_dump(mode="json")
         fast = speed(hf, manifest, train_s)
+        index_meta = json.loads((trained.out_dir / "influence" / "index.json").read_text())
+        fast["tally"]["index_pass_precision"] = index_meta["cost"]["final_pass_precision"]
         report = {
             "benchmark": "factory.train", "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -308,7 +314,8 @@ def main() -> None:
         print(
             f"factory.train ({report['train_rows']} rows, {args.epochs} epochs, batch {args.batch_size}, "
             f"r{args.rank}, {torch.get_num_threads()} threads): tally {t['tokens_per_s']:.1f} tokens/s "
-            f"({t['wall_seconds']:.0f} s); {vs_hf}index pass {t['index_pass_seconds']:.1f} s = "
+            f"({t['wall_seconds']:.0f} s); {vs_hf}index pass ({t['index_pass_precision']}) "
+            f"{t['index_pass_seconds']:.1f} s = "
             f"{100 * t['index_pass_share']:.1f}% of tally's wall time (goal <= 10%); {quality}index picks the right "
             f"contributor {attribution['right_contributor_final']:.2f} of the time (final checkpoint)"
         )

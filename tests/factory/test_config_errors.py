@@ -22,3 +22,10 @@ def test_a_missing_section_is_reported_at_the_top(tmp_path: Path) -> None:
     path.write_text("model:\n  name: x\n")
     with pytest.raises(FactoryError, match=r"train.yaml line 1: field data: Field required"):
         load_config(path)
+
+
+def test_an_unknown_index_precision_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "train.yaml"
+    path.write_text("data:\n  datanets: [{datanet: people}]\noutput:\n  name: a\ninfluence:\n  precision: fp16\n")
+    with pytest.raises(FactoryError, match=r"train.yaml line 6: field influence.precision: Input should be 'auto'"):
+        load_config(path)

@@ -13,6 +13,7 @@ from tests.factory.conftest import make_config
 from tally.engine.manifest import manifest_text, read_adapter_manifest
 from tally.factory import service
 from tally.factory.checkpoint import latest_checkpoint
+from tally.factory.index_build import pass_precision
 from tally.factory.provenance import stabilise_adapter_config
 from tally.factory.tables import AdapterRow
 from tally.influence import load_index
@@ -57,6 +58,8 @@ def test_train_writes_adapter_card_manifest_index_and_ledger_entry(people: World
     assert index.tensors["final"].shape == (6, 64) and index.tensors["final"].abs().sum() > 0
     assert index.tensors["epoch_1"].abs().sum(dim=1).min() > 0  # every row was captured in epoch 1
     assert {e["contributor"] for e in index.examples} == {people.alice.address, people.bob.address}
+    # the precision the final pass ran at is recorded: auto resolves to bf16 only on hardware with native bf16
+    assert index.meta["cost"]["final_pass_precision"] == pass_precision("auto", torch.device("cpu"))
     # the weights each epoch started from are kept for TracIn queries: epoch 1 from the initial adapter (B = 0)
     kept = out / "influence" / "checkpoints"
     assert index.checkpoint_adapters() == {"epoch_1": kept / "epoch_1", "epoch_2": kept / "epoch_2"}

@@ -82,6 +82,11 @@ class InfluenceCfg(_Section):
     dims: int = Field(4096, ge=16, le=_BIG, description="projected dimensions in all, split over the layers")
     seed: int = Field(0, ge=0, le=SEED_MAX)
     per_epoch: bool = Field(True, description="also store gradients captured in each epoch (TracIn checkpoints)")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="matrix products of the final index pass: bf16 autocast (auto: where the hardware has native "
+        "bf16, AVX-512 BF16 / AMX or a CUDA GPU that supports it), else fp32",
+    )
 
 
 class OutputCfg(_Section):

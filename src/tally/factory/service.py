@@ -272,7 +272,7 @@ def _train(
 
             influence = InfluenceSummary.model_validate(build_index(
                 out, model, train_ex, enc, loop.projector, result.influence, result.influence_lr,
-                cfg.train.batch_size, pad, progress, result.influence_weights,
+                cfg.train.batch_size, pad, progress, result.influence_weights, cfg.influence.precision,
             ))  # fmt: skip
         plot_loss(out / LOG_NAME, out / "loss_curve.png")
         used = Counter(e.contributor for e in data.examples)
