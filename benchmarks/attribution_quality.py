@@ -1249,7 +1249,9 @@ def main() -> None:
         adapters = {main_ad.hash: main_ad}
         report["main_adapter"] = {"rows": main_ad.manifest["data"]["train_rows"], "seconds": round(main_ad.seconds, 1),
                                   "metrics": main_ad.manifest["metrics"], "influence": main_ad.manifest["influence"],
-                                  "contributors": len(set(main_ad.contributors))}  # fmt: skip
+                                  "contributors": len(set(main_ad.contributors)),
+                                  "index_pass_precision": main_ad.index.meta["cost"].get("final_pass_precision"),
+                                  }  # fmt: skip
         model_dir = resolve_model(MODEL, world.settings.models.cache_dir)
         attributor = Attributor(world.settings, world.store, model_dir, MODEL)
         cached = CachedSignals(attributor.query_model)

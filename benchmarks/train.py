@@ -13,9 +13,9 @@ count, right before `tally train` (the service path, ledger and training-data in
 are counted the same way for both (non-padding input tokens of every step); tokens/s is over each one's wall time
 from loading the model to a saved adapter (tally's also holds the index, the manifest and the ledger entry). Goals:
 tally/HF tokens/s >= 1.0, the final index pass <= 10% of tally's wall time. `--repeats N` alternates the two
-trainers N times (HF, tally, HF, tally, ...) on the same data: a shared machine's speed drifts by 10% between
-minutes, so each pair gives a ratio and the summary takes their median; evaluation and the index check use the
-last tally adapter.
+trainers N times on the same data (HF then tally, tally then HF, ...): a shared machine's speed drifts by 10%
+between minutes, so each pair gives a ratio, and the report, the evaluation and the index check take the median
+pair (the lower middle one of an even count).
 
     python benchmarks/train.py [--quick] [--people 20] [--epochs 5] [--batch-size 8] [--lr 2e-3] [--tracin]
                                [--threads N] [--skip-eval] [--skip-hf] [--model NAME] [--repeats 1]
@@ -223,11 +223,11 @@ def speed(hf: dict[str, Any] | None, manifest: dict[str, Any], wall: float) -> d
     return out
 
 
-def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The repeat whose end-to-end ratio is the median (the lower middle one for an even count)."""
-    if not runs[0].get("hf"):
-        return runs[-1]
-    ordered = sorted(runs, key=lambda r: r["tally_over_hf"])
+def median_index(runs: list[dict[str, Any]]) -> int:
+    """The repeat whose end-to-end ratio against HF (without HF: whose tokens/s) is the median; of an even count,
+    the lower of the middle two."""
+    key = (lambda i: runs[i]["tally_over_hf"]) if runs[0].get("hf") else (lambda i: runs[i]["tally"]["tokens_per_s"])
+    ordered = sorted(range(len(runs)), key=key)
     return ordered[(len(ordered) - 1) // 2]
 
 
@@ -285,13 +285,25 @@ def main() -> None:
         load_model(resolve_model(args.model, settings.models.cache_dir))  # warm the file cache for both runs
         pairs = []
         for i in range(args.repeats):
-            hf = None if args.skip_hf else hf_train(settings, ledger, dev, cfg, root / f"hf-{i}")
-            if i:  # a new adapter name and directory per repeat: the registry refuses a second adapter of one name
+            if i:  # each repeat writes an adapter of its own
                 cfg = cfg.model_copy(update={"output": cfg.output.model_copy(
                     update={"name": f"people-facts-{i}", "dir": root / f"adapter-{i}"})})  # fmt: skip
+            # the order alternates (HF first, then tally first), so a drift over the run favours neither trainer
+            hf = None if args.skip_hf or i % 2 else hf_train(settings, ledger, dev, cfg, root / f"hf-{i}")
             t0 = time.monotonic()
             trained = factory.train(settings, ledger, dev, cfg)
-            pairs.append((hf, trained, time.monotonic() - t0))
+            seconds = time.monotonic() - t0
+            if not args.skip_hf and i % 2:
+                hf = hf_train(settings, ledger, dev, cfg, root / f"hf-{i}")
+            pairs.append((hf, trained, seconds))
+        runs = []
+        for hf, run, seconds in pairs:
+            assert run.manifest is not None  # trained to the end
+            runs.append(speed(hf, run.manifest.model_dump(mode="json"), seconds))
+            index_meta = json.loads((run.out_dir / "influence" / "index.json").read_text())
+            runs[-1]["tally"]["index_pass_precision"] = index_meta["cost"]["final_pass_precision"]
+        middle = median_index(runs)
+        fast, trained = runs[middle], pairs[middle][1]  # the median pair's adapter is evaluated and checked
         t1 = time.monotonic()
         results = [] if args.skip_eval else evaluation.evaluate(
             settings, ledger, dev, [SourceCfg(datanet="people-paraphrases")], base_model=args.model,
@@ -300,13 +312,6 @@ def main() -> None:
         eval_s = time.monotonic() - t1
         attribution = attribution_check(trained.out_dir, cfg, args.model, settings, people, teacher)
         base, tuned = (results[0].metrics, results[1].metrics) if results else ({}, {})
-        runs = []
-        for hf, run, seconds in pairs:
-            assert run.manifest is not None  # trained to the end
-            runs.append(speed(hf, run.manifest.model_dump(mode="json"), seconds))
-            index_meta = json.loads((run.out_dir / "influence" / "index.json").read_text())
-            runs[-1]["tally"]["index_pass_precision"] = index_meta["cost"]["final_pass_precision"]
-        fast = median_run(runs)
         manifest = trained.manifest.model_dump(mode="json") if trained.manifest else {}
         report = {
             "benchmark": "factory.train", "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -315,7 +320,7 @@ def main() -> None:
             "model": args.model, "people": args.people, "train_rows": manifest["data"]["train_rows"],
             "eval_questions": results[0].examples if results else 0, "config": cfg.model_dump(mode="json")["train"],
             "speed": fast, "repeats": runs if len(runs) > 1 else [],
-            "metrics_train": manifest["metrics"],
+            "train_seconds_total": fast["tally"]["wall_seconds"], "metrics_train": manifest["metrics"],
             "influence": manifest["influence"], "eval_seconds": round(eval_s, 1),
             "base": base, "adapter": tuned, "samples": results[1].samples[:6] if results else [],
             "attribution": attribution,
@@ -323,7 +328,8 @@ def main() -> None:
         print(json.dumps(report, indent=1))
         t, h = fast["tally"], fast["hf"]
         ratios = ", ".join(f"{r['tally_over_hf']:.2f}" for r in runs if r.get("hf"))
-        pairs_note = f"; median of {len(runs)} alternating pairs: {ratios}" if len(runs) > 1 else ""
+        median = "median" if len(runs) % 2 else "lower median"
+        pairs_note = f"; {median} of {len(runs)} alternating pairs: {ratios}" if len(runs) > 1 else ""
         vs_hf = (
             f"HF Trainer+PEFT {h['tokens_per_s']:.1f} tokens/s ({h['wall_seconds']:.0f} s), tally/HF "
             f"{fast['tally_over_hf']:.2f} (goal >= 1.0{pairs_note}); "

@@ -56,7 +56,7 @@ def test_a_bf16_pass_gives_the_fp32_pass_directions(tiny_model: Path) -> None:
     projector = Projector.for_model(model, 64, seed=0)
     exact, exact_hidden = final_gradients(model, items, projector, batch_size=2, pad=pad)
     fast, fast_hidden = final_gradients(model, items, projector, batch_size=2, pad=pad, precision="bf16")
-    assert fast.dtype == torch.float32 and fast.shape == exact.shape
+    assert fast.shape == exact.shape
     assert not torch.equal(fast, exact)  # it did run in bf16
     # bf16 keeps 8 bits of mantissa: each row's direction, which the scores use, stays that of the fp32 pass
     assert torch.nn.functional.cosine_similarity(fast, exact, dim=1).min() > 0.99
@@ -78,4 +78,4 @@ def test_a_bf16_pass_gives_the_fp32_pass_directions(tiny_model: Path) -> None:
 )
 def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch, flags, setting, expected) -> None:
     monkeypatch.setattr(index_build, "cpu_flags", lambda: flags)
-    assert pass_precision(setting, torch.device("cpu")) == expected
+    assert pass_precision(setting) == expected

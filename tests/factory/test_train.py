@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from tests.datanets.conftest import World
@@ -59,7 +60,7 @@ def test_train_writes_adapter_card_manifest_index_and_ledger_entry(people: World
     assert index.tensors["epoch_1"].abs().sum(dim=1).min() > 0  # every row was captured in epoch 1
     assert {e["contributor"] for e in index.examples} == {people.alice.address, people.bob.address}
     # the precision the final pass ran at is recorded: auto resolves to bf16 only on hardware with native bf16
-    assert index.meta["cost"]["final_pass_precision"] == pass_precision("auto", torch.device("cpu"))
+    assert index.meta["cost"]["final_pass_precision"] == pass_precision("auto")
     # the weights each epoch started from are kept for TracIn queries: epoch 1 from the initial adapter (B = 0)
     kept = out / "influence" / "checkpoints"
     assert index.checkpoint_adapters() == {"epoch_1": kept / "epoch_1", "epoch_2": kept / "epoch_2"}
@@ -68,6 +69,17 @@ def test_train_writes_adapter_card_manifest_index_and_ledger_entry(people: World
     assert all(not v.any() for k, v in start.items() if "lora_B" in k)
     assert any(v.any() for k, v in second.items() if "lora_B" in k)  # epoch 1 moved them
     assert any(not torch.allclose(second[k].float(), served[k], atol=1e-3) for k in served)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_index_pass_runs_at_the_configured_precision(
+    people: World, tiny_model: Path, tmp_path: Path, precision: str
+) -> None:
+    cfg = make_config(tiny_model, tmp_path / "out", influence={"precision": precision, "per_epoch": False})
+    result = service.train(people.settings, people.ledger, people.dev, cfg)
+    index = load_index(result.out_dir / "influence")
+    assert index.meta["cost"]["final_pass_precision"] == precision
+    assert index.tensors["final"].abs().sum(dim=1).min() > 0
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(people: World, tiny_model: Path, tmp_path: Path):

@@ -84,8 +84,8 @@ class InfluenceCfg(_Section):
     per_epoch: bool = Field(True, description="also store gradients captured in each epoch (TracIn checkpoints)")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
-        description="matrix products of the final index pass: bf16 autocast (auto: where the hardware has native "
-        "bf16, AVX-512 BF16 / AMX or a CUDA GPU that supports it), else fp32",
+        description="matrix products of the final index pass: bf16 autocast (auto: where the CPU has native bf16, "
+        "AVX-512 BF16 or AMX), else fp32",
     )
 
 

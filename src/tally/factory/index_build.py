@@ -30,14 +30,13 @@ CHECKPOINTS = "checkpoints"  # influence/checkpoints/<epoch_N>/: the adapter epo
 NATIVE_BF16 = {"avx512_bf16", "amx_bf16"}  # /proc/cpuinfo flags of CPUs that multiply bf16 in hardware
 
 
-def pass_precision(setting: str, device: torch.device) -> str:
-    """`fp32` or `bf16` for the final pass. `auto` is bf16 only where bf16 is native: on such a CPU a bf16 matrix
-    product of these shapes runs 2.0-2.6x fp32's, while an emulated one (AVX2 only) is slower than fp32."""
+def pass_precision(setting: str) -> str:
+    """`fp32` or `bf16` for the final pass (the factory trains on the CPU). `auto` is bf16 only where the CPU
+    multiplies bf16 natively: there a bf16 matrix product of these shapes runs 2.0-2.6x fp32's, while an emulated
+    one (AVX2 only) is slower than fp32."""
     if setting != "auto":
         return setting
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if device.type == "cpu" and NATIVE_BF16 & cpu_flags() else "fp32"
+    return "bf16" if NATIVE_BF16 & cpu_flags() and torch.backends.mkldnn.is_available() else "fp32"
 
 
 def save_checkpoint_adapter(model: Any, weights: dict[str, torch.Tensor], out_dir: Path, target: Path) -> None:
@@ -109,7 +108,7 @@ def build_index(
     at the weights each epoch's rows were trained from, not only at the served adapter's (TracIn). `precision` is
     the `influence.precision` setting; the precision it resolved to is recorded in the index's `cost`."""
     start = time.monotonic()
-    precision = pass_precision(precision, next(model.parameters()).device)
+    precision = pass_precision(precision)
     final, hidden = final_gradients(model, items, projector, batch_size, pad, progress, precision)
     seconds = time.monotonic() - start
     tensors = {**epoch_grads, "final": final, REPRESENTATION: hidden}
