@@ -15,11 +15,13 @@ from loading the model to a saved adapter (tally's also holds the index, the man
 tally/HF tokens/s >= 1.0, the final index pass <= 10% of tally's wall time. `--repeats N` alternates the two
 trainers N times on the same data (HF then tally, tally then HF, ...): a shared machine's speed drifts by 10%
 between minutes, so each pair gives a ratio, and the report, the evaluation and the index check take the median
-pair (the lower middle one of an even count).
+pair (the lower middle one of an even count). `--compare-precision` then runs the final pass over the median
+pair's adapter again at fp32 and at bf16, alternating, and reports the fastest time of each and the smallest
+cosine between a row's gradients (and hidden states) from the two.
 
     python benchmarks/train.py [--quick] [--people 20] [--epochs 5] [--batch-size 8] [--lr 2e-3] [--tracin]
                                [--threads N] [--skip-eval] [--skip-hf] [--model NAME] [--repeats 1]
-                               [--index-precision auto|fp32|bf16]
+                               [--index-precision auto|fp32|bf16] [--compare-precision]
 
 `--quick`: 16 people (128 rows), 2 epochs, batch 16, rank 16, per-epoch capture on (the default a user gets).
 """
@@ -117,6 +119,46 @@ def build_world(settings: Settings, ledger: Ledger, people: list[tuple[str, str,
         snapshots.create_snapshot(s, ledger, owner, "people")
         snapshots.create_snapshot(s, ledger, owner, "people-paraphrases")
     return dev, teacher
+
+
+def precision_check(
+    out_dir: Path, cfg: Any, model_name: str, settings: Settings, store: Any, dev: Principal, rounds: int = 2
+) -> dict[str, Any]:
+    """The final pass over the trained adapter's own rows at fp32 and at bf16, alternating, in this process: the
+    fastest time of each and how far apart the stored quantities are (each row's gradient and hidden state)."""
+    from peft import PeftModel
+
+    from tally.factory.data import load_examples
+    from tally.factory.encode import encode, pad_id
+    from tally.factory.index_build import final_gradients
+    from tally.influence import Projector, load_index
+    from tally.models import load_model, load_tokenizer, resolve_model
+
+    model_dir = resolve_model(model_name, settings.models.cache_dir)
+    tok = load_tokenizer(model_dir)
+    model = PeftModel.from_pretrained(load_model(model_dir), str(out_dir), is_trainable=True)
+    index = load_index(out_dir / "influence")
+    projector = Projector.from_description(index.meta["projection"])
+    with store.read() as s:
+        data = load_examples(s, dev, [SourceCfg(datanet="people")])
+    rows = {e["row_hash"] for e in index.examples}  # the training rows (eval rows held out are not in the index)
+    items = [encode(tok, e.messages, cfg.data.max_length, e.train_all_tokens) for e in data.examples
+             if e.row_hash in rows]  # fmt: skip
+    seconds: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for _ in range(rounds):
+        for precision in ("fp32", "bf16"):
+            t = time.monotonic()
+            out[precision] = final_gradients(model, items, projector, 16, pad_id(tok), precision=precision)
+            seconds[precision].append(time.monotonic() - t)
+    cos = torch.nn.functional.cosine_similarity
+    return {
+        "rows": len(items), "fp32_seconds": round(min(seconds["fp32"]), 2),
+        "bf16_seconds": round(min(seconds["bf16"]), 2),
+        "bf16_speedup": round(min(seconds["fp32"]) / min(seconds["bf16"]), 3),
+        "gradient_cosine_min": round(float(cos(out["fp32"][0], out["bf16"][0], dim=1).min()), 5),
+        "hidden_cosine_min": round(float(cos(out["fp32"][1], out["bf16"][1], dim=1).min()), 6),
+    }  # fmt: skip
 
 
 def attribution_check(
@@ -252,6 +294,10 @@ def main() -> None:
     ap.add_argument("--skip-eval", action="store_true", help="skip the exact-match evaluation (generation)")
     ap.add_argument("--skip-hf", action="store_true", help="skip the Hugging Face Trainer column")
     ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument(
+        "--compare-precision", action="store_true",
+        help="also time the final pass over the trained adapter at fp32 and at bf16 in this process",
+    )  # fmt: skip
     ap.add_argument("--repeats", type=int, default=1, help="alternate HF and tally this many times (median ratio)")
     ap.add_argument(
         "--index-precision", choices=("auto", "fp32", "bf16"), default="auto",
@@ -311,6 +357,9 @@ def main() -> None:
         )  # fmt: skip
         eval_s = time.monotonic() - t1
         attribution = attribution_check(trained.out_dir, cfg, args.model, settings, people, teacher)
+        precision = (
+            precision_check(trained.out_dir, cfg, args.model, settings, store, dev) if args.compare_precision else None
+        )
         base, tuned = (results[0].metrics, results[1].metrics) if results else ({}, {})
         manifest = trained.manifest.model_dump(mode="json") if trained.manifest else {}
         report = {
@@ -323,12 +372,18 @@ def main() -> None:
             "train_seconds_total": fast["tally"]["wall_seconds"], "metrics_train": manifest["metrics"],
             "influence": manifest["influence"], "eval_seconds": round(eval_s, 1),
             "base": base, "adapter": tuned, "samples": results[1].samples[:6] if results else [],
-            "attribution": attribution,
+            "attribution": attribution, "index_pass_precisions": precision,
         }  # fmt: skip
         print(json.dumps(report, indent=1))
         t, h = fast["tally"], fast["hf"]
         ratios = ", ".join(f"{r['tally_over_hf']:.2f}" for r in runs if r.get("hf"))
         median = "median" if len(runs) % 2 else "lower median"
+        compared = (
+            f"; the pass again at fp32 {precision['fp32_seconds']:.1f} s, bf16 {precision['bf16_seconds']:.1f} s "
+            f"({precision['bf16_speedup']:.2f}x), row gradients at cosine >= {precision['gradient_cosine_min']:.4f}"
+            if precision
+            else ""
+        )
         pairs_note = f"; {median} of {len(runs)} alternating pairs: {ratios}" if len(runs) > 1 else ""
         vs_hf = (
             f"HF Trainer+PEFT {h['tokens_per_s']:.1f} tokens/s ({h['wall_seconds']:.0f} s), tally/HF "
@@ -348,7 +403,7 @@ def main() -> None:
             f"({t['wall_seconds']:.0f} s); {vs_hf}index pass ({t['index_pass_precision']}) "
             f"{t['index_pass_seconds']:.1f} s = "
             f"{100 * t['index_pass_share']:.1f}% of tally's wall time (goal <= 10%); {quality}index picks the right "
-            f"contributor {attribution['right_contributor_final']:.2f} of the time (final checkpoint)"
+            f"contributor {attribution['right_contributor_final']:.2f} of the time (final checkpoint){compared}"
         )
         store.dispose()
 
