@@ -63,6 +63,33 @@ def test_the_contrastive_gradient_in_the_mixed_batch_equals_its_own_run(people, 
     assert not torch.allclose(real.gradient, real.contrast)
 
 
+def test_a_query_is_the_index_pass_of_the_same_tokens(people, trained, tiny_model) -> None:
+    """Query and index live in one space: the answer's gradient, hidden state and log p equal what the factory's
+    final pass (fp32) gives for the same tokens through the same adapter."""
+    import torch
+    from peft import PeftModel
+
+    from tally.factory.encode import IGNORE, Encoded
+    from tally.factory.index_build import final_gradients
+    from tally.influence import Projector
+    from tally.models import load_model
+
+    attributor = _attributor(people, tiny_model)
+    a = _answer(attributor, trained, "Where was Ilsa Varn born?", "Korvath in the north")
+    projection = json.loads((trained.out_dir / "influence" / "index.json").read_text())["projection"]
+    args = (trained.adapter_hash, trained.out_dir, projection, a.prompt_ids, a.answer_ids)
+    query = attributor.query_model.signals(*args)
+    model = PeftModel.from_pretrained(load_model(tiny_model), str(trained.out_dir), is_trainable=True)
+    item = Encoded(a.prompt_ids + a.answer_ids, [IGNORE] * len(a.prompt_ids) + a.answer_ids)
+    grads, hidden = final_gradients(model, [item], Projector.from_description(projection), 1, pad=0)
+    assert_close(query.gradient, grads[0], "gradient")
+    assert_close(query.hidden, hidden[0], "hidden state")
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([item.input_ids])).logits[0, len(a.prompt_ids) - 1 : -1]
+    logp = torch.log_softmax(logits, -1).gather(1, torch.tensor(a.answer_ids)[:, None]).sum()
+    assert abs(query.logprob - float(logp)) < 1e-3 * max(1.0, abs(float(logp)))
+
+
 def test_tracin_queries_take_the_gradient_at_each_checkpoints_weights(people, trained, tiny_model) -> None:
     import torch
 

@@ -182,7 +182,7 @@ class QueryModel:
         """(answer tokens,) the base model's log-probability of each answer token given the prompt."""
         ids = torch.tensor([prompt_ids + answer_ids])
         with torch.no_grad(), self._peft.disable_adapter():
-            logits = self._peft(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float()
+            logits = self._peft(input_ids=ids, logits_to_keep=len(answer_ids) + 1).logits[0, :-1].float()
         return torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(answer_ids).unsqueeze(1)).squeeze(1)
 
     def _run(
@@ -227,10 +227,14 @@ class QueryModel:
                 at_checkpoint[ckpt].begin(1)
             hidden = stack.enter_context(HiddenCapture(peft))
             hidden.begin(labels)
-            logits = peft(input_ids=ids, adapter_names=batch_names).logits[:, :-1].float()
-            keep = labels[:, 1:] != IGNORE
-            losses = torch.nn.functional.cross_entropy(logits[keep], labels[:, 1:][keep], reduction="none")
-            losses = losses.view(rows, -1)
+            # the vocabulary projection only where an answer token is predicted (the last prompt position on):
+            # 49k logits per prompt position would be a tenth of the query's work, forward and backward
+            answer = len(answer_ids)
+            out_logits = peft(input_ids=ids, adapter_names=batch_names, logits_to_keep=answer + 1).logits
+            targets = torch.tensor(answer_ids).repeat(rows)
+            losses = torch.nn.functional.cross_entropy(
+                out_logits[:, :-1].float().reshape(rows * answer, -1), targets, reduction="none"
+            ).view(rows, answer)
             weights = torch.full_like(losses, 1.0 / losses.shape[1])
             if base is not None:
                 weights[1 : len(names) * per : 2] = contrast_weights(
