@@ -23,6 +23,19 @@ def ops(tmp_path_factory: pytest.TempPathFactory) -> DecodeOps:
         pytest.skip(str(exc))
 
 
+def _require_int8(ops: DecodeOps) -> None:
+    """Skip where the int8 kernel cannot run (a CPU without AVX2 and FMA)."""
+    try:
+        Q8Kernel.load(ops.library.parent)
+    except KernelUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+def _int8_model(tiny: TinySetup) -> Any:
+    """A fresh tiny model whose projection widths are all multiples of 32, so every projection is quantised."""
+    return make_model(len(tiny.tokenizer), tiny.tokenizer.convert_tokens_to_ids("<|im_end|>"), intermediate=128)
+
+
 @pytest.mark.parametrize("rows", [1, 5])
 def test_rms_norm_equals_torch(ops: DecodeOps, rows: int) -> None:
     torch.manual_seed(rows)
@@ -83,10 +96,7 @@ def test_engine_answers_alike_with_and_without_the_helpers(tiny: TinySetup, ops:
     decode steps run the compiled helpers (with int8 weights: q, k, v and gate, up in one kernel call each, the
     adapters added after) or torch's ops."""
     if weights == "int8":
-        try:
-            Q8Kernel.load(ops.library.parent)
-        except KernelUnavailable as exc:
-            pytest.skip(str(exc))
+        _require_int8(ops)
     names = [None, *sorted(tiny.adapters)[:3]]
     prompts = [tiny.tokenizer.encode(t) for t in ("the quick brown fox", "hello world", "what is the capital", "ok")]
     params = SamplingParams(max_tokens=6, temperature=0.0, record_logits=True)
@@ -106,11 +116,8 @@ def test_int8_base_decode_steps_run_every_layer_in_one_call_with_the_same_logits
     together, go through the whole-step call, and give the logits of the layer-by-layer path on the same engine."""
     from tally.engine import Engine, EngineConfig
 
-    try:
-        Q8Kernel.load(ops.library.parent)
-    except KernelUnavailable as exc:
-        pytest.skip(str(exc))
-    model = make_model(len(tiny.tokenizer), tiny.tokenizer.convert_tokens_to_ids("<|im_end|>"), intermediate=128)
+    _require_int8(ops)
+    model = _int8_model(tiny)
     config = EngineConfig(max_num_seqs=4, max_model_len=64, weights="int8", kernel_dir=ops.library.parent, device="cpu")
     engine = Engine(model, tiny.tokenizer, "tiny-int8", config)
     decoder = engine.runner.decoder
@@ -134,11 +141,8 @@ def test_int8_decode_steps_with_mixed_adapters_run_in_one_call_with_the_same_log
     the layer-by-layer path, where torch adds the adapters."""
     from tally.engine import Engine, EngineConfig
 
-    try:
-        Q8Kernel.load(ops.library.parent)
-    except KernelUnavailable as exc:
-        pytest.skip(str(exc))
-    model = make_model(len(tiny.tokenizer), tiny.tokenizer.convert_tokens_to_ids("<|im_end|>"), intermediate=128)
+    _require_int8(ops)
+    model = _int8_model(tiny)
     specs = {"q-v-r4": (4, 8, ("q_proj", "v_proj")), "all-r8": (8, 16, PROJ), "mlp-r16": (16, 16, PROJ[4:])}
     adapters = {name: make_adapter(model, tmp_path / name, *spec, seed=7 + i) for i, (name, spec) in
                 enumerate(specs.items())}  # fmt: skip
@@ -213,11 +217,8 @@ def test_a_one_call_library_that_does_not_load_leaves_decode_layer_by_layer(
 
     from tally.engine import Engine, EngineConfig
 
-    try:
-        Q8Kernel.load(ops.library.parent)
-    except KernelUnavailable as exc:
-        pytest.skip(str(exc))
-    model = make_model(len(tiny.tokenizer), tiny.tokenizer.convert_tokens_to_ids("<|im_end|>"), intermediate=128)
+    _require_int8(ops)
+    model = _int8_model(tiny)
     config = EngineConfig(max_num_seqs=2, max_model_len=64, weights="int8", kernel_dir=ops.library.parent, device="cpu")
     assert Engine(model, tiny.tokenizer, "tiny-int8", config).runner.decoder is not None  # builds the one-call library
     for library in ops.library.parent.glob("*.so"):
@@ -226,7 +227,7 @@ def test_a_one_call_library_that_does_not_load_leaves_decode_layer_by_layer(
     assert broken
     broken[0].write_bytes(b"not a shared library")
     config = EngineConfig(max_num_seqs=2, max_model_len=64, weights="int8", kernel_dir=tmp_path, device="cpu")
-    model = make_model(len(tiny.tokenizer), tiny.tokenizer.convert_tokens_to_ids("<|im_end|>"), intermediate=128)
+    model = _int8_model(tiny)
     engine = Engine(model, tiny.tokenizer, "tiny-int8", config)
     assert engine.weights == "int8" and engine.runner.ops is not None and engine.runner.decoder is None
     out = engine.generate(
