@@ -10,7 +10,15 @@ import torch
 from tests.conftest import assert_close
 from torch import nn
 
-from tally.influence import GradCapture, Projector, example_gradients, load_index, save_index, scores
+from tally.influence import (
+    GradCapture,
+    Projector,
+    example_gradients,
+    load_index,
+    project_weight_grads,
+    save_index,
+    scores,
+)
 from tally.influence.projection import lora_modules
 
 
@@ -65,6 +73,20 @@ def test_batched_capture_equals_one_at_a_time_gradients() -> None:
         for name, mod in modules.items():
             projector.add(name, mod.weight.grad.unsqueeze(0), expected)
         assert_close(batched[i], expected[0], f"example {i}")
+        # one example: the accumulated weight gradients are its own, projected without hooks (attribution's query)
+        assert_close(project_weight_grads(model, projector), batched[i], f"example {i} from .grad")
+
+
+def test_weight_gradients_of_the_selected_modules_only() -> None:
+    model = Tiny()
+    projector = Projector.for_model(model, 64, seed=0)
+    _per_example_loss(model, torch.randn(1, 5, 6)).sum().backward()
+    first = project_weight_grads(model, projector, only=lambda name: ".0." in name)
+    second = project_weight_grads(model, projector, only=lambda name: ".1." in name)
+    assert_close(first + second, project_weight_grads(model, projector), "both layers")
+    assert first[32:].abs().max() == 0 and first[:32].abs().max() > 0  # layer 0's slice only
+    with pytest.raises(ValueError, match="no trainable LoRA module"):
+        project_weight_grads(model, projector, only=lambda name: False)
 
 
 def test_index_round_trip_and_self_match(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from tally.influence import GradCapture, HiddenCapture, Projector
+from tally.influence import GradCapture, HiddenCapture, Projector, project_weight_grads
 from tally.influence.contrast import contrast_weights
 from tally.influence.hidden import IGNORE
 from tally.models import load_model
@@ -198,39 +198,41 @@ class QueryModel:
         each adapter's LoRA weights get the gradient of its own row only. With `contrast` each adapter has a second
         row whose loss weighs the answer's tokens by their log-probability rise over the base model (one more
         forward, of the base model, without gradients). `checkpoints` (checkpoint name -> loaded adapter) add one
-        row each, whose gradients go to the first adapter's signals."""
+        row each, whose gradients go to the first adapter's signals. A batch of one adapter's rows runs PEFT's plain
+        path; the mixed batch's per-row gathers are paid only where adapters differ."""
         checkpoints = checkpoints or {}
         peft = self._peft
         # first: leaving PEFT's disable_adapter() re-activates one adapter, which resets which weights take gradients
         base = self._base_logprobs(prompt_ids, answer_ids) if contrast else None
+        per = 2 if contrast else 1
+        batch_names = [n for n in names for _ in range(per)] + list(checkpoints.values())
+        mixed = len(set(batch_names)) > 1
+        if not mixed:
+            peft.set_adapter(batch_names[0])  # one adapter: PEFT's plain path, without the mixed batch's gathers
         with_grad = [*names, *checkpoints.values()]
         for param_name, param in peft.named_parameters():
             param.requires_grad_(any(f".{n}." in param_name for n in with_grad))
-        per = 2 if contrast else 1
-        batch_names = [n for n in names for _ in range(per)] + list(checkpoints.values())
         rows = len(batch_names)
         ids = torch.tensor([prompt_ids + answer_ids] * rows)
         labels = torch.tensor([[IGNORE] * len(prompt_ids) + answer_ids] * rows)
         with ExitStack() as stack:
+            # With one row per adapter, an adapter's accumulated weight gradient is its row's: it is projected after
+            # the backward. Only the contrast (two rows per adapter) needs per-example capture hooks.
             captures = []
-            for name in names:
-                capture = GradCapture(peft, projector, rename=_as_default(name), only=_of_adapter(name))
-                if not capture.modules:
-                    raise ValueError(f"adapter {name} has no trainable LoRA modules")
-                captures.append(stack.enter_context(capture))
-                capture.begin(per)
-            at_checkpoint = {}
-            for ckpt, name in checkpoints.items():
-                at_checkpoint[ckpt] = stack.enter_context(
-                    GradCapture(peft, projector, rename=_as_default(name), only=_of_adapter(name))
-                )
-                at_checkpoint[ckpt].begin(1)
+            if contrast:
+                for name in names:
+                    capture = GradCapture(peft, projector, rename=_as_default(name), only=_of_adapter(name))
+                    if not capture.modules:
+                        raise ValueError(f"adapter {name} has no trainable LoRA modules")
+                    captures.append(stack.enter_context(capture))
+                    capture.begin(per)
             hidden = stack.enter_context(HiddenCapture(peft))
             hidden.begin(labels)
             # the vocabulary projection only where an answer token is predicted (the last prompt position on):
             # 49k logits per prompt position would be a tenth of the query's work, forward and backward
             answer = len(answer_ids)
-            out_logits = peft(input_ids=ids, adapter_names=batch_names, logits_to_keep=answer + 1).logits
+            by_adapter = {"adapter_names": batch_names} if mixed else {}
+            out_logits = peft(input_ids=ids, logits_to_keep=answer + 1, **by_adapter).logits
             targets = torch.tensor(answer_ids).repeat(rows)
             losses = torch.nn.functional.cross_entropy(
                 out_logits[:, :-1].float().reshape(rows * answer, -1), targets, reduction="none"
@@ -242,14 +244,18 @@ class QueryModel:
                 )
             (losses * weights).sum().backward()
             means = hidden.result()
+
+            def projected(name: str) -> torch.Tensor:
+                return project_weight_grads(peft, projector, rename=_as_default(name), only=_of_adapter(name))
+
+            at_checkpoint = {ckpt: projected(name) for ckpt, name in checkpoints.items()}
             out = []
-            for i, c in enumerate(captures):
-                grads = c.result()
+            for i, name in enumerate(names):
+                grads = captures[i].result() if contrast else projected(name).unsqueeze(0)
                 out.append(
                     QuerySignals(
                         grads[0], means[i * per], -float(losses[i * per].detach().sum()),
-                        grads[1] if contrast else None,
-                        {ckpt: c.result()[0] for ckpt, c in at_checkpoint.items()} if i == 0 else {},
+                        grads[1] if contrast else None, at_checkpoint if i == 0 else {},
                     )
                 )  # fmt: skip
         peft.zero_grad(set_to_none=True)

@@ -4,7 +4,7 @@ and scoring (cosine, DataInf, Gauss-Newton; the contrastive query's token weight
 Imports only `tally.models` and `tally.config`. See docs/factory.md ("Training-data index") and docs/influence.md.
 """
 
-from tally.influence.capture import GradCapture, example_gradients
+from tally.influence.capture import GradCapture, example_gradients, project_weight_grads
 from tally.influence.hidden import HiddenCapture
 from tally.influence.index import INDEX_JSON, INDEX_TENSORS, InfluenceIndex, load_index, save_index, scores
 from tally.influence.projection import Projector
@@ -20,6 +20,7 @@ __all__ = [
     "Projector",
     "example_gradients",
     "load_index",
+    "project_weight_grads",
     "save_index",
     "scores",
 ]

@@ -82,6 +82,28 @@ class GradCapture:
         return hook
 
 
+def project_weight_grads(
+    model: nn.Module,
+    projector: Projector,
+    rename: Callable[[str], str] | None = None,
+    only: Callable[[str], bool] | None = None,
+) -> torch.Tensor:
+    """(dims,) the projection of the LoRA weights' accumulated `.grad`, after a backward.
+
+    Where an adapter's weights saw exactly one example (a query: one row per adapter in a mixed batch), their
+    gradient is that example's, so this replaces the capture hooks: autograd forms it once (the hooks would form it
+    a second time) and nothing runs per layer during the backward."""
+    rename = rename or (lambda name: name)
+    modules = {n: m for n, m in lora_modules(model).items() if only is None or only(n)}
+    if not modules:
+        raise ValueError("no trainable LoRA module to take the gradient of")
+    out = torch.zeros(1, projector.dims)
+    for name, module in modules.items():
+        if module.weight.grad is not None:
+            projector.add(rename(name), module.weight.grad.unsqueeze(0), out)
+    return out[0]
+
+
 def example_gradients(
     model: nn.Module,
     projector: Projector,
