@@ -634,6 +634,7 @@ def main() -> None:
 
     torch.set_num_threads(threads)
     from tally.config import load_settings
+    from tally.config.process import apply_server_process_settings
     from tally.engine import build_engine
     from tally.models import ModelError, load_model, load_tokenizer, resolve_model
 
@@ -678,6 +679,10 @@ def main() -> None:
         # the in-process engine: the same settings file, so the same engine section and registered adapters
         os.environ["TALLY_CONFIG"] = str(server.root / "tally.toml")
         settings = load_settings()
+        # the process settings `tally serve` applies at start (GIL switch interval, malloc thresholds), so the two
+        # differ by HTTP alone
+        for warning in apply_server_process_settings(settings.server):
+            log(warning)
         engine = build_engine(settings).start()
         weights = engine.weights  # what `auto` became here (the server resolves it the same way)
         llama = None

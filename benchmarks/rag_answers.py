@@ -305,11 +305,11 @@ def main() -> None:
     if not scored:
         return
     r = results["with_rag"]
-    w = results["without_rag"] if without else {"contains_answer": float("nan")}
+    baseline = f"{results['without_rag']['contains_answer']:.2f} without RAG -> " if without else ""
     main_set = results["citations"][f"top_k_{args.top_k}"]
     m, b = main_set["leave_one_out"]["configured"], main_set["markers_only"]
     print(
-        f"rag answers: contains-answer {w['contains_answer']:.2f} without RAG -> {r['contains_answer']:.2f} with RAG "
+        f"rag answers: contains-answer {baseline}{r['contains_answer']:.2f} with RAG "
         f"over {len(facts)} questions; sentence citations (top_k {args.top_k}): measured precision "
         f"{m['precision']:.2f} recall {m['recall']:.2f} (threshold {configured} nats; calibrated {calibrated}) vs "
         f"markers only precision {b['precision']:.2f} recall {b['recall']:.2f}"

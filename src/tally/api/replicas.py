@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import signal
-import sys
 import threading
 from collections.abc import AsyncIterator
 from typing import Any, cast
@@ -38,6 +37,7 @@ from tally.api.limits import body_cap
 from tally.config import Settings
 from tally.config.errors import TallyError
 from tally.config.logs import configure_logging
+from tally.config.process import apply_server_process_settings
 
 logger = logging.getLogger(__name__)
 APP_NAME = "tally"
@@ -75,7 +75,8 @@ class TallyReplica:
     async def __init__(self, settings_json: str) -> None:  # type: ignore[misc]  # Ray awaits an async __init__
         settings = Settings.model_validate_json(settings_json)
         configure_logging(settings.log.level, settings.log.format)  # Tally's request log, as in one process
-        sys.setswitchinterval(settings.server.gil_switch_interval_ms / 1000)  # as `tally serve` (cli/main.py)
+        for warning in apply_server_process_settings(settings.server):  # as `tally serve` (cli/main.py)
+            logger.warning(warning)
         context = serve.get_replica_context()
         self.name = context.replica_id.unique_id
         self.app = create_app(settings, with_engine=True, anchoring=False)

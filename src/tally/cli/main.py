@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import typer
 
 from tally.cli import (
@@ -22,6 +20,7 @@ from tally.cli import (
 )
 from tally.cli.common import console, fail, load_cli_settings
 from tally.config import Settings
+from tally.config.process import apply_server_process_settings
 
 app = typer.Typer(help="Tally: attribution-native AI.", no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(ledger.app, name="ledger")
@@ -91,10 +90,8 @@ def serve(
         settings = settings.model_copy(
             update={"engine": settings.engine.model_copy(update={"threads": replica_threads})}
         )
-    _fix_mmap_threshold(settings.server.malloc_mmap_threshold)
-    # the engine thread gives the GIL up for every native call and needs it back after: with the default 5 ms
-    # interval it can wait that long behind the event loop at each of them
-    sys.setswitchinterval(settings.server.gil_switch_interval_ms / 1000)
+    for warning in apply_server_process_settings(settings.server):
+        console.print(f"[yellow]{warning}; memory use or speed may differ from the documented figures")
     fmt, level = log_format or settings.log.format, (log_level or settings.log.level).upper()
     if fmt not in ("text", "json"):
         raise fail(f"--log-format {fmt!r} is not one of text, json")
@@ -144,20 +141,6 @@ def _serve_replicas(settings: Settings, host: str, port: int) -> None:
         replicas.serve_replicas(settings, host, port)
     except TallyError as exc:
         raise fail(str(exc)) from None
-
-
-def _fix_mmap_threshold(size: int) -> None:
-    """Large allocations get their own pages, given back when freed. glibc's default threshold adapts: it rises to
-    the size of each large block freed, so later blocks of that size come from the heap, which never shrinks; a
-    server that rebuilds an index of tens of MB every half minute then grows with every rebuild."""
-    import ctypes
-    import platform
-
-    if size <= 0 or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return
-    m_mmap_threshold = -3  # from glibc's malloc.h; setting it also turns the adaptive threshold off
-    if not ctypes.CDLL(None).mallopt(m_mmap_threshold, size):
-        console.print(f"[yellow]could not set malloc's mmap threshold to {size} bytes; memory may grow over time")
 
 
 if __name__ == "__main__":

@@ -64,11 +64,19 @@ class ServerSettings(_Section):
         "ms); short, so the engine thread gets it back at once between its native calls (see docs/engine.md)",
     )
     malloc_mmap_threshold: int = Field(
-        128 * 1024,
+        4 * 1024 * 1024,
         ge=0,
         le=32 * 1024 * 1024,
         description="tally serve: allocations this large or larger get their own pages, returned when freed (glibc); "
-        "0 leaves glibc's adaptive threshold (see docs/reliability.md)",
+        "above the engine's per-step tensors, below the indexes rebuilt in the background; 0 leaves glibc's "
+        "adaptive threshold (see docs/reliability.md)",
+    )
+    malloc_trim_threshold: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        le=1024 * 1024 * 1024,
+        description="tally serve: free memory at the top of a heap kept for reuse rather than handed back to the "
+        "system at once (glibc); 0 leaves glibc's default (see docs/engine.md)",
     )
     replicas: int = Field(
         1,
