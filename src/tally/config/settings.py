@@ -64,7 +64,7 @@ class ServerSettings(_Section):
         "ms); short, so the engine thread gets it back at once between its native calls (see docs/engine.md)",
     )
     malloc_mmap_threshold: int = Field(
-        4 * 1024 * 1024,
+        1024 * 1024,
         ge=0,
         le=32 * 1024 * 1024,
         description="tally serve: allocations this large or larger get their own pages, returned when freed (glibc); "
