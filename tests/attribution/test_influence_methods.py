@@ -108,6 +108,10 @@ def test_tracin_queries_take_the_gradient_at_each_checkpoints_weights(people, tr
     assert null.checkpoints == {}  # the random twin has no training checkpoints
     alone = attributor.query_model.signals(*args, checkpoints=kept)
     assert_close(alone.checkpoints["epoch_1"], real.checkpoints["epoch_1"], "epoch 1, alone or in the mixed batch")
+    # beside the contrast's two rows (taken by capture hooks) the checkpoints' and the plain gradient stay the same
+    both = attributor.query_model.signals(*args, contrast=True, checkpoints=kept)
+    assert_close(both.checkpoints["epoch_1"], alone.checkpoints["epoch_1"], "epoch 1 beside the contrast rows")
+    assert_close(both.gradient, plain.gradient, "gradient beside the contrast and checkpoint rows")
 
 
 def test_candidate_rows_of_the_index_are_scored_but_never_credited(people, trained, tiny_model) -> None:

@@ -2,8 +2,9 @@
 
 One base model holds every adapter being attributed (PEFT, one named adapter each, least recently used evicted),
 plus one randomly initialised twin per adapter config: the null baseline. A query is one forward and one
-backward of the answer's mean token loss given the prompt, with the same capture hooks and the same seeded
-projection as the factory's index pass, so query and index live in one space.
+backward of the answer's mean token loss given the prompt, projected with the same seeded projection as the
+factory's index pass (and the same capture hooks where an adapter has two rows), so query and index live in one
+space.
 """
 
 from __future__ import annotations
@@ -215,7 +216,9 @@ class QueryModel:
         rows = len(batch_names)
         ids = torch.tensor([prompt_ids + answer_ids] * rows)
         labels = torch.tensor([[IGNORE] * len(prompt_ids) + answer_ids] * rows)
+        peft.zero_grad(set_to_none=True)  # gradients are read from .grad: nothing of an earlier call may remain
         with ExitStack() as stack:
+            stack.callback(peft.zero_grad, set_to_none=True)
             # With one row per adapter, an adapter's accumulated weight gradient is its row's: it is projected after
             # the backward. Only the contrast (two rows per adapter) needs per-example capture hooks.
             captures = []
@@ -258,5 +261,4 @@ class QueryModel:
                         grads[1] if contrast else None, at_checkpoint if i == 0 else {},
                     )
                 )  # fmt: skip
-        peft.zero_grad(set_to_none=True)
         return out

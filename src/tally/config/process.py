@@ -16,12 +16,14 @@ M_MMAP_THRESHOLD = -3
 
 
 def tune_malloc(mmap_threshold: int, trim_threshold: int) -> list[str]:
-    """Fix glibc's thresholds: allocations of `mmap_threshold` bytes or more get pages of their own, returned when
-    freed; up to `trim_threshold` free bytes at the top of a heap are kept for reuse. 0 leaves a threshold to glibc.
-    Returns what could not be set (nothing off glibc, where there is nothing to set)."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    """Fix glibc's thresholds: allocations of `mmap_threshold` bytes or more get pages of their own (when no free
+    heap block fits them), returned when freed; up to `trim_threshold` free bytes at the top of a heap are kept for
+    reuse. `mmap_threshold` 0 leaves both to glibc's adaptive scheme (setting either one turns it off); `trim_threshold`
+    0 leaves glibc's default trim. Returns what could not be set (nothing off glibc, where there is nothing to set)."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or mmap_threshold <= 0:
         return []
     mallopt = ctypes.CDLL(None).mallopt
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     failed = []
     for name, option, value in (
         ("mmap threshold", M_MMAP_THRESHOLD, mmap_threshold),

@@ -72,11 +72,11 @@ class ServerSettings(_Section):
         "adaptive threshold (see docs/reliability.md)",
     )
     malloc_trim_threshold: int = Field(
-        64 * 1024 * 1024,
+        16 * 1024 * 1024,
         ge=0,
         le=1024 * 1024 * 1024,
         description="tally serve: free memory at the top of a heap kept for reuse rather than handed back to the "
-        "system at once (glibc); 0 leaves glibc's default (see docs/engine.md)",
+        "system at once (glibc; per heap, up to 8 heaps a core); 0 leaves glibc's default (see docs/engine.md)",
     )
     replicas: int = Field(
         1,

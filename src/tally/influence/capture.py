@@ -97,10 +97,12 @@ def project_weight_grads(
     modules = {n: m for n, m in lora_modules(model).items() if only is None or only(n)}
     if not modules:
         raise ValueError("no trainable LoRA module to take the gradient of")
+    with_grad = {name: m.weight.grad for name, m in modules.items() if m.weight.grad is not None}
+    if not with_grad:
+        raise ValueError("no LoRA weight has a gradient: run the backward first")
     out = torch.zeros(1, projector.dims)
-    for name, module in modules.items():
-        if module.weight.grad is not None:
-            projector.add(rename(name), module.weight.grad.unsqueeze(0), out)
+    for name, grad in with_grad.items():
+        projector.add(rename(name), grad.unsqueeze(0), out)
     return out[0]
 
 
