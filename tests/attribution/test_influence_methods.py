@@ -112,6 +112,9 @@ def test_tracin_queries_take_the_gradient_at_each_checkpoints_weights(people, tr
     both = attributor.query_model.signals(*args, contrast=True, checkpoints=kept)
     assert_close(both.checkpoints["epoch_1"], alone.checkpoints["epoch_1"], "epoch 1 beside the contrast rows")
     assert_close(both.gradient, plain.gradient, "gradient beside the contrast and checkpoint rows")
+    contrast = attributor.query_model.signals(*args, contrast=True).contrast
+    assert both.contrast is not None and contrast is not None
+    assert_close(both.contrast, contrast, "contrast beside the checkpoint rows")
 
 
 def test_candidate_rows_of_the_index_are_scored_but_never_credited(people, trained, tiny_model) -> None:

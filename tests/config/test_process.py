@@ -71,7 +71,8 @@ def test_without_an_mmap_threshold_glibc_keeps_its_own_scheme(monkeypatch: pytes
     from tally.config import process
 
     calls: list[tuple[int, int]] = []
-    monkeypatch.setattr(process.ctypes, "CDLL", lambda _: SimpleNamespace(mallopt=_recorder(calls)))
+    fake = SimpleNamespace(CDLL=lambda _: SimpleNamespace(mallopt=_recorder(calls)), c_int=ctypes.c_int)
+    monkeypatch.setattr(process, "ctypes", fake)
     assert process.tune_malloc(0, 16 << 20) == [] and calls == []  # a trim threshold alone would turn it off
     if GLIBC:
         process.tune_malloc(1 << 20, 0)

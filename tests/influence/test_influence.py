@@ -87,6 +87,8 @@ def test_weight_gradients_of_the_selected_modules_only() -> None:
     assert first[32:].abs().max() == 0 and first[:32].abs().max() > 0  # layer 0's slice only
     with pytest.raises(ValueError, match="no trainable LoRA module"):
         project_weight_grads(model, projector, only=lambda name: False)
+    with pytest.raises(ValueError, match="no LoRA weight has a gradient"):
+        project_weight_grads(Tiny(), projector)  # no backward ran
 
 
 def test_index_round_trip_and_self_match(tmp_path: Path) -> None:

@@ -76,7 +76,8 @@ class ServerSettings(_Section):
         ge=0,
         le=1024 * 1024 * 1024,
         description="tally serve: free memory at the top of a heap kept for reuse rather than handed back to the "
-        "system at once (glibc; per heap, up to 8 heaps a core); 0 leaves glibc's default (see docs/engine.md)",
+        "system at once (glibc; per arena, up to 8 arenas a core); 0 leaves glibc's default; ignored when "
+        "malloc_mmap_threshold is 0 (see docs/engine.md)",
     )
     replicas: int = Field(
         1,
