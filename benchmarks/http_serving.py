@@ -633,8 +633,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(threads)
-    from tally.config import load_settings
-    from tally.config.process import apply_server_process_settings
+    from tally.config import apply_server_process_settings, load_settings
     from tally.engine import build_engine
     from tally.models import ModelError, load_model, load_tokenizer, resolve_model
 

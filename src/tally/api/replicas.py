@@ -34,10 +34,9 @@ from starlette.types import Message, Receive, Scope, Send
 from tally.api.app import create_app
 from tally.api.errors import error_body
 from tally.api.limits import body_cap
-from tally.config import Settings
+from tally.config import Settings, apply_server_process_settings
 from tally.config.errors import TallyError
 from tally.config.logs import configure_logging
-from tally.config.process import apply_server_process_settings
 
 logger = logging.getLogger(__name__)
 APP_NAME = "tally"

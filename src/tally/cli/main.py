@@ -19,8 +19,7 @@ from tally.cli import (
     worker,
 )
 from tally.cli.common import console, fail, load_cli_settings
-from tally.config import Settings
-from tally.config.process import apply_server_process_settings
+from tally.config import Settings, apply_server_process_settings
 
 app = typer.Typer(help="Tally: attribution-native AI.", no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(ledger.app, name="ledger")

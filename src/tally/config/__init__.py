@@ -1,5 +1,6 @@
-"""Settings and the data directory layout."""
+"""Settings and the data directory layout, and the process settings a server applies at start."""
 
+from tally.config.process import apply_server_process_settings
 from tally.config.settings import (
     ATTRIBUTION_MODES,
     AttributionMode,
@@ -32,6 +33,7 @@ __all__ = [
     "ServerSettings",
     "Settings",
     "StudioSettings",
+    "apply_server_process_settings",
     "get_settings",
     "load_settings",
 ]
