@@ -17,6 +17,11 @@ from torch import nn
 from tally.influence.projection import Projector, lora_modules
 
 
+def _selected(model: nn.Module, only: Callable[[str], bool] | None) -> dict[str, nn.Linear]:
+    """The trainable LoRA modules `only` accepts (all of them without it), by name."""
+    return {n: m for n, m in lora_modules(model).items() if only is None or only(n)}
+
+
 class GradCapture:
     """Use as a context manager around forward + backward; `begin(batch_size, scale)` before each forward."""
 
@@ -30,7 +35,7 @@ class GradCapture:
         """`rename` maps a module's name to the projector's (an adapter loaded under another name than `default`);
         `only` keeps the modules it accepts (one adapter's, when several are trained in one mixed batch)."""
         self.model, self.projector = model, projector
-        self.modules = {n: m for n, m in lora_modules(model).items() if only is None or only(n)}
+        self.modules = _selected(model, only)
         self._rename = rename or (lambda name: name)
         self._handles: list[Any] = []
         self._out: torch.Tensor | None = None
@@ -94,7 +99,7 @@ def project_weight_grads(
     gradient is that example's, so this replaces the capture hooks: autograd forms it once (the hooks would form it
     a second time) and nothing runs per layer during the backward."""
     rename = rename or (lambda name: name)
-    modules = {n: m for n, m in lora_modules(model).items() if only is None or only(n)}
+    modules = _selected(model, only)
     if not modules:
         raise ValueError("no trainable LoRA module to take the gradient of")
     with_grad = {name: m.weight.grad for name, m in modules.items() if m.weight.grad is not None}
