@@ -5,9 +5,12 @@ Measured in one run, on one machine state:
                 the base weights `--weights` gives (default auto: the server's default, int8 on an AVX2 CPU) and,
                 for comparison, with fp32
   fast / full   attributing that answer (spans over an empty span index, representation, gradient cosine; full
-                adds DataInf) against an index of 10k rows, median of repeats, once the adapter's null is
-                calibrated (its first `null_probes` answers also run the random twin: timed separately)
-  backward      one forward + backward of the answer's loss through the adapter (the query's unit of work)
+                takes every layer's gradient and adds DataInf) against an index of 10k rows, median of repeats,
+                once the adapter's null is calibrated (its first `null_probes` answers also run the random twin:
+                timed separately)
+  backward      one forward + backward of the answer's loss through the adapter (the query's unit of work), and
+                `fast` mode's query (the gradient of the top `fast_gradient_layers` layers only); `fast` is also
+                timed with the gradient of every layer (`fast_gradient_layers = 0`), alternating with the default
   scoring       the index scorers alone against 10k and 100k rows (4096 projected dims, 3 epoch checkpoints +
                 the final pass, 576-dim representation)
   rag           a RAG answer of exactly 64 tokens from the base model with 3, 8 and 16 retrieved chunks: its
@@ -307,14 +310,31 @@ def main() -> None:
         attributor.attribute(answer, mode)  # type: ignore[arg-type]
 
     attribute("full")  # warm-up: loads the attribution model, the adapter, the index and DataInf's matrices
+    probes = settings.attribution.null_probes
     print("timing attribution while the null is calibrated ...", file=sys.stderr)
-    calibrating_ms = _median_ms(lambda: attribute("fast"), settings.attribution.null_probes - 1)
+    # fast mode's top-layer gradient has a null of its own; full's is calibrated too before either is timed
+    calibrating_ms = _median_ms(lambda: attribute("fast"), probes)
+    for _ in range(probes - 1):
+        attribute("full")
     print("timing attribution ...", file=sys.stderr)
-    fast_ms = _median_ms(lambda: attribute("fast"), args.repeats)
+    layers = attributor.cfg.fast_gradient_layers
+    every_layer = attributor.cfg.model_copy(update={"fast_gradient_layers": 0})
+    top_layers = attributor.cfg
+    # alternating with its baseline, `fast` with the gradient of every layer (whose null is full's)
+    fast_times: list[float] = []
+    every_layer_times: list[float] = []
+    for _ in range(args.repeats):
+        for cfg, times in ((top_layers, fast_times), (every_layer, every_layer_times)):
+            attributor.cfg = cfg
+            times.append(_median_ms(lambda: attribute("fast"), 1))
+    attributor.cfg = top_layers
+    fast_ms, fast_every_layer_ms = statistics.median(fast_times), statistics.median(every_layer_times)
     full_ms = _median_ms(lambda: attribute("full"), args.repeats)
     projection = json.loads((adapter / "influence" / "index.json").read_text())["projection"]
-    backward_ms = _median_ms(
-        lambda: attributor.query_model.signals(digest, adapter, projection, prompt, answer_ids), args.repeats
+    query = attributor.query_model.signals
+    backward_ms = _median_ms(lambda: query(digest, adapter, projection, prompt, answer_ids), args.repeats)
+    top_layers_ms = _median_ms(
+        lambda: query(digest, adapter, projection, prompt, answer_ids, layers=layers), args.repeats
     )
     scoring: dict[str, Any] = {}
     for rows in (args.rows, args.big_rows):
@@ -327,7 +347,9 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}",
         "model": args.model, "answer_tokens": len(answer_ids), "prompt_tokens": len(prompt), "index_rows": args.rows,
         "weights": served_weights, "generate_ms": served_ms, "generate_ms_by_weights": generate_ms,
-        "fast_ms": fast_ms, "full_ms": full_ms, "backward_ms": backward_ms,
+        "fast_ms": fast_ms, "full_ms": full_ms, "backward_ms": backward_ms, "fast_gradient_layers": layers,
+        "fast_every_layer_ms": fast_every_layer_ms, "top_layers_query_ms": top_layers_ms,
+        "fast_over_fast_every_layer": round(fast_ms / fast_every_layer_ms, 3),
         "fast_while_calibrating_null_ms": calibrating_ms, "null_probes": settings.attribution.null_probes,
         "fast_over_generate": round(fast_ms / served_ms, 3),
         "fast_over_generate_by_weights": {w: round(fast_ms / ms, 3) for w, ms in generate_ms.items()},
@@ -344,7 +366,8 @@ def main() -> None:
         f"attribution_latency: 64-token answer {served_ms:.0f} ms ({served_weights}); fast +{fast_ms:.0f} ms "
         f"("
         + ", ".join(f"{fast_ms / ms:.0%} of the {w} answer's {ms:.0f} ms" for w, ms in generate_ms.items())
-        + f"); full {full_ms:.0f} ms vs one backward {backward_ms:.0f} ms; "
+        + f"; with every layer's gradient {fast_every_layer_ms:.0f} ms, top {layers} layers' query "
+        f"{top_layers_ms:.0f} ms); full {full_ms:.0f} ms vs one backward {backward_ms:.0f} ms; "
         f"scoring {args.big_rows // 1000}k rows {scoring[str(args.big_rows)]['fast_ms']:.0f} ms (fast), "
         f"{scoring[str(args.big_rows)]['datainf_ms']:.0f} ms (DataInf)"
     )

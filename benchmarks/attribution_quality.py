@@ -28,8 +28,10 @@ Everything goes through the project's services: accounts, datanets, contribution
 over the rows' text, a seeded random ranking, and dattri 0.3.0's DataInf and TracIn (cosine) on the same stored
 gradients when dattri is installed; beside the service's index methods, the influence candidates that are not
 wired in (Gauss-Newton on the plain query, cosine on the contrastive query, learning-rate-weighted TracIn, cosine
-over the per-epoch checkpoints only; docs/influence.md) on the same queries. Setting variants re-score the same
-cached query signals.
+over the per-epoch checkpoints only; docs/influence.md) on the same queries, and `fast` mode's gradient (the top
+k layers only, `gradient_top{k}` for k = 2, 4, 8). The same answers are then attributed in `fast` mode (the
+default) and its goal figures reported beside `full`'s (`fast_mode`). Setting variants re-score the same cached
+query signals.
 Prints one JSON document (also written to benchmarks/out/attribution_quality.json, or .quick.json for --quick,
 .skills.json for --skills-only, updated as scenarios finish), then one summary line; progress goes to stderr.
 
@@ -152,7 +154,10 @@ LOOKALIKE_DATANET = "styles-later"
 WITHDRAWN_SKILL = ("lower", _lower)
 INDEX_SIGNALS = ("representation", "gradient", "datainf", "contrast", "tracin")
 # every index-based candidate measured side by side (the ones not wired into the service are scored here only)
-CANDIDATES = ("gauss_newton", "contrast_cosine", "tracin_lr", "gradient_epochs")
+TOP_LAYERS = (2, 4, 8)  # `fast` mode's gradient over the top k layers, k as `attribution.fast_gradient_layers`
+CANDIDATES = (
+    "gauss_newton", "contrast_cosine", "tracin_lr", "gradient_epochs", *(f"gradient_top{k}" for k in TOP_LAYERS)
+)  # fmt: skip
 
 
 def log(msg: str) -> None:
@@ -536,30 +541,32 @@ class CachedSignals:
 
     def signals(self, key: str, directory: Path, projection: dict[str, Any], prompt_ids: list[int],
                 answer_ids: list[int], *, null: bool = False, contrast: bool = True,
-                checkpoints: Any = None) -> Any:  # fmt: skip
-        k = (key, tuple(prompt_ids), tuple(answer_ids), null)
+                checkpoints: Any = None, layers: int = 0) -> Any:  # fmt: skip
+        k = (key, tuple(prompt_ids), tuple(answer_ids), null, layers)
         if k not in self.cache:
             t = time.perf_counter()
-            at = None if null else self.checkpoints_of(directory)
+            # `fast` mode's top-layer query is the plain one, as served (no contrast or checkpoint rows)
+            at = None if null or layers else self.checkpoints_of(directory)
             self.cache[k] = self._signals(
-                key, directory, projection, prompt_ids, answer_ids, null=null, contrast=True, checkpoints=at
-            )
+                key, directory, projection, prompt_ids, answer_ids, null=null, contrast=not layers, checkpoints=at,
+                layers=layers,
+            )  # fmt: skip
             self.seconds += time.perf_counter() - t
         return self.cache[k]
 
     def signals_pair(self, key: str, directory: Path, projection: dict[str, Any], prompt_ids: list[int],
                      answer_ids: list[int], *, contrast: bool = True,
-                     checkpoints: Any = None) -> tuple[Any, Any]:  # fmt: skip
+                     checkpoints: Any = None, layers: int = 0) -> tuple[Any, Any]:  # fmt: skip
         real, null = (
-            (key, tuple(prompt_ids), tuple(answer_ids), False),
-            (key, tuple(prompt_ids), tuple(answer_ids), True),
+            (key, tuple(prompt_ids), tuple(answer_ids), False, layers),
+            (key, tuple(prompt_ids), tuple(answer_ids), True, layers),
         )
         if real not in self.cache or null not in self.cache:
             assert self._pair is not None
             t = time.perf_counter()
             self.cache[real], self.cache[null] = self._pair(
-                key, directory, projection, prompt_ids, answer_ids, contrast=True,
-                checkpoints=self.checkpoints_of(directory),
+                key, directory, projection, prompt_ids, answer_ids, contrast=not layers,
+                checkpoints=None if layers else self.checkpoints_of(directory), layers=layers,
             )  # fmt: skip
             self.seconds += time.perf_counter() - t
         return self.cache[real], self.cache[null]
@@ -655,6 +662,9 @@ def score_rows(attributor: Any, adapter: Adapter, item: Item, rng: np.random.Gen
     pool["contrast_cosine"] = sc.cosine(real.contrast).numpy()
     pool["tracin_lr"] = tracin_lr(adapter, real.gradient)
     pool["gradient_epochs"] = epochs_cosine(adapter, real.gradient)
+    for k in TOP_LAYERS:  # `fast` mode's query: the gradient of the top k layers only
+        top = attributor.query_model.signals(adapter.hash, adapter.out_dir, proj, a.prompt_ids, a.answer_ids, layers=k)
+        pool[f"gradient_top{k}"] = sc.cosine(top.gradient).numpy()
     reply = attributor.tokenizer.decode(a.answer_ids)
     tokens = tokenize([f"{item.question} {reply}"], ids=False)[0]
     pool["bm25"] = np.asarray(adapter.bm25.get_scores(tokens), dtype=np.float64)
@@ -1409,8 +1419,17 @@ def main() -> None:
             save(report)
             log(f"loo: {json.dumps(report['scenarios']['loo']['combined'])}")
 
-        # --- the same cached signals under other settings
+        # --- `fast` mode (the default): its combined shares over the same answers, every scenario
         all_items = [*main_items, *loo_items]
+        t = time.monotonic()
+        answered = [it for it in all_items if it.answer is not None]
+        fast = {item_id(it): shares_of(attributor.attribute(it.answer, "fast").record) for it in answered}
+        report["fast_mode"] = headline(scenario_summary(all_items, adapters, fast, world, plan.loo_names, rows=False))
+        report["timings_s"]["fast_mode"] = round(time.monotonic() - t, 1)
+        save(report)
+        log(f"fast mode: {json.dumps(report['fast_mode'])}")
+
+        # --- the same cached signals under other settings
         if not args.no_variants:
             t = time.monotonic()
             variants: dict[str, Any] = {"default": headline(report["scenarios"])}
@@ -1441,7 +1460,9 @@ def main() -> None:
             f"(>= 0.95), leave-one-out Spearman {fmt('loo_mean_spearman')} (>= 0.65), conflicts credited "
             f"{fmt('conflicts_credited')} (>= 0.9), copier/original {fmt('copier_over_original')} (<= 0.10), "
             f"look-alike credited {fmt('lookalike_credited_rate')} (<= 0.05), best gradient-based method alone on "
-            f"skills {best.get('method')} {best.get('value')} (>= 0.8); "
+            f"skills {best.get('method')} {best.get('value')} (>= 0.8); `fast` mode: facts "
+            f"{report['fast_mode'].get('facts_top1')}, skills {report['fast_mode'].get('skills_top1')}, Spearman "
+            f"{report['fast_mode'].get('loo_mean_spearman')}; "
             f"{report['main_adapter']['rows']} rows, {report['main_adapter']['contributors']} contributors, "
             f"{report['timings_s']['total']:.0f} s"
         )

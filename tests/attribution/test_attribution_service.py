@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -178,6 +179,36 @@ def test_the_mixed_batch_gives_each_adapter_its_own_gradient(people, trained, ti
         assert_close(batched.hidden, single.hidden, "hidden")
         assert abs(batched.logprob - single.logprob) < 1e-3
     assert not torch.allclose(real.gradient, null.gradient)
+
+
+def test_fast_mode_takes_the_gradient_of_the_top_layers_only(people, trained, tiny_model: Path) -> None:
+    import torch
+
+    attributor = _attributor(people, tiny_model, fast_gradient_layers=1, null_probes=1)
+    a = _answer(attributor, trained, "Where was Ilsa Varn born?", "Korvath")
+    projection = json.loads((trained.out_dir / "influence" / "index.json").read_text())["projection"]
+    args = (trained.adapter_hash, trained.out_dir, projection, a.prompt_ids, a.answer_ids)
+    every = attributor.query_model.signals(*args)
+    top, twin = attributor.query_model.signals_pair(*args, layers=1)
+    (bottom, upper) = [(s["layer"], s["offset"], s["dims"]) for s in projection["layers"]]  # the tiny model's two
+    assert (bottom[0], upper[0]) == ("layer.000", "layer.001")
+    for query in (top, twin):
+        assert torch.count_nonzero(query.gradient[bottom[1] : bottom[1] + bottom[2]]) == 0  # no backward down there
+        assert torch.count_nonzero(query.gradient[upper[1] : upper[1] + upper[2]]) > 0
+    # the top layer's gradient does not depend on whether the layers below take gradients
+    part = slice(upper[1], upper[1] + upper[2])
+    assert_close(top.gradient[part], every.gradient[part], "top layer's gradient")
+    assert_close(top.hidden, every.hidden, "hidden")
+    assert abs(top.logprob - every.logprob) < 1e-3
+    # the service: `fast` queries the top layer and calibrates that gradient's null apart from `full`'s
+    fast = attributor.attribute(a, "fast").record
+    loaded = attributor._indexes[trained.adapter_hash]
+    assert loaded.calibrated("gradient_top1") == 1 and loaded.calibrated("gradient") == 0
+    assert fast.methods["gradient"].null_score == round(loaded.null("gradient_top1", 0.9), 6)
+    full = attributor.attribute(replace(a, inference_id="chatcmpl-2"), "full").record
+    assert loaded.calibrated("gradient") == 1 and loaded.calibrated("gradient_top1") == 1
+    assert full.methods["gradient"].null_score == round(loaded.null("gradient", 0.9), 6)
+    assert fast.methods["gradient"].score != full.methods["gradient"].score
 
 
 def test_credits_name_developer_base_model_evaluators_and_pipeline_author(people, trained) -> None:

@@ -34,8 +34,9 @@ def test_full_mode_adds_the_contrastive_method_with_its_own_calibrated_null(peop
         for i, q in enumerate(questions)
     ]
     loaded = attributor._indexes[trained.adapter_hash]
-    # the fast answer calibrated gradient only; the contrastive null needed two full answers of its own
-    assert loaded.calibrated("gradient") == 3 and loaded.calibrated("contrast") == 2
+    # the fast answer calibrated its top-layer gradient; each full-mode null needed two full answers of its own
+    top = f"gradient_top{attributor.cfg.fast_gradient_layers}"
+    assert loaded.calibrated(top) == 1 and loaded.calibrated("gradient") == 2 and loaded.calibrated("contrast") == 2
     stored = _stored_rows(people)
     for record in records:
         assert "contrast" in record.methods

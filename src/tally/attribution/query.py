@@ -25,6 +25,7 @@ import torch
 from tally.influence import GradCapture, HiddenCapture, Projector, project_weight_grads
 from tally.influence.contrast import contrast_weights
 from tally.influence.hidden import IGNORE
+from tally.influence.projection import layer_number
 from tally.models import load_model
 
 # transformers' own deprecation, raised inside PEFT's backward on every answer: nothing a user can act on.
@@ -134,11 +135,16 @@ class QueryModel:
         null: bool = False,
         contrast: bool = False,
         checkpoints: dict[str, Path] | None = None,
+        layers: int = 0,
     ) -> QuerySignals:
         """The answer's signals through the adapter (or, with `null`, through its random twin); with `contrast`,
         also the gradient of the answer's loss weighted by each token's log-probability rise over the base model;
-        with `checkpoints` (name -> adapter directory), also the answer's gradient at each checkpoint's weights."""
-        return self._signals(key, directory, projection, prompt_ids, answer_ids, [not null], contrast, checkpoints)[0]
+        with `checkpoints` (name -> adapter directory), also the answer's gradient at each checkpoint's weights.
+        `layers` > 0 takes the gradients of the top that many transformer layers' LoRA weights only (the others'
+        slices of the projection stay zero): the backward stops there and the layers below keep no activations."""
+        return self._signals(
+            key, directory, projection, prompt_ids, answer_ids, [not null], contrast, checkpoints, layers
+        )[0]
 
     def signals_pair(
         self,
@@ -150,10 +156,11 @@ class QueryModel:
         *,
         contrast: bool = False,
         checkpoints: dict[str, Path] | None = None,
+        layers: int = 0,
     ) -> tuple[QuerySignals, QuerySignals]:
         """The signals through the adapter and through its random twin (the null), in one mixed batch."""
         real, null = self._signals(
-            key, directory, projection, prompt_ids, answer_ids, [True, False], contrast, checkpoints
+            key, directory, projection, prompt_ids, answer_ids, [True, False], contrast, checkpoints, layers
         )
         return real, null
 
@@ -167,6 +174,7 @@ class QueryModel:
         trained: list[bool],
         contrast: bool = False,
         checkpoints: dict[str, Path] | None = None,
+        layers: int = 0,
     ) -> list[QuerySignals]:
         if not answer_ids:
             raise ValueError("the answer has no tokens to attribute")
@@ -177,7 +185,7 @@ class QueryModel:
             if projector is None:
                 projector = self._projectors[key] = Projector.from_description(projection)
             names = [key if t else self._loaded[key] for t in trained]
-            return self._run(names, projector, prompt_ids, answer_ids, contrast, at)
+            return self._run(names, projector, prompt_ids, answer_ids, contrast, at, layers)
 
     def _base_logprobs(self, prompt_ids: list[int], answer_ids: list[int]) -> torch.Tensor:
         """(answer tokens,) the base model's log-probability of each answer token given the prompt."""
@@ -194,13 +202,15 @@ class QueryModel:
         answer_ids: list[int],
         contrast: bool = False,
         checkpoints: dict[str, str] | None = None,
+        layers: int = 0,
     ) -> list[QuerySignals]:
         """One forward and backward of a batch holding the same sequence once per adapter (PEFT's mixed batch):
         each adapter's LoRA weights get the gradient of its own row only. With `contrast` each adapter has a second
         row whose loss weighs the answer's tokens by their log-probability rise over the base model (one more
         forward, of the base model, without gradients). `checkpoints` (checkpoint name -> loaded adapter) add one
         row each, whose gradients go to the first adapter's signals. A batch of one adapter's rows runs PEFT's plain
-        path; the mixed batch's per-row gathers are paid only where adapters differ."""
+        path; the mixed batch's per-row gathers are paid only where adapters differ. `layers` > 0: gradients of the
+        top that many layers only."""
         checkpoints = checkpoints or {}
         peft = self._peft
         # first: leaving PEFT's disable_adapter() re-activates one adapter, which resets which weights take gradients
@@ -211,8 +221,10 @@ class QueryModel:
         if not mixed:
             peft.set_adapter(batch_names[0])  # one adapter: PEFT's plain path, without the mixed batch's gathers
         with_grad = [*names, *checkpoints.values()]
+        lowest = peft.get_base_model().config.num_hidden_layers - layers if layers > 0 else 0
         for param_name, param in peft.named_parameters():
-            param.requires_grad_(any(f".{n}." in param_name for n in with_grad))
+            in_top = lowest <= 0 or (layer_number(param_name) or 0) >= lowest
+            param.requires_grad_(in_top and any(f".{n}." in param_name for n in with_grad))
         rows = len(batch_names)
         ids = torch.tensor([prompt_ids + answer_ids] * rows)
         labels = torch.tensor([[IGNORE] * len(prompt_ids) + answer_ids] * rows)

@@ -1,9 +1,11 @@
 """Attribute one answer: run the signals the mode asks for, combine them into shares, commit the record.
 
 `fast`: verbatim spans, RAG context (when sources were retrieved), representation similarity and gradient cosine
-on the index's cached projection. `full` adds DataInf, and `contrast` when `attribution.weights` gives it a weight
-(the query weighted toward the answer tokens the adapter made likelier than the base model, Gauss-Newton scored;
-docs/influence.md; off by default until the full quality benchmark has measured it). Rows the adapter was not
+on the index's cached projection, the query's gradient taken over the top `fast_gradient_layers` layers only (the
+backward stops there; the index's other layers score zero). `full` takes the gradient of every layer and adds
+DataInf, TracIn, and `contrast` when `attribution.weights` gives it a weight (the query weighted toward the answer
+tokens the adapter made likelier than the base model, Gauss-Newton scored; docs/influence.md; off by default until
+the full quality benchmark has measured it). Rows the adapter was not
 trained on (withdrawn, or an index's candidate rows) earn nothing. Index signals need the adapter's training-data index
 (answers of the base model have spans and context only). Their null is calibrated per adapter: its first
 `null_probes` answers also run a randomly initialised twin (in the same mixed batch) and the null is the
@@ -280,10 +282,15 @@ class Attributor:
         # TracIn: one more row per kept training checkpoint, the answer's gradient at its weights; `full` mode
         tracin = mode == "full" and self.cfg.weights.get("tracin", 0.0) > 0 and bool(loaded.checkpoints)
         checkpoints = loaded.checkpoints if tracin else None
-        needed = ("gradient",) + (("contrast",) if contrast else ()) + (("tracin",) if tracin else ())
+        # `fast`: the gradient of the top layers only (the forward still runs them all); its null is its own
+        layers = self.cfg.fast_gradient_layers if mode == "fast" else 0
+        gradient_null = f"gradient_top{layers}" if layers else "gradient"
+        needed = (gradient_null,) + (("contrast",) if contrast else ()) + (("tracin",) if tracin else ())
         if min(loaded.calibrated(m) for m in needed) < self.cfg.null_probes:  # calibrating: the twin rides along
-            real, twin = self.query_model.signals_pair(*args, contrast=contrast, checkpoints=checkpoints)
-            null_scores = {"gradient": scorer.cosine(twin.gradient), "datainf": scorer.datainf(twin.gradient)}
+            real, twin = self.query_model.signals_pair(*args, contrast=contrast, checkpoints=checkpoints, layers=layers)
+            null_scores = {gradient_null: scorer.cosine(twin.gradient)}
+            if not layers:
+                null_scores["datainf"] = scorer.datainf(twin.gradient)
             if twin.contrast is not None:
                 null_scores["contrast"] = scorer.contrast(twin.contrast)
             if tracin:  # the twin learned nothing, so it has no checkpoints: its one gradient at every one
@@ -292,7 +299,7 @@ class Attributor:
                 null_scores["representation"] = scorer.representation(twin.hidden)
             loaded.null_stats.append({m: top_z(x, valid) for m, x in null_scores.items()})
         else:
-            real = self.query_model.signals(*args, contrast=contrast, checkpoints=checkpoints)
+            real = self.query_model.signals(*args, contrast=contrast, checkpoints=checkpoints, layers=layers)
         query_s = time.perf_counter() - start
         dup = scorer.row_similarity if scorer.has_representation else None
         methods: list[tuple[str, Any]] = [("gradient", scorer.cosine)]
@@ -309,7 +316,7 @@ class Attributor:
         for name, fn in methods:
             t = time.perf_counter()
             s = scorer.representation(real.hidden) if name == "representation" else fn(real.gradient)
-            null = loaded.null(name, self.cfg.null_quantile)
+            null = loaded.null(gradient_null if name == "gradient" else name, self.cfg.null_quantile)
             z = zscores(s.float(), valid)
             result, dist = index_method(name, z, null, loaded.sources, valid, self.cfg, dup)
             result.seconds = round(time.perf_counter() - t + (query_s if name != "representation" else 0.0), 4)

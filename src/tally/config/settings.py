@@ -190,6 +190,11 @@ class AttributionSettings(_Section):
         description="methods that count only when they beat their null baseline (the others: on min_z alone)",
     )
     max_adapters: int = Field(4, ge=1, description="adapters kept loaded for attribution")
+    fast_gradient_layers: int = Field(
+        4, ge=0, le=1024,
+        description="`fast` mode: the answer's gradient over the top this many transformer layers (0: all); "
+        "`full` always takes every layer",
+    )  # fmt: skip
 
     @field_validator("weights", "null_gated")
     @classmethod

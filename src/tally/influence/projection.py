@@ -29,9 +29,15 @@ def lora_modules(model: nn.Module) -> dict[str, nn.Linear]:
     return dict(sorted(found.items()))
 
 
+def layer_number(name: str) -> int | None:
+    """The transformer layer a module or parameter name lies in (`...layers.12...` -> 12), None outside them."""
+    m = _LAYER.search(name)
+    return int(m.group(1)) if m else None
+
+
 def layer_of(module_name: str) -> str:
-    m = _LAYER.search(module_name)
-    return f"layer.{int(m.group(1)):03d}" if m else module_name
+    number = layer_number(module_name)
+    return f"layer.{number:03d}" if number is not None else module_name
 
 
 @dataclass(frozen=True)
