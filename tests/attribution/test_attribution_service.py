@@ -211,6 +211,27 @@ def test_fast_mode_takes_the_gradient_of_the_top_layers_only(people, trained, ti
     assert fast.methods["gradient"].score != full.methods["gradient"].score
 
 
+def test_the_top_layers_are_those_the_adapter_adapts(tiny_model: Path, tmp_path: Path) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from tally.attribution.query import QueryModel
+    from tally.influence import Projector
+    from tally.models import load_model
+
+    # an adapter of the bottom layer only: `fast` takes its gradient there rather than finding nothing to take
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], layers_to_transform=[0], init_lora_weights=False)
+    peft = get_peft_model(load_model(tiny_model), config)
+    peft.save_pretrained(str(tmp_path / "bottom"))
+    projection = Projector.for_model(peft, 64, 0).describe()
+    assert [s["layer"] for s in projection["layers"]] == ["layer.000"]
+    query = QueryModel(tiny_model)
+    args = ("bottom", tmp_path / "bottom", projection, [1, 2, 3, 4], [5, 6, 7])
+    top, every = query.signals(*args, layers=1), query.signals(*args)
+    assert torch.count_nonzero(top.gradient) > 0
+    assert_close(top.gradient, every.gradient, "the adapter's one layer")
+
+
 def test_credits_name_developer_base_model_evaluators_and_pipeline_author(people, trained) -> None:
     import json
 

@@ -140,8 +140,9 @@ class QueryModel:
         """The answer's signals through the adapter (or, with `null`, through its random twin); with `contrast`,
         also the gradient of the answer's loss weighted by each token's log-probability rise over the base model;
         with `checkpoints` (name -> adapter directory), also the answer's gradient at each checkpoint's weights.
-        `layers` > 0 takes the gradients of the top that many transformer layers' LoRA weights only (the others'
-        slices of the projection stay zero): the backward stops there and the layers below keep no activations."""
+        `layers` > 0 takes the gradients of the LoRA weights in the top that many of the layers the adapter adapts
+        (the others' slices of the projection stay zero): the backward stops there and the layers below keep no
+        activations."""
         return self._signals(
             key, directory, projection, prompt_ids, answer_ids, [not null], contrast, checkpoints, layers
         )[0]
@@ -221,10 +222,12 @@ class QueryModel:
         if not mixed:
             peft.set_adapter(batch_names[0])  # one adapter: PEFT's plain path, without the mixed batch's gathers
         with_grad = [*names, *checkpoints.values()]
-        lowest = peft.get_base_model().config.num_hidden_layers - layers if layers > 0 else 0
+        ours = {n: p for n, p in peft.named_parameters() if any(f".{a}." in n for a in with_grad)}
+        # the top `layers` of the layers these adapters adapt (an adapter may leave the top of the model alone)
+        adapted = sorted({number for n in ours if (number := layer_number(n)) is not None})
+        top = set(adapted[-layers:]) if layers > 0 else None
         for param_name, param in peft.named_parameters():
-            in_top = lowest <= 0 or (layer_number(param_name) or 0) >= lowest
-            param.requires_grad_(in_top and any(f".{n}." in param_name for n in with_grad))
+            param.requires_grad_(param_name in ours and (top is None or layer_number(param_name) in top))
         rows = len(batch_names)
         ids = torch.tensor([prompt_ids + answer_ids] * rows)
         labels = torch.tensor([[IGNORE] * len(prompt_ids) + answer_ids] * rows)
