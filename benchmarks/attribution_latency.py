@@ -9,8 +9,9 @@ Measured in one run, on one machine state:
                 once the adapter's null is calibrated (its first `null_probes` answers also run the random twin:
                 timed separately)
   backward      one forward + backward of the answer's loss through the adapter (the query's unit of work), and
-                `fast` mode's query (the gradient of the top `fast_gradient_layers` layers only); `fast` is also
-                timed with the gradient of every layer (`fast_gradient_layers = 0`), alternating with the default
+                `fast` mode's query (the gradient of the top `fast_gradient_layers` layers only), and the forward
+                alone (no gradients); `fast` is also timed with the gradient of every layer
+                (`fast_gradient_layers = 0`). These and `full` are timed in turn, once each per repeat
   scoring       the index scorers alone against 10k and 100k rows (4096 projected dims, 3 epoch checkpoints +
                 the final pass, 576-dim representation)
   rag           a RAG answer of exactly 64 tokens from the base model with 3, 8 and 16 retrieved chunks: its
@@ -318,24 +319,39 @@ def main() -> None:
         attribute("full")
     print("timing attribution ...", file=sys.stderr)
     layers = attributor.cfg.fast_gradient_layers
-    every_layer = attributor.cfg.model_copy(update={"fast_gradient_layers": 0})
     top_layers = attributor.cfg
-    # alternating with its baseline, `fast` with the gradient of every layer (whose null is full's)
-    fast_times: list[float] = []
-    every_layer_times: list[float] = []
-    for _ in range(args.repeats):
-        for cfg, times in ((top_layers, fast_times), (every_layer, every_layer_times)):
-            attributor.cfg = cfg
-            times.append(_median_ms(lambda: attribute("fast"), 1))
-    attributor.cfg = top_layers
-    fast_ms, fast_every_layer_ms = statistics.median(fast_times), statistics.median(every_layer_times)
-    full_ms = _median_ms(lambda: attribute("full"), args.repeats)
+    every_layer = top_layers.model_copy(update={"fast_gradient_layers": 0})  # `fast` as before: its null is full's
     projection = json.loads((adapter / "influence" / "index.json").read_text())["projection"]
     query = attributor.query_model.signals
-    backward_ms = _median_ms(lambda: query(digest, adapter, projection, prompt, answer_ids), args.repeats)
-    top_layers_ms = _median_ms(
-        lambda: query(digest, adapter, projection, prompt, answer_ids, layers=layers), args.repeats
-    )
+    ids = torch.tensor([prompt + answer_ids])
+
+    def with_cfg(cfg: Any, mode: str) -> Any:
+        def run() -> None:
+            attributor.cfg = cfg
+            attribute(mode)
+            attributor.cfg = top_layers
+
+        return run
+
+    # every timing in turn, once per repeat, so each ratio is taken on the same machine state
+    timed: dict[str, Any] = {
+        "fast": with_cfg(top_layers, "fast"),
+        "fast_every_layer": with_cfg(every_layer, "fast"),
+        "full": with_cfg(top_layers, "full"),
+        "backward": lambda: query(digest, adapter, projection, prompt, answer_ids),
+        "top_layers_query": lambda: query(digest, adapter, projection, prompt, answer_ids, layers=layers),
+        # the forward the top layers' inputs need, through the adapter, without gradients
+        "forward": lambda: attributor.query_model.run(
+            digest, adapter, lambda model: model(input_ids=ids, logits_to_keep=len(answer_ids) + 1)
+        ),
+    }
+    times: dict[str, list[float]] = {name: [] for name in timed}
+    for _ in range(args.repeats):
+        for name, fn in timed.items():
+            times[name].append(_median_ms(fn, 1))
+    median = {name: statistics.median(values) for name, values in times.items()}
+    fast_ms, fast_every_layer_ms, full_ms = median["fast"], median["fast_every_layer"], median["full"]
+    backward_ms, top_layers_ms, forward_ms = median["backward"], median["top_layers_query"], median["forward"]
     scoring: dict[str, Any] = {}
     for rows in (args.rows, args.big_rows):
         print(f"timing scoring against {rows} rows ...", file=sys.stderr)
@@ -348,7 +364,8 @@ def main() -> None:
         "model": args.model, "answer_tokens": len(answer_ids), "prompt_tokens": len(prompt), "index_rows": args.rows,
         "weights": served_weights, "generate_ms": served_ms, "generate_ms_by_weights": generate_ms,
         "fast_ms": fast_ms, "full_ms": full_ms, "backward_ms": backward_ms, "fast_gradient_layers": layers,
-        "fast_every_layer_ms": fast_every_layer_ms, "top_layers_query_ms": top_layers_ms,
+        "fast_every_layer_ms": fast_every_layer_ms, "top_layers_query_ms": top_layers_ms, "forward_ms": forward_ms,
+        "forward_over_generate": round(forward_ms / served_ms, 3),
         "fast_over_fast_every_layer": round(fast_ms / fast_every_layer_ms, 3),
         "fast_while_calibrating_null_ms": calibrating_ms, "null_probes": settings.attribution.null_probes,
         "fast_over_generate": round(fast_ms / served_ms, 3),
@@ -367,7 +384,8 @@ def main() -> None:
         f"("
         + ", ".join(f"{fast_ms / ms:.0%} of the {w} answer's {ms:.0f} ms" for w, ms in generate_ms.items())
         + f"; with every layer's gradient {fast_every_layer_ms:.0f} ms, top {layers} layers' query "
-        f"{top_layers_ms:.0f} ms); full {full_ms:.0f} ms vs one backward {backward_ms:.0f} ms; "
+        f"{top_layers_ms:.0f} ms, the forward alone {forward_ms:.0f} ms); "
+        f"full {full_ms:.0f} ms vs one backward {backward_ms:.0f} ms; "
         f"scoring {args.big_rows // 1000}k rows {scoring[str(args.big_rows)]['fast_ms']:.0f} ms (fast), "
         f"{scoring[str(args.big_rows)]['datainf_ms']:.0f} ms (DataInf)"
     )

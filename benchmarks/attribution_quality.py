@@ -519,8 +519,9 @@ def withdraw(world: World, who: str, datanet: str) -> int:
 # --------------------------------------------------------------------------------------------------- attribution
 class CachedSignals:
     """Wraps the query model's `signals` (and `signals_pair`, where it has one): every (adapter, prompt, answer,
-    null) query runs once, whatever the settings the answer is later re-scored under; always with the contrastive
-    gradient and the gradients at the adapter's training checkpoints (every candidate scored on the same queries)."""
+    null, layers) query runs once, whatever the settings the answer is later re-scored under. A query of every layer
+    always has the contrastive gradient and the gradients at the adapter's training checkpoints (every candidate
+    scored on the same queries); a top-layer query (`fast` mode's) is the plain one, as served."""
 
     def __init__(self, query_model: Any) -> None:
         self.cache: dict[tuple[Any, ...], Any] = {}

@@ -192,6 +192,10 @@ def test_fast_mode_takes_the_gradient_of_the_top_layers_only(people, trained, ti
     top, twin = attributor.query_model.signals_pair(*args, layers=1)
     (bottom, upper) = [(s["layer"], s["offset"], s["dims"]) for s in projection["layers"]]  # the tiny model's two
     assert (bottom[0], upper[0]) == ("layer.000", "layer.001")
+    # the lower layer's weights took no gradient at all (the saving), not only a projection that left them out
+    lora = {n: p.requires_grad for n, p in attributor.query_model._peft.named_parameters() if "lora_" in n}
+    assert not any(grad for n, grad in lora.items() if ".layers.0." in n)
+    assert any(grad for n, grad in lora.items() if ".layers.1." in n)
     for query in (top, twin):
         assert torch.count_nonzero(query.gradient[bottom[1] : bottom[1] + bottom[2]]) == 0  # no backward down there
         assert torch.count_nonzero(query.gradient[upper[1] : upper[1] + upper[2]]) > 0
@@ -199,19 +203,32 @@ def test_fast_mode_takes_the_gradient_of_the_top_layers_only(people, trained, ti
     part = slice(upper[1], upper[1] + upper[2])
     assert_close(top.gradient[part], every.gradient[part], "top layer's gradient")
     assert_close(top.hidden, every.hidden, "hidden")
-    assert abs(top.logprob - every.logprob) < 1e-3
+    assert_close(torch.tensor(top.logprob), torch.tensor(every.logprob), "log p")
     # the service: `fast` queries the top layer and calibrates that gradient's null apart from `full`'s
     fast = attributor.attribute(a, "fast").record
     loaded = attributor._indexes[trained.adapter_hash]
+    quantile = attributor.cfg.null_quantile
     assert loaded.calibrated("gradient_top1") == 1 and loaded.calibrated("gradient") == 0
-    assert fast.methods["gradient"].null_score == round(loaded.null("gradient_top1", 0.9), 6)
+    assert fast.methods["gradient"].null_score == round(loaded.null("gradient_top1", quantile), 6)
     full = attributor.attribute(replace(a, inference_id="chatcmpl-2"), "full").record
     assert loaded.calibrated("gradient") == 1 and loaded.calibrated("gradient_top1") == 1
-    assert full.methods["gradient"].null_score == round(loaded.null("gradient", 0.9), 6)
+    assert full.methods["gradient"].null_score == round(loaded.null("gradient", quantile), 6)
     assert fast.methods["gradient"].score != full.methods["gradient"].score
+    # the record says what the fast query covered; other methods and full records carry no such field
+    assert fast.methods["gradient"].layers == 1 and full.methods["gradient"].layers is None
+    assert "layers" not in full.model_dump(mode="json")["methods"]["gradient"]
 
 
-def test_the_top_layers_are_those_the_adapter_adapts(tiny_model: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("targets", "layers", "slices"),
+    [
+        (["q_proj", "v_proj"], [0], ["layer.000"]),  # the bottom layer only: its gradient is taken there
+        (["lm_head"], None, ["base_model.model.lm_head.lora_A.default", "base_model.model.lm_head.lora_B.default"]),
+    ],
+)
+def test_the_top_layers_are_those_the_adapter_adapts(
+    tiny_model: Path, tmp_path: Path, targets: list[str], layers: list[int] | None, slices: list[str]
+) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -219,17 +236,18 @@ def test_the_top_layers_are_those_the_adapter_adapts(tiny_model: Path, tmp_path:
     from tally.influence import Projector
     from tally.models import load_model
 
-    # an adapter of the bottom layer only: `fast` takes its gradient there rather than finding nothing to take
-    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], layers_to_transform=[0], init_lora_weights=False)
+    # `fast` on an adapter that leaves the top layers alone (or adapts no numbered layer) takes the gradient it
+    # has, rather than finding nothing to differentiate
+    config = LoraConfig(r=4, target_modules=targets, layers_to_transform=layers, init_lora_weights=False)
     peft = get_peft_model(load_model(tiny_model), config)
-    peft.save_pretrained(str(tmp_path / "bottom"))
+    peft.save_pretrained(str(tmp_path / "adapter"))
     projection = Projector.for_model(peft, 64, 0).describe()
-    assert [s["layer"] for s in projection["layers"]] == ["layer.000"]
+    assert [s["layer"] for s in projection["layers"]] == slices
     query = QueryModel(tiny_model)
-    args = ("bottom", tmp_path / "bottom", projection, [1, 2, 3, 4], [5, 6, 7])
+    args = ("adapter", tmp_path / "adapter", projection, [1, 2, 3, 4], [5, 6, 7])
     top, every = query.signals(*args, layers=1), query.signals(*args)
     assert torch.count_nonzero(top.gradient) > 0
-    assert_close(top.gradient, every.gradient, "the adapter's one layer")
+    assert_close(top.gradient, every.gradient, "the adapter's own layers")
 
 
 def test_credits_name_developer_base_model_evaluators_and_pipeline_author(people, trained) -> None:

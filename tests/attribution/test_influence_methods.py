@@ -25,7 +25,10 @@ def trained(people, tiny_model: Path, tmp_path: Path):
 
 def test_full_mode_adds_the_contrastive_method_with_its_own_calibrated_null(people, trained, tiny_model) -> None:
     weights = {**people.settings.attribution.weights, "contrast": 1.0}  # off unless weighted
-    attributor = _attributor(people, tiny_model, null_probes=2, null_quantile=1.0, weights=weights)
+    # fast with every layer's gradient shares full's gradient null, so each null's own count shows
+    attributor = _attributor(
+        people, tiny_model, null_probes=2, null_quantile=1.0, weights=weights, fast_gradient_layers=0
+    )
     questions = ["Where was Ilsa Varn born?", "Who is Tomas Quell?", "Where does Ilsa Varn live?"]
     fast = attributor.attribute(_answer(attributor, trained, questions[0], "Korvath", "chatcmpl-f"), "fast").record
     assert "contrast" not in fast.methods
@@ -34,9 +37,8 @@ def test_full_mode_adds_the_contrastive_method_with_its_own_calibrated_null(peop
         for i, q in enumerate(questions)
     ]
     loaded = attributor._indexes[trained.adapter_hash]
-    # the fast answer calibrated its top-layer gradient; each full-mode null needed two full answers of its own
-    top = f"gradient_top{attributor.cfg.fast_gradient_layers}"
-    assert loaded.calibrated(top) == 1 and loaded.calibrated("gradient") == 2 and loaded.calibrated("contrast") == 2
+    # the fast answer calibrated gradient only; the contrastive null needed two full answers of its own
+    assert loaded.calibrated("gradient") == 3 and loaded.calibrated("contrast") == 2
     stored = _stored_rows(people)
     for record in records:
         assert "contrast" in record.methods

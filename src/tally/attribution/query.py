@@ -222,12 +222,13 @@ class QueryModel:
         if not mixed:
             peft.set_adapter(batch_names[0])  # one adapter: PEFT's plain path, without the mixed batch's gathers
         with_grad = [*names, *checkpoints.values()]
-        ours = {n: p for n, p in peft.named_parameters() if any(f".{a}." in n for a in with_grad)}
-        # the top `layers` of the layers these adapters adapt (an adapter may leave the top of the model alone)
-        adapted = sorted({number for n in ours if (number := layer_number(n)) is not None})
-        top = set(adapted[-layers:]) if layers > 0 else None
+        adapter_params = {n for n, _ in peft.named_parameters() if any(f".{a}." in n for a in with_grad)}
+        # the top `layers` of the layers these adapters adapt (an adapter may leave the top of the model alone);
+        # every weight where none lies in a numbered layer (other module names, or `lm_head` alone)
+        adapted = sorted({number for n in adapter_params if (number := layer_number(n)) is not None})
+        top = set(adapted[-layers:]) if layers > 0 and adapted else None
         for param_name, param in peft.named_parameters():
-            param.requires_grad_(param_name in ours and (top is None or layer_number(param_name) in top))
+            param.requires_grad_(param_name in adapter_params and (top is None or layer_number(param_name) in top))
         rows = len(batch_names)
         ids = torch.tensor([prompt_ids + answer_ids] * rows)
         labels = torch.tensor([[IGNORE] * len(prompt_ids) + answer_ids] * rows)

@@ -46,6 +46,9 @@ class MethodResult(BaseModel):
     beat_null: bool = False
     weight: float = 0.0  # its weight in the combined shares
     seconds: float = 0.0
+    # `gradient` in `fast` mode: the query covered the top this many adapted layers (left out of the JSON otherwise,
+    # so records written before it keep their hash)
+    layers: int | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class Citation(BaseModel):

@@ -1,14 +1,14 @@
 """Attribute one answer: run the signals the mode asks for, combine them into shares, commit the record.
 
 `fast`: verbatim spans, RAG context (when sources were retrieved), representation similarity and gradient cosine
-on the index's cached projection, the query's gradient taken over the top `fast_gradient_layers` layers only (the
-backward stops there; the index's other layers score zero). `full` takes the gradient of every layer and adds
-DataInf, TracIn, and `contrast` when `attribution.weights` gives it a weight (the query weighted toward the answer
-tokens the adapter made likelier than the base model, Gauss-Newton scored; docs/influence.md; off by default until
-the full quality benchmark has measured it). Rows the adapter was not
-trained on (withdrawn, or an index's candidate rows) earn nothing. Index signals need the adapter's training-data index
-(answers of the base model have spans and context only). Their null is calibrated per adapter: its first
-`null_probes` answers also run a randomly initialised twin (in the same mixed batch) and the null is the
+on the index's cached projection, the query's gradient taken over the top `fast_gradient_layers` of the layers the
+adapter adapts (the backward stops there; the index's other layers score zero). `full` takes the gradient of every
+layer and adds DataInf, TracIn, and `contrast` when `attribution.weights` gives it a weight (the query weighted
+toward the answer tokens the adapter made likelier than the base model, Gauss-Newton scored; docs/influence.md; off
+by default until the full quality benchmark has measured it). Rows the adapter was not trained on (withdrawn, or an
+index's candidate rows) earn nothing. Index signals need the adapter's training-data index (answers of the base
+model have spans and context only). Their null is calibrated per adapter and per mode's gradient: the first
+`null_probes` answers of each also run a randomly initialised twin (in the same mixed batch) and the null is the
 `null_quantile` of the twin's top z-scores; later answers cost one forward and backward. See docs/attribution.md.
 """
 
@@ -319,6 +319,8 @@ class Attributor:
             null = loaded.null(gradient_null if name == "gradient" else name, self.cfg.null_quantile)
             z = zscores(s.float(), valid)
             result, dist = index_method(name, z, null, loaded.sources, valid, self.cfg, dup)
+            if name == "gradient" and layers:
+                result.layers = layers
             result.seconds = round(time.perf_counter() - t + (query_s if name != "representation" else 0.0), 4)
             results[name], dists[name] = result, dist
             if name == "gradient":

@@ -192,8 +192,8 @@ class AttributionSettings(_Section):
     max_adapters: int = Field(4, ge=1, description="adapters kept loaded for attribution")
     fast_gradient_layers: int = Field(
         4, ge=0, le=1024,
-        description="`fast` mode: the answer's gradient over the top this many transformer layers (0: all); "
-        "`full` always takes every layer",
+        description="`fast` mode: the answer's gradient over the top this many of the layers the adapter adapts "
+        "(0: all); `full` always takes every layer",
     )  # fmt: skip
 
     @field_validator("weights", "null_gated")
