@@ -222,13 +222,17 @@ class QueryModel:
         if not mixed:
             peft.set_adapter(batch_names[0])  # one adapter: PEFT's plain path, without the mixed batch's gathers
         with_grad = [*names, *checkpoints.values()]
-        adapter_params = {n for n, _ in peft.named_parameters() if any(f".{a}." in n for a in with_grad)}
+        # one walk over the parameters: each one's layer, and whether it belongs to an adapter of this batch
+        params = [
+            (param, layer_number(name), any(f".{a}." in name for a in with_grad))
+            for name, param in peft.named_parameters()
+        ]
         # the top `layers` of the layers these adapters adapt (an adapter may leave the top of the model alone);
         # every weight where none lies in a numbered layer (other module names, or `lm_head` alone)
-        adapted = sorted({number for n in adapter_params if (number := layer_number(n)) is not None})
+        adapted = sorted({layer for _, layer, ours in params if ours and layer is not None})
         top = set(adapted[-layers:]) if layers > 0 and adapted else None
-        for param_name, param in peft.named_parameters():
-            param.requires_grad_(param_name in adapter_params and (top is None or layer_number(param_name) in top))
+        for param, layer, ours in params:
+            param.requires_grad_(ours and (top is None or layer in top))
         rows = len(batch_names)
         ids = torch.tensor([prompt_ids + answer_ids] * rows)
         labels = torch.tensor([[IGNORE] * len(prompt_ids) + answer_ids] * rows)
