@@ -3,15 +3,18 @@
 Measured in one run, on one machine state:
   generate      the engine answering with a rank-16 adapter (all seven projections), exactly 64 new tokens, with
                 the base weights `--weights` gives (default auto: the server's default, int8 on an AVX2 CPU) and,
-                for comparison, with fp32
+                for comparison, with fp32; as the server answers for `fast` attribution, the engine keeps the hidden
+                states entering the top `fast_gradient_layers` layers (the same answer without keeping them is
+                timed in turn with it)
   fast / full   attributing that answer (spans over an empty span index, representation, gradient cosine; full
                 takes every layer's gradient and adds DataInf) against an index of 10k rows, median of repeats,
                 once the adapter's null is calibrated (its first `null_probes` answers also run the random twin:
                 timed separately)
   backward      one forward + backward of the answer's loss through the adapter (the query's unit of work), and
-                `fast` mode's query (the gradient of the top `fast_gradient_layers` layers only), and the forward
-                alone (no gradients); `fast` is also timed with the gradient of every layer
-                (`fast_gradient_layers = 0`). These and `full` are timed in turn, once each per repeat
+                `fast` mode's query (the gradient of the top `fast_gradient_layers` layers only, from the engine's
+                states and through the whole forward), and the forward alone (no gradients); `fast` is also timed
+                without the engine's states and with the gradient of every layer (`fast_gradient_layers = 0`).
+                These and `full` are timed in turn, once each per repeat
   scoring       the index scorers alone against 10k and 100k rows (4096 projected dims, 3 epoch checkpoints +
                 the final pass, 576-dim representation)
   rag           a RAG answer of exactly 64 tokens from the base model with 3, 8 and 16 retrieved chunks: its
@@ -278,12 +281,19 @@ def main() -> None:
     adapter = make_adapter(model_dir, tmp / "adapter", args.rows)
     tok = load_tokenizer(model_dir)
     messages = [{"role": "user", "content": "Describe the town of Korvath and its glassblowers."}]
-    params = SamplingParams(max_tokens=64, temperature=0, ignore_eos=True)
+    layers = settings.attribution.fast_gradient_layers
+    # as the server answers for `fast` attribution: the engine keeps the states entering the top layers
+    params = SamplingParams(max_tokens=64, temperature=0, ignore_eos=True, keep_states=True)
+    plain = SamplingParams(max_tokens=64, temperature=0, ignore_eos=True)
     prompt: list[int] = []
     answer_ids: list[int] = []
+    kept: dict[str, Any] = {}  # the attributed answer's states and the layer they enter
     generate_ms: dict[str, float] = {}  # by the weights that ran; the first is the answer attributed below
+    without_states_ms = 0.0
     for weights in dict.fromkeys((args.weights, "fp32")):
-        config = EngineConfig(device="cpu", weights=weights, kernel_dir=settings_kernel_dir(settings))
+        config = EngineConfig(
+            device="cpu", weights=weights, kernel_dir=settings_kernel_dir(settings), states_from_top=layers
+        )
         engine = Engine(load_model(model_dir), tok, args.model, config).start()
         engine.add_adapter("bench", adapter)
         prompt = engine.encode_chat(messages)
@@ -293,11 +303,21 @@ def main() -> None:
             keep = not generate_ms
 
             def generate(engine: Any = engine, keep: bool = keep, prompt: list[int] = prompt) -> None:
-                ids = engine.generate(prompt, params, "bench").token_ids
+                out = engine.generate(prompt, params, "bench")
                 if keep:
-                    answer_ids[:] = ids
+                    answer_ids[:] = out.token_ids
+                    kept.update(states=out.states, layer=engine.states_layer)
 
-            generate_ms[engine.weights] = _median_ms(generate, args.repeats)
+            if keep:  # with and without the states, in turn
+                pair = {"with": generate, "without": lambda e=engine, p=prompt: e.generate(p, plain, "bench")}
+                runs: dict[str, list[float]] = {"with": [], "without": []}
+                for repeat in range(args.repeats):  # which goes first alternates: no order bias
+                    for name in ("with", "without") if repeat % 2 == 0 else ("without", "with"):
+                        runs[name].append(_median_ms(pair[name], 1))
+                generate_ms[engine.weights] = statistics.median(runs["with"])
+                without_states_ms = statistics.median(runs["without"])
+            else:
+                generate_ms[engine.weights] = _median_ms(generate, args.repeats)
         engine.stop()
         if engine.weights == "fp32":  # the served weights were fp32 already: nothing to compare with
             break
@@ -306,8 +326,10 @@ def main() -> None:
     digest = hash_adapter(adapter)
     counter = iter(range(10**6))
 
-    def attribute(mode: str) -> None:
+    def attribute(mode: str, states: bool = True) -> None:
         answer = Answer(f"bench-{next(counter)}", "bench", prompt, answer_ids, adapter, digest)
+        if states:
+            answer.states, answer.states_layer = kept["states"], kept["layer"]
         attributor.attribute(answer, mode)  # type: ignore[arg-type]
 
     attribute("full")  # warm-up: loads the attribution model, the adapter, the index and DataInf's matrices
@@ -318,28 +340,32 @@ def main() -> None:
     for _ in range(probes - 1):
         attribute("full")
     print("timing attribution ...", file=sys.stderr)
-    layers = attributor.cfg.fast_gradient_layers
     top_layers = attributor.cfg
     every_layer = top_layers.model_copy(update={"fast_gradient_layers": 0})  # `fast` as before: its null is full's
     projection = json.loads((adapter / "influence" / "index.json").read_text())["projection"]
     query = attributor.query_model.signals
     ids = torch.tensor([prompt + answer_ids])
 
-    def with_cfg(cfg: Any, mode: str) -> Any:
+    def with_cfg(cfg: Any, mode: str, states: bool = True) -> Any:
         def run() -> None:
             attributor.cfg = cfg
-            attribute(mode)
+            attribute(mode, states)
             attributor.cfg = top_layers
 
         return run
 
+    from_states = (kept["layer"], kept["states"])
     # every timing in turn, once per repeat, so each ratio is taken on the same machine state
     timed: dict[str, Any] = {
         "fast": with_cfg(top_layers, "fast"),
+        "fast_whole_forward": with_cfg(top_layers, "fast", states=False),
         "fast_every_layer": with_cfg(every_layer, "fast"),
         "full": with_cfg(top_layers, "full"),
         "backward": lambda: query(digest, adapter, projection, prompt, answer_ids),
         "top_layers_query": lambda: query(digest, adapter, projection, prompt, answer_ids, layers=layers),
+        "top_layers_from_states": lambda: query(
+            digest, adapter, projection, prompt, answer_ids, layers=layers, states=from_states
+        ),
         # the forward the top layers' inputs need, through the adapter, without gradients
         "forward": lambda: attributor.query_model.run(
             digest, adapter, lambda model: model(input_ids=ids, logits_to_keep=len(answer_ids) + 1)
@@ -352,6 +378,7 @@ def main() -> None:
     median = {name: statistics.median(values) for name, values in times.items()}
     fast_ms, fast_every_layer_ms, full_ms = median["fast"], median["fast_every_layer"], median["full"]
     backward_ms, top_layers_ms, forward_ms = median["backward"], median["top_layers_query"], median["forward"]
+    whole_forward_ms, from_states_ms = median["fast_whole_forward"], median["top_layers_from_states"]
     scoring: dict[str, Any] = {}
     for rows in (args.rows, args.big_rows):
         print(f"timing scoring against {rows} rows ...", file=sys.stderr)
@@ -363,6 +390,10 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}",
         "model": args.model, "answer_tokens": len(answer_ids), "prompt_tokens": len(prompt), "index_rows": args.rows,
         "weights": served_weights, "generate_ms": served_ms, "generate_ms_by_weights": generate_ms,
+        "generate_without_states_ms": without_states_ms, "states_layer": kept["layer"],
+        "keeping_states_over_generate": round(served_ms / without_states_ms, 3),
+        "fast_whole_forward_ms": whole_forward_ms, "top_layers_from_states_ms": from_states_ms,
+        "fast_over_fast_whole_forward": round(fast_ms / whole_forward_ms, 3),
         "fast_ms": fast_ms, "full_ms": full_ms, "backward_ms": backward_ms, "fast_gradient_layers": layers,
         "fast_every_layer_ms": fast_every_layer_ms, "top_layers_query_ms": top_layers_ms, "forward_ms": forward_ms,
         "forward_over_generate": round(forward_ms / served_ms, 3),
@@ -383,8 +414,10 @@ def main() -> None:
         f"attribution_latency: 64-token answer {served_ms:.0f} ms ({served_weights}); fast +{fast_ms:.0f} ms "
         f"("
         + ", ".join(f"{fast_ms / ms:.0%} of the {w} answer's {ms:.0f} ms" for w, ms in generate_ms.items())
-        + f"; with every layer's gradient {fast_every_layer_ms:.0f} ms, top {layers} layers' query "
-        f"{top_layers_ms:.0f} ms, the forward alone {forward_ms:.0f} ms); "
+        + f"; from the engine's states, kept at {served_ms / without_states_ms - 1:+.1%} of the answer; through "
+        f"the whole forward {whole_forward_ms:.0f} ms, with every layer's gradient {fast_every_layer_ms:.0f} ms; "
+        f"top {layers} layers' query {from_states_ms:.0f} ms from the states, {top_layers_ms:.0f} ms whole, the "
+        f"forward alone {forward_ms:.0f} ms); "
         f"full {full_ms:.0f} ms vs one backward {backward_ms:.0f} ms; "
         f"scoring {args.big_rows // 1000}k rows {scoring[str(args.big_rows)]['fast_ms']:.0f} ms (fast), "
         f"{scoring[str(args.big_rows)]['datainf_ms']:.0f} ms (DataInf)"

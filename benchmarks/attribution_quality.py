@@ -30,8 +30,10 @@ gradients when dattri is installed; beside the service's index methods, the infl
 wired in (Gauss-Newton on the plain query, cosine on the contrastive query, learning-rate-weighted TracIn, cosine
 over the per-epoch checkpoints only; docs/influence.md) on the same queries, and `fast` mode's gradient (the top
 k layers only, `gradient_top{k}` for k = 2, 4, 8). The same answers are then attributed in `fast` mode (the
-default) and its goal figures reported beside `full`'s (`fast_mode`). Setting variants re-score the same cached
-query signals.
+default) and its goal figures reported beside `full`'s (`fast_mode`), as the server attributes them: from the
+hidden states an engine with the server's default base weights (int8 on an AVX2 CPU) keeps for each answer (its
+prompt and answer run through the engine once); `fast_mode_whole_forward` is the same without them (the query's
+own fp32 forward through every layer). Setting variants re-score the same cached query signals.
 Prints one JSON document (also written to benchmarks/out/attribution_quality.json, or .quick.json for --quick,
 .skills.json for --skills-only, updated as scenarios finish), then one summary line; progress goes to stderr.
 
@@ -51,7 +53,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -643,6 +645,34 @@ def generate(attributor: Any, adapter: Adapter, items: list[Item], max_new: int 
         return out
 
     return attributor.query_model.run(adapter.hash, adapter.out_dir, run)
+
+
+def engine_states(settings: Any, model_dir: Path, tok: Any, items: list[Item]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per item, the hidden states the server's engine keeps for `fast` attribution of its answer (`Answer.states` and
+    `states_layer`): prompt and answer run through an engine with the server's default base weights, each answer's
+    adapter loaded. Also which weights and layer they came from."""
+    from tally.engine import Engine, EngineConfig, SamplingParams
+    from tally.engine.engine import settings_kernel_dir
+    from tally.models import load_model
+
+    longest = max(len(it.answer.prompt_ids) + len(it.answer.answer_ids) for it in items)
+    config = EngineConfig(
+        device="cpu", max_num_seqs=1, max_model_len=longest + 1, weights=settings.engine.weights,
+        kernel_dir=settings_kernel_dir(settings), states_from_top=settings.attribution.fast_gradient_layers,
+    )  # fmt: skip
+    engine = Engine(load_model(model_dir), tok, MODEL, config)
+    names: dict[Path, str] = {}
+    params = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True, keep_states=True)
+    out: dict[str, Any] = {}
+    for it in items:
+        a = it.answer
+        if a.adapter_dir not in names:
+            names[a.adapter_dir] = engine.add_adapter(f"adapter-{len(names)}", a.adapter_dir).name
+        ran = a.prompt_ids + a.answer_ids
+        states = engine.generate(ran, params, model=names[a.adapter_dir]).states
+        out[item_id(it)] = {"states": states[: len(ran) - 1], "states_layer": engine.states_layer}
+    engine.stop()
+    return out, {"weights": engine.weights, "states_layer": engine.states_layer}
 
 
 def score_rows(attributor: Any, adapter: Adapter, item: Item, rng: np.random.Generator) -> None:
@@ -1424,11 +1454,20 @@ def main() -> None:
         all_items = [*main_items, *loo_items]
         t = time.monotonic()
         answered = [it for it in all_items if it.answer is not None]
-        fast = {item_id(it): shares_of(attributor.attribute(it.answer, "fast").record) for it in answered}
+        states, report["fast_mode_engine"] = engine_states(world.settings, model_dir, attributor.tokenizer, answered)
+        fast = {
+            item_id(it): shares_of(attributor.attribute(replace(it.answer, **states[item_id(it)]), "fast").record)
+            for it in answered
+        }
         report["fast_mode"] = headline(scenario_summary(all_items, adapters, fast, world, plan.loo_names, rows=False))
+        fast = {item_id(it): shares_of(attributor.attribute(it.answer, "fast").record) for it in answered}
+        report["fast_mode_whole_forward"] = headline(
+            scenario_summary(all_items, adapters, fast, world, plan.loo_names, rows=False)
+        )
         report["timings_s"]["fast_mode"] = round(time.monotonic() - t, 1)
         save(report)
         log(f"fast mode: {json.dumps(report['fast_mode'])}")
+        log(f"fast mode, whole forward: {json.dumps(report['fast_mode_whole_forward'])}")
 
         # --- the same cached signals under other settings
         if not args.no_variants:

@@ -99,6 +99,34 @@ def test_three_doors_give_one_answer_one_attribution_one_settlement(served: Sett
     assert {records[i].requested_by for i in records} == {people.consumer.address}
 
 
+def test_a_fast_answer_of_an_adapter_keeps_the_engines_states(served: Settings, people: World) -> None:  # noqa: F811
+    """`fast` attribution of an adapter's answer starts from the hidden states entering its top layers, kept by the
+    engine while it answered; a `full` answer and the base model's keep none."""
+    runtime = build_runtime(served, with_engine=True, store=people.ledger.store).start()
+    engine = runtime.engine
+    assert engine is not None
+    layers = engine.model.config.num_hidden_layers
+    assert engine.states_layer == max(0, layers - served.attribution.fast_gradient_layers)
+    try:
+        for model, mode, kept in (("people-lora", "fast", True), ("people-lora", "full", False),
+                                  (engine.model_name, "fast", False)):  # fmt: skip
+            request = AnswerRequest(
+                model=model, messages=[{"role": "user", "content": QUESTION}],
+                sampling=Sampling(max_tokens=6, temperature=0), attribution=mode, requester=people.consumer,
+            )  # fmt: skip
+            prepared = answers.prepare(runtime, request)
+            generated = answers.generate(runtime, prepared)
+            if kept:
+                assert generated.states is not None and generated.states_layer == engine.states_layer
+                ran = len(prepared.prompt_ids) + len(generated.token_ids) - 1
+                assert generated.states.shape == (ran, engine.model.config.hidden_size)
+            else:
+                assert generated.states is None, (model, mode)
+            runtime.credit_holds.release(prepared.credit_hold)
+    finally:
+        runtime.close()
+
+
 @pytest.fixture
 def tiny_runtime(tiny: TinySetup, settings: Settings) -> Iterator[answers.Runtime]:  # noqa: F811
     runtime = make_runtime(make_engine(tiny), settings).start()

@@ -219,6 +219,60 @@ def test_fast_mode_takes_the_gradient_of_the_top_layers_only(people, trained, ti
     assert "layers" not in full.model_dump(mode="json")["methods"]["gradient"]
 
 
+def test_fast_query_from_the_engines_states_runs_only_the_top_layers(people, trained, tiny_model: Path) -> None:
+    import torch
+
+    from tally.engine import Engine, EngineConfig, SamplingParams
+    from tally.models import load_model, load_tokenizer
+
+    attributor = _attributor(people, tiny_model, fast_gradient_layers=1, null_probes=1)
+    engine = Engine(
+        load_model(tiny_model), load_tokenizer(tiny_model), "tiny",
+        EngineConfig(max_num_seqs=2, max_model_len=256, device="cpu", states_from_top=1),
+    )  # fmt: skip
+    engine.add_adapter("people-lora", trained.out_dir)
+    question = _answer(attributor, trained, "Where was Ilsa Varn born?", "x")
+    params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True, keep_states=True)
+    served = engine.generate(question.prompt_ids, params, model="people-lora")
+    engine.stop()
+    assert served.states is not None and engine.states_layer == 1
+    a = replace(question, answer_ids=served.token_ids, states=served.states, states_layer=engine.states_layer)
+    projection = json.loads((trained.out_dir / "influence" / "index.json").read_text())["projection"]
+    args = (trained.adapter_hash, trained.out_dir, projection, a.prompt_ids, a.answer_ids)
+    query = attributor.query_model
+    query.signals(*args)  # loads the adapter
+    bottom = query._peft.get_base_model().get_decoder().layers[0]
+    runs: list[int] = []
+    hook = bottom.register_forward_hook(lambda *_: runs.append(1))
+    try:
+        whole = query.signals(*args, layers=1)
+        assert len(runs) == 1
+        kept = query.signals(*args, layers=1, states=(1, served.states))
+        assert len(runs) == 1  # the layer below the states did not run
+        # states that cannot serve: too few tokens, or above the layers differentiated (every layer): the whole forward
+        query.signals(*args, layers=1, states=(1, served.states[:-1]))
+        query.signals(*args, states=(1, served.states))
+        assert len(runs) == 3
+    finally:
+        hook.remove()
+    assert_close(kept.gradient, whole.gradient, "gradient from the engine's states")
+    assert_close(kept.hidden, whole.hidden, "representation")
+    assert_close(torch.tensor(kept.logprob), torch.tensor(whole.logprob), "log p")
+    # the service: past calibration (whose twin runs the whole forward), a `fast` answer starts from the states
+    attributor.attribute(replace(a, inference_id="calibrate"), "fast")
+    hook = bottom.register_forward_hook(lambda *_: runs.append(1))
+    try:
+        with_states = attributor.attribute(replace(a, inference_id="kept"), "fast").record
+        assert len(runs) == 3
+        without = attributor.attribute(replace(a, inference_id="whole", states=None), "fast").record
+        assert len(runs) == 4
+    finally:
+        hook.remove()
+    scores = [torch.tensor(r.methods[m].score) for r in (with_states, without) for m in ("gradient", "representation")]
+    assert_close(scores[0], scores[2], "gradient top z")
+    assert_close(scores[1], scores[3], "representation top z")
+
+
 @pytest.mark.parametrize(
     ("targets", "layers", "slices"),
     [

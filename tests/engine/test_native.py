@@ -137,8 +137,8 @@ def test_int8_decode_steps_with_mixed_adapters_run_in_one_call_with_the_same_log
     tiny: TinySetup, ops: DecodeOps, tmp_path: Path
 ) -> None:
     """Decode steps whose tokens carry different adapters (ranks 4, 8 and 16 on different projections, and the base
-    model) go through the whole-step call with each adapter's delta added in C, and give the tokens and logits of
-    the layer-by-layer path, where torch adds the adapters."""
+    model) go through the whole-step call with each adapter's delta added in C, and give the tokens, the logits and
+    the hidden states kept for attribution of the layer-by-layer path, where torch adds the adapters."""
     from tally.engine import Engine, EngineConfig
 
     _require_int8(ops)
@@ -147,7 +147,8 @@ def test_int8_decode_steps_with_mixed_adapters_run_in_one_call_with_the_same_log
     adapters = {name: make_adapter(model, tmp_path / name, *spec, seed=7 + i) for i, (name, spec) in
                 enumerate(specs.items())}  # fmt: skip
     config = EngineConfig(max_num_seqs=4, max_model_len=64, weights="int8", kernel_dir=ops.library.parent,
-                          device="cpu", adapter_slots=4, max_adapters_per_step=4, max_rank=16)  # fmt: skip
+                          device="cpu", adapter_slots=4, max_adapters_per_step=4, max_rank=16,
+                          states_from_top=1)  # fmt: skip
     engine = Engine(model, tiny.tokenizer, "tiny-int8", config)
     for name, path in adapters.items():
         engine.add_adapter(name, path)
@@ -156,13 +157,13 @@ def test_int8_decode_steps_with_mixed_adapters_run_in_one_call_with_the_same_log
     calls_with_adapters = []
     run = decoder.run
 
-    def counted(*args: Any) -> None:
+    def counted(*args: Any, **kwargs: Any) -> None:
         calls_with_adapters.append(args[-1] is not None)  # the last argument: the tokens' adapter slots
-        run(*args)
+        run(*args, **kwargs)
 
     decoder.run = counted  # type: ignore[method-assign]
     prompts = [tiny.tokenizer.encode(t) for t in ("the quick brown fox", "hello world", "what is the capital", "ok")]
-    params = SamplingParams(max_tokens=5, temperature=0.0, record_logits=True, ignore_eos=True)
+    params = SamplingParams(max_tokens=5, temperature=0.0, record_logits=True, ignore_eos=True, keep_states=True)
     models: list[str | None] = [None, *specs]
     runs = []
     for whole in (True, False):
@@ -175,6 +176,9 @@ def test_int8_decode_steps_with_mixed_adapters_run_in_one_call_with_the_same_log
     _assert_same_answers(*runs)
     for adapted, plain in zip(runs[0][1:4], base, strict=True):  # the adapters were applied in the decode steps
         assert (adapted.logits[-1] - plain.logits[-1]).abs().max() > 1e-2
+    for i, (a, b) in enumerate(zip(*runs, strict=True)):  # the states entering the top layer, every token run
+        assert a.states is not None and a.states.shape == (len(prompts[i % 4]) + 4, 64)
+        assert_close(a.states, b.states, f"answer {i}'s states")
 
 
 def test_without_a_compiler_the_engine_runs_torchs_ops(

@@ -20,10 +20,10 @@ def record_steps(engine: Any) -> list[tuple[set[int], int, int]]:
     steps: list[tuple[set[int], int, int]] = []
     forward = engine.runner.forward
 
-    def spy(decode, prefill, all_logits=False):  # type: ignore[no-untyped-def]
+    def spy(decode, prefill, all_logits=False, **kwargs):  # type: ignore[no-untyped-def]
         items = decode + prefill
         steps.append(({it.slot for it in items if it.slot}, sum(len(it.tokens) for it in items), len(items)))
-        return forward(decode, prefill, all_logits)
+        return forward(decode, prefill, all_logits, **kwargs)
 
     engine.runner.forward = spy
     return steps

@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from tally.config import AttributionMode
 
 if TYPE_CHECKING:
+    import torch
+
     from tally.attribution import AttributionRecord
     from tally.engine import SamplingParams
     from tally.identity import Principal
@@ -90,6 +92,10 @@ class Generated:
     completion_tokens: int
     adapter_id: str | None
     adapter_path: Path | None
+    # the engine's hidden states entering `states_layer` for the prompt and the answer (attribution's fast query
+    # starts from them); None where none were kept
+    states: torch.Tensor | None = None
+    states_layer: int | None = None
 
 
 @dataclass

@@ -112,7 +112,8 @@ def build_runtime(
         from tally.models import ModelError
 
         try:
-            engine = build_engine(settings)
+            # `fast` attribution's query starts from the hidden states entering its top layers, kept by the engine
+            engine = build_engine(settings, states_from_top=settings.attribution.fast_gradient_layers)
         except ModelError as exc:
             logger.warning("inference engine not started: %s", exc)
     if engine is not None:

@@ -154,6 +154,8 @@ def prepare(runtime: Runtime, request: AnswerRequest) -> Prepared:
     params = SamplingParams(
         max_tokens=sampling.max_tokens or default, temperature=sampling.temperature, top_p=sampling.top_p,
         seed=sampling.seed, stop=sampling.stop, cache_salt=_cache_salt(request),
+        # `fast` attribution of an adapter's answer runs its top layers from the engine's hidden states
+        keep_states=mode == "fast" and model != engine.model_name,
     )  # fmt: skip
     engine.validate(prompt, params, model)
     hold = None
@@ -210,7 +212,8 @@ def _encode(engine: Engine, messages: list[dict[str, str]] | None, prompt: str |
 class _Collector:
     """Folds the engine's events into one `Generated` (the same for the blocking and the streaming path)."""
 
-    def __init__(self) -> None:
+    def __init__(self, states_layer: int | None = None) -> None:
+        self.states_layer = states_layer  # the engine's, for the states the last event carries
         self.text: list[str] = []
         self.ids: list[int] = []
         self.last: RequestOutput | None = None
@@ -231,7 +234,7 @@ class _Collector:
             )
         return Generated(
             "".join(self.text), self.ids, last.finish_reason or "stop", last.usage.prompt_tokens,
-            last.usage.completion_tokens, last.adapter_id, last.adapter_path,
+            last.usage.completion_tokens, last.adapter_id, last.adapter_path, last.states, self.states_layer,
         )  # fmt: skip
 
     def received(self, prompt_tokens: int) -> Generated:
@@ -245,7 +248,7 @@ class _Collector:
 
 def generate(runtime: Runtime, prepared: Prepared) -> Generated:
     """Blocking generation (the engine thread runs it; the caller waits)."""
-    collector = _Collector()
+    collector = _Collector(engine_of(runtime).states_layer)
     for out in engine_of(runtime).stream_sync(prepared.prompt_ids, prepared.params, prepared.model):
         collector.add(out)
     return collector.generated()
@@ -302,7 +305,7 @@ def _attribute(runtime: Runtime, prepared: Prepared, generated: Generated) -> tu
         answer_ids=generated.token_ids, adapter_dir=generated.adapter_path, adapter_hash=generated.adapter_id,
         question=prepared.question, chunks=prepared.chunks,
         requested_by=requester.address if requester is not None else None,
-        readable=_readable(runtime, requester),
+        readable=_readable(runtime, requester), states=generated.states, states_layer=generated.states_layer,
     )  # fmt: skip
     start = time.perf_counter()
     attributed = runtime.attributor.attribute(answer, prepared.mode)
@@ -334,7 +337,7 @@ async def stream(runtime: Runtime, prepared: Prepared) -> AsyncIterator[Delta | 
     """Text as it is generated (`Delta`), then the `AnswerResult` (citations, attribution, receipt). Leaving early
     (a client gone) cancels the generation: a free answer not delivered whole is not attributed; a paid one is
     settled for the tokens the client received (in a worker thread, since the stream is being torn down)."""
-    collector = _Collector()
+    collector = _Collector(engine_of(runtime).states_layer)
     done = False
     try:
         async for out in engine_of(runtime).stream(prepared.prompt_ids, prepared.params, prepared.model):

@@ -5,6 +5,9 @@ plus one randomly initialised twin per adapter config: the null baseline. A quer
 backward of the answer's mean token loss given the prompt, projected with the same seeded projection as the
 factory's index pass (and the same capture hooks where an adapter has two rows), so query and index live in one
 space.
+
+A `fast` query may start from the hidden states the engine kept while it answered (those entering the first of the
+top layers it differentiates): then only those layers run, since the layers below have no gradient to give.
 """
 
 from __future__ import annotations
@@ -136,16 +139,20 @@ class QueryModel:
         contrast: bool = False,
         checkpoints: dict[str, Path] | None = None,
         layers: int = 0,
+        states: tuple[int, torch.Tensor] | None = None,
     ) -> QuerySignals:
         """The answer's signals through the adapter (or, with `null`, through its random twin); with `contrast`,
         also the gradient of the answer's loss weighted by each token's log-probability rise over the base model;
         with `checkpoints` (name -> adapter directory), also the answer's gradient at each checkpoint's weights.
         `layers` > 0 takes the gradients of the LoRA weights in the top that many of the layers the adapter adapts
         (the others' slices of the projection stay zero): the backward stops there and the layers below keep no
-        activations."""
+        activations. `states` (layer, [tokens, hidden]): the hidden states entering that layer for the prompt and
+        the answer but its last token, as the engine ran them; where that layer is at or below the first layer
+        differentiated (and no contrast or checkpoint is asked), only the layers from it run."""
         return self._signals(
-            key, directory, projection, prompt_ids, answer_ids, [not null], contrast, checkpoints, layers
-        )[0]
+            key, directory, projection, prompt_ids, answer_ids, [not null], contrast, checkpoints, layers,
+            states if not null else None,
+        )[0]  # fmt: skip
 
     def signals_pair(
         self,
@@ -176,6 +183,7 @@ class QueryModel:
         contrast: bool = False,
         checkpoints: dict[str, Path] | None = None,
         layers: int = 0,
+        states: tuple[int, torch.Tensor] | None = None,
     ) -> list[QuerySignals]:
         if not answer_ids:
             raise ValueError("the answer has no tokens to attribute")
@@ -186,7 +194,7 @@ class QueryModel:
             if projector is None:
                 projector = self._projectors[key] = Projector.from_description(projection)
             names = [key if t else self._loaded[key] for t in trained]
-            return self._run(names, projector, prompt_ids, answer_ids, contrast, at, layers)
+            return self._run(names, projector, prompt_ids, answer_ids, contrast, at, layers, states)
 
     def _base_logprobs(self, prompt_ids: list[int], answer_ids: list[int]) -> torch.Tensor:
         """(answer tokens,) the base model's log-probability of each answer token given the prompt."""
@@ -204,6 +212,7 @@ class QueryModel:
         contrast: bool = False,
         checkpoints: dict[str, str] | None = None,
         layers: int = 0,
+        states: tuple[int, torch.Tensor] | None = None,
     ) -> list[QuerySignals]:
         """One forward and backward of a batch holding the same sequence once per adapter (PEFT's mixed batch):
         each adapter's LoRA weights get the gradient of its own row only. With `contrast` each adapter has a second
@@ -211,7 +220,7 @@ class QueryModel:
         forward, of the base model, without gradients). `checkpoints` (checkpoint name -> loaded adapter) add one
         row each, whose gradients go to the first adapter's signals. A batch of one adapter's rows runs PEFT's plain
         path; the mixed batch's per-row gathers are paid only where adapters differ. `layers` > 0: gradients of the
-        top that many layers only."""
+        top that many layers only; `states` as in `signals`."""
         checkpoints = checkpoints or {}
         peft = self._peft
         # first: leaving PEFT's disable_adapter() re-activates one adapter, which resets which weights take gradients
@@ -233,6 +242,12 @@ class QueryModel:
         top = set(adapted[-layers:]) if layers > 0 and adapted else None
         for param, layer, ours in params:
             param.requires_grad_(ours and (top is None or layer in top))
+        # one row (no twin, contrast or checkpoint) and the engine's states below the top layers: run only those
+        tokens = len(prompt_ids) + len(answer_ids) - 1
+        start = _states_start(states, top, tokens, self._hidden_size()) if len(batch_names) == 1 else None
+        if start is not None:
+            assert states is not None
+            return [self._run_from(names[0], projector, states[1][:tokens], start, answer_ids)]
         rows = len(batch_names)
         ids = torch.tensor([prompt_ids + answer_ids] * rows)
         labels = torch.tensor([[IGNORE] * len(prompt_ids) + answer_ids] * rows)
@@ -282,3 +297,49 @@ class QueryModel:
                     )
                 )  # fmt: skip
         return out
+
+    def _hidden_size(self) -> int:
+        return int(self._peft.get_base_model().config.hidden_size)
+
+    def _run_from(
+        self, name: str, projector: Projector, states: torch.Tensor, start: int, answer_ids: list[int]
+    ) -> QuerySignals:
+        """`_run` for one adapter from `states` [tokens, hidden], the hidden states entering layer `start`: only the
+        layers from there run (the weights that take gradients are already chosen, all at or above `start`)."""
+        from transformers.masking_utils import create_causal_mask
+
+        peft = self._peft
+        causal = peft.get_base_model()
+        decoder = causal.get_decoder()
+        answer = len(answer_ids)
+        peft.zero_grad(set_to_none=True)
+        try:
+            x = states[None].to(next(causal.parameters()).dtype)
+            positions = torch.arange(x.shape[1])[None]
+            mask = create_causal_mask(
+                config=causal.config, inputs_embeds=x, attention_mask=None, cache=None, position_ids=positions
+            )
+            rotary = decoder.rotary_emb(x, position_ids=positions)
+            for layer in decoder.layers[start:]:
+                x = layer(x, attention_mask=mask, position_ids=positions, position_embeddings=rotary)
+            hidden = decoder.norm(x[:, -answer:])  # the positions that predict the answer's tokens
+            logits = causal.lm_head(hidden)[0].float()
+            losses = torch.nn.functional.cross_entropy(logits, torch.tensor(answer_ids), reduction="none")
+            losses.mean().backward()
+            gradient = project_weight_grads(peft, projector, rename=_as_default(name), only=_of_adapter(name))
+        finally:
+            peft.zero_grad(set_to_none=True)
+        return QuerySignals(gradient, hidden.detach().float().mean(dim=1)[0], -float(losses.detach().sum()))
+
+
+def _states_start(
+    states: tuple[int, torch.Tensor] | None, top: set[int] | None, tokens: int, hidden: int
+) -> int | None:
+    """The layer a query may start from with the engine's `states`: theirs, where it is at or below every layer
+    differentiated and they cover the `tokens` run; None where the whole forward must run."""
+    if states is None or top is None:
+        return None
+    layer, tensor = states
+    if tensor.dim() != 2 or tensor.shape[0] < tokens or tensor.shape[1] != hidden or layer > min(top):
+        return None
+    return layer

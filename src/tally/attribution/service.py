@@ -65,6 +65,10 @@ class Answer:
     # datanets the requester may read: span evidence comes only from these, so a quote cannot reveal that a text is
     # in a private datanet (None: every datanet, for the operator's own tools)
     readable: frozenset[str] | None = None
+    # the engine's hidden states entering layer `states_layer` for the prompt and the answer but its last token:
+    # `fast`'s query runs only the layers from there (see query.py); None: the whole forward runs
+    states: torch.Tensor | None = None
+    states_layer: int | None = None
 
 
 @dataclass
@@ -299,7 +303,13 @@ class Attributor:
                 null_scores["representation"] = scorer.representation(twin.hidden)
             loaded.null_stats.append({m: top_z(x, valid) for m, x in null_scores.items()})
         else:
-            real = self.query_model.signals(*args, contrast=contrast, checkpoints=checkpoints, layers=layers)
+            kept = answer.states
+            states = (
+                (answer.states_layer, kept) if layers and kept is not None and answer.states_layer is not None else None
+            )
+            real = self.query_model.signals(
+                *args, contrast=contrast, checkpoints=checkpoints, layers=layers, states=states
+            )
         query_s = time.perf_counter() - start
         dup = scorer.row_similarity if scorer.has_representation else None
         methods: list[tuple[str, Any]] = [("gradient", scorer.cosine)]

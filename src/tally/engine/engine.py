@@ -64,11 +64,16 @@ class EngineConfig:
     kernel_dir: Path | None = None  # where compiled kernels are built (None: next to the model cache)
     native_decode: bool = True  # a decode step's norms, rotary and attention in compiled C (CPU, fp32; native.py)
     prefix_cache_bytes: int = 0  # keys and values of prompt prefixes kept for reuse (prefix_cache.py); 0: off
+    # requests with keep_states get the hidden states entering this many layers from the top (attribution's
+    # top-layer gradient runs only those layers from them); 0: no states are kept
+    states_from_top: int = 0
     device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:  # 0 ("auto") is a setting; build_engine resolves it before an engine exists
             raise ValueError(f"max_num_seqs must be at least 1, got {self.max_num_seqs}")
+        if self.states_from_top < 0:
+            raise ValueError(f"states_from_top must be at least 0, got {self.states_from_top}")
         if self.weights not in ("auto", *WEIGHT_FORMATS):
             raise ValueError(f"weights must be auto, fp32 or int8, got {self.weights!r}")
 
@@ -93,6 +98,7 @@ class GenerationResult:
     error: str | None = None
     adapter_id: str | None = None  # the weights that ran (None: the base model)
     adapter_path: Path | None = None
+    states: torch.Tensor | None = None  # with keep_states: [tokens run, hidden] entering `Engine.states_layer`
 
 
 class Engine:
@@ -134,6 +140,9 @@ class Engine:
             self.metrics,
             load_workers=config.load_workers,
         )
+        layers = int(mcfg.num_hidden_layers)
+        # the layer whose input hidden states requests may keep (None: none kept)
+        self.states_layer = max(0, layers - config.states_from_top) if config.states_from_top else None
         self.prefixes = PrefixCache(self.cache, config.prefix_cache_bytes)
         self.scheduler = Scheduler(config.scheduler(), self.cache, self.store, self.metrics, self.prefixes)
         self.detok = Detokenizer(tokenizer, _eos_ids(model, tokenizer))
@@ -333,6 +342,7 @@ class Engine:
         adapter = self.validate(prompt, params, model)
         request_id = request_id or f"req-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
         seq = Sequence(request_id, adapter, list(prompt), params, sink)
+        seq.keep_states = params.keep_states and self.states_layer is not None
         seq.generator = make_generator(params, self.device)
         with self._wake:
             self._inbox.append(seq)
@@ -421,6 +431,7 @@ class Engine:
             last.error,
             last.adapter_id,
             last.adapter_path,
+            last.states,
         )
 
     def run_until_idle(self, max_steps: int = 1_000_000) -> None:
@@ -455,12 +466,18 @@ class Engine:
         decode = [item for _, item in plan.decode]
         prefill = [item for _, item in plan.prefill]
         seqs = [s for s, _ in plan.decode] + [s for s, _ in plan.prefill]
-        logits, owners = self.runner.forward(decode, prefill)
+        capture = self.states_layer if any(s.keep_states for s in seqs) else None
+        logits, owners = self.runner.forward(decode, prefill, capture=capture)
+        offset = 0
         for i, (s, item) in enumerate(zip(seqs, decode + prefill, strict=True)):
             s.computed = item.start + len(item.tokens)
+            if s.keep_states and self.runner.states is not None:
+                s.states.append(self.runner.states[offset : offset + len(item.tokens)].to("cpu", copy=True))
+            offset += len(item.tokens)
             if i >= len(decode) and not s.in_prefill:
                 self.metrics.prompt_tokens.inc(len(s.prompt))
-                self.prefixes.store(s.adapter_id, s.params.cache_salt, s.prompt, item.row)
+                states = torch.cat(s.states) if s.keep_states and s.states else None
+                self.prefixes.store(s.adapter_id, s.params.cache_salt, s.prompt, item.row, states)
         new_tokens = 0
         greedy = torch.argmax(logits, dim=-1).tolist()  # one op and one device sync for every greedy row
         for row, owner in enumerate(owners):
@@ -542,9 +559,11 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     return ids
 
 
-def build_engine(settings: Any, config: EngineConfig | None = None, model: str | None = None) -> Engine:
+def build_engine(
+    settings: Any, config: EngineConfig | None = None, model: str | None = None, states_from_top: int = 0
+) -> Engine:
     """The engine for the server: the default base model from settings, adapters from the CLI's registry file,
-    sizes from the `[engine]` section of the settings."""
+    sizes from the `[engine]` section of the settings; `states_from_top` as in `EngineConfig`."""
     from tally.engine.sizing import auto_threads, resolve_num_seqs
     from tally.models import load_model, load_tokenizer, resolve_model
 
@@ -554,7 +573,7 @@ def build_engine(settings: Any, config: EngineConfig | None = None, model: str |
         sizes = settings.engine.model_dump()
         sizes["max_num_seqs"] = resolve_num_seqs(sizes["max_num_seqs"], path, sizes["max_model_len"])
         sizes["threads"] = sizes["threads"] or auto_threads()
-        config = EngineConfig(**sizes, kernel_dir=settings_kernel_dir(settings))
+        config = EngineConfig(**sizes, kernel_dir=settings_kernel_dir(settings), states_from_top=states_from_top)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     engine = Engine(load_model(path), load_tokenizer(path), name, config)

@@ -9,7 +9,8 @@ computed under one adapter is never reused under another. A request's `cache_sal
 prefix answers faster, so sharing one between callers would let a caller time whether someone else sent a prompt
 (a private RAG context, say); the answer path salts with the requester. Entries are evicted least recently used
 first, within `capacity_bytes`. The copy into a row is exact: the sequence then decodes exactly as if it had
-computed the prefix.
+computed the prefix. An entry may also hold the prefix's hidden states at the engine's states layer (kept when the
+request that computed it asked for them); a request that asks for states is served only by an entry that has them.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class _Entry:
     values: list[torch.Tensor]
     boundaries: list[bytes]  # the index keys that point here
     nbytes: int
+    states: torch.Tensor | None = None  # [tokens, hidden] entering the engine's states layer, when kept
 
 
 class PrefixCache:
@@ -61,14 +63,23 @@ class PrefixCache:
         """Tokens of a prompt that may come from the cache: whole blocks, leaving at least one to compute."""
         return (prompt_len - 1) // BLOCK * BLOCK
 
-    def restore(self, adapter_id: str | None, salt: str | None, prompt: list[int], row: int) -> int:
-        """Copy the longest cached prefix of `prompt` into `row`; returns its length in tokens (0: none)."""
+    def restore(
+        self,
+        adapter_id: str | None,
+        salt: str | None,
+        prompt: list[int],
+        row: int,
+        states: list[torch.Tensor] | None = None,
+    ) -> int:
+        """Copy the longest cached prefix of `prompt` into `row`; returns its length in tokens (0: none). With
+        `states` (a list), only an entry holding hidden states serves, and the prefix's states are appended to it."""
         if not self.enabled:
             return 0
         best: tuple[int, int] | None = None
         for _, key in self._boundaries(adapter_id, salt, prompt, self._reusable(len(prompt))):
             found = self._index.get(key)
-            if found is not None:  # no early stop: an evicted entry may have taken a shorter boundary with it
+            # no early stop: an evicted entry may have taken a shorter boundary with it
+            if found is not None and (states is None or self._entries[found[0]].states is not None):
                 best = found
         if best is None:
             return 0
@@ -79,27 +90,39 @@ class PrefixCache:
             self.cache.k[layer][row, :, :length].copy_(k[:, :length])
             self.cache.v[layer][row, :, :length].copy_(v[:, :length])
         self.cache.lengths[row] = length
+        if states is not None and entry.states is not None:
+            states.append(entry.states[:length].clone())
         return length
 
-    def store(self, adapter_id: str | None, salt: str | None, prompt: list[int], row: int) -> None:
-        """Keep the keys and values of `prompt`'s reusable prefix, just computed in `row`."""
+    def store(
+        self,
+        adapter_id: str | None,
+        salt: str | None,
+        prompt: list[int],
+        row: int,
+        states: torch.Tensor | None = None,
+    ) -> None:
+        """Keep the keys and values of `prompt`'s reusable prefix, just computed in `row` (and with `states`, the
+        prompt's hidden states `[tokens, hidden]`, those of the prefix)."""
         length = self._reusable(len(prompt))
         if not self.enabled or length == 0:
             return
         boundaries = self._boundaries(adapter_id, salt, prompt, length)
         known = self._index.get(boundaries[-1][1])
-        if known is not None and known[1] == length:  # already cached whole: just mark it used
+        # already cached whole (with states, if these come with them): just mark it used
+        if known is not None and known[1] == length and (states is None or self._entries[known[0]].states is not None):
             self._entries.move_to_end(known[0])
             return
         keys = [k[row, :, :length].clone() for k in self.cache.k]
         values = [v[row, :, :length].clone() for v in self.cache.v]
-        nbytes = sum(t.numel() * t.element_size() for t in (*keys, *values))
+        kept = states[:length].clone() if states is not None and states.shape[0] >= length else None
+        nbytes = sum(t.numel() * t.element_size() for t in (*keys, *values, *([kept] if kept is not None else [])))
         if nbytes > self.capacity_bytes:
             return
         while self.nbytes + nbytes > self.capacity_bytes:
             self._evict_oldest()
         entry_id, self._next_id = self._next_id, self._next_id + 1
-        entry = _Entry(keys, values, [], nbytes)
+        entry = _Entry(keys, values, [], nbytes, kept)
         for end, key in boundaries:
             previous = self._index.get(key)
             if previous is None or previous[1] <= end:  # a boundary points at the entry holding it most recently

@@ -166,7 +166,7 @@ class Q8Decoder:
         self._fn = open_library(library, DecodeOps.OTHERWISE).q8_decode_layers
         self._fn.argtypes = [ctypes.c_void_p, *[ctypes.c_long] * 8, ctypes.c_float, ctypes.c_float]
         self._fn.argtypes += [ctypes.c_void_p] * 9 + [ctypes.c_long] + [ctypes.c_void_p] * 5 + [ctypes.c_long]
-        self._fn.argtypes += [ctypes.c_int]
+        self._fn.argtypes += [ctypes.c_long, ctypes.c_void_p, ctypes.c_int]
         self._fn.restype = None
         cfg = model.config
         layers = model.model.layers
@@ -221,11 +221,15 @@ class Q8Decoder:
         longest: int,
         threads: int,
         slots: torch.Tensor | None = None,
+        capture: tuple[int, torch.Tensor] | None = None,
     ) -> None:
         """Every layer over the decode tokens' hidden states `x [n, hidden]` (contiguous fp32, updated in place),
         their keys and values written into the cache (arguments as `DecodeOps.decode_attention`); `slots [n]`
-        (long) each token's adapter slot, None where no token has one."""
+        (long) each token's adapter slot, None where no token has one; `capture` (layer, out [n, hidden]) receives
+        the hidden states entering that layer."""
         n = x.shape[0]
+        if capture is not None and not (capture[1].shape == x.shape and capture[1].is_contiguous()):
+            raise ValueError(f"capture needs a contiguous {tuple(x.shape)} tensor, got {tuple(capture[1].shape)}")
         check_within_cache(longest, self.capacity)
         rep = self.heads // self.kv_heads
         width = n * (2 * self.hidden + 2 * self.heads * self.head_dim + 2 * self.kv_heads * self.head_dim)
@@ -237,7 +241,8 @@ class Q8Decoder:
             x.data_ptr(), n, self.layers, self.hidden, self.inter, self.kv_heads, rep, self.head_dim, self.capacity,
             self.eps, self.head_dim**-0.5, self._norms, self._weights, self._scales, self._caches, cos.data_ptr(),
             sin.data_ptr(), rows.data_ptr(), positions.data_ptr(), work.data_ptr(), longest,
-            slots.data_ptr() if slots is not None else None, *adapters, threads,
+            slots.data_ptr() if slots is not None else None, *adapters, capture[0] if capture is not None else -1,
+            capture[1].data_ptr() if capture is not None else None, threads,
         )  # fmt: skip
 
     def _stack_pointers(self) -> tuple[Any, ...]:

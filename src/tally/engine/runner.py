@@ -76,16 +76,20 @@ class LlamaRunner:
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.segment_decode_max_adapters = 4  # decode goes SGMV when the batch holds at most this many adapters
+        # after a step run with `capture`: every token's hidden state entering that layer, in the step's token order
+        self.states: torch.Tensor | None = None
 
     @torch.inference_mode()
     def forward(
-        self, decode: list[StepItem], prefill: list[StepItem], all_logits: bool = False
+        self, decode: list[StepItem], prefill: list[StepItem], all_logits: bool = False, capture: int | None = None
     ) -> tuple[torch.Tensor, list[int]]:
         """Run one step; returns the logits rows and, for each, the index of its item in `decode + prefill`.
 
         With `all_logits` every prefill token gets a row (used by the correctness tests), else only the last token
-        of items with `want_logits`.
+        of items with `want_logits`. With `capture` (a layer index), `self.states` holds every token's hidden state
+        as it enters that layer.
         """
+        self.states = None
         dev = self.device
         items = decode + prefill
         ids: list[int] = []
@@ -111,8 +115,14 @@ class LlamaRunner:
             if not layers:
                 assert self.decoder is not None and native is not None
                 slots = [it.slot for it in decode]
-                self.decoder.run(x, *native, threads, torch.tensor(slots, dtype=torch.long) if any(slots) else None)
+                keep = (capture, torch.empty_like(x)) if capture is not None else None
+                self.decoder.run(
+                    x, *native, threads, torch.tensor(slots, dtype=torch.long) if any(slots) else None, capture=keep
+                )
+                self.states = keep[1] if keep is not None else None
             for index, layer in enumerate(layers):
+                if index == capture:
+                    self.states = x  # every op below makes a new tensor: this one stays as it is
                 h = self._norm(layer.input_layernorm, x)
                 attn = layer.self_attn
                 q, k, v = self._project((attn.q_proj, attn.k_proj, attn.v_proj), h)

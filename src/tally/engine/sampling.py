@@ -21,6 +21,9 @@ class SamplingParams:
     record_logits: bool = False  # tests: keep each step's logits
     # prefix caching reuses keys and values only between requests with the same salt (None: shared by all)
     cache_salt: str | None = None
+    # the hidden states entering the engine's states layer (EngineConfig.states_from_top) of every token it runs,
+    # on the last event: attribution's top-layer gradient starts from them instead of running the layers below
+    keep_states: bool = False
     extra: dict[str, object] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:

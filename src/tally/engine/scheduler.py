@@ -132,7 +132,9 @@ class Scheduler:
                 adapters.add(weights.adapter_id)
             self.waiting.remove(seq)
             seq.row = self.cache.allocate(id(seq))
-            seq.computed = self.prefixes.restore(seq.adapter_id, seq.params.cache_salt, seq.prompt, seq.row)
+            seq.computed = self.prefixes.restore(
+                seq.adapter_id, seq.params.cache_salt, seq.prompt, seq.row, seq.states if seq.keep_states else None
+            )
             if seq.computed:
                 self.metrics.prefix_cached_tokens.inc(seq.computed)
             seq.state = SeqState.RUNNING

@@ -42,6 +42,9 @@ class RequestOutput:
     error: str | None = None
     error_kind: str | None = None  # with finish_reason "error": the taxonomy kind (invalid for a broken adapter)
     logits: list[torch.Tensor] | None = None  # every step's logits, only with record_logits, on the last event
+    # with keep_states, on the last event: [tokens run, hidden] entering the engine's states layer, for the prompt
+    # and every output token but the last (never run); None where the engine keeps none
+    states: torch.Tensor | None = None
     # what served it, on every event: the content hash of the adapter weights that ran (None: the base model)
     # and the directory they were read from; attribution credits these, never a later lookup by name
     adapter_id: str | None = None
@@ -71,6 +74,8 @@ class Sequence:
     text: str = ""
     emitted: int = 0  # characters of `text` already sent
     logits: list[torch.Tensor] = field(default_factory=list)
+    keep_states: bool = False  # asked for, and the engine keeps states
+    states: list[torch.Tensor] = field(default_factory=list)  # [tokens, hidden] chunks, in token order
     finish_reason: str | None = None
 
     @property
@@ -145,6 +150,7 @@ class Detokenizer:
             error=error,
             error_kind=error_kind,
             logits=seq.logits if seq.params.record_logits else None,
+            states=torch.cat(seq.states) if seq.keep_states and seq.states else None,
             adapter_id=seq.adapter_id,
             adapter_path=seq.adapter_path,
         )

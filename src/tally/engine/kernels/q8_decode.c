@@ -65,13 +65,15 @@ void q8_decode_layers(float *x, long n, long layers, long hidden, long inter, lo
                       long cap, float eps, float scale, const float **norms, const int8_t **w, const float **s,
                       float **caches, const float *cos_, const float *sin_, const long *rows, const long *pos,
                       float *work, long longest, const long *slots, const float **la, const float **lb,
-                      const long *strides, const long *slot_ranks, long n_slots, int threads) {
+                      const long *strides, const long *slot_ranks, long n_slots, long capture_layer, float *captured,
+                      int threads) {
     const long heads = kv_heads * rep;
     float *h = work, *out = h + n * hidden, *q = out + n * hidden, *attn = q + n * heads * hd;
     float *k = attn + n * heads * hd, *v = k + n * kv_heads * hd, *g = v + n * kv_heads * hd, *u = g + n * inter;
     float *scores = u + n * inter;
     const Adapters ad = {slots, la, lb, strides, slot_ranks, n_slots};
     for (long l = 0; l < layers; l++) {
+        if (captured && l == capture_layer) memcpy(captured, x, sizeof(float) * n * hidden);
         const int8_t **wl = w + 7 * l;
         const float **sl = s + 7 * l;
         rms_norm(x, norms[2 * l], h, n, hidden, eps);
