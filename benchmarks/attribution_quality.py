@@ -521,9 +521,10 @@ def withdraw(world: World, who: str, datanet: str) -> int:
 # --------------------------------------------------------------------------------------------------- attribution
 class CachedSignals:
     """Wraps the query model's `signals` (and `signals_pair`, where it has one): every (adapter, prompt, answer,
-    null, layers) query runs once, whatever the settings the answer is later re-scored under. A query of every layer
-    always has the contrastive gradient and the gradients at the adapter's training checkpoints (every candidate
-    scored on the same queries); a top-layer query (`fast` mode's) is the plain one, as served."""
+    null, layers, engine states or not) query runs once, whatever the settings the answer is later re-scored under.
+    A query of every layer always has the contrastive gradient and the gradients at the adapter's training
+    checkpoints (every candidate scored on the same queries); a top-layer query (`fast` mode's) is the plain one,
+    as served."""
 
     def __init__(self, query_model: Any) -> None:
         self.cache: dict[tuple[Any, ...], Any] = {}
@@ -544,15 +545,16 @@ class CachedSignals:
 
     def signals(self, key: str, directory: Path, projection: dict[str, Any], prompt_ids: list[int],
                 answer_ids: list[int], *, null: bool = False, contrast: bool = True,
-                checkpoints: Any = None, layers: int = 0) -> Any:  # fmt: skip
-        k = (key, tuple(prompt_ids), tuple(answer_ids), null, layers)
+                checkpoints: Any = None, layers: int = 0, states: Any = None) -> Any:  # fmt: skip
+        # from the engine's states (one per answer) or through the whole forward: two queries
+        k = (key, tuple(prompt_ids), tuple(answer_ids), null, layers, states is not None)
         if k not in self.cache:
             t = time.perf_counter()
             # `fast` mode's top-layer query is the plain one, as served (no contrast or checkpoint rows)
             at = None if null or layers else self.checkpoints_of(directory)
             self.cache[k] = self._signals(
                 key, directory, projection, prompt_ids, answer_ids, null=null, contrast=not layers, checkpoints=at,
-                layers=layers,
+                layers=layers, states=states,
             )  # fmt: skip
             self.seconds += time.perf_counter() - t
         return self.cache[k]

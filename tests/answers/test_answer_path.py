@@ -127,6 +127,34 @@ def test_a_fast_answer_of_an_adapter_keeps_the_engines_states(served: Settings, 
         runtime.close()
 
 
+def test_a_fast_answer_is_attributed_from_the_engines_states(served: Settings, people: World) -> None:  # noqa: F811
+    """With the gradient over the top layer only, the query starts from the states the engine kept: past the null's
+    calibration (whose random twin runs the whole model), the attribution model's bottom layer does not run."""
+    attribution = served.attribution.model_copy(update={"fast_gradient_layers": 1, "null_probes": 1})
+    settings = served.model_copy(update={"attribution": attribution})
+    runtime = build_runtime(settings, with_engine=True, store=people.ledger.store).start()
+    assert runtime.engine is not None and runtime.engine.states_layer == 1 and runtime.attributor is not None
+    request = AnswerRequest(
+        model="people-lora", messages=[{"role": "user", "content": QUESTION}],
+        sampling=Sampling(max_tokens=6, temperature=0), attribution="fast", requester=people.consumer,
+    )  # fmt: skip
+    runs: list[int] = []
+    try:
+        first = answers.answer(runtime, request)  # calibrates the null: the twin in the same batch
+        query = runtime.attributor.query_model
+        bottom = query._peft.get_base_model().get_decoder().layers[0]
+        hook = bottom.register_forward_hook(lambda *_: runs.append(1))
+        try:
+            second = answers.answer(runtime, request)
+        finally:
+            hook.remove()
+    finally:
+        runtime.close()
+    assert runs == []
+    assert first.record is not None and second.record is not None
+    assert second.record.methods["gradient"].layers == 1 and second.text == first.text
+
+
 @pytest.fixture
 def tiny_runtime(tiny: TinySetup, settings: Settings) -> Iterator[answers.Runtime]:  # noqa: F811
     runtime = make_runtime(make_engine(tiny), settings).start()

@@ -66,3 +66,37 @@ def test_states_of_a_cached_prefix_come_from_the_cache(tiny: TinySetup) -> None:
     assert first.states is not None
     assert_close(again.states[:32], first.states[:32], "the cached prefix's states")
     engine.stop()
+
+
+def test_states_of_requests_batched_with_chunked_prefills(tiny: TinySetup) -> None:
+    """Several requests at once, with a token budget that splits prompts into chunks and mixes prefill chunks with
+    other requests' decode tokens in one step: each request's states are still its own, in order."""
+    engine = make_engine(tiny, states_from_top=1, max_tokens_per_step=12)
+    texts = ("hello world, hello tally", "what is the capital of france?", "ok")
+    models = [None, "ad1-r8", "ad5-r16", "ad1-r8"]
+    prompts = [SHARED, *(tiny.tokenizer.encode(t) for t in texts)]  # 37 tokens: prefilled in four steps or more
+    outs: list[list[Any]] = [[] for _ in prompts]
+    for prompt, model, out in zip(prompts, models, outs, strict=True):
+        engine.submit(prompt, KEEP, out.append, model=model)
+    engine.run_until_idle()
+    for prompt, model, out in zip(prompts, models, outs, strict=True):
+        result = engine.collect(iter(out))
+        run = prompt + result.token_ids[:-1]
+        assert result.states is not None
+        assert_close(result.states, _reference(tiny, model, run, 2), f"states of {model} batched")
+    engine.stop()
+
+
+def test_a_request_whose_consumer_breaks_is_ended(tiny: TinySetup) -> None:
+    engine = make_engine(tiny, states_from_top=1)
+    events: list[Any] = []
+
+    def broken(out: Any) -> None:
+        events.append(out)
+        raise RuntimeError("the client went away")
+
+    engine.submit(tiny.tokenizer.encode("hello world"), KEEP, broken)
+    engine.run_until_idle(max_steps=50)
+    assert not engine.scheduler.has_work  # ended, not decoding the same position forever
+    assert events[-1].finish_reason == "cancelled"
+    engine.stop()

@@ -155,7 +155,7 @@ def prepare(runtime: Runtime, request: AnswerRequest) -> Prepared:
         max_tokens=sampling.max_tokens or default, temperature=sampling.temperature, top_p=sampling.top_p,
         seed=sampling.seed, stop=sampling.stop, cache_salt=_cache_salt(request),
         # `fast` attribution of an adapter's answer runs its top layers from the engine's hidden states
-        keep_states=mode == "fast" and model != engine.model_name,
+        keep_states=mode == "fast" and model != engine.model_name and runtime.attributor is not None,
     )  # fmt: skip
     engine.validate(prompt, params, model)
     hold = None

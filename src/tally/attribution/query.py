@@ -247,7 +247,7 @@ class QueryModel:
         start = _states_start(states, top, tokens, self._hidden_size()) if len(batch_names) == 1 else None
         if start is not None:
             assert states is not None
-            return [self._run_from(names[0], projector, states[1][:tokens], start, answer_ids)]
+            return [self._run_from(names[0], projector, states[1], start, answer_ids)]
         rows = len(batch_names)
         ids = torch.tensor([prompt_ids + answer_ids] * rows)
         labels = torch.tensor([[IGNORE] * len(prompt_ids) + answer_ids] * rows)
@@ -314,7 +314,8 @@ class QueryModel:
         answer = len(answer_ids)
         peft.zero_grad(set_to_none=True)
         try:
-            x = states[None].to(next(causal.parameters()).dtype)
+            weight = next(causal.parameters())
+            x = states[None].to(device=weight.device, dtype=weight.dtype)
             positions = torch.arange(x.shape[1])[None]
             mask = create_causal_mask(
                 config=causal.config, inputs_embeds=x, attention_mask=None, cache=None, position_ids=positions
@@ -324,7 +325,8 @@ class QueryModel:
                 x = layer(x, attention_mask=mask, position_ids=positions, position_embeddings=rotary)
             hidden = decoder.norm(x[:, -answer:])  # the positions that predict the answer's tokens
             logits = causal.lm_head(hidden)[0].float()
-            losses = torch.nn.functional.cross_entropy(logits, torch.tensor(answer_ids), reduction="none")
+            targets = torch.tensor(answer_ids, device=logits.device)
+            losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
             losses.mean().backward()
             gradient = project_weight_grads(peft, projector, rename=_as_default(name), only=_of_adapter(name))
         finally:
@@ -336,10 +338,10 @@ def _states_start(
     states: tuple[int, torch.Tensor] | None, top: set[int] | None, tokens: int, hidden: int
 ) -> int | None:
     """The layer a query may start from with the engine's `states`: theirs, where it is at or below every layer
-    differentiated and they cover the `tokens` run; None where the whole forward must run."""
+    differentiated and they are those of the `tokens` run (one row each); None where the whole forward must run."""
     if states is None or top is None:
         return None
     layer, tensor = states
-    if tensor.dim() != 2 or tensor.shape[0] < tokens or tensor.shape[1] != hidden or layer > min(top):
+    if tensor.dim() != 2 or tensor.shape[0] != tokens or tensor.shape[1] != hidden or layer > min(top):
         return None
     return layer

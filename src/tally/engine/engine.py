@@ -468,21 +468,25 @@ class Engine:
         seqs = [s for s, _ in plan.decode] + [s for s, _ in plan.prefill]
         capture = self.states_layer if any(s.keep_states for s in seqs) else None
         logits, owners = self.runner.forward(decode, prefill, capture=capture)
+        kept = self.runner.states.to("cpu") if self.runner.states is not None else None  # one copy off a device
         offset = 0
         for i, (s, item) in enumerate(zip(seqs, decode + prefill, strict=True)):
             s.computed = item.start + len(item.tokens)
-            if s.keep_states and self.runner.states is not None:
-                s.states.append(self.runner.states[offset : offset + len(item.tokens)].to("cpu", copy=True))
+            if s.keep_states and kept is not None and not s.cancelled:
+                s.states.append(kept[offset : offset + len(item.tokens)].clone())
             offset += len(item.tokens)
             if i >= len(decode) and not s.in_prefill:
                 self.metrics.prompt_tokens.inc(len(s.prompt))
-                states = torch.cat(s.states) if s.keep_states and s.states else None
+                keep = s.keep_states and s.states and self.prefixes.enabled
+                states = torch.cat(s.states) if keep else None
                 self.prefixes.store(s.adapter_id, s.params.cache_salt, s.prompt, item.row, states)
         new_tokens = 0
         greedy = torch.argmax(logits, dim=-1).tolist()  # one op and one device sync for every greedy row
         for row, owner in enumerate(owners):
             seq = seqs[owner]
-            if seq.cancelled:
+            if seq.cancelled:  # its consumer broke (see `_emit`): end it, or it would run on with nobody reading
+                if seq.state is not SeqState.FINISHED:
+                    self._finish(seq, "cancelled")
                 continue
             row_logits = logits[row]
             if seq.params.record_logits:
@@ -563,7 +567,8 @@ def build_engine(
     settings: Any, config: EngineConfig | None = None, model: str | None = None, states_from_top: int = 0
 ) -> Engine:
     """The engine for the server: the default base model from settings, adapters from the CLI's registry file,
-    sizes from the `[engine]` section of the settings; `states_from_top` as in `EngineConfig`."""
+    sizes from the `[engine]` section of the settings; `states_from_top` as in `EngineConfig` (a given `config`
+    carries its own)."""
     from tally.engine.sizing import auto_threads, resolve_num_seqs
     from tally.models import load_model, load_tokenizer, resolve_model
 

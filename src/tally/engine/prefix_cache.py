@@ -9,8 +9,9 @@ computed under one adapter is never reused under another. A request's `cache_sal
 prefix answers faster, so sharing one between callers would let a caller time whether someone else sent a prompt
 (a private RAG context, say); the answer path salts with the requester. Entries are evicted least recently used
 first, within `capacity_bytes`. The copy into a row is exact: the sequence then decodes exactly as if it had
-computed the prefix. An entry may also hold the prefix's hidden states at the engine's states layer (kept when the
-request that computed it asked for them); a request that asks for states is served only by an entry that has them.
+computed the prefix. An entry may also hold the prefix's hidden states at the engine's states layer (kept when a
+request that computed the prefix asked for them); a request that asks for states is served only by an entry that has
+them.
 """
 
 from __future__ import annotations
@@ -108,14 +109,14 @@ class PrefixCache:
         if not self.enabled or length == 0:
             return
         boundaries = self._boundaries(adapter_id, salt, prompt, length)
+        kept = states[:length].clone() if states is not None and states.shape[0] >= length else None
         known = self._index.get(boundaries[-1][1])
-        # already cached whole (with states, if these come with them): just mark it used
-        if known is not None and known[1] == length and (states is None or self._entries[known[0]].states is not None):
+        if known is not None and known[1] == length:  # already cached whole: mark it used, add states it lacks
             self._entries.move_to_end(known[0])
+            self._add_states(known[0], kept)
             return
         keys = [k[row, :, :length].clone() for k in self.cache.k]
         values = [v[row, :, :length].clone() for v in self.cache.v]
-        kept = states[:length].clone() if states is not None and states.shape[0] >= length else None
         nbytes = sum(t.numel() * t.element_size() for t in (*keys, *values, *([kept] if kept is not None else [])))
         if nbytes > self.capacity_bytes:
             return
@@ -130,6 +131,18 @@ class PrefixCache:
                 entry.boundaries.append(key)
         self._entries[entry_id] = entry
         self.nbytes += nbytes
+
+    def _add_states(self, entry_id: int, states: torch.Tensor | None) -> None:
+        """Give a cached entry the states it lacks, within capacity (older entries go first; never this one)."""
+        entry = self._entries[entry_id]
+        if states is None or entry.states is not None:
+            return
+        size = states.numel() * states.element_size()
+        while self.nbytes + size > self.capacity_bytes and next(iter(self._entries)) != entry_id:
+            self._evict_oldest()
+        if self.nbytes + size <= self.capacity_bytes:
+            entry.states, entry.nbytes = states, entry.nbytes + size
+            self.nbytes += size
 
     def _evict_oldest(self) -> None:
         entry_id, entry = self._entries.popitem(last=False)

@@ -228,8 +228,10 @@ class Q8Decoder:
         (long) each token's adapter slot, None where no token has one; `capture` (layer, out [n, hidden]) receives
         the hidden states entering that layer."""
         n = x.shape[0]
-        if capture is not None and not (capture[1].shape == x.shape and capture[1].is_contiguous()):
-            raise ValueError(f"capture needs a contiguous {tuple(x.shape)} tensor, got {tuple(capture[1].shape)}")
+        if capture is not None and not (
+            capture[1].shape == x.shape and capture[1].is_contiguous() and capture[1].dtype == torch.float32
+        ):
+            raise ValueError(f"capture needs a contiguous fp32 {tuple(x.shape)} tensor, got {tuple(capture[1].shape)}")
         check_within_cache(longest, self.capacity)
         rep = self.heads // self.kv_heads
         width = n * (2 * self.hidden + 2 * self.heads * self.head_dim + 2 * self.kv_heads * self.head_dim)
