@@ -153,6 +153,8 @@ def test_a_fast_answer_is_attributed_from_the_engines_states(served: Settings, p
     assert runs == []
     assert first.record is not None and second.record is not None
     assert second.record.methods["gradient"].layers == 1 and second.text == first.text
+    assert first.record.methods["gradient"].states_layer is None  # the twin's calibration ran the whole model
+    assert second.record.methods["gradient"].states_layer == 1
 
 
 @pytest.fixture

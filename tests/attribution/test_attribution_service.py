@@ -268,6 +268,9 @@ def test_fast_query_from_the_engines_states_runs_only_the_top_layers(people, tra
         assert len(runs) == 4
     finally:
         hook.remove()
+    # the record says which query started from the served model's states (absent from the JSON otherwise)
+    assert {with_states.methods[m].states_layer for m in ("gradient", "representation")} == {1}
+    assert "states_layer" not in without.model_dump(mode="json")["methods"]["gradient"]
     scores = [torch.tensor(r.methods[m].score) for r in (with_states, without) for m in ("gradient", "representation")]
     assert_close(scores[0], scores[2], "gradient top z")
     assert_close(scores[1], scores[3], "representation top z")

@@ -45,6 +45,7 @@ class QuerySignals:
     contrast: torch.Tensor | None = None  # (dims,) projected gradient of the contrast-weighted loss (see influence)
     # checkpoint name -> (dims,) the answer's gradient at that training checkpoint's weights (TracIn)
     checkpoints: dict[str, torch.Tensor] = field(default_factory=dict)
+    from_layer: int | None = None  # started from the engine's states entering this layer (None: the whole forward)
 
 
 def _as_default(adapter: str) -> Callable[[str], str]:
@@ -331,7 +332,8 @@ class QueryModel:
             gradient = project_weight_grads(peft, projector, rename=_as_default(name), only=_of_adapter(name))
         finally:
             peft.zero_grad(set_to_none=True)
-        return QuerySignals(gradient, hidden.detach().float().mean(dim=1)[0], -float(losses.detach().sum()))
+        mean = hidden.detach().float().mean(dim=1)[0]
+        return QuerySignals(gradient, mean, -float(losses.detach().sum()), from_layer=start)
 
 
 def _states_start(

@@ -49,6 +49,9 @@ class MethodResult(BaseModel):
     # `gradient` in `fast` mode: the query covered the top this many adapted layers (left out of the JSON otherwise,
     # so records written before it keep their hash)
     layers: int | None = Field(None, exclude_if=lambda v: v is None)
+    # `gradient` and `representation` whose query started from the hidden states the engine kept while it answered,
+    # entering this layer (the served weights' states; absent where the query ran its own whole forward)
+    states_layer: int | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class Citation(BaseModel):

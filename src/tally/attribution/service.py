@@ -331,6 +331,7 @@ class Attributor:
             result, dist = index_method(name, z, null, loaded.sources, valid, self.cfg, dup)
             if name == "gradient" and layers:
                 result.layers = layers
+            result.states_layer = real.from_layer
             result.seconds = round(time.perf_counter() - t + (query_s if name != "representation" else 0.0), 4)
             results[name], dists[name] = result, dist
             if name == "gradient":
