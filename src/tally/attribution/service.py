@@ -303,10 +303,8 @@ class Attributor:
                 null_scores["representation"] = scorer.representation(twin.hidden)
             loaded.null_stats.append({m: top_z(x, valid) for m, x in null_scores.items()})
         else:
-            kept = answer.states
-            states = (
-                (answer.states_layer, kept) if layers and kept is not None and answer.states_layer is not None else None
-            )
+            layer, kept = answer.states_layer, answer.states
+            states = (layer, kept) if layers and layer is not None and kept is not None else None
             real = self.query_model.signals(
                 *args, contrast=contrast, checkpoints=checkpoints, layers=layers, states=states
             )

@@ -477,8 +477,9 @@ class Engine:
             offset += len(item.tokens)
             if i >= len(decode) and not s.in_prefill:
                 self.metrics.prompt_tokens.inc(len(s.prompt))
-                keep = s.keep_states and s.states and self.prefixes.enabled
-                states = torch.cat(s.states) if keep else None
+                if s.keep_states and s.states:  # the prompt's chunks as one tensor, for the cache and the answer
+                    s.states[:] = [torch.cat(s.states)]
+                states = s.states[0] if s.keep_states and s.states else None
                 self.prefixes.store(s.adapter_id, s.params.cache_salt, s.prompt, item.row, states)
         new_tokens = 0
         greedy = torch.argmax(logits, dim=-1).tolist()  # one op and one device sync for every greedy row

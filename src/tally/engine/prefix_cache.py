@@ -109,12 +109,15 @@ class PrefixCache:
         if not self.enabled or length == 0:
             return
         boundaries = self._boundaries(adapter_id, salt, prompt, length)
-        kept = states[:length].clone() if states is not None and states.shape[0] >= length else None
+        usable = states is not None and states.shape[0] >= length
         known = self._index.get(boundaries[-1][1])
         if known is not None and known[1] == length:  # already cached whole: mark it used, add states it lacks
             self._entries.move_to_end(known[0])
-            self._add_states(known[0], kept)
+            if usable and self._entries[known[0]].states is None:
+                assert states is not None
+                self._add_states(known[0], states[:length].clone())
             return
+        kept = states[:length].clone() if usable and states is not None else None
         keys = [k[row, :, :length].clone() for k in self.cache.k]
         values = [v[row, :, :length].clone() for v in self.cache.v]
         nbytes = sum(t.numel() * t.element_size() for t in (*keys, *values, *([kept] if kept is not None else [])))
@@ -132,11 +135,9 @@ class PrefixCache:
         self._entries[entry_id] = entry
         self.nbytes += nbytes
 
-    def _add_states(self, entry_id: int, states: torch.Tensor | None) -> None:
+    def _add_states(self, entry_id: int, states: torch.Tensor) -> None:
         """Give a cached entry the states it lacks, within capacity (older entries go first; never this one)."""
         entry = self._entries[entry_id]
-        if states is None or entry.states is not None:
-            return
         size = states.numel() * states.element_size()
         while self.nbytes + size > self.capacity_bytes and next(iter(self._entries)) != entry_id:
             self._evict_oldest()
