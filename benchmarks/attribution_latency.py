@@ -31,9 +31,11 @@ rows; scoring 100k rows <= 50 ms. Prints one JSON document and a one-line summar
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -249,6 +251,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     tmp = Path(tempfile.mkdtemp(prefix="tally-attr-latency-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # adapter, data dir and two indexes: gigabytes
     os.environ["TALLY_DATA_DIR"] = str(tmp / "data")
     from tally.attribution.service import Answer, Attributor
     from tally.config import load_settings

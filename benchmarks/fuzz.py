@@ -9,8 +9,10 @@ engine) and the time. Prints one JSON document, then one summary line.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import platform
+import shutil
 import tempfile
 import time
 from collections import Counter
@@ -45,6 +47,7 @@ def run(examples: int) -> dict[str, Any]:
     from tally.ledger import verify_ledger
 
     data = Path(tempfile.mkdtemp(prefix="tally-fuzz-"))
+    atexit.register(shutil.rmtree, data, ignore_errors=True)
     settings = load_settings(data_dir=data)
     server = settings.server.model_copy(update={"rate_limit_per_minute": 10**9, "rate_limit_burst": 10**9})
     app = create_app(settings.model_copy(update={"server": server}))
