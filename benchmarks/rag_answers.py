@@ -9,7 +9,9 @@ through the base model alone and with retrieval (top_k sources, numbered in the 
              pet, ... of its row) appears in s as whole words. When several retrieved sources hold that value, those
              whose person is named in s (or is the person asked about) are gold; if none is, all of them are.
   predicted  measured: the drop of s without j is >= the threshold (leave-one-out up to
-             attribution.citation_loo_max_chunks sources, the Lasso surrogate above); markers: the model wrote [j] in s.
+             attribution.citation_loo_max_chunks sources, the Lasso surrogate above), and s is neither a question
+             nor holds a guess (attribution.citation_guess_nats; `guesses_cite` scores the same drops without that
+             rule, `guess_sweep` with other guess levels); markers: the model wrote [j] in s.
   precision  |predicted and gold| / |predicted|;  recall  |predicted and gold| / |gold|; micro-averaged over every
              sentence of every answer (a citation on a sentence that states no retrieved fact is a false positive).
 
@@ -52,6 +54,7 @@ from tally.rag.evaluate import Fact, answer_metrics, contains_answer, make_facts
 from tally.rag.index import IndexCache
 
 THRESHOLDS = [0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0]
+GUESS_LEVELS = [1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0]  # nats, besides the configured one (sensitivity of the rule)
 
 
 @dataclass
@@ -65,6 +68,9 @@ class Scored:
     markers: set[tuple[int, int]]
     claims: list[bool]  # per sentence: False for a question (never cited, see tally.rag.answers.is_question)
     drops: dict[str, np.ndarray]  # method -> [sentences, chunks]
+    guessed: dict[str, dict[float, list[bool]]]  # method -> guess level -> per sentence: holds a token no source
+    # explains (never cited)
+    guess_nats: float  # the configured level (attribution.citation_guess_nats)
     seconds: dict[str, float]
 
 
@@ -96,10 +102,17 @@ def prf(items: list[Scored], predicted: Any) -> dict[str, float]:
             "predicted": tp + fp, "gold": tp + fn, "true_positives": tp}  # fmt: skip
 
 
-def measured(method: str, threshold: float) -> Any:
+def measured(method: str, threshold: float, guess: float | None = None) -> Any:
+    """Pairs at a drop threshold; sentences guessed at level `guess` cite nothing (None: the configured level,
+    0: the rule off)."""
+
     def pairs(item: Scored) -> set[tuple[int, int]]:
         d = item.drops[method]
-        return {(int(s), int(j)) for s, j in zip(*np.nonzero(d >= threshold), strict=True) if item.claims[s]}
+        guessed = item.guessed[method][item.guess_nats if guess is None else guess]
+        return {
+            (int(s), int(j)) for s, j in zip(*np.nonzero(d >= threshold), strict=True)
+            if item.claims[s] and not guessed[s]
+        }  # fmt: skip
 
     return pairs
 
@@ -155,6 +168,7 @@ class Bench:
         out = self.engine.generate(self.engine.encode_chat(build_rag_messages(question, chunks)), self.params)
         seconds = {"generate": time.perf_counter() - t}
         drops: dict[str, np.ndarray] = {}
+        guessed: dict[str, dict[float, list[bool]]] = {}
         per: SentenceDrops | None = None
         for method in methods:
             t = time.perf_counter()
@@ -165,8 +179,14 @@ class Bench:
                     self.model, self.tokenizer, question, chunks, out.token_ids, ablations=cfg.citation_ablations,
                     alpha=cfg.citation_lasso_alpha, seed=cfg.citation_seed,
                 )  # fmt: skip
-            per = sentence_drops(self.tokenizer, out.token_ids, len(chunks), ctx, cfg.citation_lasso_alpha)
+            per = sentence_drops(
+                self.tokenizer, out.token_ids, len(chunks), ctx, cfg.citation_lasso_alpha, cfg.citation_guess_nats
+            )
             drops[method] = per.drops
+            guessed[method] = {cfg.citation_guess_nats: [bool(g) for g in per.guesses]}
+            for level in (0.0, *GUESS_LEVELS):  # the same pass, other guess levels (no model call)
+                again = sentence_drops(self.tokenizer, out.token_ids, len(chunks), ctx, cfg.citation_lasso_alpha, level)
+                guessed[method].setdefault(level, [bool(g) for g in again.guesses])
             seconds[method] = time.perf_counter() - t
         assert per is not None
         sentences = [per.text[s.start : s.end] for s in per.sentences]
@@ -174,7 +194,7 @@ class Bench:
             question, per.text, [(s.start, s.end) for s in per.sentences],
             gold_pairs(sentences, chunks, self.by_hash, fact),
             {(i, n - 1) for i, s in enumerate(per.sentences) for n in s.markers}, [s.claim for s in per.sentences],
-            drops, seconds,
+            drops, guessed, cfg.citation_guess_nats, seconds,
         )  # fmt: skip
         text, citations = postprocess_citations(out.text, chunks)
         legacy = {"answer": text, "gold": fact.value, "citations": citations, "relevant": [row_hash(fact.row)]}
@@ -217,6 +237,14 @@ def report(items: list[Scored], methods: tuple[str, ...], thresholds: dict[str, 
     }  # fmt: skip
     for method in methods:
         out[method] = {name: {"threshold": t, **prf(items, measured(method, t))} for name, t in thresholds.items()}
+        t = thresholds["configured"]
+        out[method]["guesses_cite"] = {"threshold": t, **prf(items, measured(method, t, guess=0.0))}
+        levels = sorted(items[0].guessed[method]) if items else []
+        out[method]["guess_sweep"] = [
+            {"guess_nats": g, "sentences_guessed": sum(sum(i.guessed[method][g]) for i in items),
+             **prf(items, measured(method, t, guess=g))}
+            for g in levels
+        ]  # fmt: skip
     return out
 
 
@@ -276,6 +304,7 @@ def main() -> None:
         args.dump.write_text(json.dumps({
             name: [{"question": i.question, "text": i.text, "sentences": i.sentences, "gold": sorted(i.gold),
                     "markers": sorted(i.markers), "claims": i.claims,
+                    "guessed": {m: {str(g): v for g, v in by.items()} for m, by in i.guessed.items()},
                     "drops": {m: d.tolist() for m, d in i.drops.items()},
                     "seconds": i.seconds} for i in items]
             for name, items in dumped.items()
@@ -308,10 +337,12 @@ def main() -> None:
     baseline = f"{results['without_rag']['contains_answer']:.2f} without RAG -> " if without else ""
     main_set = results["citations"][f"top_k_{args.top_k}"]
     m, b = main_set["leave_one_out"]["configured"], main_set["markers_only"]
+    g = main_set["leave_one_out"]["guesses_cite"]
     print(
         f"rag answers: contains-answer {baseline}{r['contains_answer']:.2f} with RAG "
         f"over {len(facts)} questions; sentence citations (top_k {args.top_k}): measured precision "
-        f"{m['precision']:.2f} recall {m['recall']:.2f} (threshold {configured} nats; calibrated {calibrated}) vs "
+        f"{m['precision']:.2f} recall {m['recall']:.2f} (threshold {configured} nats; calibrated {calibrated}; "
+        f"without the guess rule {g['precision']:.2f} / {g['recall']:.2f}) vs "
         f"markers only precision {b['precision']:.2f} recall {b['recall']:.2f}"
     )
 

@@ -54,17 +54,21 @@ def speaking_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture
 def rag_settings(world: World, speaking_model: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:  # noqa: F811
     """A public `towns` datanet for rag; the tiny model answers and attributes; every non-negative drop cites (a
-    random model's drops are small, this makes sure there are citations to compare)."""
+    random model's drops are small, and it gives every word under 10%, so each sentence would be a guess: this makes
+    sure there are citations to compare)."""
     world.create("towns", policy="open", uses=["rag"])
     world.upload(world.owner, "towns", facts("towns", 6))
     with world.tx() as s:
         snapshots.create_snapshot(s, world.ledger, world.owner, "towns")
     monkeypatch.setenv("TALLY_MODELS__DEFAULT", str(speaking_model))
     monkeypatch.setenv("TALLY_ATTRIBUTION__CITATION_MIN_DROP", "0")
+    monkeypatch.setenv("TALLY_ATTRIBUTION__CITATION_GUESS_NATS", "0")
     return world.settings.model_copy(
         update={
             "models": world.settings.models.model_copy(update={"default": str(speaking_model)}),
-            "attribution": world.settings.attribution.model_copy(update={"citation_min_drop": 0.0}),
+            "attribution": world.settings.attribution.model_copy(
+                update={"citation_min_drop": 0.0, "citation_guess_nats": 0.0}
+            ),
         }
     )
 

@@ -107,6 +107,36 @@ def test_a_question_cites_nothing_however_much_it_copied(tiny: tuple[Any, Any]) 
     assert cites[40, 1].measured and cites[40, 1].drop == pytest.approx(6.0, abs=1e-4)
 
 
+def test_a_sentence_holding_a_guess_no_source_explains_cites_nothing(tiny: tuple[Any, Any]) -> None:  # noqa: F811
+    _, tok = tiny
+    answer = "Ilsa Varn was born in Brumley [1]. Tomas Quell maps marshes. Ilsa Varn was born in Korvath."
+    ids, ctx = _planted(tok, answer, {(0, 0): 6.0, (1, 1): 6.0, (2, 0): 6.0})
+    assert ctx.token_logprobs is not None
+    pre = sentence_drops(tok, ids, 3, ctx, 0.0)
+    text, spans = token_offsets(tok, ids)
+    word = {t: text[spans[t][0] : spans[t][1]] for s in pre.tokens for t in s}
+    brumley = next(t for t in pre.tokens[0] if "B" in word[t])
+    maps = next(t for t in pre.tokens[1] if "maps" in word[t])
+    full_stop = pre.tokens[2][-1]
+    assert word[full_stop] == "."
+    # the model gave each of these under e^-3 with every source in view
+    ctx.token_logprobs[:, [brumley, maps, full_stop]] -= 5.0
+    ctx.token_logprobs[2, maps] -= 3.0  # blanking source 2 lowers "maps" by 3 nats: that source explains it
+    measured = sentence_drops(tok, ids, 3, ctx, 0.0, guess_nats=2.3)
+    assert measured.guesses == [[brumley], [], []]  # a full stop states nothing, however unexpected
+    cites = {(c.sentence[0], c.source): c for c in citations_from(measured, measured.text, CHUNKS, min_drop=4.0)}
+    first, second, third = (s.start for s in measured.sentences)
+    # the guessed sentence leaned on source 1 (6 nats) and marked it, yet cites nothing: the marker is flagged
+    assert measured.drops[0, 0] == pytest.approx(6.0, abs=1e-4)
+    assert set(cites) == {(first, 1), (second, 2), (third, 1)}
+    assert cites[first, 1].marker and cites[first, 1].measured is False and cites[first, 1].marker_agrees is False
+    assert cites[second, 2].measured and cites[third, 1].measured
+    # the rule off (0 nats): the drop alone decides
+    off = sentence_drops(tok, ids, 3, ctx, 0.0, guess_nats=0.0)
+    assert off.guesses == [[], [], []]
+    assert citations_from(off, off.text, CHUNKS, min_drop=4.0)[0].measured
+
+
 def test_marker_tokens_are_not_part_of_the_sentence_target(tiny: tuple[Any, Any]) -> None:  # noqa: F811
     _, tok = tiny
     ids = tok("Born in Korvath [2]. Yes [9].", add_special_tokens=False)["input_ids"]
@@ -141,6 +171,20 @@ def test_the_real_model_cites_the_chunk_a_sentence_copies() -> None:
         sentence_one = {c.source: c for c in cites if c.sentence[0] == 0}
         assert sentence_one[2].measured and sentence_one[1].marker_agrees is False
         assert ctx.method == "surrogate" or 3 not in sentence_one
+        assert measured.guesses == [[], []]  # the model would say all of it given the sources (punctuation aside)
+    # a sentence that copies source 2's wording around a town no source names: it leans on source 2, but rests on no
+    # source, so it cites nothing (at the configured guess level)
+    made_up = "Ilsa Varn was born in Korvath. Ilsa Varn was born in Brumley, a harbour town in the south."
+    ids = tok(made_up, add_special_tokens=False)["input_ids"]
+    for ctx in (
+        context_drops(model, tok, QUESTION, chunks, ids),
+        context_surrogate(model, tok, QUESTION, chunks, ids, ablations=16, alpha=0.02),
+    ):
+        measured = sentence_drops(tok, ids, 3, ctx, 0.02, guess_nats=2.3)
+        assert measured.drops[1, 1] > 8.0, (ctx.method, measured.drops)  # the wording leans on source 2
+        guessed = "".join(tok.decode([ids[t]]) for t in measured.guesses[1])
+        assert "Brumley" in guessed and measured.guesses[0] == [], (ctx.method, guessed)
+        assert not [c for c in citations_from(measured, measured.text, chunks, min_drop=4.0) if c.sentence[0] > 0]
 
 
 def test_a_reader_who_cannot_read_a_datanet_sees_its_citations_masked() -> None:

@@ -10,11 +10,18 @@ no extra forward:
   the keep/blank mask; the weight of chunk j is its drop.
 
 A chunk is cited for a sentence when its drop is at least `attribution.citation_min_drop` nats (calibrated on
-held-out questions, see docs/attribution.md) and the sentence states something: a question (the small model often
-echoes a source's "Question: ..." line) makes no claim, so it cites nothing, however much it copied. Marker tokens
-([n]) are left out of a sentence's target: a marker would otherwise make the measurement echo what the model
-claimed. The model's own markers are then checked: a marker whose source was not measured to carry its sentence is
-kept, flagged `marker_agrees: false`.
+held-out questions, see docs/attribution.md) and the sentence states something a source supports:
+
+- a question (the small model often echoes a source's "Question: ..." line) makes no claim, so it cites nothing,
+  however much it copied;
+- a sentence holding a guess cites nothing either: a word token (one with a letter or digit) the model gave less
+  than e^-g with every source in view (g = `attribution.citation_guess_nats`) and that no ablation of the pass
+  lowers by g nats, so no source accounts for it. Such a sentence may copy a source's wording ("X loves eating
+  ...") around a value no source states; the drop measures the wording's reliance, not support for the value.
+
+Marker tokens ([n]) are left out of a sentence's target: a marker would otherwise make the measurement echo what the
+model claimed. The model's own markers are then checked: a marker whose source was not measured to carry its
+sentence is kept, flagged `marker_agrees: false`.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ class SentenceDrops:
     tokens: list[list[int]]  # per sentence: the answer-token positions scored for it (markers excluded)
     drops: np.ndarray  # [sentences, chunks], nats
     method: str
+    guesses: list[list[int]]  # per sentence: the answer-token positions it guessed, which no source explains
 
 
 def token_offsets(tokenizer: Any, answer_ids: Sequence[int]) -> tuple[str, list[tuple[int, int]]]:
@@ -76,14 +84,16 @@ def _assign_tokens(
 
 
 def sentence_drops(
-    tokenizer: Any, answer_ids: Sequence[int], n_chunks: int, ctx: ContextResult, alpha: float
+    tokenizer: Any, answer_ids: Sequence[int], n_chunks: int, ctx: ContextResult, alpha: float, guess_nats: float = 0.0
 ) -> SentenceDrops:
-    """Drop of every sentence per chunk, from the context pass's per-token log-probabilities."""
+    """Drop of every sentence per chunk, and its guessed tokens (`guess_nats` > 0), from the context pass's per-token
+    log-probabilities."""
     raw, raw_spans = token_offsets(tokenizer, answer_ids)
     checked = check_markers(raw, n_chunks)
     sentences = split_sentences(checked.text, checked.markers)
     tokens = _assign_tokens(checked, raw_spans, sentences)
     drops = np.zeros((len(sentences), n_chunks))
+    guesses: list[list[int]] = [[] for _ in sentences]
     if ctx.token_logprobs is not None and ctx.masks is not None and n_chunks and sentences:
         logp = ctx.token_logprobs.double().numpy()
         targets = np.stack([logp[:, idx].sum(axis=1) for idx in tokens], axis=1)  # [rows, sentences]
@@ -92,7 +102,14 @@ def sentence_drops(
         else:
             weights, _ = lasso(ctx.masks.double().numpy(), targets, alpha)
             drops = weights.T
-    return SentenceDrops(checked.text, sentences, tokens, drops, ctx.method)
+        if guess_nats > 0 and len(logp) > 1:
+            # row 0 keeps every chunk; the largest loss over the other rows is what the best-placed source explains
+            explained = (logp[0][None, :] - logp[1:]).max(axis=0)
+            # punctuation is form, not a claim: a full stop the model did not expect states nothing
+            wordy = np.array([any(ch.isalnum() for ch in raw[a:b]) for a, b in raw_spans])
+            guessed = (logp[0] < -guess_nats) & (explained < guess_nats) & wordy
+            guesses = [[t for t in idx if guessed[t]] for idx in tokens]
+    return SentenceDrops(checked.text, sentences, tokens, drops, ctx.method, guesses)
 
 
 def citations_from(
@@ -105,12 +122,13 @@ def citations_from(
         sentences = split_sentences(checked.text, checked.markers)
     else:
         sentences = measured.sentences
+    guessed = [bool(g) for g in measured.guesses] if measured is not None else [False] * len(sentences)
     out = []
     for s_index, sentence in enumerate(sentences):
         for j, chunk in enumerate(chunks):
             marker = j + 1 in sentence.markers
             drop = None if measured is None else float(measured.drops[s_index, j])
-            supported = None if drop is None else drop >= min_drop and sentence.claim
+            supported = None if drop is None else drop >= min_drop and sentence.claim and not guessed[s_index]
             if not (marker or supported):
                 continue
             out.append(
