@@ -200,7 +200,9 @@ def rag_costs(
             earlier_ms = round(statistics.median(earlier_times), 2) if earlier else None
 
             def cite(chunks: list[Chunk] = chunks, answer: list[int] = answer, ctx: Any = ctx) -> None:
-                per = sentence_drops(tok, answer, len(chunks), ctx, cfg.citation_lasso_alpha)
+                per = sentence_drops(
+                    tok, answer, len(chunks), ctx, cfg.citation_lasso_alpha, guess_nats=cfg.citation_guess_nats
+                )
                 citations_from(per, per.text, chunks, cfg.citation_min_drop)
 
             citations_ms = _median_ms(cite, repeats)

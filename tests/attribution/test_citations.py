@@ -63,7 +63,7 @@ def _planted(tok: Any, answer: str, effects: dict[tuple[int, int], float]) -> tu
     """A leave-one-out result whose per-token log-probabilities drop by `effects[(sentence, chunk)]` nats, spread over
     the sentence's tokens, when that chunk is blanked."""
     ids = tok(answer, add_special_tokens=False)["input_ids"]
-    pre = sentence_drops(tok, ids, 3, ContextResult(0.0, [], len(ids), 0, 0.0), 0.0)
+    pre = sentence_drops(tok, ids, 3, ContextResult(0.0, [], len(ids), 0, 0.0), 0.0, guess_nats=0.0)
     logp = torch.full((4, len(ids)), -1.0)
     for (s, j), nats in effects.items():
         tokens = pre.tokens[s]
@@ -77,7 +77,7 @@ def test_sentences_cite_the_chunk_they_lean_on_and_wrong_markers_are_flagged(tin
     _, tok = tiny
     answer = "Ilsa Varn was born in Korvath [1]. Tomas Quell maps marshes [2]. Nice day."
     ids, ctx = _planted(tok, answer, {(0, 1): 4.0, (1, 1): 0.2, (1, 2): 2.5, (2, 0): 0.4})
-    measured = sentence_drops(tok, ids, 3, ctx, 0.0)
+    measured = sentence_drops(tok, ids, 3, ctx, 0.0, guess_nats=0.0)
     text = measured.text
     assert text == answer
     assert [text[s.start : s.end] for s in measured.sentences] == [
@@ -98,7 +98,7 @@ def test_a_question_cites_nothing_however_much_it_copied(tiny: tuple[Any, Any]) 
     _, tok = tiny
     answer = "Question: Where was Ilsa Varn born [2]? Ilsa Varn was born in Korvath."
     ids, ctx = _planted(tok, answer, {(0, 1): 9.0, (1, 0): 6.0})
-    measured = sentence_drops(tok, ids, 3, ctx, 0.0)
+    measured = sentence_drops(tok, ids, 3, ctx, 0.0, guess_nats=0.0)
     assert [s.claim for s in measured.sentences] == [False, True]
     assert measured.drops[0, 1] == pytest.approx(9.0, abs=1e-4)  # measured, but a question makes no claim
     cites = {(c.sentence[0], c.source): c for c in citations_from(measured, measured.text, CHUNKS, min_drop=4.0)}
@@ -112,7 +112,7 @@ def test_a_sentence_holding_a_guess_no_source_explains_cites_nothing(tiny: tuple
     answer = "Ilsa Varn was born in Brumley [1]. Tomas Quell maps marshes. Ilsa Varn was born in Korvath."
     ids, ctx = _planted(tok, answer, {(0, 0): 6.0, (1, 1): 6.0, (2, 0): 6.0})
     assert ctx.token_logprobs is not None
-    pre = sentence_drops(tok, ids, 3, ctx, 0.0)
+    pre = sentence_drops(tok, ids, 3, ctx, 0.0, guess_nats=0.0)
     text, spans = token_offsets(tok, ids)
     word = {t: text[spans[t][0] : spans[t][1]] for s in pre.tokens for t in s}
     brumley = next(t for t in pre.tokens[0] if "B" in word[t])
@@ -141,7 +141,7 @@ def test_marker_tokens_are_not_part_of_the_sentence_target(tiny: tuple[Any, Any]
     _, tok = tiny
     ids = tok("Born in Korvath [2]. Yes [9].", add_special_tokens=False)["input_ids"]
     text, spans = token_offsets(tok, ids)
-    measured = sentence_drops(tok, ids, 3, ContextResult(0.0, [], len(ids), 0, 0.0), 0.0)
+    measured = sentence_drops(tok, ids, 3, ContextResult(0.0, [], len(ids), 0, 0.0), 0.0, guess_nats=0.0)
     assert measured.text == "Born in Korvath [2]. Yes."  # [9] is not a source: dropped
     scored = "".join(text[spans[t][0] : spans[t][1]] for t in measured.tokens[0])
     assert "Korvath" in scored and "2" not in scored and "[" not in scored
@@ -161,7 +161,7 @@ def test_the_real_model_cites_the_chunk_a_sentence_copies() -> None:
         context_drops(model, tok, QUESTION, chunks, ids),
         context_surrogate(model, tok, QUESTION, chunks, ids, ablations=16, alpha=0.02),
     ):
-        measured = sentence_drops(tok, ids, 3, ctx, 0.02)
+        measured = sentence_drops(tok, ids, 3, ctx, 0.02, guess_nats=2.3)
         first, second = measured.drops
         # chunk 3 mentions Korvath too: about 1 nat left out, about 6 under the surrogate, which averages over
         # contexts without chunk 2 (where chunk 3 is the only source of "Korvath"); the copied chunk carries far more

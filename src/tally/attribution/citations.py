@@ -62,8 +62,9 @@ def token_offsets(tokenizer: Any, answer_ids: Sequence[int]) -> tuple[str, list[
 
 def _assign_tokens(
     checked: CheckedText, raw_spans: list[tuple[int, int]], sentences: list[Sentence]
-) -> list[list[int]]:
-    """Each token to the sentence holding most of its visible characters; blanks and markers count for none."""
+) -> tuple[list[list[int]], np.ndarray]:
+    """Each token to the sentence holding most of its visible characters (blanks and markers count for none), and
+    per token whether those characters hold a letter or digit (a word, not punctuation)."""
     text = checked.text
     in_marker = np.zeros(len(text) + 1, dtype=bool)
     for mk in checked.markers:
@@ -72,26 +73,28 @@ def _assign_tokens(
     for s_index, s in enumerate(sentences):
         owner[s.start : s.end] = s_index
     tokens: list[list[int]] = [[] for _ in sentences]
+    wordy = np.zeros(len(raw_spans), dtype=bool)
     for t, (raw_start, raw_end) in enumerate(raw_spans):
         start, end = checked.position(raw_start), checked.position(raw_end)
         counts: dict[int, int] = {}
         for c in range(start, end):
             if owner[c] >= 0 and not in_marker[c] and not text[c].isspace():
                 counts[int(owner[c])] = counts.get(int(owner[c]), 0) + 1
+                wordy[t] |= text[c].isalnum()
         if counts:
             tokens[max(counts, key=lambda k: counts[k])].append(t)
-    return tokens
+    return tokens, wordy
 
 
 def sentence_drops(
-    tokenizer: Any, answer_ids: Sequence[int], n_chunks: int, ctx: ContextResult, alpha: float, guess_nats: float = 0.0
+    tokenizer: Any, answer_ids: Sequence[int], n_chunks: int, ctx: ContextResult, alpha: float, *, guess_nats: float
 ) -> SentenceDrops:
     """Drop of every sentence per chunk, and its guessed tokens (`guess_nats` > 0), from the context pass's per-token
     log-probabilities."""
     raw, raw_spans = token_offsets(tokenizer, answer_ids)
     checked = check_markers(raw, n_chunks)
     sentences = split_sentences(checked.text, checked.markers)
-    tokens = _assign_tokens(checked, raw_spans, sentences)
+    tokens, wordy = _assign_tokens(checked, raw_spans, sentences)
     drops = np.zeros((len(sentences), n_chunks))
     guesses: list[list[int]] = [[] for _ in sentences]
     if ctx.token_logprobs is not None and ctx.masks is not None and n_chunks and sentences:
@@ -106,7 +109,6 @@ def sentence_drops(
             # row 0 keeps every chunk; the largest loss over the other rows is what the best-placed source explains
             explained = (logp[0][None, :] - logp[1:]).max(axis=0)
             # punctuation is form, not a claim: a full stop the model did not expect states nothing
-            wordy = np.array([any(ch.isalnum() for ch in raw[a:b]) for a, b in raw_spans])
             guessed = (logp[0] < -guess_nats) & (explained < guess_nats) & wordy
             guesses = [[t for t in idx if guessed[t]] for idx in tokens]
     return SentenceDrops(checked.text, sentences, tokens, drops, ctx.method, guesses)

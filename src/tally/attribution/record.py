@@ -71,7 +71,7 @@ class Citation(BaseModel):
     contributor: str
     drop: float | None  # nats the sentence loses without the chunk (None: not measured, attribution off)
     method: str | None  # leave_one_out | surrogate (None: not measured)
-    measured: bool | None  # drop >= the calibrated threshold (None: not measured)
+    measured: bool | None  # drop >= the calibrated threshold, in a claim holding no guess (None: not measured)
     marker: bool  # the model wrote [source] in this sentence
     marker_agrees: bool | None  # marker and measurement agree (None: no marker, or nothing measured)
 

@@ -247,7 +247,12 @@ class Attributor:
 
         ctx = self.query_model.run(answer.adapter_hash if answer.adapter_dir else None, answer.adapter_dir, measure)
         per_sentence = sentence_drops(
-            self.tokenizer, answer.answer_ids, len(chunks), ctx, cfg.citation_lasso_alpha, cfg.citation_guess_nats
+            self.tokenizer,
+            answer.answer_ids,
+            len(chunks),
+            ctx,
+            cfg.citation_lasso_alpha,
+            guess_nats=cfg.citation_guess_nats,
         )
         citations = citations_from(per_sentence, per_sentence.text, chunks, cfg.citation_min_drop)
         weights: dict[str, float] = {}

@@ -169,7 +169,7 @@ class AttributionSettings(_Section):
         2.3,
         ge=0,
         description="nats; a sentence holding a token the model gave less than e^-x with every source in "
-        "view, which no ablation lowers by x nats, rests on no source and cites nothing (0: off)",
+        "view, that no ablation lowers by x nats, rests on no source and cites nothing (0: off)",
     )
     citation_loo_max_chunks: int = Field(
         8, ge=0, description="up to this many chunks: leave-one-out; more: a Lasso surrogate on random ablations"
