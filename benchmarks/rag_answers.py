@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from tally.attribution.citations import SentenceDrops, sentence_drops
+from tally.attribution.citations import SentenceDrops, find_guesses, sentence_drops
 from tally.attribution.context import context_drops, context_surrogate
 from tally.config import Settings, load_settings
 from tally.datanets import contribute, service, snapshots
@@ -187,10 +187,7 @@ class Bench:
             drops[method] = per.drops
             guessed[method] = {cfg.citation_guess_nats: [bool(g) for g in per.guesses]}
             for level in (0.0, *GUESS_LEVELS):  # the same pass, other guess levels (no model call, not timed)
-                again = sentence_drops(
-                    self.tokenizer, out.token_ids, len(chunks), ctx, cfg.citation_lasso_alpha, guess_nats=level
-                )
-                guessed[method].setdefault(level, [bool(g) for g in again.guesses])
+                guessed[method].setdefault(level, [bool(g) for g in find_guesses(per, ctx, level)])
         assert per is not None
         sentences = [per.text[s.start : s.end] for s in per.sentences]
         scored = Scored(

@@ -151,16 +151,21 @@ def test_marker_tokens_are_not_part_of_the_sentence_target(tiny: tuple[Any, Any]
     assert (marked.source, marked.measured, marked.marker_agrees, marked.drop) == (2, None, None, None)
 
 
+def _both_methods(model: Any, tok: Any, chunks: list[Chunk], ids: list[int]) -> tuple[ContextResult, ...]:
+    """The same answer measured by leave-one-out and by the surrogate."""
+    return (
+        context_drops(model, tok, QUESTION, chunks, ids),
+        context_surrogate(model, tok, QUESTION, chunks, ids, ablations=16, alpha=0.02),
+    )
+
+
 @pytest.mark.slow
 def test_the_real_model_cites_the_chunk_a_sentence_copies() -> None:
     model, tok = load_model(_real_model_dir()), load_tokenizer(_real_model_dir())
     chunks = [CHUNKS[1], CHUNKS[0], CHUNKS[2]]  # the birthplace is in source 2
     answer = "Ilsa Varn was born in Korvath, a harbour town in the north [1]. Tomas Quell is a cartographer."
     ids = tok(answer, add_special_tokens=False)["input_ids"]
-    for ctx in (
-        context_drops(model, tok, QUESTION, chunks, ids),
-        context_surrogate(model, tok, QUESTION, chunks, ids, ablations=16, alpha=0.02),
-    ):
+    for ctx in _both_methods(model, tok, chunks, ids):
         measured = sentence_drops(tok, ids, 3, ctx, 0.02, guess_nats=2.3)
         first, second = measured.drops
         # chunk 3 mentions Korvath too: about 1 nat left out, about 6 under the surrogate, which averages over
@@ -176,10 +181,7 @@ def test_the_real_model_cites_the_chunk_a_sentence_copies() -> None:
     # source, so it cites nothing (at the configured guess level)
     made_up = "Ilsa Varn was born in Korvath. Ilsa Varn was born in Brumley, a harbour town in the south."
     ids = tok(made_up, add_special_tokens=False)["input_ids"]
-    for ctx in (
-        context_drops(model, tok, QUESTION, chunks, ids),
-        context_surrogate(model, tok, QUESTION, chunks, ids, ablations=16, alpha=0.02),
-    ):
+    for ctx in _both_methods(model, tok, chunks, ids):
         measured = sentence_drops(tok, ids, 3, ctx, 0.02, guess_nats=2.3)
         assert measured.drops[1, 1] > 8.0, (ctx.method, measured.drops)  # the wording leans on source 2
         guessed = "".join(tok.decode([ids[t]]) for t in measured.guesses[1])

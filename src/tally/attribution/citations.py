@@ -27,7 +27,7 @@ sentence is kept, flagged `marker_agrees: false`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -47,6 +47,7 @@ class SentenceDrops:
     drops: np.ndarray  # [sentences, chunks], nats
     method: str
     guesses: list[list[int]]  # per sentence: the answer-token positions it guessed, which no source explains
+    words: np.ndarray  # per answer token: it shows a letter or digit (punctuation and markers are no guess)
 
 
 def token_offsets(tokenizer: Any, answer_ids: Sequence[int]) -> tuple[str, list[tuple[int, int]]]:
@@ -96,7 +97,6 @@ def sentence_drops(
     sentences = split_sentences(checked.text, checked.markers)
     tokens, wordy = _assign_tokens(checked, raw_spans, sentences)
     drops = np.zeros((len(sentences), n_chunks))
-    guesses: list[list[int]] = [[] for _ in sentences]
     if ctx.token_logprobs is not None and ctx.masks is not None and n_chunks and sentences:
         logp = ctx.token_logprobs.double().numpy()
         targets = np.stack([logp[:, idx].sum(axis=1) for idx in tokens], axis=1)  # [rows, sentences]
@@ -105,13 +105,22 @@ def sentence_drops(
         else:
             weights, _ = lasso(ctx.masks.double().numpy(), targets, alpha)
             drops = weights.T
-        if guess_nats > 0 and len(logp) > 1:
-            # row 0 keeps every chunk; the largest loss over the other rows is what the best-placed source explains
-            explained = (logp[0][None, :] - logp[1:]).max(axis=0)
-            # punctuation is form, not a claim: a full stop the model did not expect states nothing
-            guessed = (logp[0] < -guess_nats) & (explained < guess_nats) & wordy
-            guesses = [[t for t in idx if guessed[t]] for idx in tokens]
-    return SentenceDrops(checked.text, sentences, tokens, drops, ctx.method, guesses)
+    measured = SentenceDrops(checked.text, sentences, tokens, drops, ctx.method, [], wordy)
+    return replace(measured, guesses=find_guesses(measured, ctx, guess_nats))
+
+
+def find_guesses(measured: SentenceDrops, ctx: ContextResult, guess_nats: float) -> list[list[int]]:
+    """Per sentence, its word tokens the model gave under e^-guess_nats with every chunk kept that no other scored
+    prompt lowers by guess_nats (none when guess_nats is 0 or nothing was scored)."""
+    none: list[list[int]] = [[] for _ in measured.sentences]
+    if guess_nats <= 0 or ctx.token_logprobs is None or len(ctx.token_logprobs) < 2:
+        return none
+    logp = ctx.token_logprobs.double().numpy()
+    # row 0 keeps every chunk; the largest loss over the other rows is what the best-placed source explains
+    explained = (logp[0][None, :] - logp[1:]).max(axis=0)
+    # punctuation is form, not a claim: a full stop the model did not expect states nothing
+    guessed = (logp[0] < -guess_nats) & (explained < guess_nats) & measured.words
+    return [[t for t in idx if guessed[t]] for idx in measured.tokens]
 
 
 def citations_from(
